@@ -1,0 +1,232 @@
+"""The Sanic application: lifecycle (index in the main process, store in each
+worker) and the HTTP handlers, which only parse, call the store and format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse
+
+from . import responses
+from .checksum import Hasher, InvalidChecksum, parse_checksum, parse_checksum_list
+from .config import Config, ConfigError
+from .index import GenerationStore, IndexPublisher, IndexReader
+from .layout import SearchPath
+from .locks import LockProtocol
+from .store import BufferStore, CorruptBuffer
+from .writer import (BodyTooLarge, BufferWriter, ChecksumMismatch, DiskFull,
+                     remove_leftovers, write_prefix_marker)
+
+log = logging.getLogger("hashserver")
+
+CORS_HEADERS = {
+    "access-control-allow-origin": "*",
+    "access-control-allow-methods": "GET, HEAD, PUT, POST, OPTIONS",
+    "access-control-allow-headers": "*",
+}
+STREAM_CHUNK = 1 << 20
+
+
+def configure_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def resolve_config(app: Sanic) -> Config:
+    """The Config given to :func:`create_app`, else the one the environment describes.
+
+    A bad setting ends the process with one line naming it (no traceback).
+    """
+    config = app.ctx.given_config
+    if config is None:
+        try:
+            config = Config.from_env()
+        except ConfigError as exc:
+            print(f"hashserver: {exc}", file=sys.stderr, flush=True)
+            os._exit(2)  # Sanic would turn an exception into a traceback
+    return config
+
+
+def _start_index(app: Sanic, config: Config) -> tuple[IndexPublisher, GenerationStore]:
+    configure_logging()
+    search_path = SearchPath.from_config(config)
+    if config.writable:
+        write_prefix_marker(search_path)
+        removed = remove_leftovers(search_path, config.lock_timeout)
+        if removed:
+            log.info("removed %d leftovers of interrupted writers", removed)
+    generations = GenerationStore.create()
+    publisher = IndexPublisher(search_path, generations)
+    publisher.build()
+    publisher.start()
+    return publisher, generations
+
+
+def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
+    """A hashserver app.  With ``config=None`` it is configured from the
+    environment when the server starts (``sanic hashserver.app``)."""
+    app = Sanic(name)
+    app.ctx.given_config = config
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.ACCESS_LOG = False
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+
+    @app.main_process_start
+    async def build_index(app: Sanic) -> None:
+        config = resolve_config(app)
+        publisher, generations = _start_index(app, config)
+        app.ctx.publisher, app.ctx.generations = publisher, generations
+        app.shared_ctx.index_directory = multiprocessing.RawArray(
+            "c", generations.directory.encode())
+
+    @app.main_process_stop
+    async def remove_index(app: Sanic) -> None:
+        app.ctx.publisher.stop()
+        app.ctx.generations.remove()
+
+    @app.before_server_start
+    async def open_store(app: Sanic) -> None:
+        config = resolve_config(app)
+        app.ctx.config = config
+        app.config.REQUEST_MAX_SIZE = config.max_body_size
+        shared = getattr(app.shared_ctx, "index_directory", None)
+        if shared is not None:
+            generations = GenerationStore(shared.value.decode())
+            app.ctx.local_index = None
+        else:  # single process (tests): this process is its own main process
+            publisher, generations = _start_index(app, config)
+            app.ctx.local_index = (publisher, generations)
+        search_path = SearchPath.from_config(config)
+        hasher = Hasher(config.hash_algorithm)
+        locks = LockProtocol(config.lock_timeout)
+        store = BufferStore(search_path, IndexReader(generations), hasher, locks, config.verify)
+        app.ctx.store = store
+        app.ctx.writer = BufferWriter(store, search_path, hasher, locks, config.max_body_size)
+
+    @app.after_server_stop
+    async def close_store(app: Sanic) -> None:
+        if getattr(app.ctx, "local_index", None):
+            publisher, generations = app.ctx.local_index
+            publisher.stop()
+            generations.remove()
+
+    @app.on_response
+    async def allow_any_origin(request: Request, response: HTTPResponse) -> None:
+        response.headers.update(CORS_HEADERS)
+
+    @app.exception(Exception)
+    async def error_response(request: Request, exc: Exception) -> HTTPResponse:
+        if isinstance(exc, SanicException):
+            return responses.message(exc.status_code, str(exc) or "Error")
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return responses.message(500, f"Internal server error: {type(exc).__name__}")
+
+    @app.options("/<path:path>")
+    async def preflight(request: Request, path: str = "") -> HTTPResponse:
+        return HTTPResponse(status=204)
+
+    @app.get("/healthcheck")
+    async def healthcheck(request: Request) -> HTTPResponse:
+        return responses.ok()
+
+    @app.route("/has", methods=["GET", "POST"], ignore_body=False)
+    async def has(request: Request) -> HTTPResponse:
+        checksums = _checksum_list(request)
+        if isinstance(checksums, HTTPResponse):
+            return checksums
+        return responses.bool_list(request.app.ctx.store.has(checksums))
+
+    @app.route("/buffer-length", methods=["GET", "POST"], ignore_body=False)
+    async def buffer_length(request: Request) -> HTTPResponse:
+        checksums = _checksum_list(request)
+        if isinstance(checksums, HTTPResponse):
+            return checksums
+        return responses.int_list(request.app.ctx.store.lengths(checksums))
+
+    @app.route("/<checksum>", methods=["GET", "HEAD"])
+    async def get_buffer(request: Request, checksum: str) -> HTTPResponse:
+        try:
+            raw = parse_checksum(checksum)
+        except InvalidChecksum as exc:
+            return responses.invalid_checksum(exc, ["path", "checksum"])
+        try:
+            found = await request.app.ctx.store.open(raw)
+        except CorruptBuffer as exc:
+            return responses.message(400, str(exc))
+        if found is None:
+            return responses.not_found()
+        buffer, content = found
+        size = len(content) if content is not None else buffer.size
+        if request.method == "HEAD":
+            return HTTPResponse(status=200, headers={"content-length": str(size)},
+                                content_type=responses.OCTET_STREAM)
+        if content is not None:
+            return HTTPResponse(content, content_type=responses.OCTET_STREAM)
+        return await _stream_file(request, buffer.path, size)
+
+    @app.put("/<checksum>", stream=True)
+    async def put_buffer(request: Request, checksum: str) -> HTTPResponse:
+        if not request.app.ctx.config.writable:
+            return responses.message(405, "This server is read-only: PUT is not allowed")
+        try:
+            raw = parse_checksum(checksum)
+        except InvalidChecksum as exc:
+            return responses.invalid_checksum(exc, ["path", "checksum"])
+        try:
+            await request.app.ctx.writer.put(raw, request.stream)
+        except ChecksumMismatch:
+            return responses.text_response("Incorrect checksum", 400)
+        except DiskFull:
+            return responses.message(507, "Insufficient storage: the disk is full; nothing was stored")
+        except BodyTooLarge:
+            return responses.message(
+                413, f"Request body larger than the maximum of {request.app.ctx.config.max_body_size} bytes")
+        return responses.ok()
+
+    return app
+
+
+def _checksum_list(request: Request) -> bytes | HTTPResponse:
+    """The request body as a checksum batch, or the 400 that says what is wrong."""
+    body = request.body
+    if not body:
+        return responses.invalid_data("missing", ["body"], "Field required", None)
+    try:
+        values = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return responses.invalid_data("json_invalid", ["body"], f"JSON decode error: {exc}",
+                                      body[:200].decode("utf-8", "replace"))
+    if not isinstance(values, list):
+        return responses.invalid_data("list_type", ["body"], "Input should be a valid list", values)
+    try:
+        return parse_checksum_list(values)
+    except InvalidChecksum as exc:
+        return responses.invalid_checksum(exc, ["body", exc.position])
+
+
+async def _stream_file(request: Request, path: str, size: int) -> HTTPResponse:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    with open(path, "rb", buffering=0) as f:
+        response = await request.respond(
+            content_type=responses.OCTET_STREAM, headers={"content-length": str(size)})
+        remaining = size
+        while remaining > 0:
+            chunk = await loop.run_in_executor(None, f.read, min(STREAM_CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            await response.send(chunk)
+        await response.eof()
+    return response

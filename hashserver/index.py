@@ -1,0 +1,348 @@
+"""The checksum -> location index, built once and shared read-only by all workers.
+
+An index *generation* is one immutable file: a header, then the checksums (32
+raw bytes each, sorted), their sizes (uint64) and directory numbers (uint16),
+then one modification time per buffer directory as seen when that directory
+was scanned.  42 bytes per buffer: 42 MB per million, paid once however many
+workers there are, because every worker memory-maps the same file (on
+``/dev/shm`` when it exists, so it lives in shared memory, not on disk).
+
+The main process (:class:`IndexPublisher`) scans the directories, writes a
+generation, and keeps watching the directories' modification times; when one
+changes it rescans that directory in a background thread and publishes a new
+generation.  Workers (:class:`IndexReader`) map the newest generation; a shared
+counter tells them when there is a newer one.
+
+The index itself never decides that a buffer is present on its own: see
+:mod:`hashserver.store` for how lookups stay exact while other programs add
+and remove files.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import shutil
+import struct
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layout import SearchPath, is_buffer_name
+
+log = logging.getLogger("hashserver.index")
+
+MAGIC = b"HSIDX001"
+HEADER = struct.Struct("<8sQI4x")  # magic, number of buffers, number of directories
+KEY_DTYPE = np.dtype("S32")
+ABSENT = -1  # modification time recorded for a directory that did not exist
+# A directory modified less than this before its scan may still change within
+# the same timestamp tick; it is treated as changed until a later rescan.
+SETTLE_NS = 2_000_000_000
+PROGRESS_EVERY = 2.0
+
+
+@dataclass
+class DirectoryScan:
+    """What one directory held when it was scanned."""
+
+    number: int
+    mtime_ns: int  # ABSENT if the directory did not exist
+    settled: bool
+    keys: bytes
+    sizes: list[int]
+
+
+def scan_directory(number: int, path: str) -> DirectoryScan:
+    """List one buffer directory.  The modification time is read *before*
+    listing, so a change during the listing shows up as a changed directory."""
+    started = time.time_ns()
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return DirectoryScan(number, ABSENT, True, b"", [])
+    keys = []
+    sizes = []
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = entry.name
+                if not is_buffer_name(name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=True)
+                except FileNotFoundError:
+                    continue
+                if st.st_mode & 0o170000 != 0o100000:  # regular files only
+                    continue
+                keys.append(bytes.fromhex(name))
+                sizes.append(st.st_size)
+    except (FileNotFoundError, NotADirectoryError):
+        return DirectoryScan(number, ABSENT, True, b"", [])
+    settled = started - mtime > SETTLE_NS
+    return DirectoryScan(number, mtime, settled, b"".join(keys), sizes)
+
+
+class IndexData:
+    """One generation: sorted keys with sizes and directory numbers, plus the
+    directories' recorded modification times.  Arrays may be views of a mapping."""
+
+    def __init__(self, keys, sizes, dirs, dir_mtimes, dir_settled, mapping=None):
+        self.keys: np.ndarray = keys
+        self.sizes: np.ndarray = sizes
+        self.dirs: np.ndarray = dirs
+        self.dir_mtimes: np.ndarray = dir_mtimes
+        self.dir_settled: np.ndarray = dir_settled
+        self._mapping = mapping
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def empty(cls, ndirs: int) -> "IndexData":
+        return cls(
+            np.empty(0, KEY_DTYPE),
+            np.empty(0, np.uint64),
+            np.empty(0, np.uint16),
+            np.full(ndirs, ABSENT, np.int64),
+            np.zeros(ndirs, np.bool_),  # never scanned: never trusted
+        )
+
+    def find(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each query key: its position in the index, and whether it is there."""
+        if len(self.keys) == 0:
+            zeros = np.zeros(len(queries), np.intp)
+            return zeros, np.zeros(len(queries), np.bool_)
+        positions = np.searchsorted(self.keys, queries)
+        positions[positions == len(self.keys)] = 0
+        return positions, self.keys[positions] == queries
+
+    def merged(self, scans: list[DirectoryScan]) -> "IndexData":
+        """A new generation: these directories replaced by their new scans.
+
+        Where a checksum is in several directories the first in search order
+        (lowest number) is kept.
+        """
+        replaced = np.array([s.number for s in scans], np.uint16)
+        keep = ~np.isin(self.dirs, replaced)
+        key_parts = [self.keys[keep]]
+        size_parts = [self.sizes[keep]]
+        dir_parts = [self.dirs[keep]]
+        dir_mtimes = np.array(self.dir_mtimes, copy=True)
+        dir_settled = np.array(self.dir_settled, copy=True)
+        for scan in scans:
+            key_parts.append(np.frombuffer(scan.keys, KEY_DTYPE))
+            size_parts.append(np.array(scan.sizes, np.uint64))
+            dir_parts.append(np.full(len(scan.sizes), scan.number, np.uint16))
+            dir_mtimes[scan.number] = scan.mtime_ns
+            dir_settled[scan.number] = scan.settled
+        keys = np.concatenate(key_parts)
+        sizes = np.concatenate(size_parts)
+        dirs = np.concatenate(dir_parts)
+        order = np.lexsort((dirs, keys))
+        keys, sizes, dirs = keys[order], sizes[order], dirs[order]
+        if len(keys) > 1:
+            first = np.empty(len(keys), np.bool_)
+            first[0] = True
+            np.not_equal(keys[1:], keys[:-1], out=first[1:])
+            keys, sizes, dirs = keys[first], sizes[first], dirs[first]
+        return IndexData(keys, sizes, dirs, dir_mtimes, dir_settled)
+
+    # ---------------------------------------------------------------- file
+    def write(self, path: str) -> None:
+        """Write this generation to ``path`` atomically (temporary file + rename)."""
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(HEADER.pack(MAGIC, len(self.keys), len(self.dir_mtimes)))
+            for array in (self.dir_mtimes, self.dir_settled.astype(np.uint8),
+                          self.keys, self.sizes, self.dirs):
+                f.write(_padded(np.ascontiguousarray(array).tobytes()))
+        os.replace(tmp, path)
+
+    @classmethod
+    def open(cls, path: str) -> "IndexData":
+        """Map a generation file read-only; the pages are shared between processes."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            mapping = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) if size else None
+        magic, n, ndirs = HEADER.unpack_from(mapping, 0)
+        if magic != MAGIC:
+            raise ValueError(f"{path} is not a hashserver index")
+        offset = HEADER.size
+        arrays = []
+        for dtype, count in ((np.int64, ndirs), (np.uint8, ndirs), (KEY_DTYPE, n),
+                             (np.uint64, n), (np.uint16, n)):
+            array = np.frombuffer(mapping, dtype=dtype, count=count, offset=offset)
+            arrays.append(array)
+            offset += _round8(array.nbytes)
+        dir_mtimes, settled, keys, sizes, dirs = arrays
+        return cls(keys, sizes, dirs, dir_mtimes, settled.astype(np.bool_), mapping)
+
+
+def _round8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _padded(data: bytes) -> bytes:
+    return data + b"\0" * (_round8(len(data)) - len(data))
+
+
+def scan_all(search_path: SearchPath, numbers: list[int], threads: int | None = None) -> list[DirectoryScan]:
+    """Scan directories in parallel (listing and stat release the GIL), logging progress."""
+    if threads is None:
+        threads = min(16, 4 * (os.cpu_count() or 1))
+    started = last = time.monotonic()
+    count = 0
+    scans = []
+    with ThreadPoolExecutor(threads, thread_name_prefix="hashserver-scan") as pool:
+        futures = [pool.submit(scan_directory, n, search_path.dirs[n]) for n in numbers]
+        for future in futures:
+            scan = future.result()
+            scans.append(scan)
+            count += len(scan.sizes)
+            now = time.monotonic()
+            if now - last >= PROGRESS_EVERY:
+                last = now
+                log.info("index: %d buffers scanned (%.0f/s)", count, count / (now - started))
+    return scans
+
+
+class GenerationStore:
+    """The directory of generation files and the shared counter naming the newest.
+
+    The counter is an 8-byte memory-mapped file, so a worker checks for a new
+    generation with a memory read, not a system call.
+    """
+
+    COUNTER = "generation"
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        fd = os.open(os.path.join(directory, self.COUNTER), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._counter = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+        self._view = np.frombuffer(self._counter, np.uint64, 1)
+
+    @classmethod
+    def create(cls) -> "GenerationStore":
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        return cls(tempfile.mkdtemp(prefix="hashserver-index-", dir=base))
+
+    @property
+    def generation(self) -> int:
+        return int(self._view[0])
+
+    def path(self, generation: int) -> str:
+        return os.path.join(self.directory, f"index-{generation}")
+
+    def publish(self, data: IndexData) -> int:
+        generation = self.generation + 1
+        data.write(self.path(generation))
+        np.frombuffer(self._counter, np.uint64, 1)[0] = generation
+        # Older generations may still be mapped by workers; unlinking is safe.
+        for name in os.listdir(self.directory):
+            if name.startswith("index-") and name != f"index-{generation}":
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except FileNotFoundError:
+                    pass
+        return generation
+
+    def open_current(self) -> tuple[int, IndexData]:
+        while True:
+            generation = self.generation
+            try:
+                return generation, IndexData.open(self.path(generation))
+            except FileNotFoundError:
+                continue  # a newer generation replaced it meanwhile: read the counter again
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class IndexPublisher:
+    """Main-process side: builds the index, publishes generations, keeps them fresh."""
+
+    def __init__(self, search_path: SearchPath, store: GenerationStore, interval: float = 1.0):
+        self.search_path = search_path
+        self.store = store
+        self.interval = interval
+        self.data = IndexData.empty(len(search_path.dirs))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def build(self) -> IndexData:
+        started = time.monotonic()
+        scans = scan_all(self.search_path, list(range(len(self.search_path.dirs))))
+        self.data = self.data.merged(scans)
+        self.store.publish(self.data)
+        elapsed = time.monotonic() - started
+        log.info("index: %d buffers in %d directories, built in %.2f s",
+                 len(self.data), len(self.search_path.dirs), elapsed)
+        return self.data
+
+    def changed_dirs(self) -> list[int]:
+        """Directories whose modification time moved, or that were still settling."""
+        now = time.time_ns()
+        changed = []
+        for number, path in enumerate(self.search_path.dirs):
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except (FileNotFoundError, NotADirectoryError):
+                mtime = ABSENT
+            recorded = int(self.data.dir_mtimes[number])
+            if mtime != recorded:
+                changed.append(number)
+            elif not self.data.dir_settled[number] and now - mtime > SETTLE_NS:
+                changed.append(number)
+        return changed
+
+    def refresh(self) -> bool:
+        """Rescan what changed and publish a new generation; True if one was published."""
+        changed = self.changed_dirs()
+        if not changed:
+            return False
+        self.data = self.data.merged(scan_all(self.search_path, changed))
+        self.store.publish(self.data)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hashserver-index", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            started = time.monotonic()
+            try:
+                self.refresh()
+            except Exception:  # keep refreshing; lookups stay exact meanwhile
+                log.exception("index refresh failed")
+            # A huge flat directory that keeps changing must not keep a core busy.
+            self._stop.wait(4 * (time.monotonic() - started))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+class IndexReader:
+    """Worker side: the newest published generation, re-mapped when it changes."""
+
+    def __init__(self, store: GenerationStore):
+        self.store = store
+        self._generation, self._data = store.open_current()
+
+    def current(self) -> IndexData:
+        if self.store.generation != self._generation:
+            self._generation, self._data = self.store.open_current()
+        return self._data

@@ -1,0 +1,254 @@
+"""The buffer store: exact lookups, and reading buffers with the lock protocol
+and integrity checks.  It knows layouts, the index, locks and hashing; it knows
+nothing of HTTP.
+
+Exact lookups.  The index was true when each directory was scanned.  Each
+lookup stats the directories it depends on: a directory whose modification
+time is still the recorded one (and that had settled when scanned) has gained
+or lost no file since, so the index is the truth for it.  For a directory that
+changed, the one checksum is looked up on disk.  The publisher rescans changed
+directories in the background, so the fast path comes back.  Cost: one stat
+per distinct directory per request, never one per checksum on the fast path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat as statmod
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checksum import Hasher
+from .index import KEY_DTYPE, ABSENT, IndexData, IndexReader
+from .layout import SearchPath
+from .locks import LockProtocol
+
+SMALL_BUFFER = 1 << 20  # read whole into memory (and cacheable) up to this size
+CACHE_BYTES = 64 << 20  # per worker: recently served small buffers
+VERIFIED_MAX = 1 << 20  # remembered verified files per worker
+
+
+@dataclass(frozen=True)
+class BufferFile:
+    """A buffer found on disk, identified as it was when found."""
+
+    checksum: str
+    path: str
+    size: int
+    identity: tuple[int, int, int, int]  # device, inode, size, modification time
+
+    @classmethod
+    def from_stat(cls, checksum: str, path: str, st: os.stat_result) -> "BufferFile":
+        return cls(checksum, path, st.st_size, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+class CorruptBuffer(Exception):
+    """A buffer file whose content does not hash to its name (and no writer holds a lock)."""
+
+    def __init__(self, path: str, algorithm_name: str):
+        super().__init__(
+            f"File corruption: file at path {path} does not have the correct "
+            f"{algorithm_name} checksum."
+        )
+        self.path = path
+
+
+def _regular_file_stat(path: str) -> os.stat_result | None:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st if statmod.S_ISREG(st.st_mode) else None
+
+
+class VerifiedFiles:
+    """File identities already hashed and found correct (bounded; forgets all when full)."""
+
+    def __init__(self, limit: int = VERIFIED_MAX):
+        self._seen: set[int] = set()
+        self._limit = limit
+
+    def __contains__(self, identity: tuple) -> bool:
+        return hash(identity) in self._seen
+
+    def add(self, identity: tuple) -> None:
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen.add(hash(identity))
+
+
+class ContentCache:
+    """Small buffers by file identity, least recently used out first.
+
+    A hit still needs the file to exist with the same identity, which the
+    caller checks with one stat: removed files are never served from here.
+    """
+
+    def __init__(self, capacity: int = CACHE_BYTES):
+        self.capacity = capacity
+        self._used = 0
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+
+    def get(self, identity: tuple) -> bytes | None:
+        data = self._items.get(identity)
+        if data is not None:
+            self._items.move_to_end(identity)
+        return data
+
+    def put(self, identity: tuple, data: bytes) -> None:
+        if len(data) > self.capacity // 16 or identity in self._items:
+            return
+        self._items[identity] = data
+        self._used += len(data)
+        while self._used > self.capacity:
+            _, old = self._items.popitem(last=False)
+            self._used -= len(old)
+
+
+class BufferStore:
+    def __init__(self, search_path: SearchPath, index: IndexReader, hasher: Hasher,
+                 locks: LockProtocol, verify: str = "once"):
+        self.search_path = search_path
+        self.index = index
+        self.hasher = hasher
+        self.locks = locks
+        self.verify = verify
+        self.verified = VerifiedFiles()
+        self.cache = ContentCache()
+        self._dir_table = search_path.dirs
+
+    # ------------------------------------------------------------ lookups
+    def _clean_dirs(self, data: IndexData, numbers) -> np.ndarray:
+        """Per directory number: True where the index is exact for it right now."""
+        clean = np.zeros(len(self._dir_table), np.bool_)
+        for number in numbers:
+            try:
+                mtime = os.stat(self._dir_table[number]).st_mtime_ns
+            except (FileNotFoundError, NotADirectoryError):
+                mtime = ABSENT
+            clean[number] = data.dir_settled[number] and mtime == data.dir_mtimes[number]
+        return clean
+
+    def lookup(self, checksums: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Presence and size of each checksum (``checksums``: 32 bytes each), exactly."""
+        data = self.index.current()
+        queries = np.frombuffer(checksums, KEY_DTYPE)
+        positions, found = data.find(queries)
+        first_bytes = np.frombuffer(checksums, np.uint8)[::32]
+        candidates = self.search_path.candidate_dirs
+        used_first_bytes = np.unique(first_bytes).tolist()
+        needed = {n for fb in used_first_bytes for n in candidates(fb)}
+        clean = self._clean_dirs(data, needed)
+        present = found & clean[data.dirs[positions]] if len(data) else found
+        sizes = np.where(present, data.sizes[positions] if len(data) else 0, 0).astype(np.int64)
+        changed_for = np.zeros(256, np.bool_)
+        for fb in used_first_bytes:
+            changed_for[fb] = not all(clean[n] for n in candidates(fb))
+        for i in np.flatnonzero(~present & changed_for[first_bytes]).tolist():
+            checksum = checksums[32 * i: 32 * i + 32]
+            hit = self._find_on_disk(checksum.hex(), clean)
+            if hit is not None:
+                present[i] = True
+                sizes[i] = hit.size
+        return present, sizes
+
+    def _find_on_disk(self, checksum_hex: str, clean: np.ndarray | None = None) -> BufferFile | None:
+        """Look in each candidate directory (only the changed ones, if ``clean`` is given)."""
+        first = int(checksum_hex[:2], 16)
+        for number in self.search_path.candidate_dirs(first):
+            if clean is not None and clean[number]:
+                continue
+            path = os.path.join(self._dir_table[number], checksum_hex)
+            st = _regular_file_stat(path)
+            if st is not None:
+                return BufferFile.from_stat(checksum_hex, path, st)
+        return None
+
+    def find(self, checksum: bytes) -> BufferFile | None:
+        """One buffer, exactly: where it is on disk now, or None."""
+        checksum_hex = checksum.hex()
+        data = self.index.current()
+        positions, found = data.find(np.frombuffer(checksum, KEY_DTYPE))
+        if found[0]:
+            # The index knows where it was; one stat says whether it still is.
+            path = os.path.join(self._dir_table[int(data.dirs[positions[0]])], checksum_hex)
+            st = _regular_file_stat(path)
+            if st is not None:
+                return BufferFile.from_stat(checksum_hex, path, st)
+            return self._find_on_disk(checksum_hex)
+        candidates = self.search_path.candidate_dirs(checksum[0])
+        clean = self._clean_dirs(data, candidates)
+        if all(clean[n] for n in candidates):
+            return None
+        return self._find_on_disk(checksum_hex, clean)
+
+    def has(self, checksums: bytes) -> list[bool]:
+        return self.lookup(checksums)[0].tolist()
+
+    def lengths(self, checksums: bytes) -> list[int]:
+        return self.lookup(checksums)[1].tolist()
+
+    # ------------------------------------------------------------- reading
+    def lock_paths(self, checksum_hex: str) -> list[str]:
+        return [*self.search_path.global_locks(checksum_hex),
+                *self.search_path.file_locks(checksum_hex)]
+
+    async def open(self, checksum: bytes) -> tuple[BufferFile, bytes | None] | None:
+        """Find a buffer for reading, honouring locks and checking its integrity.
+
+        Returns the file and, for small buffers, its verified content; None if
+        absent.  Waits while a fresh lock says the buffer is being written.
+        Raises :class:`CorruptBuffer` for a wrong file that no lock explains.
+        """
+        checksum_hex = checksum.hex()
+        buffer = self.find(checksum)
+        if buffer is None:
+            if not await self.locks.wait_until_free(self.lock_paths(checksum_hex)):
+                return None
+            buffer = self.find(checksum)
+            if buffer is None:
+                return None
+        for attempt in range(2):
+            ok, content = await self._read_verified(checksum, buffer)
+            if ok:
+                return buffer, content
+            if attempt or not await self.locks.wait_until_free(self.lock_paths(checksum_hex)):
+                break
+            buffer = self.find(checksum)
+            if buffer is None:
+                return None
+        raise CorruptBuffer(buffer.path, self.hasher.display_name)
+
+    async def _read_verified(self, checksum: bytes, buffer: BufferFile) -> tuple[bool, bytes | None]:
+        """Is the file's content right?  Small files are read (and cached) on the way."""
+        if buffer.size <= SMALL_BUFFER:
+            cached = self.cache.get(buffer.identity)
+            if cached is not None and self.verify != "always":
+                return True, cached
+            try:
+                with open(buffer.path, "rb", buffering=0) as f:
+                    st = os.fstat(f.fileno())
+                    content = f.read()
+            except FileNotFoundError:
+                return False, None
+            if self.verify != "never" and self.hasher.digest(content) != checksum:
+                return False, None
+            self.cache.put((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), content)
+            return True, content
+        if self.verify == "never" or (self.verify == "once" and buffer.identity in self.verified):
+            return True, None
+        digest = await asyncio.get_running_loop().run_in_executor(
+            None, self.hasher.digest_file, buffer.path)
+        if digest != checksum:
+            return False, None
+        self.verified.add(buffer.identity)
+        return True, None
+
+    def mark_verified(self, path: str) -> None:
+        """A file this server has just published: its content was hashed while written."""
+        st = _regular_file_stat(path)
+        if st is not None:
+            self.verified.add((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
