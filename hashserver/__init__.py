@@ -5,7 +5,7 @@ first access and configured from ``HASHSERVER_*`` variables when the server
 starts; importing the package creates and starts nothing.
 """
 
-from .app import create_app
+from .server import create_app
 from .config import Config, ConfigError
 
 __all__ = ["Config", "ConfigError", "create_app", "app"]

@@ -10,8 +10,14 @@ from .config import (DEFAULT_HOST, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY_SIZE, 
                      HASH_ALGORITHMS, LAYOUTS, VERIFY_MODES, Config, ConfigError, split_dirs)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line, like every other startup error (argparse would add the usage)."""
+        self.exit(2, f"hashserver: {message} (see hashserver -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hashserver",
         description="Serve a directory of buffers named by their checksum over HTTP "
         "(GET /<checksum>, PUT when writable, /has, /buffer-length).",
@@ -54,6 +60,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         verify=args.verify,
         max_body_size=args.max_body_size,
         hash_algorithm=args.hash_algorithm,
+        names={"directory": "DIRECTORY"},
     ).validate()
 
 
@@ -61,7 +68,7 @@ def serve(config: Config) -> None:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
-    from .app import create_app
+    from .server import create_app
 
     loader = AppLoader(factory=partial(create_app, config))
     app = loader.load()

@@ -131,9 +131,11 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return responses.message(500, f"Internal server error: {type(exc).__name__}")
 
-    @app.options("/<path:path>")
-    async def preflight(request: Request, path: str = "") -> HTTPResponse:
+    async def preflight(request: Request, **_) -> HTTPResponse:
         return HTTPResponse(status=204)
+
+    for uri in ("/<checksum>", "/has", "/buffer-length", "/healthcheck"):
+        app.add_route(preflight, uri, methods=["OPTIONS"], name=f"preflight{uri}")
 
     @app.get("/healthcheck")
     async def healthcheck(request: Request) -> HTTPResponse:

@@ -1,0 +1,153 @@
+"""Shared test helpers: buffer directories, and real servers run as users run them."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+BIN = Path(sys.executable).parent
+_names = itertools.count()
+
+
+def sha3(data: bytes) -> str:
+    return hashlib.sha3_256(data).hexdigest()
+
+
+def buffer_path(directory, checksum: str, layout: str = "prefix") -> Path:
+    directory = Path(directory)
+    if layout == "prefix":
+        return directory / checksum[:2] / checksum
+    if layout == "flat":
+        return directory / checksum
+    raise ValueError(layout)
+
+
+def add_buffer(directory, data: bytes, layout: str = "prefix", checksum: str | None = None) -> str:
+    """Write a buffer file as another program would (``cp``); returns its checksum."""
+    checksum = checksum or sha3(data)
+    path = buffer_path(directory, checksum, layout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return checksum
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A server started as a user starts it, on a free port of 127.0.0.1."""
+
+    def __init__(self, argv: list[str], env: dict | None = None, port: int | None = None,
+                 log_path: Path | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.argv = argv
+        self.log_path = log_path
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("HASHSERVER_")}
+        full_env.update(env or {})
+        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(argv, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30) -> "ServerProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if requests.get(self.url + "/healthcheck", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """``serve(directory, *options, workers=2)`` starts ``hashserver`` and waits for it."""
+    started: list[ServerProcess] = []
+
+    def start(directory, *options: str, workers: int = 1, wait: bool = True, env=None) -> ServerProcess:
+        port = free_port()
+        argv = [str(BIN / "hashserver"), str(directory), "--port", str(port),
+                "--workers", str(workers), *options]
+        server = ServerProcess(argv, env=env, port=port, log_path=tmp_path / f"server-{next(_names)}.log")
+        started.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def serve_sanic(tmp_path):
+    """``serve_sanic(env, workers=2)`` starts ``sanic hashserver.app`` configured by env."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict, workers: int = 2, wait: bool = True) -> ServerProcess:
+        port = free_port()
+        argv = [str(BIN / "sanic"), "hashserver.app", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", str(workers), "--no-motd"]
+        server = ServerProcess(argv, env=env, port=port, log_path=tmp_path / f"sanic-{next(_names)}.log")
+        started.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def app_client(tmp_path):
+    """An in-process server (sanic-testing) for a Config; ``app_client(config)``."""
+    from sanic_testing.reusable import ReusableClient
+
+    from hashserver import create_app
+
+    clients = []
+
+    def make(config):
+        app = create_app(config.validate(), name=f"test_{next(_names)}")
+        client = ReusableClient(app, port=free_port())
+        client.run()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.stop()
