@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import sys
+from typing import NoReturn
 
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
@@ -52,9 +53,22 @@ def resolve_config(app: Sanic) -> Config:
         try:
             config = Config.from_env()
         except ConfigError as exc:
-            print(f"hashserver: {exc}", file=sys.stderr, flush=True)
-            os._exit(2)  # Sanic would turn an exception into a traceback
+            exit_at_startup(str(exc))
     return config
+
+
+def exit_at_startup(message: str) -> NoReturn:
+    """End a server that cannot start with one line and status 2.
+
+    Sanic turns an exception in a main-process listener into a traceback (and,
+    in 25.12, a second one of its own), so the process ends here instead, with
+    the helper processes Sanic has already started.
+    """
+    print(f"hashserver: {message}", file=sys.stderr, flush=True)
+    for child in multiprocessing.active_children():
+        child.terminate()
+        child.join(5)
+    os._exit(2)
 
 
 def _start_index(app: Sanic, config: Config) -> tuple[IndexPublisher, GenerationStore]:
@@ -91,6 +105,8 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
 
     @app.main_process_stop
     async def remove_index(app: Sanic) -> None:
+        if not hasattr(app.ctx, "publisher"):
+            return  # startup failed before the index was built
         app.ctx.publisher.stop()
         app.ctx.generations.remove()
 

@@ -51,7 +51,8 @@ class ServerProcess:
     """A server started as a user starts it, on a free port of 127.0.0.1."""
 
     def __init__(self, argv: list[str], env: dict | None = None, port: int | None = None,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, workers: int = 1):
+        self.workers = workers
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = argv
@@ -68,10 +69,13 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if requests.get(self.url + "/healthcheck", timeout=1).status_code == 200:
-                    return self
+                answered = requests.get(self.url + "/healthcheck", timeout=1).status_code == 200
             except requests.RequestException:
-                pass
+                answered = False
+            # Sanic hangs for its shutdown timeout if stopped while a worker is
+            # still starting, so wait for every worker, not just the first.
+            if answered and self.output().count("Worker ready") >= self.workers:
+                return self
             time.sleep(0.1)
         raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
 
@@ -82,10 +86,9 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> int:
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+            # The main process stops its workers; signalling the whole group
+            # could interrupt a worker that is still starting.
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -105,7 +108,8 @@ def serve(tmp_path):
         port = free_port()
         argv = [str(BIN / "hashserver"), str(directory), "--port", str(port),
                 "--workers", str(workers), *options]
-        server = ServerProcess(argv, env=env, port=port, log_path=tmp_path / f"server-{next(_names)}.log")
+        server = ServerProcess(argv, env=env, port=port, log_path=tmp_path / f"server-{next(_names)}.log",
+                               workers=workers)
         started.append(server)
         return server.wait_ready() if wait else server
 
@@ -123,7 +127,8 @@ def serve_sanic(tmp_path):
         port = free_port()
         argv = [str(BIN / "sanic"), "hashserver.app", "--host", "127.0.0.1", "--port", str(port),
                 "--workers", str(workers), "--no-motd"]
-        server = ServerProcess(argv, env=env, port=port, log_path=tmp_path / f"sanic-{next(_names)}.log")
+        server = ServerProcess(argv, env=env, port=port, log_path=tmp_path / f"sanic-{next(_names)}.log",
+                               workers=workers)
         started.append(server)
         return server.wait_ready() if wait else server
 

@@ -1,0 +1,206 @@
+"""The index and the store's exact lookups, without HTTP."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from hashserver.checksum import Hasher
+from hashserver.config import Config
+from hashserver.index import GenerationStore, IndexData, IndexPublisher, IndexReader, scan_directory
+from hashserver.layout import SearchPath, is_buffer_name
+from hashserver.locks import LockProtocol
+from hashserver.store import BufferStore
+
+from conftest import add_buffer, sha3
+
+
+def make_store(config: Config):
+    config = config.validate()
+    search_path = SearchPath.from_config(config)
+    generations = GenerationStore.create()
+    publisher = IndexPublisher(search_path, generations)
+    publisher.build()
+    store = BufferStore(search_path, IndexReader(generations), Hasher(), LockProtocol(2.0))
+    return store, publisher, generations
+
+
+@pytest.fixture
+def built(request):
+    made = []
+
+    def build(config):
+        result = make_store(config)
+        made.append(result)
+        return result
+
+    yield build
+    for _, _, generations in made:
+        generations.remove()
+
+
+def checksums_bytes(*hexes: str) -> bytes:
+    return b"".join(bytes.fromhex(h) for h in hexes)
+
+
+def age_directories(root) -> None:
+    """Backdate directory times so the scan sees them as settled (the fast path)."""
+    old = time.time() - 3600
+    for dirpath, dirnames, _ in os.walk(root):
+        os.utime(dirpath, (old, old))
+
+
+def test_buffer_names():
+    cs = sha3(b"x")
+    assert is_buffer_name(cs)
+    assert not is_buffer_name(cs.upper())
+    assert not is_buffer_name(cs + ".LOCK")
+    assert not is_buffer_name("." + cs + ".host-1.0.tmp")
+    assert not is_buffer_name(".HASHSERVER_PREFIX")
+
+
+@pytest.mark.parametrize("layout", ["prefix", "flat"])
+def test_build_and_batch_lookup(tmp_path, built, layout):
+    data = [os.urandom(n) for n in (0, 1, 100, 5000)]
+    hexes = [add_buffer(tmp_path, d, layout) for d in data]
+    age_directories(tmp_path)
+    store, publisher, _ = built(Config(str(tmp_path), layout=layout))
+    assert len(publisher.data) == 4
+    missing = sha3(b"missing")
+    present, sizes = store.lookup(checksums_bytes(*hexes, missing))
+    assert present.tolist() == [True] * 4 + [False]
+    assert sizes.tolist() == [len(d) for d in data] + [0]
+    assert store.find(bytes.fromhex(hexes[2])).size == 100
+    assert store.find(bytes.fromhex(missing)) is None
+
+
+def test_junk_files_are_not_indexed(tmp_path, built):
+    cs = add_buffer(tmp_path, b"real")
+    sub = tmp_path / cs[:2]
+    (sub / (cs + ".LOCK")).write_bytes(b"")
+    (sub / f".{cs}.host-1.0.tmp").write_bytes(b"partial")
+    (sub / "notes.txt").write_text("junk")
+    (sub / cs.upper()).write_bytes(b"real")
+    (sub / sha3(b"dir")).mkdir()  # a directory with a checksum name is not a buffer
+    (tmp_path / ".HASHSERVER_PREFIX").write_bytes(b"")
+    (tmp_path / "zz").mkdir()
+    age_directories(tmp_path)
+    _, publisher, _ = built(Config(str(tmp_path)))
+    assert len(publisher.data) == 1
+
+
+def test_vault_layout(tmp_path, built):
+    hexes = []
+    for sub in ("independent/small", "independent/big", "dependent/small", "dependent/big"):
+        d = tmp_path / sub
+        d.mkdir(parents=True)
+        hexes.append(add_buffer(d, sub.encode(), "flat"))
+    age_directories(tmp_path)
+    store, publisher, _ = built(Config(str(tmp_path), layout="vault"))
+    assert store.has(checksums_bytes(*hexes)) == [True] * 4
+    assert store.lengths(checksums_bytes(*hexes)) == [len(s) for s in
+                                                        ("independent/small", "independent/big",
+                                                         "dependent/small", "dependent/big")]
+
+
+def test_extra_dirs_flat_and_prefix(tmp_path, built):
+    main = tmp_path / "main"
+    flat = tmp_path / "flat"
+    prefix = tmp_path / "prefix"
+    for d in (main, flat, prefix):
+        d.mkdir()
+    (prefix / ".HASHSERVER_PREFIX").write_bytes(b"")
+    a = add_buffer(main, b"main")
+    b = add_buffer(flat, b"flat extra", "flat")
+    c = add_buffer(prefix, b"prefix extra", "prefix")
+    wrongly_placed = add_buffer(flat, b"in a prefix dir of a flat extra", "prefix")
+    age_directories(tmp_path)
+    store, _, _ = built(Config(str(main), extra_dirs=(str(flat), str(prefix))))
+    assert store.has(checksums_bytes(a, b, c, wrongly_placed)) == [True, True, True, False]
+    assert store.find(bytes.fromhex(c)).path == str(prefix / c[:2] / c)
+
+
+def test_main_directory_comes_first(tmp_path, built):
+    main, extra = tmp_path / "main", tmp_path / "extra"
+    main.mkdir()
+    extra.mkdir()
+    cs = add_buffer(main, b"same")
+    add_buffer(extra, b"same", "flat")
+    age_directories(tmp_path)
+    store, publisher, _ = built(Config(str(main), extra_dirs=(str(extra),)))
+    assert len(publisher.data) == 1
+    assert store.find(bytes.fromhex(cs)).path == str(main / cs[:2] / cs)
+
+
+def test_added_and_removed_files_are_seen_at_once(tmp_path, built):
+    kept = add_buffer(tmp_path, b"kept")
+    removed = add_buffer(tmp_path, b"removed")
+    age_directories(tmp_path)
+    store, publisher, _ = built(Config(str(tmp_path)))
+    added = add_buffer(tmp_path, b"added later")  # may land in a new prefix directory
+    os.unlink(tmp_path / removed[:2] / removed)
+    query = checksums_bytes(kept, removed, added)
+    assert store.has(query) == [True, False, True]
+    assert store.lengths(query) == [4, 0, len(b"added later")]
+    assert store.find(bytes.fromhex(removed)) is None
+    assert store.find(bytes.fromhex(added)) is not None
+    # After the background rescan the index itself knows, and stays exact.
+    age_directories(tmp_path)
+    assert publisher.refresh()
+    assert store.has(query) == [True, False, True]
+    assert publisher.refresh() is False
+
+
+def test_recently_modified_directory_is_not_trusted(tmp_path, built):
+    """A directory modified within the timestamp granularity of the scan may
+    change without its mtime moving; such a directory is checked on disk."""
+    store, publisher, _ = built(Config(str(tmp_path), layout="flat"))
+    assert not publisher.data.dir_settled[0]
+    cs = add_buffer(tmp_path, b"written right after the scan", "flat")
+    st = os.stat(tmp_path)
+    os.utime(tmp_path, ns=(st.st_atime_ns, int(publisher.data.dir_mtimes[0])))  # same mtime as scanned
+    assert store.has(checksums_bytes(cs)) == [True]
+
+
+def test_scan_directory_reads_mtime_before_listing(tmp_path):
+    add_buffer(tmp_path, b"x", "flat")
+    scan = scan_directory(0, str(tmp_path))
+    assert scan.mtime_ns == os.stat(tmp_path).st_mtime_ns
+    assert len(scan.sizes) == 1
+    assert scan_directory(1, str(tmp_path / "nope")).mtime_ns == -1
+
+
+def test_index_file_roundtrip(tmp_path):
+    keys = np.sort(np.frombuffer(os.urandom(32 * 5), "S32"))
+    data = IndexData(keys, np.arange(5, dtype=np.uint64), np.zeros(5, np.uint16),
+                     np.array([7], np.int64), np.array([True]))
+    data.write(str(tmp_path / "idx"))
+    loaded = IndexData.open(str(tmp_path / "idx"))
+    assert loaded.keys.tolist() == keys.tolist()
+    assert loaded.sizes.tolist() == list(range(5))
+    assert loaded.dir_mtimes.tolist() == [7]
+    positions, found = loaded.find(keys[::-1].copy())
+    assert found.all()
+
+
+def test_workers_follow_new_generations(tmp_path, built):
+    store, publisher, generations = built(Config(str(tmp_path)))
+    reader = IndexReader(generations)
+    before = len(reader.current())
+    add_buffer(tmp_path, b"new")
+    age_directories(tmp_path)
+    publisher.refresh()
+    assert len(reader.current()) == before + 1
+
+
+def test_tens_of_thousands(tmp_path, built):
+    hexes = [add_buffer(tmp_path, i.to_bytes(4, "little")) for i in range(20000)]
+    age_directories(tmp_path)
+    store, publisher, _ = built(Config(str(tmp_path)))
+    assert len(publisher.data) == 20000
+    query = checksums_bytes(*hexes[::7], *(sha3(str(i).encode()) for i in range(100)))
+    present = store.has(query)
+    assert present == [True] * len(hexes[::7]) + [False] * 100
