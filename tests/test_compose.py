@@ -80,10 +80,15 @@ def test_structure_and_defaults(tmp_path, buffers):
     assert environment["HASHSERVER_WRITABLE"] == "0"
     assert environment["HASHSERVER_LAYOUT"] == "prefix"
     assert int(environment["HASHSERVER_WORKERS"]) >= 1
+    # Passed on when set; empty (the server's default) when not.
+    for name in ("LOCK_TIMEOUT", "VERIFY", "MAX_BODY_SIZE", "HASH_ALGORITHM"):
+        assert environment["HASHSERVER_" + name] in ("", "None"), name
     # Inside the container these come from the image; here they mean the host side.
     for name in REQUIRED:
         assert name not in environment
     assert service["restart"] in ("always", "unless-stopped")
+    assert service["init"] is True
+    assert service["shm_size"]
     healthcheck = service["healthcheck"]
     assert healthcheck["test"][0] == "CMD"
     assert "python3" in healthcheck["test"] and "http://127.0.0.1:8000/healthcheck" in " ".join(healthcheck["test"])
@@ -92,7 +97,8 @@ def test_structure_and_defaults(tmp_path, buffers):
 def test_user_group_writable_layout_workers(tmp_path, buffers):
     variables = dict(minimal(buffers), HASHSERVER_USER_ID="1000", HASHSERVER_GROUP_ID="1001",
                      HASHSERVER_WRITABLE="1", HASHSERVER_LAYOUT="flat", HASHSERVER_WORKERS="8",
-                     HASHSERVER_HOST="0.0.0.0", HASHSERVER_PORT="5813")
+                     HASHSERVER_HOST="0.0.0.0", HASHSERVER_PORT="5813",
+                     HASHSERVER_VERIFY="always", HASHSERVER_LOCK_TIMEOUT="30")
     service = resolved(tmp_path, variables)
     assert str(service["user"]) == "1000:1001"
     assert service["ports"] == ["0.0.0.0:5813:8000"]
@@ -100,6 +106,8 @@ def test_user_group_writable_layout_workers(tmp_path, buffers):
     assert environment["HASHSERVER_WRITABLE"] == "1"
     assert environment["HASHSERVER_LAYOUT"] == "flat"
     assert environment["HASHSERVER_WORKERS"] == "8"
+    assert environment["HASHSERVER_VERIFY"] == "always"
+    assert environment["HASHSERVER_LOCK_TIMEOUT"] == "30"
 
 
 def test_only_user_id_given_keeps_group_0(tmp_path, buffers):
