@@ -1,0 +1,131 @@
+"""``python -m bench``: options, then run the suite and write the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .cases import CASES
+from .report import full_table, write_charts, write_json
+from .suite import Options, Suite
+
+SCALING_SIZES = [10_000, 100_000, 1_000_000]
+# A smoke run: every case and code path, in well under a minute.  One worker
+# count (2: still several workers) because each count costs a full set of cases.
+QUICK = {"buffers": 2000, "workers": [2], "duration": 1.0, "warmup": 0.0, "large_mib": 16,
+         "sha3_seconds": 0.3}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, not {text!r}")
+    return values
+
+
+def _case_list(text: str) -> list[str]:
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [k for k in keys if k not in CASES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown case(s) {', '.join(unknown)}; "
+                                         f"choose from {', '.join(CASES)}")
+    return keys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark hashserver as users run it, side by side with nginx on the same "
+        "directory and single-core SHA3-256, and report every figure as a ratio to its ceiling.")
+    p.add_argument("--buffers", type=int, default=None,
+                   help="small buffers in the directory (default 100000; --quick: 2000)")
+    p.add_argument("--scaling", action="store_true",
+                   help="run 10,000, 100,000 and 1,000,000 buffers and compare")
+    p.add_argument("--workers", type=_int_list, default=None, metavar="N[,N...]",
+                   help="Sanic worker counts to run (default: 1,4; --quick: 2); nginx gets as many")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="measured time per case (default 10; --quick: 1); wrk rounds up to whole seconds")
+    p.add_argument("--warmup", type=float, default=None, metavar="SECONDS",
+                   help="unmeasured load before each case (default 2; --quick: 0)")
+    p.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    p.add_argument("--layout", choices=("prefix", "flat"), default="prefix",
+                   help="buffer directory layout (default prefix)")
+    p.add_argument("--large-mib", type=int, default=None,
+                   help="size of the large buffer in MiB (default 64; --quick: 16)")
+    p.add_argument("--cache-dir", default="~/.cache/hashserver-bench",
+                   help="where buffer directories are made and kept between runs (default %(default)s)")
+    p.add_argument("--out", default="bench-results",
+                   help="where bench.json, bench.png, table.txt and the server logs go "
+                   "(default %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny directory, about a second per case, workers=2 only: a smoke run "
+                   "(well under a minute), not a measurement")
+    p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
+                   help="load generator: wrk if installed (auto), or the built-in Python client")
+    p.add_argument("--client-processes", type=int, default=None,
+                   help="processes of the built-in client (default: half the CPUs, 1 to 4)")
+    p.add_argument("--no-nginx", action="store_true", help="skip the nginx side-by-side figures")
+    p.add_argument("--cases", type=_case_list, default=None, metavar="KEY[,KEY...]",
+                   help="only these figures: " + ", ".join(CASES))
+    p.add_argument("--profile", action="store_true",
+                   help="record a py-spy flame graph of the server during each case (slows it)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the generated buffers (default 1)")
+    return p
+
+
+def options_from_args(argv: list[str] | None) -> Options:
+    args = build_parser().parse_args(argv)
+    quick = QUICK if args.quick else {}
+
+    def pick(value, name: str, default):
+        return value if value is not None else quick.get(name, default)
+
+    buffers = SCALING_SIZES if args.scaling else [pick(args.buffers, "buffers", 100_000)]
+    return Options(
+        buffers=buffers,
+        workers=pick(args.workers, "workers", [1, 4]),
+        layout=args.layout,
+        duration=pick(args.duration, "duration", 10.0),
+        warmup=pick(args.warmup, "warmup", 2.0),
+        connections=args.connections,
+        large_size=pick(args.large_mib, "large_mib", 64) << 20,
+        cache_dir=args.cache_dir,
+        out=args.out,
+        quick=args.quick,
+        client=args.client,
+        client_processes=args.client_processes,
+        nginx=not args.no_nginx,
+        cases=args.cases or list(CASES),
+        profile=args.profile,
+        seed=args.seed,
+        sha3_seconds=quick.get("sha3_seconds", 1.0),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = options_from_args(argv)
+    os.makedirs(options.out, exist_ok=True)
+    suite = Suite(options)
+    try:
+        doc = suite.run()
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    charts, note = write_charts(doc, options.out)
+    if note:
+        doc["notes"].append(note)
+        print(f"bench: note: {note}", file=sys.stderr)
+    doc["outputs"] = {"json": os.path.join(options.out, "bench.json"), "charts": charts,
+                      "table": os.path.join(options.out, "table.txt")}
+    table = full_table(doc)
+    write_json(doc, doc["outputs"]["json"])
+    with open(doc["outputs"]["table"], "w") as f:
+        f.write(table)
+    sys.stdout.write(table)
+    print(f"bench: wrote {', '.join([doc['outputs']['json'], doc['outputs']['table'], *charts])}",
+          file=sys.stderr)
+    return 1 if any(run["problems"] for run in doc["runs"]) else 0

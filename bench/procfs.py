@@ -1,0 +1,121 @@
+"""Resident memory and CPU time of a server's processes, read from /proc.
+
+RSS counts every page a process maps, shared or not, so with four workers
+mapping the same index file RSS shows the index four times.  PSS splits each
+shared page between the processes that map it, and USS counts only private
+pages: together they show whether the index is paid once or once per worker,
+which is why all three are reported.
+
+CPU time per request says whether a server is limited by its own work or by
+something else (the load generator, the disk) on the same machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    pid: int
+    role: str  # main, worker, or the helper it is (resource tracker, sync manager)
+    rss: int  # bytes
+    pss: int | None  # bytes; None where smaps_rollup is unavailable
+    uss: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (all its threads' children)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found.extend(int(p) for p in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _role(pid: int, main: int, workers: set[int]) -> str:
+    if pid == main:
+        return "main"
+    if pid in workers:
+        return "worker"
+    cmdline = _cmdline(pid)
+    if "resource_tracker" in cmdline:
+        return "resource-tracker"
+    if "spawn_main" in cmdline:
+        return "sync-manager"  # Sanic's multiprocessing Manager for shared_ctx
+    return "helper"
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _rollup(pid: int) -> tuple[int | None, int | None]:
+    """PSS and USS (private clean + private dirty) in bytes."""
+    fields: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[0].endswith(":"):
+                    fields[parts[0][:-1]] = int(parts[1]) * 1024
+    except (FileNotFoundError, PermissionError):
+        return None, None
+    if "Pss" not in fields:
+        return None, None
+    return fields["Pss"], fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+
+
+def measure_tree(main: int, workers: set[int]) -> list[ProcessMemory]:
+    """Memory of ``main`` and its children (one level: Sanic workers are direct children)."""
+    result = []
+    for pid in tree(main):
+        try:
+            rss = _rss(pid)
+            pss, uss = _rollup(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+        result.append(ProcessMemory(pid, _role(pid, main, workers), rss, pss, uss))
+    return result
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by these processes (exited ones count 0)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
+def tree(main: int) -> list[int]:
+    """``main`` and its direct children."""
+    return [main, *children(main)]

@@ -1,0 +1,217 @@
+"""The outputs of a run: a table for people, JSON for programs, PNG charts.
+
+All three are made from the same JSON-ready document, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .cases import CASES
+
+MIB = 1 << 20
+
+
+def _number(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if value >= 100:
+        return f"{value:,.0f} {unit}"
+    return f"{value:,.1f} {unit}"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def _run_title(doc: dict, run: dict) -> str:
+    o = doc["options"]
+    return (f"{run['buffers']:,} buffers of {_size(run['buffer_size'])} ({run['layout']} layout), "
+            f"large buffer {_size(run['large_size'])}, workers={run['workers']} -- "
+            f"load: {doc['load_generator']['description']}, {o['connections']} connections; "
+            f"{o['duration']:g} s per case" + (f" after {o['warmup']:g} s warm-up" if o["warmup"] else ""))
+
+
+def run_table(doc: dict, run: dict) -> str:
+    lines = [_run_title(doc, run)]
+    header = f"{'figure':<28} {'hashserver':>22}   {'ceiling':<40} {'ratio':>6}  target"
+    lines += [header, "-" * len(header)]
+    for key, fig in run["figures"].items():
+        unit = fig["unit"]
+        ceiling = ""
+        if fig["ceiling"]:
+            ceiling = f"{fig['ceiling']} {_number(fig['ceiling_value'], unit)}"
+        ratio = _ratio(fig["ratio"])
+        target = ""
+        if fig["target"] is not None:
+            verdict = {True: "met", False: "MISSED", None: "?"}[fig["met"]]
+            target = f">={fig['target']:.2f} {verdict}"
+        lines.append(f"{fig['label']:<28} {_number(fig['value'], unit):>22}   {ceiling:<40} "
+                     f"{ratio:>6}  {target}".rstrip())
+    for phase in ("idle", "after_load"):
+        procs = run["memory"].get(phase)
+        if not procs:
+            continue
+        lines.append("")
+        lines.append(f"memory, {phase.replace('_', ' ')}:  {'pid':>7} {'RSS MiB':>9} "
+                     f"{'PSS MiB':>9} {'USS MiB':>9}")
+        for p in procs:
+            lines.append(f"  {p['role']:<20} {p['pid']:>7} {p['rss'] / MIB:>9.1f} "
+                         f"{_mib(p['pss']):>9} {_mib(p['uss']):>9}")
+        lines.append(f"  {'total':<20} {'':>7} {sum(p['rss'] for p in procs) / MIB:>9.1f} "
+                     f"{_mib(_sum(p['pss'] for p in procs)):>9} {_mib(_sum(p['uss'] for p in procs)):>9}")
+    if run["problems"]:
+        lines.append("")
+        lines += [f"problem: {p}" for p in run["problems"]]
+    return "\n".join(lines)
+
+
+def _ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.2g}"
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / MIB:.1f}"
+
+
+def _sum(values) -> int | None:
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)
+
+
+def scaling_table(doc: dict) -> str:
+    """Each figure across directory sizes, per worker count; the largest against the smallest."""
+    sizes = sorted({r["buffers"] for r in doc["runs"]})
+    if len(sizes) < 2:
+        return ""
+    lines = [f"scaling: {', '.join(f'{s:,}' for s in sizes)} buffers "
+             f"(last column: largest / smallest; throughput target >= 0.90)"]
+    for workers in sorted({r["workers"] for r in doc["runs"]}):
+        runs = {r["buffers"]: r for r in doc["runs"] if r["workers"] == workers}
+        lines.append(f"workers={workers}")
+        header = f"  {'figure':<28}" + "".join(f"{s:>16,}" for s in sizes) + f"{'ratio':>9}"
+        lines.append(header)
+        for key in runs[sizes[0]]["figures"]:
+            unit = CASES[key].unit
+            values = [runs.get(s, {}).get("figures", {}).get(key, {}).get("value") for s in sizes]
+            row = f"  {CASES[key].label:<28}" + "".join(
+                f"{_number(v, unit).replace(' ' + unit, ''):>16}" for v in values)
+            if values[0] and values[-1]:
+                change = values[-1] / values[0]
+                mark = " " if unit == "s" or change >= 0.9 else " MISSED"
+                row += f"{change:>9.2f}{mark}"
+            lines.append(row.rstrip())
+    return "\n".join(lines)
+
+
+def full_table(doc: dict) -> str:
+    m = doc["machine"]
+    parts = [f"hashserver bench on {m['cpu_model']} ({m['cpu_count']} CPUs), Python {m['python']}, "
+             f"Sanic {m['sanic']}, {m['nginx'] or 'no nginx'}, {m['wrk'] or 'no wrk'}; "
+             f"load average at start {m['load_average_at_start']}, at end "
+             f"{m.get('load_average_at_end')}"]
+    parts += [f"note: {n}" for n in doc["notes"]]
+    for run in doc["runs"]:
+        parts += ["", run_table(doc, run)]
+    scaling = scaling_table(doc)
+    if scaling:
+        parts += ["", scaling]
+    return "\n".join(parts) + "\n"
+
+
+def write_json(doc: dict, path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def write_charts(doc: dict, out: str) -> tuple[list[str], str | None]:
+    """PNG charts; (paths written, note if they could not be made)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], ("matplotlib is not installed (pip install 'hashserver-sanic[bench]'): "
+                    "no PNG chart")
+    written = [_ratio_chart(doc, plt, os.path.join(out, "bench.png"))]
+    if len({r["buffers"] for r in doc["runs"]}) > 1:
+        written.append(_scaling_chart(doc, plt, os.path.join(out, "scaling.png")))
+    return written, None
+
+
+def _ratio_chart(doc: dict, plt, path: str) -> str:
+    """One panel per run: each figure as a fraction of its ceiling, with its target."""
+    runs = doc["runs"]
+    sizes = sorted({r["buffers"] for r in runs})
+    workers = sorted({r["workers"] for r in runs})
+    fig, axes = plt.subplots(len(sizes), len(workers), squeeze=False,
+                             figsize=(6.5 * len(workers), 0.5 + 0.45 * 14 * len(sizes)))
+    for run in runs:
+        ax = axes[sizes.index(run["buffers"])][workers.index(run["workers"])]
+        items = [(k, f) for k, f in run["figures"].items() if f["ratio"] is not None]
+        labels = [f["label"] for _, f in items]
+        ratios = [f["ratio"] for _, f in items]
+        colors = ["tab:green" if f["met"] else "tab:red" if f["met"] is False else "tab:blue"
+                  for _, f in items]
+        ys = range(len(items))
+        ax.barh(ys, ratios, color=colors)
+        for y, (_, f) in zip(ys, items):
+            if f["target"] is not None:
+                ax.plot([f["target"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
+            ax.text(f["ratio"], y, f"  {_number(f['value'], f['unit'])} vs "
+                    f"{f['ceiling']} {_number(f['ceiling_value'], f['unit'])}",
+                    va="center", fontsize=7)
+        ax.axvline(1.0, color="grey", linestyle=":")
+        # Room on the right for the labels, which state the absolute figures.
+        ax.set_xlim(min([0.01, *[r / 2 for r in ratios]]), 1000)
+        ax.set_yticks(list(ys), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("ratio to ceiling (higher is better; black tick: target)")
+        ax.set_title(f"{run['buffers']:,} buffers, workers={run['workers']}", fontsize=10)
+    fig.suptitle(f"hashserver vs ceilings -- {doc['machine']['cpu_model']}, "
+                 f"{doc['machine']['cpu_count']} CPUs, {doc['load_generator']['description']}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _scaling_chart(doc: dict, plt, path: str) -> str:
+    """Each figure relative to its value at the smallest directory size."""
+    workers = sorted({r["workers"] for r in doc["runs"]})
+    fig, axes = plt.subplots(1, len(workers), squeeze=False, figsize=(6.5 * len(workers), 5))
+    for col, w in enumerate(workers):
+        ax = axes[0][col]
+        runs = sorted((r for r in doc["runs"] if r["workers"] == w), key=lambda r: r["buffers"])
+        for key in runs[0]["figures"]:
+            if CASES[key].unit == "s":
+                continue
+            xs, ys = [], []
+            base = runs[0]["figures"][key].get("value")
+            for r in runs:
+                v = r["figures"].get(key, {}).get("value")
+                if base and v:
+                    xs.append(r["buffers"])
+                    ys.append(v / base)
+            ax.plot(xs, ys, marker="o", label=CASES[key].label)
+        ax.axhspan(0.9, 1.1, color="green", alpha=0.1)
+        ax.set_xscale("log")
+        ax.set_xlabel("buffers in the directory")
+        ax.set_ylabel("figure / figure at the smallest size")
+        ax.set_title(f"workers={w}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
