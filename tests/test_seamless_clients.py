@@ -14,7 +14,7 @@ Two kinds of tests:
   for each point of issue 7: promises, ``/has-now``, compressed buffers, PUT with
   ``Content-Encoding``, the launcher's options, the hash-algorithm checks.
 
-Facts these tests rely on, read from the client packages (see the project's study notes):
+Facts these tests rely on, read from the client packages' source:
 ``BufferClient.buffer_lengths`` asks ``GET /has`` (not ``/buffer-length``) and returns the
 booleans; aiohttp sends ``Accept-Encoding: gzip, deflate`` and cannot decode zstd on
 Python < 3.14 without ``backports.zstd``; ``buffer_writer`` sends ``GET /has-now`` with a JSON
@@ -118,7 +118,9 @@ class Reply:
         return json.loads(self.body)
 
     def __repr__(self) -> str:
-        return f"<{self.status} {self.headers} {self.body[:300]!r}>"
+        shown = {k: v for k, v in self.headers.items()
+                 if k in ("content-type", "content-encoding", "content-length", "transfer-encoding")}
+        return f"<HTTP {self.status} {shown} {len(self.body)} bytes: {self.body[:300]!r}>"
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None,
@@ -722,12 +724,29 @@ def _end_launched(pid: int) -> None:
         if not _pid_running(pid):
             return
         try:
-            os.killpg(pid, sig)
+            os.killpg(pid, sig)  # the server leads its own session: this reaches its workers too
         except ProcessLookupError:
-            return
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and _pid_running(pid):
             time.sleep(0.1)
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Pids of the processes whose working directory is ``directory`` (the launcher starts the
+    server there): the ones this test started, found even when the launcher lost track of them."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == str(directory):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 def test_seamless_launcher_starts_hashserver(seamless_python, tmp_path):
@@ -752,15 +771,21 @@ def test_seamless_launcher_starts_hashserver(seamless_python, tmp_path):
         "HASHSERVER_HASH_ALGORITHM": "sha-256",
     }
     status_files: list[Path] = []
+    server_dir = home / ".remote-http-launcher" / "server"
+
+    def server_logs() -> str:
+        logs = sorted(server_dir.glob("*.log")) if server_dir.exists() else []
+        return "\n".join(f"--- {p.name}:\n{p.read_text(errors='replace')[-2000:]}" for p in logs)
+
     try:
         try:
             out = run_driver(seamless_python, tmp_path, "launch", LAUNCH, str(bufferdir), str(start),
                              str(start + 20), "60", env=env, timeout=240)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nhashserver output, as the launcher logged it:\n{server_logs()}") from None
         finally:
-            server_dir = home / ".remote-http-launcher" / "server"
             status_files = sorted(server_dir.glob("*.json")) if server_dir.exists() else []
-            logs = {p.name: p.read_text(errors="replace")[-2000:] for p in server_dir.glob("*.log")} \
-                if server_dir.exists() else {}
+        logs = server_logs()
         assert out["write"] is True and out["get_ok"], f"launched server did not store/serve: {out}"
         assert out["lengths"] == [True]
         assert len(status_files) == 1, f"expected one launcher status file, found {status_files}"
@@ -773,13 +798,16 @@ def test_seamless_launcher_starts_hashserver(seamless_python, tmp_path):
         assert status["command"].startswith(f"hashserver --port-range {start} {start + 20} --status-file "), status
         assert out["url"].endswith(f":{status['port']}"), (out["url"], status)
     finally:
+        pids = set(_processes_in(bufferdir / "testproject"))
         for path in status_files:
             try:
                 pid = json.loads(path.read_text()).get("pid")
             except (OSError, ValueError):
                 continue
             if isinstance(pid, int):
-                _end_launched(pid)
+                pids.add(pid)
+        for pid in sorted(pids):
+            _end_launched(pid)
 
 
 # ============================================================ launcher options, raw
@@ -969,7 +997,8 @@ def test_has_now_rejects_what_has_rejects(sha256_server):
         assert reply.status == 400 and reply.json()["message"] == "Invalid data", reply
         reply = json_request(sha256_server.port, method, "/has-now", ["abc"])
         assert reply.status == 400 and reply.json()["exception"]["loc"] == ["body", 0], reply
-        assert json_request(sha256_server.port, method, "/has-now", []).json() == []
+        empty = json_request(sha256_server.port, method, "/has-now", [])
+        assert empty.status == 200 and empty.body.strip() == b"[]", f"{method} /has-now []: {empty!r}"
 
 
 # =============================================================== compressed buffers
@@ -995,7 +1024,7 @@ def test_get_sends_compressed_file_when_accepted(sha256_server, name, accept):
     encoding = {".zst": "zstd", ".gz": "gzip"}[c.suffix]
     for _ in range(4):
         reply = request(sha256_server.port, "GET", "/" + c.checksum, headers={"Accept-Encoding": accept})
-        assert reply.status == 200, reply
+        assert reply.status == 200, f"GET of the {c.name} buffer, Accept-Encoding {accept!r}: {reply!r}"
         assert reply.headers.get("content-encoding") == encoding, (
             f"Accept-Encoding: {accept} on a {c.suffix} buffer: expected Content-Encoding {encoding}, "
             f"got {reply.headers}")
@@ -1013,7 +1042,7 @@ def test_get_decompresses_when_encoding_not_accepted(sha256_server, name, accept
     headers = {} if accept is None else {"Accept-Encoding": accept}
     for _ in range(4):
         reply = request(sha256_server.port, "GET", "/" + c.checksum, headers=headers)
-        assert reply.status == 200, reply
+        assert reply.status == 200, f"GET of the {c.name} buffer, Accept-Encoding {accept!r}: {reply!r}"
         assert reply.headers.get("content-encoding") in (None, "identity"), (
             f"Accept-Encoding {accept!r}: must not get Content-Encoding {reply.headers.get('content-encoding')}")
         assert reply.body == c.data, (
@@ -1033,7 +1062,7 @@ def test_get_compressed_as_aiohttp_and_requests_ask(sha256_server, name):
     a .gz one may come as gzip, which those clients decode."""
     c = sha256_server.compressed[name]
     reply = request(sha256_server.port, "GET", "/" + c.checksum, headers={"Accept-Encoding": "gzip, deflate"})
-    assert reply.status == 200, reply
+    assert reply.status == 200, f"GET of the {c.name} buffer, Accept-Encoding 'gzip, deflate': {reply!r}"
     encoding = reply.headers.get("content-encoding")
     body = gzip.decompress(reply.body) if encoding == "gzip" else reply.body
     assert encoding in (None, "identity", "gzip"), f"{name}: a client that accepts gzip, deflate got {encoding}"
@@ -1097,8 +1126,9 @@ def test_put_compressed_with_wrong_checksum(sha256_server, encoding):
     body = zstd_compress(data) if encoding == "zstd" else gzip.compress(data)
     reply = request(sha256_server.port, "PUT", "/" + cs, body, {"Content-Encoding": encoding})
     assert reply.status == 400 and reply.body == b"Incorrect checksum", reply
-    assert _leftovers(sha256_server.directory, cs) == []
-    assert json_request(sha256_server.port, "GET", "/has-now", [cs]).json() == [False]
+    assert _leftovers(sha256_server.directory, cs) == [], "nothing may be stored for a wrong checksum"
+    has_now = json_request(sha256_server.port, "GET", "/has-now", [cs])
+    assert has_now.status == 200 and has_now.json() == [False], f"/has-now after a refused PUT: {has_now!r}"
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "gzip"])
@@ -1109,7 +1139,8 @@ def test_put_undecodable_payload(sha256_server, encoding):
     assert reply.status == 400 and reply.body == b"Invalid compressed payload", (
         f"undecodable {encoding} body: {reply!r}")
     assert _leftovers(sha256_server.directory, cs) == [], "nothing may be stored for an undecodable body"
-    assert json_request(sha256_server.port, "GET", "/has-now", [cs]).json() == [False]
+    has_now = json_request(sha256_server.port, "GET", "/has-now", [cs])
+    assert has_now.status == 200 and has_now.json() == [False], f"/has-now after a refused PUT: {has_now!r}"
 
 
 # ====================================================================== hash algorithm
