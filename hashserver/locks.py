@@ -41,7 +41,11 @@ def pid_is_dead(tag: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    try:  # a zombie is dead too (its parent may not have reaped it yet)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class LockProtocol:
@@ -101,13 +105,20 @@ class HeldLock:
                 pass
 
     async def __aenter__(self) -> "HeldLock":
-        self._touch()
+        try:
+            self._touch()
+        except OSError:  # e.g. a full disk: leave no empty lock behind
+            self._remove()
+            raise
         self._task = asyncio.get_running_loop().create_task(self._refresh())
         return self
 
     async def __aexit__(self, *exc) -> None:
         if self._task is not None:
             self._task.cancel()
+        self._remove()
+
+    def _remove(self) -> None:
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -75,10 +75,22 @@ class BufferWriter:
         self.max_body_size = max_body_size
 
     async def put(self, checksum: bytes, body: AsyncIterator[bytes]) -> Outcome:
+        """Store the body under ``checksum`` if it hashes to it.
+
+        Raises :class:`ChecksumMismatch`, :class:`BodyTooLarge` or
+        :class:`DiskFull`; in every case nothing is left behind.
+        """
+        try:
+            return await self._put(checksum, body)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull() from exc
+            raise
+
+    async def _put(self, checksum: bytes, body: AsyncIterator[bytes]) -> Outcome:
         checksum_hex = checksum.hex()
         if self.store.find(checksum) is not None:
-            digest = await self._drain(body)
-            if digest != checksum:
+            if await self._drain(body) != checksum:
                 raise ChecksumMismatch()
             return Outcome.PRESENT
         final = self.search_path.publish_path(checksum_hex)
@@ -87,16 +99,11 @@ class BufferWriter:
         tmp = os.path.join(directory, temp_name(checksum_hex))
         async with HeldLock(final + LOCK_SUFFIX):
             try:
-                digest = await self._stream_to(tmp, body)
-                if digest != checksum:
+                if await self._stream_to(tmp, body) != checksum:
                     raise ChecksumMismatch()
                 await self.locks.wait_until_free(self.search_path.global_locks(checksum_hex))
                 os.chmod(tmp, BUFFER_MODE)
                 published = self._publish(tmp, final)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise DiskFull() from exc
-                raise
             finally:
                 _unlink_quietly(tmp)
         if published:

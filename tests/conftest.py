@@ -92,6 +92,7 @@ class ServerProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                print(f"server did not stop within {timeout} s; its log:\n{self.output()[-3000:]}")
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         if self._log is not subprocess.DEVNULL:
@@ -100,7 +101,13 @@ class ServerProcess:
 
 
 @pytest.fixture
-def serve(tmp_path):
+def logs(tmp_path_factory) -> Path:
+    """Server logs, kept out of the buffer directories under test."""
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture
+def serve(logs):
     """``serve(directory, *options, workers=2)`` starts ``hashserver`` and waits for it."""
     started: list[ServerProcess] = []
 
@@ -108,7 +115,7 @@ def serve(tmp_path):
         port = free_port()
         argv = [str(BIN / "hashserver"), str(directory), "--port", str(port),
                 "--workers", str(workers), *options]
-        server = ServerProcess(argv, env=env, port=port, log_path=tmp_path / f"server-{next(_names)}.log",
+        server = ServerProcess(argv, env=env, port=port, log_path=logs / f"server-{next(_names)}.log",
                                workers=workers)
         started.append(server)
         return server.wait_ready() if wait else server
@@ -119,7 +126,7 @@ def serve(tmp_path):
 
 
 @pytest.fixture
-def serve_sanic(tmp_path):
+def serve_sanic(logs):
     """``serve_sanic(env, workers=2)`` starts ``sanic hashserver.app`` configured by env."""
     started: list[ServerProcess] = []
 
@@ -127,7 +134,7 @@ def serve_sanic(tmp_path):
         port = free_port()
         argv = [str(BIN / "sanic"), "hashserver.app", "--host", "127.0.0.1", "--port", str(port),
                 "--workers", str(workers), "--no-motd"]
-        server = ServerProcess(argv, env=env, port=port, log_path=tmp_path / f"sanic-{next(_names)}.log",
+        server = ServerProcess(argv, env=env, port=port, log_path=logs / f"sanic-{next(_names)}.log",
                                workers=workers)
         started.append(server)
         return server.wait_ready() if wait else server

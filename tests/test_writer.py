@@ -1,0 +1,383 @@
+"""The writer path and read integrity, against real server processes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from conftest import add_buffer, buffer_path, sha3
+
+LOCK_TIMEOUT = "2"
+
+
+def leftovers(directory) -> list[str]:
+    """Files that are neither buffers nor the prefix marker."""
+    found = []
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            if name == ".HASHSERVER_PREFIX" or (len(name) == 64 and "." not in name):
+                continue
+            found.append(os.path.join(dirpath, name))
+    return found
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def partial_put(url: str, checksum: str, total: int, sent: int) -> socket.socket:
+    """Start a PUT of ``total`` bytes, send only ``sent`` of them, keep the socket open."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(f"PUT /{checksum} HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n".encode())
+    sock.sendall(b"\0" * sent)
+    return sock
+
+
+@pytest.fixture
+def writable(serve, tmp_path):
+    directory = tmp_path / "buffers"
+    directory.mkdir()
+    server = serve(directory, "--writable", "--lock-timeout", LOCK_TIMEOUT, workers=2)
+    return server, directory
+
+
+# ------------------------------------------------------------------ writer
+
+
+def test_published_buffer_is_read_only_and_prefix_dir_group_shared(writable):
+    server, directory = writable
+    data = b"mode bits"
+    cs = sha3(data)
+    assert requests.put(f"{server.url}/{cs}", data=data, timeout=30).status_code == 200
+    path = buffer_path(directory, cs)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o444
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o2775
+    assert (directory / ".HASHSERVER_PREFIX").exists()
+    assert leftovers(directory) == []
+
+
+def test_wrong_body_leaves_nothing(writable):
+    server, directory = writable
+    cs = sha3(b"expected")
+    r = requests.put(f"{server.url}/{cs}", data=b"x" * 100000, timeout=30)
+    assert (r.status_code, r.text) == (400, "Incorrect checksum")
+    assert not buffer_path(directory, cs).exists()
+    assert wait_for(lambda: leftovers(directory) == [])
+
+
+def test_wrong_body_for_present_buffer_is_still_rejected(writable):
+    server, directory = writable
+    cs = add_buffer(directory, b"present")
+    r = requests.put(f"{server.url}/{cs}", data=b"not it", timeout=30)
+    assert (r.status_code, r.text) == (400, "Incorrect checksum")
+    assert buffer_path(directory, cs).read_bytes() == b"present"
+
+
+def test_large_streamed_put(writable):
+    server, directory = writable
+    data = os.urandom(40 << 20)
+    cs = sha3(data)
+
+    def chunks():
+        for i in range(0, len(data), 1 << 20):
+            yield data[i:i + (1 << 20)]
+
+    r = requests.put(f"{server.url}/{cs}", data=chunks(), timeout=120)  # chunked encoding
+    assert (r.status_code, r.text) == (200, "OK")
+    assert buffer_path(directory, cs).read_bytes() == data
+    got = requests.get(f"{server.url}/{cs}", timeout=120)
+    assert got.content == data
+
+
+def test_body_over_maximum_is_413_and_nothing_stored(serve, tmp_path):
+    server = serve(tmp_path, "--writable", "--max-body-size", "1000")
+    data = b"y" * 5000
+    cs = sha3(data)
+    r = requests.put(f"{server.url}/{cs}", data=data, timeout=30)
+    assert r.status_code == 413
+    r = requests.put(f"{server.url}/{cs}", data=iter([data[:2500], data[2500:]]), timeout=30)  # chunked
+    assert r.status_code == 413
+    assert "message" in r.json()
+    assert not buffer_path(tmp_path, cs).exists()
+    assert wait_for(lambda: leftovers(tmp_path) == [])
+    small = b"fits"
+    assert requests.put(f"{server.url}/{sha3(small)}", data=small, timeout=30).status_code == 200
+
+
+def test_concurrent_puts_of_the_same_buffer(writable):
+    server, directory = writable
+    data = os.urandom(3 << 20)
+    cs = sha3(data)
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: requests.put(f"{server.url}/{cs}", data=data, timeout=60), range(6)))
+    assert [(r.status_code, r.text) for r in results] == [(200, "OK")] * 6
+    assert buffer_path(directory, cs).read_bytes() == data
+    assert wait_for(lambda: leftovers(directory) == [])
+
+
+def test_many_concurrent_puts_and_gets_lose_nothing(writable):
+    server, directory = writable
+    buffers = [os.urandom(1000 + 997 * i) for i in range(60)]
+
+    def work(i):
+        data = buffers[i % len(buffers)]
+        cs = sha3(data)
+        with requests.Session() as s:
+            put = s.put(f"{server.url}/{cs}", data=data, timeout=60)
+            assert (put.status_code, put.text) == (200, "OK")
+            got = s.get(f"{server.url}/{cs}", timeout=60)
+            assert (got.status_code, got.content == data) == (200, True)
+            assert s.post(f"{server.url}/has", json=[cs], timeout=60).json() == [True]
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(3 * len(buffers))))
+    hexes = [sha3(b) for b in buffers]
+    assert requests.post(f"{server.url}/has", json=hexes, timeout=30).json() == [True] * len(buffers)
+    for data, cs in zip(buffers, hexes):
+        assert buffer_path(directory, cs).read_bytes() == data
+    assert wait_for(lambda: leftovers(directory) == [])
+
+
+def test_cut_connection_leaves_no_file_and_no_lock(writable):
+    server, directory = writable
+    cs = sha3(b"never completed")
+    sock = partial_put(server.url, cs, total=4 << 20, sent=2 << 20)
+    lock = buffer_path(directory, cs).with_name(cs + ".LOCK")
+    assert wait_for(lock.exists), "the writer holds the per-file lock while it writes"
+    sock.close()
+    assert wait_for(lambda: leftovers(directory) == []), leftovers(directory)
+    assert not buffer_path(directory, cs).exists()
+    assert requests.get(f"{server.url}/{cs}", timeout=30).status_code == 404
+
+
+def test_sigkill_mid_upload_then_restart_serves_nothing_partial(serve, tmp_path):
+    server = serve(tmp_path, "--writable", "--lock-timeout", "60", workers=2)
+    cs = sha3(b"interrupted by kill -9")
+    sock = partial_put(server.url, cs, total=4 << 20, sent=2 << 20)
+    assert wait_for(lambda: any(p.endswith(".tmp") for p in leftovers(tmp_path)))
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    sock.close()
+    assert not buffer_path(tmp_path, cs).exists()
+    restarted = serve(tmp_path, "--writable", "--lock-timeout", "60", workers=2)
+    assert leftovers(tmp_path) == [], "the restart removes a dead writer's temporary file and lock"
+    assert requests.get(f"{restarted.url}/{cs}", timeout=30).status_code == 404
+    assert requests.post(f"{restarted.url}/has", json=[cs], timeout=30).json() == [False]
+
+
+def test_disk_full_is_507_and_leaves_nothing(serve, tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.decode().strip()}); "
+                    "test_disk_full_injected covers the error path")
+    try:
+        server = serve(mount, "--writable")
+        data = os.urandom(3 << 20)
+        cs = sha3(data)
+        r = requests.put(f"{server.url}/{cs}", data=data, timeout=60)
+        assert r.status_code == 507
+        assert "full" in r.json()["message"]
+        assert not buffer_path(mount, cs).exists()
+        assert wait_for(lambda: leftovers(mount) == [])
+        small = b"still fits"
+        assert requests.put(f"{server.url}/{sha3(small)}", data=small, timeout=30).status_code == 200
+        server.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_injected(app_client, tmp_path, monkeypatch):
+    """The same path without a small file system: ENOSPC from the write call."""
+    from hashserver import Config, writer
+
+    client = app_client(Config(str(tmp_path), writable=True))
+
+    def no_space(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.os, "write", no_space)
+    data = b"z" * 10000
+    _, r = client.request(f"/{sha3(data)}", http_method="PUT", content=data)
+    assert r.status == 507
+    assert "full" in json.loads(r.body)["message"]
+    assert not buffer_path(tmp_path, sha3(data)).exists()
+    assert leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------ readers
+
+
+def test_lock_on_missing_buffer_waits_for_timeout_then_404(writable):
+    server, directory = writable
+    cs = sha3(b"never arrives")
+    lock = buffer_path(directory, cs).with_name(cs + ".LOCK")
+    lock.parent.mkdir(exist_ok=True)
+    lock.write_bytes(b"")
+    started = time.monotonic()
+    r = requests.get(f"{server.url}/{cs}", timeout=30)
+    waited = time.monotonic() - started
+    assert r.status_code == 404
+    assert waited >= 1.0, "a fresh lock makes the reader wait until it turns stale"
+
+
+def test_global_lock_then_buffer_arrives(writable):
+    server, directory = writable
+    data = b"arrives while the reader waits"
+    cs = sha3(data)
+    global_lock = directory / ".LOCK"
+    global_lock.write_bytes(b"")
+
+    def writer():
+        time.sleep(0.5)
+        add_buffer(directory, data)
+        global_lock.unlink()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    r = requests.get(f"{server.url}/{cs}", timeout=30)
+    thread.join()
+    assert (r.status_code, r.content) == (200, data)
+
+
+def test_waiting_reader_does_not_block_others(serve, tmp_path):
+    server = serve(tmp_path, "--lock-timeout", "3", workers=1)
+    cs = sha3(b"locked")
+    (tmp_path / ".LOCK").write_bytes(b"")
+    result = {}
+
+    def slow():
+        result["status"] = requests.get(f"{server.url}/{cs}", timeout=30).status_code
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.3)
+    assert requests.get(f"{server.url}/healthcheck", timeout=30).text == "OK"
+    assert thread.is_alive(), "the healthcheck answered while the locked reader still waited"
+    thread.join()
+    assert result["status"] == 404
+
+
+def test_slow_in_place_writer_with_lock_is_served_whole(writable):
+    server, directory = writable
+    data = os.urandom(200000)
+    cs = sha3(data)
+    path = buffer_path(directory, cs)
+    path.parent.mkdir(exist_ok=True)
+    lock = path.with_name(cs + ".LOCK")
+    lock.write_bytes(b"")
+    started = threading.Event()
+
+    def write_slowly():
+        with open(path, "wb") as f:
+            for i in range(0, len(data), 20000):
+                f.write(data[i:i + 20000])
+                f.flush()
+                started.set()
+                time.sleep(0.05)
+        lock.unlink()
+
+    thread = threading.Thread(target=write_slowly)
+    thread.start()
+    started.wait(5)
+    r = requests.get(f"{server.url}/{cs}", timeout=30)
+    thread.join()
+    assert r.status_code == 200
+    assert r.content == data
+
+
+def test_corrupt_file_without_lock_is_400(writable):
+    server, directory = writable
+    cs = sha3(b"the right content")
+    add_buffer(directory, b"the wrong content", checksum=cs)
+    r = requests.get(f"{server.url}/{cs}", timeout=30)
+    assert r.status_code == 400
+    path = buffer_path(directory, cs)
+    assert r.json() == {"message": f"File corruption: file at path {path} does not have the correct "
+                                   "SHA3-256 checksum."}
+    assert requests.head(f"{server.url}/{cs}", timeout=30).status_code == 400
+
+
+def test_corrupt_large_file_is_400(writable):
+    server, directory = writable
+    cs = sha3(b"big right content")
+    add_buffer(directory, os.urandom(3 << 20), checksum=cs)
+    r = requests.get(f"{server.url}/{cs}", timeout=30)
+    assert r.status_code == 400
+    assert "File corruption" in r.json()["message"]
+
+
+def test_simulated_save_vault_never_serves_wrong_bytes(writable):
+    server, directory = writable
+    buffers = [os.urandom(5000 + 1000 * i) for i in range(20)]
+    hexes = [sha3(b) for b in buffers]
+    global_lock = directory / ".LOCK"
+    done = threading.Event()
+
+    def save_vault():
+        global_lock.write_bytes(b"")
+        for data, cs in zip(buffers, hexes):
+            path = buffer_path(directory, cs)
+            path.parent.mkdir(exist_ok=True)
+            with open(path, "wb") as f:  # in place, in two steps
+                f.write(data[: len(data) // 2])
+                f.flush()
+                time.sleep(0.02)
+                f.write(data[len(data) // 2:])
+        global_lock.unlink()
+        done.set()
+
+    thread = threading.Thread(target=save_vault)
+    thread.start()
+    served = 0
+    with requests.Session() as s:
+        for _ in range(200):
+            for data, cs in zip(buffers[::3], hexes[::3]):
+                r = s.get(f"{server.url}/{cs}", timeout=30)
+                assert r.status_code in (200, 404)
+                if r.status_code == 200:
+                    assert r.content == data, "a 200 must carry the whole, correct buffer"
+                    served += 1
+            if done.is_set():
+                break
+    thread.join()
+    assert served > 0
+    for data, cs in zip(buffers, hexes):
+        assert requests.get(f"{server.url}/{cs}", timeout=30).content == data
+
+
+def test_verify_modes(serve, tmp_path):
+    cs = sha3(b"original")
+    path = buffer_path(tmp_path, cs)
+    add_buffer(tmp_path, b"original")
+    never = serve(tmp_path, "--verify", "never")
+    once = serve(tmp_path, "--verify", "once")
+    always = serve(tmp_path, "--verify", "always")
+    for server in (never, once, always):
+        assert requests.get(f"{server.url}/{cs}", timeout=30).content == b"original"
+    # Corrupt the file in place (same size): a new modification time, a new version.
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(b"ORIGINAL")
+    assert requests.get(f"{never.url}/{cs}", timeout=30).content == b"ORIGINAL"
+    assert requests.get(f"{once.url}/{cs}", timeout=30).status_code == 400
+    assert requests.get(f"{always.url}/{cs}", timeout=30).status_code == 400
