@@ -72,9 +72,12 @@ class ServerProcess:
                 answered = requests.get(self.url + "/healthcheck", timeout=1).status_code == 200
             except requests.RequestException:
                 answered = False
-            # Sanic hangs for its shutdown timeout if stopped while a worker is
-            # still starting, so wait for every worker, not just the first.
+            # Sanic 25.12's main process can hang for good when SIGINT arrives
+            # while it still waits for its workers' acknowledgements (the
+            # KeyboardInterrupt breaks a multiprocessing.Manager call), so wait
+            # for every worker and for the main process's next poll (0.1 s).
             if answered and self.output().count("Worker ready") >= self.workers:
+                time.sleep(0.5)
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
