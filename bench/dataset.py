@@ -74,6 +74,10 @@ class Dataset:
         with open(self.checksums_file) as f:
             return f.read().split()
 
+    def first_checksum(self) -> str:
+        with open(self.checksums_file) as f:
+            return f.readline().strip() or self.large_checksum
+
     def path(self, checksum: str) -> str:
         return buffer_path(self.spec.layout, self.directory, checksum)
 

@@ -23,6 +23,8 @@ class ProcessMemory:
     rss: int  # bytes
     pss: int | None  # bytes; None where smaps_rollup is unavailable
     uss: int | None
+    index_rss: int | None = None  # of the mapped index file(s), if any
+    index_pss: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -89,31 +91,56 @@ def _rollup(pid: int) -> tuple[int | None, int | None]:
     return fields["Pss"], fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
 
 
-def measure_tree(main: int, workers: set[int]) -> list[ProcessMemory]:
-    """Memory of ``main`` and its children (one level: Sanic workers are direct children)."""
+def mapping_memory(pid: int, needle: str) -> tuple[int, int] | None:
+    """RSS and PSS of the file mappings whose path contains ``needle`` (None: no such mapping).
+
+    Shows directly what a shared file (the index) costs each process."""
+    rss = pss = 0
+    found = inside = False
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                first = line.split(maxsplit=1)[0]
+                if not first.endswith(":"):  # a mapping's header line: "start-end perms ... path"
+                    inside = needle in line
+                    found = found or inside
+                elif inside and first == "Rss:":
+                    rss += int(line.split()[1]) * 1024
+                elif inside and first == "Pss:":
+                    pss += int(line.split()[1]) * 1024
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return None
+    return (rss, pss) if found else None
+
+
+def measure_tree(main: int, workers: set[int], mapped: str | None = None) -> list[ProcessMemory]:
+    """Memory of ``main`` and its children (one level: Sanic workers are direct children),
+    with the share of file mappings whose path contains ``mapped``."""
     result = []
     for pid in tree(main):
         try:
             rss = _rss(pid)
             pss, uss = _rollup(pid)
+            index = mapping_memory(pid, mapped) if mapped else None
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited meanwhile
-        result.append(ProcessMemory(pid, _role(pid, main, workers), rss, pss, uss))
+        result.append(ProcessMemory(pid, _role(pid, main, workers), rss, pss, uss,
+                                    *(index or (None, None))))
     return result
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time consumed so far by these processes (exited ones count 0)."""
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time consumed so far by each of these processes (exited ones: absent)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    used = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / ticks
+        used[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
+    return used
 
 
 def tree(main: int) -> list[int]:

@@ -40,32 +40,38 @@ def _run_title(doc: dict, run: dict) -> str:
 
 def run_table(doc: dict, run: dict) -> str:
     lines = [_run_title(doc, run)]
-    header = f"{'figure':<28} {'hashserver':>22}   {'ceiling':<40} {'ratio':>6}  target"
+    header = (f"{'figure':<28} {'hashserver':>22}   {'ceiling':<40} {'ratio':>6}  {'target':<13}"
+              f" {'CPU us/req':>10}")
     lines += [header, "-" * len(header)]
     for key, fig in run["figures"].items():
         unit = fig["unit"]
         ceiling = ""
         if fig["ceiling"]:
-            ceiling = f"{fig['ceiling']} {_number(fig['ceiling_value'], unit)}"
+            measured = fig["ceiling_value"] is not None
+            ceiling = f"{fig['ceiling']} {_number(fig['ceiling_value'], unit) if measured else '(not run)'}"
         ratio = _ratio(fig["ratio"])
         target = ""
         if fig["target"] is not None:
-            verdict = {True: "met", False: "MISSED", None: "?"}[fig["met"]]
+            verdict = {True: "met", False: "MISSED", None: ""}[fig["met"]]
             target = f">={fig['target']:.2f} {verdict}"
+        cpu = fig.get("server_cpu_us_per_request")
         lines.append(f"{fig['label']:<28} {_number(fig['value'], unit):>22}   {ceiling:<40} "
-                     f"{ratio:>6}  {target}".rstrip())
+                     f"{ratio:>6}  {target:<13} {'' if cpu is None else f'{cpu:,.0f}':>10}".rstrip())
     for phase in ("idle", "after_load"):
         procs = run["memory"].get(phase)
         if not procs:
             continue
         lines.append("")
         lines.append(f"memory, {phase.replace('_', ' ')}:  {'pid':>7} {'RSS MiB':>9} "
-                     f"{'PSS MiB':>9} {'USS MiB':>9}")
+                     f"{'PSS MiB':>9} {'USS MiB':>9} {'index RSS':>10} {'index PSS':>10}")
         for p in procs:
             lines.append(f"  {p['role']:<20} {p['pid']:>7} {p['rss'] / MIB:>9.1f} "
-                         f"{_mib(p['pss']):>9} {_mib(p['uss']):>9}")
+                         f"{_mib(p['pss']):>9} {_mib(p['uss']):>9} "
+                         f"{_mib(p.get('index_rss')):>10} {_mib(p.get('index_pss')):>10}")
         lines.append(f"  {'total':<20} {'':>7} {sum(p['rss'] for p in procs) / MIB:>9.1f} "
-                     f"{_mib(_sum(p['pss'] for p in procs)):>9} {_mib(_sum(p['uss'] for p in procs)):>9}")
+                     f"{_mib(_sum(p['pss'] for p in procs)):>9} {_mib(_sum(p['uss'] for p in procs)):>9} "
+                     f"{_mib(_sum(p.get('index_rss') or 0 for p in procs)):>10} "
+                     f"{_mib(_sum(p.get('index_pss') or 0 for p in procs)):>10}")
     if run["problems"]:
         lines.append("")
         lines += [f"problem: {p}" for p in run["problems"]]

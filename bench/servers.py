@@ -31,6 +31,8 @@ POLL = 0.05
 # handler re-enter a multiprocessing proxy call and the main process hangs
 # (seen with Sanic 25.12.1).  Nothing is measured this soon after startup.
 SETTLE = 0.5
+# The index generation files every worker maps (hashserver.index.GenerationStore).
+INDEX_FILE_MARK = "hashserver-index-"
 
 
 def free_port() -> int:
@@ -61,10 +63,14 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 
 
 class ServerProcess:
-    """A subprocess with its output in a log file, ready once ``ready_path`` answers 200."""
+    """A subprocess with its output in a log file, ready once ``ready_path`` answers 200.
+
+    Every started server is remembered until it is stopped, so that
+    :func:`stop_all` can end them whatever interrupted the bench."""
 
     name = "server"
     ready_path = "/healthcheck"
+    running: set["ServerProcess"] = set()
 
     def __init__(self, workdir: str):
         self.workdir = workdir
@@ -84,12 +90,15 @@ class ServerProcess:
             return False
 
     def start(self) -> "ServerProcess":
+        if self.proc is not None:
+            raise RuntimeError(f"{self.name} on port {self.port} was already started")
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             # Own session: a Ctrl-C meant for the bench does not reach the server
             # half-way through a case, and the group can be killed as a last resort.
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        ServerProcess.running.add(self)
         deadline = started + READY_TIMEOUT
         while not self.is_ready():
             if self.proc.poll() is not None:
@@ -105,6 +114,7 @@ class ServerProcess:
         return self
 
     def stop(self, sig: int = signal.SIGINT) -> None:
+        ServerProcess.running.discard(self)
         if self.proc is None or self.proc.poll() is not None:
             return
         started = time.monotonic()
@@ -122,6 +132,9 @@ class ServerProcess:
         """The server's processes (main and children), for CPU accounting."""
         return tree(self.proc.pid) if self.proc is not None else []
 
+    def role(self, pid: int) -> str:
+        return "main" if self.proc is not None and pid == self.proc.pid else "worker"
+
     def log_text(self) -> str:
         try:
             with open(self.log_path, errors="replace") as f:
@@ -133,10 +146,16 @@ class ServerProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def __enter__(self) -> "ServerProcess":
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_all() -> None:
+    """Stop every server still running (after an error or an interrupt)."""
+    for server in list(ServerProcess.running):
+        server.stop()
 
 
 class HashServer(ServerProcess):
@@ -176,7 +195,13 @@ class HashServer(ServerProcess):
 
     def memory(self) -> list[ProcessMemory]:
         assert self.proc is not None
-        return measure_tree(self.proc.pid, self.worker_pids())
+        return measure_tree(self.proc.pid, self.worker_pids(), mapped=INDEX_FILE_MARK)
+
+    def role(self, pid: int) -> str:
+        """"main", "worker" or "other" (Sanic's helper processes), for CPU accounting."""
+        if self.proc is not None and pid == self.proc.pid:
+            return "main"
+        return "worker" if pid in self.worker_pids() else "other"
 
 
 def nginx_version() -> str | None:

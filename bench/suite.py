@@ -26,7 +26,7 @@ from .procfs import cpu_seconds
 from .profile import Profiler
 from .pyclient import PythonClient
 from .scenarios import Scenarios
-from .servers import HashServer, Nginx, ServerProcess, request
+from .servers import HashServer, Nginx, ServerProcess, request, stop_all
 from .wrk import Wrk
 
 PREFIX_MARKER = ".HASHSERVER_PREFIX"
@@ -113,6 +113,7 @@ class Suite:
                 for workers in o.workers:
                     doc["runs"].append(self.run_one(dataset, scenarios, workers))
         finally:
+            stop_all()
             self._keep_logs()
             shutil.rmtree(self.workdir, ignore_errors=True)
         doc["machine"]["load_average_at_end"] = load_average()
@@ -143,6 +144,7 @@ class Suite:
         figures = run["figures"]
         wanted = [c for c in LOAD_CASES if c.key in o.cases]
 
+        ceilings.find_seconds(dataset.directory)  # the server's scan finds a warm cache too
         with HashServer(self.workdir, dataset.directory, spec.layout, workers) as server:
             self._startup_figures(run, server, dataset)
             run["memory"]["idle"] = [m.as_dict() for m in server.memory()]
@@ -173,6 +175,8 @@ class Suite:
 
     # ------------------------------------------------------------- pieces
     def _startup_figures(self, run: dict, server: HashServer, dataset: Dataset) -> None:
+        """Startup time, and the index build against ``find`` on the same, equally warm,
+        directory (``find`` also ran just before the server started)."""
         figures = run["figures"]
         figures["startup"] = self._figure(CASES["startup"], server.startup_s)
         built = server.index_build()
@@ -189,13 +193,13 @@ class Suite:
 
     def _check_reads(self, server: ServerProcess, dataset: Dataset) -> None:
         """Before measuring anything: the server really serves this dataset correctly."""
-        present = dataset.checksums()[:1] or [dataset.large_checksum]
-        reply = request(server.port, "GET", "/" + present[0])
-        if reply.status != 200 or hashlib.sha3_256(reply.body).hexdigest() != present[0]:
-            raise RuntimeError(f"{server.name} does not serve {present[0]} correctly "
+        present = dataset.first_checksum()
+        reply = request(server.port, "GET", "/" + present)
+        if reply.status != 200 or hashlib.sha3_256(reply.body).hexdigest() != present:
+            raise RuntimeError(f"{server.name} does not serve {present} correctly "
                                f"(status {reply.status}); see {server.log_path}")
         if isinstance(server, HashServer):
-            body = json.dumps([present[0], "00" * 32]).encode()
+            body = json.dumps([present, "00" * 32]).encode()
             reply = request(server.port, "POST", "/has", body)
             if reply.status != 200 or json.loads(reply.body) != [True, False]:
                 raise RuntimeError(f"/has answers {reply.status} {reply.body[:200]!r}")
@@ -216,9 +220,9 @@ class Suite:
         return self.generator
 
     def _load(self, case: Case, scenarios: Scenarios, server: ServerProcess,
-              profile_name: str | None = None) -> tuple[LoadResult, float, dict | None]:
+              profile_name: str | None = None) -> tuple[LoadResult, dict, dict | None]:
         """Warm up, then measure: the result, the server's CPU seconds meanwhile
-        and, with --profile, the profile summary."""
+        (by role: main, worker, other) and, with --profile, the profile summary."""
         o = self.options
         measure = scenarios.get(case.key, "measure")
         generator = self._generator_for(measure)
@@ -229,7 +233,10 @@ class Suite:
         recorder = self.profiler.start(server, profile_name, o.duration) if (
             self.profiler and profile_name) else None
         result = generator.run(measure, server.port, o.duration)
-        cpu = cpu_seconds(pids) - cpu_before
+        cpu: dict[str, float] = {}
+        for pid, seconds in cpu_seconds(pids).items():
+            role = server.role(pid)
+            cpu[role] = round(cpu.get(role, 0.0) + seconds - cpu_before.get(pid, 0.0), 3)
         profile = self.profiler.finish(recorder) if recorder is not None else None
         return result, cpu, profile
 
@@ -243,9 +250,9 @@ class Suite:
             case, scenarios, server, f"{case.key}-{scenarios.dataset.spec.count}-w{server.workers}")
         fig = self._figure(case, self._value(case, result, scenarios.dataset.spec.large_size))
         fig["load"] = result.as_dict()
-        fig["server_cpu_s"] = round(cpu, 3)
+        fig["server_cpu_s"] = cpu
         if result.requests:
-            fig["server_cpu_us_per_request"] = round(cpu / result.requests * 1e6, 1)
+            fig["server_cpu_us_per_request"] = round(sum(cpu.values()) / result.requests * 1e6, 1)
         fig["problems"] = result.problems(scenarios.get(case.key).expect_success)
         if profile is not None:
             fig["profile"] = {"samples": profile["samples"], "own": profile["own"][:8]}
@@ -255,10 +262,11 @@ class Suite:
 
     def _nginx_ceilings(self, run: dict, cases: list[Case], dataset: Dataset, scenarios: Scenarios,
                         workers: int, tag: str) -> None:
+        nginx = Nginx(self.workdir, dataset.directory, dataset.spec.layout, workers)
         try:
-            nginx = Nginx(self.workdir, dataset.directory, dataset.spec.layout, workers).start()
+            nginx.start()
         except RuntimeError as exc:
-            self.notes.append(f"nginx did not start, no side-by-side figures: {exc}")
+            run["problems"].append(f"nginx did not start, no side-by-side figures: {exc}")
             return
         with nginx:
             try:
@@ -274,7 +282,7 @@ class Suite:
                     continue
                 fig["ceiling_value"] = value
                 fig["ceiling_load"] = result.as_dict()
-                fig["ceiling_cpu_s"] = round(cpu, 3)
+                fig["ceiling_cpu_s"] = cpu
                 bad = result.problems(scenarios.get(case.key).expect_success)
                 fig.setdefault("problems", []).extend(f"nginx: {p}" for p in bad)
                 say(f"bench: [{tag}] nginx {case.label}: {value:,.1f} {case.unit}")
