@@ -44,6 +44,8 @@ class Config:
     verify: str = "once"
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     hash_algorithm: str = "sha3-256"
+    status_file: str | None = None  # Seamless's launcher: where to report port and status
+    timeout: float | None = None  # exit after this many seconds without requests
     # Where each setting came from, so that errors name it as the user wrote it.
     names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -65,22 +67,34 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
         """Build a validated Config from ``HASHSERVER_*`` variables."""
-        env = os.environ if environ is None else environ
-        names = dict(cls.ENV_NAMES)
-        directory = env.get("HASHSERVER_DIRECTORY")
-        if not directory:
+        kwargs, names = cls.env_settings(environ)
+        if not kwargs.get("directory"):
             raise ConfigError(
                 "HASHSERVER_DIRECTORY is not set: it must name the buffer directory"
             )
-        kwargs: dict = {"directory": directory}
+        return cls(names={**cls.ENV_NAMES, **names}, **kwargs).validate()
+
+    @classmethod
+    def env_settings(cls, environ: Mapping[str, str] | None = None) -> tuple[dict, dict]:
+        """The settings the environment gives (parsed, not yet validated), and
+        the variable names they came from.  The command line uses them as its
+        defaults, so that e.g. ``HASHSERVER_HASH_ALGORITHM`` reaches a server
+        that Seamless's launcher starts with its own command line."""
+        env = os.environ if environ is None else environ
+        names = {}
+        kwargs: dict = {}
+        if env.get("HASHSERVER_DIRECTORY"):
+            kwargs["directory"] = env["HASHSERVER_DIRECTORY"]
+            names["directory"] = "HASHSERVER_DIRECTORY"
         writable_name = "HASHSERVER_WRITABLE"
         if writable_name not in env and "HASHSERVER_WRITEABLE" in env:
             writable_name = "HASHSERVER_WRITEABLE"
-        names["writable"] = writable_name
         if writable_name in env:
             kwargs["writable"] = parse_bool(writable_name, env[writable_name])
+            names["writable"] = writable_name
         if env.get("HASHSERVER_HOST"):
             kwargs["host"] = env["HASHSERVER_HOST"]
+            names["host"] = "HASHSERVER_HOST"
         simple = {
             "port": parse_int,
             "lock_timeout": parse_float,
@@ -91,13 +105,16 @@ class Config:
             raw = env.get(cls.ENV_NAMES[attr])
             if raw is not None and raw.strip() != "":
                 kwargs[attr] = parser(cls.ENV_NAMES[attr], raw)
+                names[attr] = cls.ENV_NAMES[attr]
         for attr in ("layout", "verify", "hash_algorithm"):
             raw = env.get(cls.ENV_NAMES[attr])
             if raw:
                 kwargs[attr] = raw.strip().lower()
+                names[attr] = cls.ENV_NAMES[attr]
         if env.get("HASHSERVER_EXTRA_DIRS"):
             kwargs["extra_dirs"] = split_dirs(env["HASHSERVER_EXTRA_DIRS"])
-        return cls(names=names, **kwargs).validate()
+            names["extra_dirs"] = "HASHSERVER_EXTRA_DIRS"
+        return kwargs, names
 
     def to_env(self) -> dict[str, str]:
         """The environment that :meth:`from_env` turns back into this Config."""
@@ -149,6 +166,8 @@ class Config:
             fail("verify", self.verify, "choose one of " + ", ".join(VERIFY_MODES))
         if self.hash_algorithm not in HASH_ALGORITHMS:
             fail("hash_algorithm", self.hash_algorithm, "choose one of " + ", ".join(HASH_ALGORITHMS))
+        if self.timeout is not None and not (self.timeout > 0):
+            fail("timeout", self.timeout, "must be a positive number of seconds")
         if self.max_body_size < 1:
             fail("max_body_size", self.max_body_size, "must be a positive number of bytes")
         for extra in self.extra_dirs:

@@ -2,8 +2,9 @@
 
 An index *generation* is one immutable file: a header, then the checksums (32
 raw bytes each, sorted), their sizes (uint64) and directory numbers (uint16),
-then one modification time per buffer directory as seen when that directory
-was scanned.  42 bytes per buffer: 42 MB per million, paid once however many
+their encodings (uint8: plain, zstd, gzip, or a promise), then one
+modification time per buffer directory as seen when that directory was
+scanned.  43 bytes per buffer: 43 MB per million, paid once however many
 workers there are, because every worker memory-maps the same file (on
 ``/dev/shm`` when it exists, so it lives in shared memory, not on disk).
 
@@ -33,11 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layout import SearchPath, is_buffer_name
+from .compression import BY_SUFFIX, read_sidecar
+from .layout import PROMISE_SUFFIX, SearchPath, is_buffer_name
 
 log = logging.getLogger("hashserver.index")
 
-MAGIC = b"HSIDX001"
+MAGIC = b"HSIDX002"
 HEADER = struct.Struct("<8sQI4x")  # magic, number of buffers, number of directories
 KEY_DTYPE = np.dtype("S32")
 ABSENT = -1  # modification time recorded for a directory that did not exist
@@ -45,6 +47,10 @@ ABSENT = -1  # modification time recorded for a directory that did not exist
 # the same timestamp tick; it is treated as changed until a later rescan.
 SETTLE_NS = 2_000_000_000
 PROGRESS_EVERY = 2.0
+PLAIN = 0
+PROMISE = 255  # an entry that is a promise: its "size" is the promise file's mtime (ns)
+UNKNOWN_SIZE = np.iinfo(np.uint64).max  # compressed, no sidecar: measured when asked
+_SUFFIX_CODES = {suffix: e.code for suffix, e in BY_SUFFIX.items()}
 
 
 @dataclass
@@ -56,6 +62,22 @@ class DirectoryScan:
     settled: bool
     keys: bytes
     sizes: list[int]
+    encodings: list[int]
+
+
+def _entry(path: str, name: str, st: os.stat_result) -> tuple[int, int] | None:
+    """(encoding, size) of a directory entry that is a buffer, compressed
+    buffer or promise; None for anything else."""
+    suffix = name[64:]
+    if suffix == "":
+        return PLAIN, st.st_size
+    if suffix == PROMISE_SUFFIX:
+        return PROMISE, st.st_mtime_ns
+    code = _SUFFIX_CODES.get(suffix)
+    if code is None:
+        return None
+    length = read_sidecar(os.path.join(path, name[:64]))
+    return code, UNKNOWN_SIZE if length is None else length
 
 
 def scan_directory(number: int, path: str) -> DirectoryScan:
@@ -65,14 +87,18 @@ def scan_directory(number: int, path: str) -> DirectoryScan:
     try:
         mtime = os.stat(path).st_mtime_ns
     except (FileNotFoundError, NotADirectoryError):
-        return DirectoryScan(number, ABSENT, True, b"", [])
+        return DirectoryScan(number, ABSENT, True, b"", [], [])
     keys = []
     sizes = []
+    encodings = []
     try:
         with os.scandir(path) as entries:
             for entry in entries:
                 name = entry.name
-                if not is_buffer_name(name):
+                if len(name) == 64:
+                    if not is_buffer_name(name):
+                        continue
+                elif not (len(name) > 64 and is_buffer_name(name[:64])):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=True)
@@ -80,22 +106,27 @@ def scan_directory(number: int, path: str) -> DirectoryScan:
                     continue
                 if st.st_mode & 0o170000 != 0o100000:  # regular files only
                     continue
-                keys.append(bytes.fromhex(name))
-                sizes.append(st.st_size)
+                found = _entry(path, name, st)
+                if found is None:
+                    continue
+                keys.append(bytes.fromhex(name[:64]))
+                encodings.append(found[0])
+                sizes.append(found[1])
     except (FileNotFoundError, NotADirectoryError):
-        return DirectoryScan(number, ABSENT, True, b"", [])
+        return DirectoryScan(number, ABSENT, True, b"", [], [])
     settled = started - mtime > SETTLE_NS
-    return DirectoryScan(number, mtime, settled, b"".join(keys), sizes)
+    return DirectoryScan(number, mtime, settled, b"".join(keys), sizes, encodings)
 
 
 class IndexData:
     """One generation: sorted keys with sizes and directory numbers, plus the
     directories' recorded modification times.  Arrays may be views of a mapping."""
 
-    def __init__(self, keys, sizes, dirs, dir_mtimes, dir_settled, mapping=None):
+    def __init__(self, keys, sizes, dirs, encodings, dir_mtimes, dir_settled, mapping=None):
         self.keys: np.ndarray = keys
         self.sizes: np.ndarray = sizes
         self.dirs: np.ndarray = dirs
+        self.encodings: np.ndarray = encodings
         self.dir_mtimes: np.ndarray = dir_mtimes
         self.dir_settled: np.ndarray = dir_settled
         self._mapping = mapping
@@ -109,6 +140,7 @@ class IndexData:
             np.empty(0, KEY_DTYPE),
             np.empty(0, np.uint64),
             np.empty(0, np.uint16),
+            np.empty(0, np.uint8),
             np.full(ndirs, ABSENT, np.int64),
             np.zeros(ndirs, np.bool_),  # never scanned: never trusted
         )
@@ -125,33 +157,36 @@ class IndexData:
     def merged(self, scans: list[DirectoryScan]) -> "IndexData":
         """A new generation: these directories replaced by their new scans.
 
-        Where a checksum is in several directories the first in search order
-        (lowest number) is kept.
+        One entry per checksum: a real file before a promise, then the first
+        directory in search order, then the plain file before a compressed one.
         """
         replaced = np.array([s.number for s in scans], np.uint16)
         keep = ~np.isin(self.dirs, replaced)
         key_parts = [self.keys[keep]]
         size_parts = [self.sizes[keep]]
         dir_parts = [self.dirs[keep]]
+        encoding_parts = [self.encodings[keep]]
         dir_mtimes = np.array(self.dir_mtimes, copy=True)
         dir_settled = np.array(self.dir_settled, copy=True)
         for scan in scans:
             key_parts.append(np.frombuffer(scan.keys, KEY_DTYPE))
             size_parts.append(np.array(scan.sizes, np.uint64))
             dir_parts.append(np.full(len(scan.sizes), scan.number, np.uint16))
+            encoding_parts.append(np.array(scan.encodings, np.uint8))
             dir_mtimes[scan.number] = scan.mtime_ns
             dir_settled[scan.number] = scan.settled
         keys = np.concatenate(key_parts)
         sizes = np.concatenate(size_parts)
         dirs = np.concatenate(dir_parts)
-        order = np.lexsort((dirs, keys))
-        keys, sizes, dirs = keys[order], sizes[order], dirs[order]
+        encodings = np.concatenate(encoding_parts)
+        order = np.lexsort((encodings, dirs, encodings == PROMISE, keys))
+        keys, sizes, dirs, encodings = keys[order], sizes[order], dirs[order], encodings[order]
         if len(keys) > 1:
             first = np.empty(len(keys), np.bool_)
             first[0] = True
             np.not_equal(keys[1:], keys[:-1], out=first[1:])
-            keys, sizes, dirs = keys[first], sizes[first], dirs[first]
-        return IndexData(keys, sizes, dirs, dir_mtimes, dir_settled)
+            keys, sizes, dirs, encodings = keys[first], sizes[first], dirs[first], encodings[first]
+        return IndexData(keys, sizes, dirs, encodings, dir_mtimes, dir_settled)
 
     # ---------------------------------------------------------------- file
     def write(self, path: str) -> None:
@@ -160,7 +195,7 @@ class IndexData:
         with open(tmp, "wb") as f:
             f.write(HEADER.pack(MAGIC, len(self.keys), len(self.dir_mtimes)))
             for array in (self.dir_mtimes, self.dir_settled.astype(np.uint8),
-                          self.keys, self.sizes, self.dirs):
+                          self.keys, self.sizes, self.dirs, self.encodings):
                 f.write(_padded(np.ascontiguousarray(array).tobytes()))
         os.replace(tmp, path)
 
@@ -176,12 +211,12 @@ class IndexData:
         offset = HEADER.size
         arrays = []
         for dtype, count in ((np.int64, ndirs), (np.uint8, ndirs), (KEY_DTYPE, n),
-                             (np.uint64, n), (np.uint16, n)):
+                             (np.uint64, n), (np.uint16, n), (np.uint8, n)):
             array = np.frombuffer(mapping, dtype=dtype, count=count, offset=offset)
             arrays.append(array)
             offset += _round8(array.nbytes)
-        dir_mtimes, settled, keys, sizes, dirs = arrays
-        return cls(keys, sizes, dirs, dir_mtimes, settled.astype(np.bool_), mapping)
+        dir_mtimes, settled, keys, sizes, dirs, encodings = arrays
+        return cls(keys, sizes, dirs, encodings, dir_mtimes, settled.astype(np.bool_), mapping)
 
 
 def _round8(n: int) -> int:

@@ -3,11 +3,13 @@ worker) and the HTTP handlers, which only parse, call the store and format."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import multiprocessing
 import os
 import sys
+import time
 from typing import NoReturn
 
 from sanic import Request, Sanic
@@ -16,11 +18,15 @@ from sanic.response import HTTPResponse
 
 from . import responses
 from .checksum import Hasher, InvalidChecksum, parse_checksum, parse_checksum_list
+from .compression import InvalidPayload, accepts, for_content_encoding
 from .config import Config, ConfigError
 from .index import GenerationStore, IndexPublisher, IndexReader
+from .integrity import check_hash_algorithm
+from .launcher import InactivityWatch, StatusFile
 from .layout import SearchPath
 from .locks import LockProtocol
-from .store import BufferStore, CorruptBuffer
+from .promises import Promises
+from .store import BufferFile, BufferStore, CorruptBuffer
 from .writer import (BodyTooLarge, BufferWriter, ChecksumMismatch, DiskFull,
                      remove_leftovers, write_prefix_marker)
 
@@ -57,7 +63,7 @@ def resolve_config(app: Sanic) -> Config:
     return config
 
 
-def exit_at_startup(message: str) -> NoReturn:
+def exit_at_startup(message: str, config: Config | None = None) -> NoReturn:
     """End a server that cannot start with one line and status 2.
 
     Sanic turns an exception in a main-process listener into a traceback (and,
@@ -65,13 +71,16 @@ def exit_at_startup(message: str) -> NoReturn:
     the helper processes Sanic has already started.
     """
     print(f"hashserver: {message}", file=sys.stderr, flush=True)
+    if config is not None and config.status_file:
+        StatusFile(config.status_file).failed()
     for child in multiprocessing.active_children():
         child.terminate()
         child.join(5)
     os._exit(2)
 
 
-def _start_index(app: Sanic, config: Config) -> tuple[IndexPublisher, GenerationStore]:
+def _start_index(config: Config) -> tuple[IndexPublisher, GenerationStore]:
+    """Main-process start: clean up after dead writers, scan, publish, check the algorithm."""
     configure_logging()
     search_path = SearchPath.from_config(config)
     if config.writable:
@@ -82,6 +91,12 @@ def _start_index(app: Sanic, config: Config) -> tuple[IndexPublisher, Generation
     generations = GenerationStore.create()
     publisher = IndexPublisher(search_path, generations)
     publisher.build()
+    try:
+        check_hash_algorithm(publisher.data, search_path, config.hash_algorithm,
+                             config.name("hash_algorithm"))
+    except ConfigError as exc:
+        generations.remove()
+        exit_at_startup(str(exc), config)
     publisher.start()
     return publisher, generations
 
@@ -98,10 +113,15 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
     @app.main_process_start
     async def build_index(app: Sanic) -> None:
         config = resolve_config(app)
-        publisher, generations = _start_index(app, config)
+        publisher, generations = _start_index(config)
         app.ctx.publisher, app.ctx.generations = publisher, generations
         app.shared_ctx.index_directory = multiprocessing.RawArray(
             "c", generations.directory.encode())
+        if config.timeout:
+            app.shared_ctx.last_request = multiprocessing.RawValue("d", 0.0)
+            InactivityWatch(config.timeout, app.shared_ctx.last_request).start()
+        if config.status_file:
+            StatusFile(config.status_file).report_running_when_ready(config.host, config.port)
 
     @app.main_process_stop
     async def remove_index(app: Sanic) -> None:
@@ -120,14 +140,17 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
             generations = GenerationStore(shared.value.decode())
             app.ctx.local_index = None
         else:  # single process (tests): this process is its own main process
-            publisher, generations = _start_index(app, config)
+            publisher, generations = _start_index(config)
             app.ctx.local_index = (publisher, generations)
         search_path = SearchPath.from_config(config)
         hasher = Hasher(config.hash_algorithm)
         locks = LockProtocol(config.lock_timeout)
-        store = BufferStore(search_path, IndexReader(generations), hasher, locks, config.verify)
+        promises = Promises(search_path) if config.writable else None
+        store = BufferStore(search_path, IndexReader(generations), hasher, locks, config.verify, promises)
         app.ctx.store = store
-        app.ctx.writer = BufferWriter(store, search_path, hasher, locks, config.max_body_size)
+        app.ctx.promises = promises
+        app.ctx.writer = BufferWriter(store, search_path, hasher, locks, config.max_body_size, promises)
+        app.ctx.last_request = getattr(app.shared_ctx, "last_request", None)
 
     @app.after_server_stop
     async def close_store(app: Sanic) -> None:
@@ -135,6 +158,12 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
             publisher, generations = app.ctx.local_index
             publisher.stop()
             generations.remove()
+
+    @app.on_request
+    async def note_activity(request: Request) -> None:
+        stamp = request.app.ctx.last_request
+        if stamp is not None:
+            stamp.value = time.monotonic()
 
     @app.on_response
     async def allow_any_origin(request: Request, response: HTTPResponse) -> None:
@@ -150,7 +179,8 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
     async def preflight(request: Request, **_) -> HTTPResponse:
         return HTTPResponse(status=204)
 
-    for uri in ("/<checksum>", "/has", "/buffer-length", "/healthcheck"):
+    for uri in ("/<checksum>", "/has", "/has-now", "/buffer-length", "/healthcheck",
+                "/promise/<checksum>"):
         app.add_route(preflight, uri, methods=["OPTIONS"], name=f"preflight{uri}")
 
     @app.get("/healthcheck")
@@ -164,12 +194,32 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
             return checksums
         return responses.bool_list(request.app.ctx.store.has(checksums))
 
+    @app.route("/has-now", methods=["GET", "POST"], ignore_body=False)
+    async def has_now(request: Request) -> HTTPResponse:
+        checksums = _checksum_list(request)
+        if isinstance(checksums, HTTPResponse):
+            return checksums
+        return responses.bool_list(request.app.ctx.store.has(checksums, promised=False))
+
     @app.route("/buffer-length", methods=["GET", "POST"], ignore_body=False)
     async def buffer_length(request: Request) -> HTTPResponse:
         checksums = _checksum_list(request)
         if isinstance(checksums, HTTPResponse):
             return checksums
-        return responses.int_list(request.app.ctx.store.lengths(checksums))
+        return responses.int_list(await request.app.ctx.store.lengths(checksums))
+
+    @app.put("/promise/<checksum>")
+    async def promise(request: Request, checksum: str) -> HTTPResponse:
+        promises: Promises | None = request.app.ctx.promises
+        if promises is None:
+            return responses.message(405, "This server is read-only: promises are not accepted")
+        try:
+            raw = parse_checksum(checksum)
+        except InvalidChecksum as exc:
+            return responses.invalid_checksum(exc, ["path", "checksum"])
+        if request.app.ctx.store.find(raw) is None:
+            promises.promise(raw.hex())
+        return responses.json_response({"checksum": raw.hex(), "expires_in": int(promises.ttl)}, 202)
 
     @app.route("/<checksum>", methods=["GET", "HEAD"])
     async def get_buffer(request: Request, checksum: str) -> HTTPResponse:
@@ -177,20 +227,26 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
             raw = parse_checksum(checksum)
         except InvalidChecksum as exc:
             return responses.invalid_checksum(exc, ["path", "checksum"])
+        store: BufferStore = request.app.ctx.store
         try:
-            found = await request.app.ctx.store.open(raw)
+            found = await store.open(raw)
         except CorruptBuffer as exc:
             return responses.message(400, str(exc))
         if found is None:
             return responses.not_found()
         buffer, content = found
-        size = len(content) if content is not None else buffer.size
-        if request.method == "HEAD":
-            return HTTPResponse(status=200, headers={"content-length": str(size)},
-                                content_type=responses.OCTET_STREAM)
+        head = request.method == "HEAD"
+        if buffer.encoding is not None:
+            if accepts(request.headers.get("accept-encoding"), buffer.encoding):
+                headers = {"content-encoding": buffer.encoding.tokens[0]}
+                return await _send_file(request, buffer, headers, head)
+            length = await store.uncompressed_length(buffer)
+            return await _send_stream(request, store.decompressed(buffer), length, head)
         if content is not None:
+            if head:
+                return _head(len(content))
             return HTTPResponse(content, content_type=responses.OCTET_STREAM)
-        return await _stream_file(request, buffer.path, size)
+        return await _send_file(request, buffer, {}, head)
 
     @app.put("/<checksum>", stream=True)
     async def put_buffer(request: Request, checksum: str) -> HTTPResponse:
@@ -201,9 +257,12 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
         except InvalidChecksum as exc:
             return responses.invalid_checksum(exc, ["path", "checksum"])
         try:
-            await request.app.ctx.writer.put(raw, request.stream)
+            encoding = for_content_encoding(request.headers.get("content-encoding"))
+            await request.app.ctx.writer.put(raw, request.stream, encoding)
         except ChecksumMismatch:
             return responses.text_response("Incorrect checksum", 400)
+        except InvalidPayload:
+            return responses.text_response("Invalid compressed payload", 400)
         except DiskFull:
             return responses.message(507, "Insufficient storage: the disk is full; nothing was stored")
         except BodyTooLarge:
@@ -232,14 +291,21 @@ def _checksum_list(request: Request) -> bytes | HTTPResponse:
         return responses.invalid_checksum(exc, ["body", exc.position])
 
 
-async def _stream_file(request: Request, path: str, size: int) -> HTTPResponse:
-    import asyncio
+def _head(length: int, headers: dict | None = None) -> HTTPResponse:
+    return HTTPResponse(status=200, headers={**(headers or {}), "content-length": str(length)},
+                        content_type=responses.OCTET_STREAM)
 
+
+async def _send_file(request: Request, buffer: BufferFile, headers: dict, head: bool) -> HTTPResponse:
+    """A file as it is on disk, streamed in chunks read by a thread."""
+    if head:
+        return _head(buffer.size, headers)
     loop = asyncio.get_running_loop()
-    with open(path, "rb", buffering=0) as f:
+    with open(buffer.path, "rb", buffering=0) as f:
         response = await request.respond(
-            content_type=responses.OCTET_STREAM, headers={"content-length": str(size)})
-        remaining = size
+            content_type=responses.OCTET_STREAM,
+            headers={**headers, "content-length": str(buffer.size)})
+        remaining = buffer.size
         while remaining > 0:
             chunk = await loop.run_in_executor(None, f.read, min(STREAM_CHUNK, remaining))
             if not chunk:
@@ -247,4 +313,16 @@ async def _stream_file(request: Request, path: str, size: int) -> HTTPResponse:
             remaining -= len(chunk)
             await response.send(chunk)
         await response.eof()
+    return response
+
+
+async def _send_stream(request: Request, chunks, length: int, head: bool) -> HTTPResponse:
+    """Generated content of a known length (a decompressed buffer)."""
+    if head:
+        return _head(length)
+    response = await request.respond(content_type=responses.OCTET_STREAM,
+                                     headers={"content-length": str(length)})
+    async for chunk in chunks:
+        await response.send(chunk)
+    await response.eof()
     return response

@@ -22,11 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checksum import Hasher
-from .index import KEY_DTYPE, ABSENT, IndexData, IndexReader
+from .compression import BY_CODE, ENCODINGS, Decoder, Encoding, read_sidecar
+from .index import ABSENT, KEY_DTYPE, PLAIN, PROMISE, UNKNOWN_SIZE, IndexData, IndexReader
 from .layout import SearchPath
-from .locks import LockProtocol
+from .locks import POLL_MAX, LockProtocol
+from .promises import Promises
 
 SMALL_BUFFER = 1 << 20  # read whole into memory (and cacheable) up to this size
+READ_CHUNK = 1 << 20
+SUFFIXES = ("", *(e.suffix for e in ENCODINGS))  # where a buffer may be, in order
 CACHE_BYTES = 64 << 20  # per worker: recently served small buffers
 VERIFIED_MAX = 1 << 20  # remembered verified files per worker
 
@@ -36,13 +40,16 @@ class BufferFile:
     """A buffer found on disk, identified as it was when found."""
 
     checksum: str
-    path: str
-    size: int
+    path: str  # the file itself: <checksum>, or <checksum>.zst / .gz
+    size: int  # of the file on disk
     identity: tuple[int, int, int, int]  # device, inode, size, modification time
+    encoding: Encoding | None = None  # None: the file is the buffer itself
 
     @classmethod
-    def from_stat(cls, checksum: str, path: str, st: os.stat_result) -> "BufferFile":
-        return cls(checksum, path, st.st_size, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    def from_stat(cls, checksum: str, path: str, st: os.stat_result,
+                  encoding: Encoding | None = None) -> "BufferFile":
+        return cls(checksum, path, st.st_size, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+                   encoding)
 
 
 class CorruptBuffer(Exception):
@@ -110,14 +117,16 @@ class ContentCache:
 
 class BufferStore:
     def __init__(self, search_path: SearchPath, index: IndexReader, hasher: Hasher,
-                 locks: LockProtocol, verify: str = "once"):
+                 locks: LockProtocol, verify: str = "once", promises: Promises | None = None):
         self.search_path = search_path
         self.index = index
         self.hasher = hasher
         self.locks = locks
         self.verify = verify
+        self.promises = promises
         self.verified = VerifiedFiles()
         self.cache = ContentCache()
+        self._lengths: dict[tuple, int] = {}  # compressed file identity -> uncompressed length
         self._dir_table = search_path.dirs
 
     # ------------------------------------------------------------ lookups
@@ -132,8 +141,14 @@ class BufferStore:
             clean[number] = data.dir_settled[number] and mtime == data.dir_mtimes[number]
         return clean
 
-    def lookup(self, checksums: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """Presence and size of each checksum (``checksums``: 32 bytes each), exactly."""
+    def lookup(self, checksums: bytes, promised: bool = True
+               ) -> tuple[np.ndarray, np.ndarray, dict[int, BufferFile]]:
+        """Presence and length of each checksum (``checksums``: 32 bytes each), exactly.
+
+        ``promised``: count promised buffers as present (length 1).  Returns
+        presence, lengths, and the compressed files whose length is not known
+        yet (by position; see :meth:`measure`).
+        """
         data = self.index.current()
         queries = np.frombuffer(checksums, KEY_DTYPE)
         positions, found = data.find(queries)
@@ -142,18 +157,52 @@ class BufferStore:
         used_first_bytes = np.unique(first_bytes).tolist()
         needed = {n for fb in used_first_bytes for n in candidates(fb)}
         clean = self._clean_dirs(data, needed)
-        present = found & clean[data.dirs[positions]] if len(data) else found
-        sizes = np.where(present, data.sizes[positions] if len(data) else 0, 0).astype(np.int64)
+        unknown: dict[int, BufferFile] = {}
+        if len(data):
+            present = found & clean[data.dirs[positions]]
+            encodings = data.encodings[positions]
+            raw_sizes = data.sizes[positions]
+            is_promise = encodings == PROMISE
+            if promised and self.promises is not None:
+                present &= ~is_promise | (raw_sizes > self.promises.oldest_fresh_ns())
+            else:
+                present &= ~is_promise
+            sizes = np.where(present & ~is_promise & (raw_sizes != UNKNOWN_SIZE), raw_sizes, 0).astype(np.int64)
+            sizes[present & is_promise] = 1
+            for i in np.flatnonzero(present & (raw_sizes == UNKNOWN_SIZE) & ~is_promise).tolist():
+                buffer = self._indexed_file(data, int(positions[i]))
+                if buffer is None:
+                    present[i] = False
+                else:
+                    unknown[i] = buffer
+        else:
+            present = found.copy()
+            sizes = np.zeros(len(queries), np.int64)
         changed_for = np.zeros(256, np.bool_)
         for fb in used_first_bytes:
             changed_for[fb] = not all(clean[n] for n in candidates(fb))
         for i in np.flatnonzero(~present & changed_for[first_bytes]).tolist():
-            checksum = checksums[32 * i: 32 * i + 32]
-            hit = self._find_on_disk(checksum.hex(), clean)
+            checksum_hex = checksums[32 * i: 32 * i + 32].hex()
+            hit = self._find_on_disk(checksum_hex, clean)
             if hit is not None:
                 present[i] = True
-                sizes[i] = hit.size
-        return present, sizes
+                if hit.encoding is None:
+                    sizes[i] = hit.size
+                else:
+                    unknown[i] = hit
+            elif promised and self.promises is not None and self.promises.is_promised(checksum_hex):
+                present[i] = True
+                sizes[i] = 1
+        return present, sizes, unknown
+
+    def _indexed_file(self, data: IndexData, position: int) -> BufferFile | None:
+        # A slice keeps all 32 bytes; a numpy scalar would drop trailing zero bytes.
+        checksum_hex = data.keys[position:position + 1].tobytes().hex()
+        encoding = BY_CODE.get(int(data.encodings[position]))
+        path = os.path.join(self._dir_table[int(data.dirs[position])],
+                            checksum_hex + (encoding.suffix if encoding else ""))
+        st = _regular_file_stat(path)
+        return None if st is None else BufferFile.from_stat(checksum_hex, path, st, encoding)
 
     def _find_on_disk(self, checksum_hex: str, clean: np.ndarray | None = None) -> BufferFile | None:
         """Look in each candidate directory (only the changed ones, if ``clean`` is given)."""
@@ -161,35 +210,56 @@ class BufferStore:
         for number in self.search_path.candidate_dirs(first):
             if clean is not None and clean[number]:
                 continue
-            path = os.path.join(self._dir_table[number], checksum_hex)
-            st = _regular_file_stat(path)
-            if st is not None:
-                return BufferFile.from_stat(checksum_hex, path, st)
+            base = os.path.join(self._dir_table[number], checksum_hex)
+            for suffix in SUFFIXES:
+                st = _regular_file_stat(base + suffix)
+                if st is not None:
+                    encoding = ENCODINGS[SUFFIXES.index(suffix) - 1] if suffix else None
+                    return BufferFile.from_stat(checksum_hex, base + suffix, st, encoding)
         return None
 
     def find(self, checksum: bytes) -> BufferFile | None:
-        """One buffer, exactly: where it is on disk now, or None."""
+        """One buffer, exactly: where it is on disk now (plain or compressed), or None."""
         checksum_hex = checksum.hex()
         data = self.index.current()
         positions, found = data.find(np.frombuffer(checksum, KEY_DTYPE))
-        if found[0]:
+        if found[0] and data.encodings[positions[0]] != PROMISE:
             # The index knows where it was; one stat says whether it still is.
-            path = os.path.join(self._dir_table[int(data.dirs[positions[0]])], checksum_hex)
-            st = _regular_file_stat(path)
-            if st is not None:
-                return BufferFile.from_stat(checksum_hex, path, st)
-            return self._find_on_disk(checksum_hex)
+            buffer = self._indexed_file(data, int(positions[0]))
+            return buffer if buffer is not None else self._find_on_disk(checksum_hex)
         candidates = self.search_path.candidate_dirs(checksum[0])
         clean = self._clean_dirs(data, candidates)
         if all(clean[n] for n in candidates):
             return None
         return self._find_on_disk(checksum_hex, clean)
 
-    def has(self, checksums: bytes) -> list[bool]:
-        return self.lookup(checksums)[0].tolist()
+    def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
+        return self.lookup(checksums, promised)[0].tolist()
 
-    def lengths(self, checksums: bytes) -> list[int]:
-        return self.lookup(checksums)[1].tolist()
+    async def lengths(self, checksums: bytes) -> list[int]:
+        present, sizes, unknown = self.lookup(checksums)
+        for i, buffer in unknown.items():
+            sizes[i] = await self.uncompressed_length(buffer)
+        return sizes.tolist()
+
+    async def uncompressed_length(self, buffer: BufferFile) -> int:
+        """A compressed buffer's length: its sidecar, else decompressed once and remembered."""
+        if buffer.encoding is None:
+            return buffer.size
+        known = self._lengths.get(buffer.identity)
+        if known is None:
+            known = read_sidecar(buffer.path[: -len(buffer.encoding.suffix)])
+        if known is None:
+            known = await asyncio.get_running_loop().run_in_executor(None, self._measure, buffer)
+        self._lengths[buffer.identity] = known
+        return known
+
+    def _measure(self, buffer: BufferFile) -> int:
+        decoder = Decoder(buffer.encoding)
+        for chunk in _file_chunks(buffer.path):
+            decoder.feed(chunk)
+        decoder.finish()
+        return decoder.length
 
     # ------------------------------------------------------------- reading
     def lock_paths(self, checksum_hex: str) -> list[str]:
@@ -197,18 +267,20 @@ class BufferStore:
                 *self.search_path.file_locks(checksum_hex)]
 
     async def open(self, checksum: bytes) -> tuple[BufferFile, bytes | None] | None:
-        """Find a buffer for reading, honouring locks and checking its integrity.
+        """Find a buffer for reading, honouring locks and promises and checking its integrity.
 
-        Returns the file and, for small buffers, its verified content; None if
-        absent.  Waits while a fresh lock says the buffer is being written.
-        Raises :class:`CorruptBuffer` for a wrong file that no lock explains.
+        Returns the file and, for small plain buffers, its verified content;
+        None if absent.  Waits while a fresh lock says the buffer is being
+        written, or while it is promised.  Raises :class:`CorruptBuffer` for a
+        wrong file that no lock explains.
         """
         checksum_hex = checksum.hex()
         buffer = self.find(checksum)
         if buffer is None:
-            if not await self.locks.wait_until_free(self.lock_paths(checksum_hex)):
-                return None
-            buffer = self.find(checksum)
+            if await self.locks.wait_until_free(self.lock_paths(checksum_hex)):
+                buffer = self.find(checksum)
+            if buffer is None:
+                buffer = await self._wait_for_promise(checksum)
             if buffer is None:
                 return None
         for attempt in range(2):
@@ -222,9 +294,21 @@ class BufferStore:
                 return None
         raise CorruptBuffer(buffer.path, self.hasher.display_name)
 
+    async def _wait_for_promise(self, checksum: bytes) -> BufferFile | None:
+        """While the buffer is promised, wait for it to arrive."""
+        if self.promises is None:
+            return None
+        checksum_hex = checksum.hex()
+        while self.promises.is_promised(checksum_hex):
+            await asyncio.sleep(POLL_MAX / 5)
+            buffer = self.find(checksum)
+            if buffer is not None:
+                return buffer
+        return self.find(checksum)
+
     async def _read_verified(self, checksum: bytes, buffer: BufferFile) -> tuple[bool, bytes | None]:
-        """Is the file's content right?  Small files are read (and cached) on the way."""
-        if buffer.size <= SMALL_BUFFER:
+        """Is the file's content right?  Small plain files are read (and cached) on the way."""
+        if buffer.encoding is None and buffer.size <= SMALL_BUFFER:
             cached = self.cache.get(buffer.identity)
             if cached is not None and self.verify != "always":
                 return True, cached
@@ -240,15 +324,51 @@ class BufferStore:
             return True, content
         if self.verify == "never" or (self.verify == "once" and buffer.identity in self.verified):
             return True, None
-        digest = await asyncio.get_running_loop().run_in_executor(
-            None, self.hasher.digest_file, buffer.path)
+        digest = await asyncio.get_running_loop().run_in_executor(None, self._digest, buffer)
         if digest != checksum:
             return False, None
         self.verified.add(buffer.identity)
         return True, None
+
+    def _digest(self, buffer: BufferFile) -> bytes | None:
+        """The checksum of the buffer's (uncompressed) content; None if it does not decode."""
+        if buffer.encoding is None:
+            return self.hasher.digest_file(buffer.path)
+        h = self.hasher.new()
+        decoder = Decoder(buffer.encoding)
+        try:
+            for chunk in _file_chunks(buffer.path):
+                h.update(decoder.feed(chunk))
+            h.update(decoder.finish())
+        except Exception:  # undecodable: as wrong as a wrong hash
+            return None
+        self._lengths[buffer.identity] = decoder.length
+        return h.digest()
+
+    async def decompressed(self, buffer: BufferFile):
+        """The uncompressed content of a compressed buffer, chunk by chunk."""
+        loop = asyncio.get_running_loop()
+        decoder = Decoder(buffer.encoding)
+        with open(buffer.path, "rb", buffering=0) as f:
+            while True:
+                chunk = await loop.run_in_executor(None, f.read, READ_CHUNK)
+                if not chunk:
+                    break
+                out = decoder.feed(chunk)
+                if out:
+                    yield out
+        tail = decoder.finish()
+        if tail:
+            yield tail
 
     def mark_verified(self, path: str) -> None:
         """A file this server has just published: its content was hashed while written."""
         st = _regular_file_stat(path)
         if st is not None:
             self.verified.add((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+def _file_chunks(path: str, size: int = READ_CHUNK):
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(size):
+            yield chunk

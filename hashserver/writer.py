@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import itertools
 import os
 import time
 from enum import Enum
 from typing import AsyncIterator
 
 from .checksum import Hasher
+from .compression import SIDECAR_SUFFIX, Decoder, Encoding
+from .files import TEMP_SUFFIX, is_temp_name, make_group_dir, temp_name, unlink_quietly
 from .layout import LOCK_SUFFIX, PREFIX_MARKER, SearchPath, is_buffer_name
-from .locks import HeldLock, LockProtocol, owner_tag, pid_is_dead
+from .locks import HeldLock, LockProtocol, pid_is_dead
+from .promises import Promises
 from .store import BufferStore
 
 BATCH = 1 << 20  # bytes handed to the hashing/writing thread at a time
-TEMP_SUFFIX = ".tmp"
-DIR_MODE = 0o2775
 BUFFER_MODE = 0o444
-
-_counter = itertools.count()
 
 
 class Outcome(Enum):
@@ -47,65 +45,86 @@ class BodyTooLarge(Exception):
     """The body is larger than the configured maximum."""
 
 
-def temp_name(checksum_hex: str) -> str:
-    """``.<checksum>.<host>-<pid>.<n>.tmp``: never a buffer name, and says whose it is."""
-    return f".{checksum_hex}.{owner_tag()}.{next(_counter)}{TEMP_SUFFIX}"
+class _Digest:
+    """Hashes what is written: the body itself, or what it decompresses to."""
 
+    def __init__(self, hasher: Hasher, encoding: Encoding | None):
+        self._hash = hasher.new()
+        self._decoder = Decoder(encoding) if encoding else None
 
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX) and name.count(".") >= 3
+    def update(self, data: bytes) -> None:
+        self._hash.update(self._decoder.feed(data) if self._decoder else data)
 
-
-def make_group_dir(path: str) -> None:
-    """Create a buffer directory shared by a Unix group: mode 2775, whatever the umask."""
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        return
-    os.chmod(path, DIR_MODE)
+    def finish(self) -> tuple[bytes, int | None]:
+        """The checksum, and the uncompressed length of a compressed body."""
+        if self._decoder is None:
+            return self._hash.digest(), None
+        self._hash.update(self._decoder.finish())
+        return self._hash.digest(), self._decoder.length
 
 
 class BufferWriter:
     def __init__(self, store: BufferStore, search_path: SearchPath, hasher: Hasher,
-                 locks: LockProtocol, max_body_size: int):
+                 locks: LockProtocol, max_body_size: int, promises: Promises | None = None):
         self.store = store
         self.search_path = search_path
         self.hasher = hasher
         self.locks = locks
         self.max_body_size = max_body_size
+        self.promises = promises
 
-    async def put(self, checksum: bytes, body: AsyncIterator[bytes]) -> Outcome:
+    async def put(self, checksum: bytes, body: AsyncIterator[bytes],
+                  encoding: Encoding | None = None) -> Outcome:
         """Store the body under ``checksum`` if it hashes to it.
 
-        Raises :class:`ChecksumMismatch`, :class:`BodyTooLarge` or
-        :class:`DiskFull`; in every case nothing is left behind.
+        A body with an ``encoding`` is stored compressed as it came
+        (``<checksum>.zst`` / ``.gz`` with a length sidecar), its checksum being
+        that of what it decompresses to.  Raises :class:`ChecksumMismatch`,
+        :class:`InvalidPayload`, :class:`BodyTooLarge` or :class:`DiskFull`;
+        in every case nothing is left behind.  A stored (or already present)
+        buffer resolves its promise.
         """
         try:
-            return await self._put(checksum, body)
+            outcome = await self._put(checksum, body, encoding)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull() from exc
             raise
+        if self.promises is not None:
+            self.promises.resolve(checksum.hex())
+        return outcome
 
-    async def _put(self, checksum: bytes, body: AsyncIterator[bytes]) -> Outcome:
+    async def _put(self, checksum: bytes, body: AsyncIterator[bytes],
+                   encoding: Encoding | None) -> Outcome:
         checksum_hex = checksum.hex()
+        digest = _Digest(self.hasher, encoding)
         if self.store.find(checksum) is not None:
-            if await self._drain(body) != checksum:
+            await self._consume(body, digest)
+            if digest.finish()[0] != checksum:
                 raise ChecksumMismatch()
             return Outcome.PRESENT
-        final = self.search_path.publish_path(checksum_hex)
+        base = self.search_path.publish_path(checksum_hex)
+        final = base + (encoding.suffix if encoding else "")
         directory = os.path.dirname(final)
         make_group_dir(directory)
         tmp = os.path.join(directory, temp_name(checksum_hex))
-        async with HeldLock(final + LOCK_SUFFIX):
+        async with HeldLock(base + LOCK_SUFFIX):
             try:
-                if await self._stream_to(tmp, body) != checksum:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    await self._consume(body, digest, fd)
+                finally:
+                    os.close(fd)
+                result, length = digest.finish()
+                if result != checksum:
                     raise ChecksumMismatch()
+                if length is not None:
+                    write_sidecar(base, length)
                 await self.locks.wait_until_free(self.search_path.global_locks(checksum_hex))
                 os.chmod(tmp, BUFFER_MODE)
                 published = self._publish(tmp, final)
             finally:
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
         if published:
             self.store.mark_verified(final)
         return Outcome.STORED if published else Outcome.PRESENT
@@ -141,46 +160,41 @@ class BufferWriter:
         if pending:
             yield b"".join(pending)
 
-    async def _drain(self, body: AsyncIterator[bytes]) -> bytes:
-        h = self.hasher.new()
+    async def _consume(self, body: AsyncIterator[bytes], digest: _Digest, fd: int | None = None) -> None:
+        """Hash (and write to ``fd``, if given) the whole body, fsynced.  The
+        next batch is received while a thread hashes and writes the previous one."""
         loop = asyncio.get_running_loop()
+        in_flight: asyncio.Future | None = None
         async for batch in self._batches(body):
-            await loop.run_in_executor(None, h.update, batch)
-        return h.digest()
-
-    async def _stream_to(self, tmp: str, body: AsyncIterator[bytes]) -> bytes:
-        """Write the body to ``tmp`` and hash it; the next batch is received
-        while a thread hashes and writes the previous one."""
-        h = self.hasher.new()
-        loop = asyncio.get_running_loop()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            in_flight: asyncio.Future | None = None
-            async for batch in self._batches(body):
-                if in_flight is not None:
-                    await in_flight
-                in_flight = loop.run_in_executor(None, _absorb, fd, h, batch)
             if in_flight is not None:
                 await in_flight
+            in_flight = loop.run_in_executor(None, _absorb, fd, digest, batch)
+        if in_flight is not None:
+            await in_flight
+        if fd is not None:
             await loop.run_in_executor(None, os.fsync, fd)
-        finally:
-            os.close(fd)
-        return h.digest()
 
 
-def _absorb(fd: int, h, data: bytes) -> None:
-    h.update(data)
+def _absorb(fd: int | None, digest: _Digest, data: bytes) -> None:
+    digest.update(data)
+    if fd is None:
+        return
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
 
 
-def _unlink_quietly(path: str) -> None:
+def write_sidecar(base: str, length: int) -> None:
+    """``<checksum>.BUFFERLENGTH``, written whole before the compressed file appears."""
+    tmp = os.path.join(os.path.dirname(base), temp_name(os.path.basename(base)))
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        with open(tmp, "w") as f:
+            f.write(str(length))
+        os.chmod(tmp, BUFFER_MODE)
+        os.replace(tmp, base + SIDECAR_SUFFIX)
+    finally:
+        unlink_quietly(tmp)
 
 
 def remove_leftovers(search_path: SearchPath, lock_timeout: float) -> int:
@@ -214,7 +228,7 @@ def remove_leftovers(search_path: SearchPath, lock_timeout: float) -> int:
             except FileNotFoundError:
                 continue
             if stale or pid_is_dead(tag):
-                _unlink_quietly(path)
+                unlink_quietly(path)
                 removed += 1
     return removed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -46,6 +47,10 @@ def checksums_bytes(*hexes: str) -> bytes:
     return b"".join(bytes.fromhex(h) for h in hexes)
 
 
+def lengths(store, checksums: bytes) -> list[int]:
+    return asyncio.run(store.lengths(checksums))
+
+
 def age_directories(root) -> None:
     """Backdate directory times so the scan sees them as settled (the fast path)."""
     old = time.time() - 3600
@@ -70,7 +75,7 @@ def test_build_and_batch_lookup(tmp_path, built, layout):
     store, publisher, _ = built(Config(str(tmp_path), layout=layout))
     assert len(publisher.data) == 4
     missing = sha3(b"missing")
-    present, sizes = store.lookup(checksums_bytes(*hexes, missing))
+    present, sizes, _ = store.lookup(checksums_bytes(*hexes, missing))
     assert present.tolist() == [True] * 4 + [False]
     assert sizes.tolist() == [len(d) for d in data] + [0]
     assert store.find(bytes.fromhex(hexes[2])).size == 100
@@ -101,7 +106,7 @@ def test_vault_layout(tmp_path, built):
     age_directories(tmp_path)
     store, publisher, _ = built(Config(str(tmp_path), layout="vault"))
     assert store.has(checksums_bytes(*hexes)) == [True] * 4
-    assert store.lengths(checksums_bytes(*hexes)) == [len(s) for s in
+    assert lengths(store, checksums_bytes(*hexes)) == [len(s) for s in
                                                         ("independent/small", "independent/big",
                                                          "dependent/small", "dependent/big")]
 
@@ -144,7 +149,7 @@ def test_added_and_removed_files_are_seen_at_once(tmp_path, built):
     os.unlink(tmp_path / removed[:2] / removed)
     query = checksums_bytes(kept, removed, added)
     assert store.has(query) == [True, False, True]
-    assert store.lengths(query) == [4, 0, len(b"added later")]
+    assert lengths(store, query) == [4, 0, len(b"added later")]
     assert store.find(bytes.fromhex(removed)) is None
     assert store.find(bytes.fromhex(added)) is not None
     # After the background rescan the index itself knows, and stays exact.
@@ -176,12 +181,13 @@ def test_scan_directory_reads_mtime_before_listing(tmp_path):
 def test_index_file_roundtrip(tmp_path):
     keys = np.sort(np.frombuffer(os.urandom(32 * 5), "S32"))
     data = IndexData(keys, np.arange(5, dtype=np.uint64), np.zeros(5, np.uint16),
-                     np.array([7], np.int64), np.array([True]))
+                     np.array([0, 1, 2, 0, 255], np.uint8), np.array([7], np.int64), np.array([True]))
     data.write(str(tmp_path / "idx"))
     loaded = IndexData.open(str(tmp_path / "idx"))
     assert loaded.keys.tolist() == keys.tolist()
     assert loaded.sizes.tolist() == list(range(5))
     assert loaded.dir_mtimes.tolist() == [7]
+    assert loaded.encodings.tolist() == [0, 1, 2, 0, 255]
     positions, found = loaded.find(keys[::-1].copy())
     assert found.all()
 
