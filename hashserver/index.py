@@ -315,15 +315,17 @@ class IndexPublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def build(self) -> IndexData:
+    def build(self) -> float:
+        """Scan everything and publish the first generation; returns the time it took."""
         started = time.monotonic()
         scans = scan_all(self.search_path, list(range(len(self.search_path.dirs))))
         self.data = self.data.merged(scans)
         self.store.publish(self.data)
-        elapsed = time.monotonic() - started
+        return time.monotonic() - started
+
+    def log_built(self, elapsed: float) -> None:
         log.info("index: %d buffers in %d directories, built in %.2f s",
                  len(self.data), len(self.search_path.dirs), elapsed)
-        return self.data
 
     def changed_dirs(self) -> list[int]:
         """Directories whose modification time moved, or that were still settling."""

@@ -90,13 +90,14 @@ def _start_index(config: Config) -> tuple[IndexPublisher, GenerationStore]:
             log.info("removed %d leftovers of interrupted writers", removed)
     generations = GenerationStore.create()
     publisher = IndexPublisher(search_path, generations)
-    publisher.build()
+    elapsed = publisher.build()
     try:
         check_hash_algorithm(publisher.data, search_path, config.hash_algorithm,
                              config.name("hash_algorithm"))
     except ConfigError as exc:
         generations.remove()
         exit_at_startup(str(exc), config)
+    publisher.log_built(elapsed)
     publisher.start()
     return publisher, generations
 
