@@ -174,7 +174,10 @@ def ensure_dataset(cache_dir: str, spec: DatasetSpec, processes: int | None = No
     progress = Progress(f"making {spec.name}", spec.count)
     tmp_list = os.path.join(root, CHECKSUMS + ".tmp")
     processes = processes or os.cpu_count() or 1
-    with open(tmp_list, "w") as out, multiprocessing.get_context("spawn").Pool(processes) as pool:
+    # fork: no thread runs yet, and workers need not re-import the caller's main module.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with open(tmp_list, "w") as out, context.Pool(processes) as pool:
         for task, lines in zip(tasks, pool.imap(_write_chunk, tasks)):
             out.write(lines)
             progress.advance(task[4])

@@ -291,7 +291,8 @@ class Suite:
                      workers: int, tag: str) -> None:
         """PUT into the dataset's own directory (a realistic size), then remove what was stored."""
         for case in cases:  # prepare the pools before the server starts
-            scenarios.get(case.key, "warmup")
+            if self.options.warmup > 0:
+                scenarios.get(case.key, "warmup")
             scenarios.get(case.key, "measure")
         marker = os.path.join(dataset.directory, PREFIX_MARKER)
         had_marker = os.path.exists(marker)
