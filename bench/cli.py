@@ -13,7 +13,7 @@ from .suite import Options, Suite
 SCALING_SIZES = [10_000, 100_000, 1_000_000]
 # A smoke run: every case and code path, in well under a minute.  One worker
 # count (2: still several workers) because each count costs a full set of cases.
-QUICK = {"buffers": 2000, "workers": [2], "duration": 1.0, "warmup": 0.0, "large_mib": 16,
+QUICK = {"buffers": [2000], "workers": [2], "duration": 1.0, "warmup": 0.0, "large_mib": 16,
          "sha3_seconds": 0.3}
 
 
@@ -41,10 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="Benchmark hashserver as users run it, side by side with nginx on the same "
         "directory and single-core SHA3-256, and report every figure as a ratio to its ceiling.")
-    p.add_argument("--buffers", type=int, default=None,
-                   help="small buffers in the directory (default 100000; --quick: 2000)")
+    p.add_argument("--buffers", type=_int_list, default=None, metavar="N[,N...]",
+                   help="small buffers in the directory (default 100000; --quick: 2000); "
+                   "several sizes are compared as in --scaling")
     p.add_argument("--scaling", action="store_true",
-                   help="run 10,000, 100,000 and 1,000,000 buffers and compare")
+                   help="run 10,000, 100,000 and 1,000,000 buffers and compare "
+                   "(the same as --buffers 10000,100000,1000000)")
     p.add_argument("--workers", type=_int_list, default=None, metavar="N[,N...]",
                    help="Sanic worker counts to run (default: 1,4; --quick: 2); nginx gets as many")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
@@ -84,7 +86,7 @@ def options_from_args(argv: list[str] | None) -> Options:
     def pick(value, name: str, default):
         return value if value is not None else quick.get(name, default)
 
-    buffers = SCALING_SIZES if args.scaling else [pick(args.buffers, "buffers", 100_000)]
+    buffers = SCALING_SIZES if args.scaling else pick(args.buffers, "buffers", [100_000])
     return Options(
         buffers=buffers,
         workers=pick(args.workers, "workers", [1, 4]),

@@ -40,7 +40,7 @@ def _run_title(doc: dict, run: dict) -> str:
 
 def run_table(doc: dict, run: dict) -> str:
     lines = [_run_title(doc, run)]
-    header = (f"{'figure':<28} {'hashserver':>22}   {'ceiling':<40} {'ratio':>6}  {'target':<13}"
+    header = (f"{'figure':<28} {'hashserver':>28}   {'ceiling':<40} {'ratio':>6}  {'target':<13}"
               f" {'CPU us/req':>10}")
     lines += [header, "-" * len(header)]
     for key, fig in run["figures"].items():
@@ -55,7 +55,10 @@ def run_table(doc: dict, run: dict) -> str:
             verdict = {True: "met", False: "MISSED", None: ""}[fig["met"]]
             target = f">={fig['target']:.2f} {verdict}"
         cpu = fig.get("server_cpu_us_per_request")
-        lines.append(f"{fig['label']:<28} {_number(fig['value'], unit):>22}   {ceiling:<40} "
+        value = _number(fig["value"], unit)
+        if fig.get("mb_s") is not None:  # small PUTs: requests, and bytes as the issue asks
+            value += f" ({fig['mb_s']:.2f} MB/s)"
+        lines.append(f"{fig['label']:<28} {value:>28}   {ceiling:<40} "
                      f"{ratio:>6}  {target:<13} {'' if cpu is None else f'{cpu:,.0f}':>10}".rstrip())
     for phase in ("idle", "after_load"):
         procs = run["memory"].get(phase)
@@ -113,7 +116,7 @@ def scaling_table(doc: dict) -> str:
             if values[0] and values[-1]:
                 change = values[-1] / values[0]
                 mark = " " if unit == "s" or change >= 0.9 else " MISSED"
-                row += f"{change:>9.2f}{mark}"
+                row += f"{change:>9.3f}{mark}"
             lines.append(row.rstrip())
     return "\n".join(lines)
 
@@ -159,8 +162,9 @@ def _ratio_chart(doc: dict, plt, path: str) -> str:
     runs = doc["runs"]
     sizes = sorted({r["buffers"] for r in runs})
     workers = sorted({r["workers"] for r in runs})
+    rows = max(sum(f["ratio"] is not None for f in r["figures"].values()) for r in runs)
     fig, axes = plt.subplots(len(sizes), len(workers), squeeze=False,
-                             figsize=(6.5 * len(workers), 0.5 + 0.45 * 14 * len(sizes)))
+                             figsize=(7 * len(workers), (1.2 + 0.38 * rows) * len(sizes)))
     for run in runs:
         ax = axes[sizes.index(run["buffers"])][workers.index(run["workers"])]
         items = [(k, f) for k, f in run["figures"].items() if f["ratio"] is not None]

@@ -307,6 +307,7 @@ class Suite:
                 os.unlink(marker)
         if "put_small" in run["figures"]:
             fig = run["figures"]["put_small"]
+            fig["mb_s"] = fig["value"] * dataset.spec.size / 1e6
             fig["stored"] = stored.get("small_measure", 0)
             pool = len(scenarios.put_pools.get("small_measure", []))
             if fig["stored"] >= pool:
