@@ -38,7 +38,8 @@ def _content(path: str, code: int) -> bytes | None:
 def check_hash_algorithm(data: IndexData, search_path: SearchPath, algorithm: str, name: str) -> None:
     """Hash a few small buffers under each algorithm; if they match another one
     and not the configured one, refuse with a line that says which to use."""
-    candidates = np.flatnonzero((data.encodings != PROMISE) & (data.sizes <= SAMPLE_MAX_BYTES))
+    # Sizes may not be measured yet at startup; big files are skipped when read.
+    candidates = np.flatnonzero(data.encodings != PROMISE)
     if len(candidates) == 0:
         return
     picks = candidates[np.linspace(0, len(candidates) - 1, min(SAMPLE, len(candidates))).astype(int)]

@@ -155,6 +155,7 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
 
     @app.after_server_stop
     async def close_store(app: Sanic) -> None:
+        app.ctx.store.watch.close()
         if getattr(app.ctx, "local_index", None):
             publisher, generations = app.ctx.local_index
             publisher.stop()

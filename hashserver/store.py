@@ -27,6 +27,7 @@ from .index import ABSENT, KEY_DTYPE, PLAIN, PROMISE, UNKNOWN_SIZE, IndexData, I
 from .layout import SearchPath
 from .locks import POLL_MAX, LockProtocol
 from .promises import Promises
+from .watch import DirectoryWatch
 
 SMALL_BUFFER = 1 << 20  # read whole into memory (and cacheable) up to this size
 READ_CHUNK = 1 << 20
@@ -128,26 +129,40 @@ class BufferStore:
         self.cache = ContentCache()
         self._lengths: dict[tuple, int] = {}  # compressed file identity -> uncompressed length
         self._dir_table = search_path.dirs
+        self.watch = DirectoryWatch(search_path.dirs)
 
     # ------------------------------------------------------------ lookups
     def _clean_dirs(self, data: IndexData, numbers) -> np.ndarray:
-        """Per directory number: True where the index is exact for it right now."""
+        """Per directory number: True where the index is exact for it right now.
+
+        Directories the inotify watch vouches for need no system call; the
+        others are stat'ed, and vouched for when found unchanged.
+        """
         clean = np.zeros(len(self._dir_table), np.bool_)
-        for number in numbers:
+        numbers = np.fromiter(numbers, np.intp)
+        self.watch.drain()
+        vouched = self.watch.vouched[numbers]
+        clean[numbers[vouched]] = True
+        confirmed = []
+        for number in numbers[~vouched].tolist():
             try:
                 mtime = os.stat(self._dir_table[number]).st_mtime_ns
             except (FileNotFoundError, NotADirectoryError):
                 mtime = ABSENT
-            clean[number] = data.dir_settled[number] and mtime == data.dir_mtimes[number]
+            if data.dir_settled[number] and mtime == data.dir_mtimes[number]:
+                clean[number] = True
+                confirmed.append(number)
+        if confirmed:
+            self.watch.vouch(np.array(confirmed, np.intp))
         return clean
 
-    def lookup(self, checksums: bytes, promised: bool = True
+    def lookup(self, checksums: bytes, promised: bool = True, with_lengths: bool = True
                ) -> tuple[np.ndarray, np.ndarray, dict[int, BufferFile]]:
         """Presence and length of each checksum (``checksums``: 32 bytes each), exactly.
 
         ``promised``: count promised buffers as present (length 1).  Returns
-        presence, lengths, and the compressed files whose length is not known
-        yet (by position; see :meth:`measure`).
+        presence, lengths, and (``with_lengths``) the files whose length the
+        index does not know yet, by position (see :meth:`uncompressed_length`).
         """
         data = self.index.current()
         queries = np.frombuffer(checksums, KEY_DTYPE)
@@ -169,7 +184,8 @@ class BufferStore:
                 present &= ~is_promise
             sizes = np.where(present & ~is_promise & (raw_sizes != UNKNOWN_SIZE), raw_sizes, 0).astype(np.int64)
             sizes[present & is_promise] = 1
-            for i in np.flatnonzero(present & (raw_sizes == UNKNOWN_SIZE) & ~is_promise).tolist():
+            unmeasured = present & (raw_sizes == UNKNOWN_SIZE) & ~is_promise if with_lengths else ()
+            for i in np.flatnonzero(unmeasured).tolist():
                 buffer = self._indexed_file(data, int(positions[i]))
                 if buffer is None:
                     present[i] = False
@@ -234,7 +250,7 @@ class BufferStore:
         return self._find_on_disk(checksum_hex, clean)
 
     def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
-        return self.lookup(checksums, promised)[0].tolist()
+        return self.lookup(checksums, promised, with_lengths=False)[0].tolist()
 
     async def lengths(self, checksums: bytes) -> list[int]:
         present, sizes, unknown = self.lookup(checksums)

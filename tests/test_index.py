@@ -75,8 +75,13 @@ def test_build_and_batch_lookup(tmp_path, built, layout):
     store, publisher, _ = built(Config(str(tmp_path), layout=layout))
     assert len(publisher.data) == 4
     missing = sha3(b"missing")
-    present, sizes, _ = store.lookup(checksums_bytes(*hexes, missing))
-    assert present.tolist() == [True] * 4 + [False]
+    query = checksums_bytes(*hexes, missing)
+    assert store.has(query) == [True] * 4 + [False]
+    # Sizes: first measured by a stat per file, then known to the index itself.
+    assert lengths(store, query) == [len(d) for d in data] + [0]
+    publisher.measure_sizes()
+    present, sizes, unmeasured = store.lookup(query)
+    assert unmeasured == {}
     assert sizes.tolist() == [len(d) for d in data] + [0]
     assert store.find(bytes.fromhex(hexes[2])).size == 100
     assert store.find(bytes.fromhex(missing)) is None
@@ -210,3 +215,33 @@ def test_tens_of_thousands(tmp_path, built):
     query = checksums_bytes(*hexes[::7], *(sha3(str(i).encode()) for i in range(100)))
     present = store.has(query)
     assert present == [True] * len(hexes[::7]) + [False] * 100
+
+
+@pytest.mark.parametrize("inotify", [True, False])
+def test_changes_after_directories_were_vouched_for(tmp_path, built, inotify):
+    """Once a lookup has confirmed a directory unchanged, later changes are
+    seen through inotify events (or, without inotify, through stats)."""
+    kept = add_buffer(tmp_path, b"kept")
+    removed = add_buffer(tmp_path, b"removed")
+    age_directories(tmp_path)
+    store, publisher, _ = built(Config(str(tmp_path)))
+    if not inotify:
+        store.watch.close()
+    assert store.watch.active is inotify
+    added = sha3(b"added after vouching")
+    query = checksums_bytes(kept, removed, added)
+    assert store.has(query) == [True, True, False]
+    if inotify:
+        assert store.watch.vouched[int(kept[:2], 16)]
+    add_buffer(tmp_path, b"added after vouching")
+    os.unlink(tmp_path / removed[:2] / removed)
+    assert store.has(query) == [True, False, True]
+    assert store.find(bytes.fromhex(added)) is not None
+    assert store.find(bytes.fromhex(removed)) is None
+    # A whole prefix directory removed and made again is noticed too.
+    other = add_buffer(tmp_path, b"in a fresh directory")
+    assert store.has(checksums_bytes(other)) == [True]
+    for p in (tmp_path / other[:2]).iterdir():
+        p.unlink()
+    (tmp_path / other[:2]).rmdir()
+    assert store.has(checksums_bytes(other)) == [False]
