@@ -38,6 +38,33 @@ IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
 MASK = IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 EVENT = struct.Struct("iIII")  # wd, mask, cookie, len
+# inotify sees only this machine's changes: directories on these file systems
+# (shared with other machines) are never vouched for, so lookups stat them.
+NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs",
+                        "glusterfs", "9p", "afs", "beegfs", "fuse")
+
+
+def file_system_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The type of the file system ``path`` is on (longest mount point), or ''."""
+    path = os.path.realpath(path)
+    best, best_type = "", ""
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                mount_point = fields[4].replace("\\040", " ")
+                fs_type = fields[fields.index("-") + 1]
+                inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, best_type = mount_point, fs_type
+    except (OSError, ValueError, IndexError):
+        return ""
+    return best_type
+
+
+def is_network_file_system(path: str) -> bool:
+    fs_type = file_system_type(path)
+    return fs_type.split(".")[0] in NETWORK_FILE_SYSTEMS
 
 
 def _libc():
@@ -65,7 +92,9 @@ class DirectoryWatch:
         if fd < 0:
             return
         self.fd = fd
-        for parent in sorted({os.path.dirname(d) for d in dirs}):
+        self._local = {parent: not is_network_file_system(parent)
+                       for parent in {os.path.dirname(d) for d in dirs}}
+        for parent in sorted(p for p, local in self._local.items() if local):
             wd = self._add(parent)
             if wd >= 0:
                 self._wd_parent[wd] = parent
@@ -80,6 +109,8 @@ class DirectoryWatch:
         return self._libc.inotify_add_watch(self.fd, os.fsencode(path), MASK)
 
     def _watch_dir(self, number: int) -> None:
+        if not self._local[os.path.dirname(self.dirs[number])]:
+            return
         wd = self._add(self.dirs[number])
         if wd >= 0:
             self._wd_dir[wd] = number

@@ -245,3 +245,24 @@ def test_changes_after_directories_were_vouched_for(tmp_path, built, inotify):
         p.unlink()
     (tmp_path / other[:2]).rmdir()
     assert store.has(checksums_bytes(other)) == [False]
+
+
+def test_file_system_type_from_mountinfo(tmp_path):
+    from hashserver.watch import file_system_type
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+                         "36 22 0:50 / /mnt/shared rw,relatime - nfs4 server:/export rw\n")
+    assert file_system_type("/mnt/shared/buffers/ab", str(mountinfo)) == "nfs4"
+    assert file_system_type("/mnt/sharedness", str(mountinfo)) == "ext4"
+
+
+def test_network_file_systems_are_never_vouched_for(tmp_path, built, monkeypatch):
+    from hashserver import watch
+
+    monkeypatch.setattr(watch, "is_network_file_system", lambda path: True)
+    cs = add_buffer(tmp_path, b"on a shared file system")
+    age_directories(tmp_path)
+    store, _, _ = built(Config(str(tmp_path)))
+    assert store.has(checksums_bytes(cs)) == [True]
+    assert not store.watch.vouched.any()
