@@ -53,7 +53,7 @@ CEILING_NAMES = {
     "sha3": "SHA3-256, 1 core",
     "sha3_put": "SHA3-256, 1 core",  # measured again right before the PUT cases
     "small_writes": "write+fsync+link, 1 thread",
-    "has_target": "1M/s per worker",
+    "has_target": "target 1M/s/worker",
     "find": "find -type f",
 }
 

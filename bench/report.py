@@ -164,7 +164,7 @@ def _ratio_chart(doc: dict, plt, path: str) -> str:
     workers = sorted({r["workers"] for r in runs})
     rows = max(sum(f["ratio"] is not None for f in r["figures"].values()) for r in runs)
     fig, axes = plt.subplots(len(sizes), len(workers), squeeze=False,
-                             figsize=(7 * len(workers), (1.2 + 0.38 * rows) * len(sizes)))
+                             figsize=(8 * len(workers), (1.2 + 0.38 * rows) * len(sizes)))
     for run in runs:
         ax = axes[sizes.index(run["buffers"])][workers.index(run["workers"])]
         items = [(k, f) for k, f in run["figures"].items() if f["ratio"] is not None]

@@ -121,12 +121,16 @@ class Suite:
         return doc
 
     def _keep_logs(self) -> None:
+        """Server logs of this run into OUT/logs (replacing the previous run's)."""
         logs = os.path.join(self.options.out, "logs")
-        os.makedirs(logs, exist_ok=True)
+        shutil.rmtree(logs, ignore_errors=True)
+        os.makedirs(logs)
         for root, _, files in os.walk(self.workdir):
             for name in files:
                 if name.endswith(".log"):
-                    shutil.copy(os.path.join(root, name), os.path.join(logs, name))
+                    path = os.path.join(root, name)
+                    flat = os.path.relpath(path, self.workdir).replace(os.sep, "-")
+                    shutil.copy(path, os.path.join(logs, flat))
 
     # ---------------------------------------------------------- one config
     def run_one(self, dataset: Dataset, scenarios: Scenarios, workers: int) -> dict:
