@@ -211,6 +211,18 @@ class IndexData:
                 positions[i], found[i] = position, True
         return positions, found
 
+    def find_one(self, checksum: bytes) -> int:
+        """Position of one checksum (32 bytes) in the index, or -1: the fast
+        path of single-buffer requests, without building query arrays."""
+        n = len(self.keys)
+        prefix = np.uint64(int.from_bytes(checksum[:8], "big"))
+        position = int(self.prefixes.searchsorted(prefix))
+        while position < n and self.prefixes[position] == prefix:
+            if self.keys[position:position + 1].tobytes() == checksum:
+                return position
+            position += 1
+        return -1
+
     def merged(self, scans: list[DirectoryScan]) -> "IndexData":
         """A new generation: these directories replaced by their new scans.
 

@@ -236,18 +236,17 @@ class BufferStore:
 
     def find(self, checksum: bytes) -> BufferFile | None:
         """One buffer, exactly: where it is on disk now (plain or compressed), or None."""
-        checksum_hex = checksum.hex()
         data = self.index.current()
-        positions, found = data.find(np.frombuffer(checksum, KEY_DTYPE))
-        if found[0] and data.encodings[positions[0]] != PROMISE:
+        position = data.find_one(checksum)
+        if position >= 0 and data.encodings[position] != PROMISE:
             # The index knows where it was; one stat says whether it still is.
-            buffer = self._indexed_file(data, int(positions[0]))
-            return buffer if buffer is not None else self._find_on_disk(checksum_hex)
+            buffer = self._indexed_file(data, position)
+            return buffer if buffer is not None else self._find_on_disk(checksum.hex())
         candidates = self.search_path.candidate_dirs(checksum[0])
         clean = self._clean_dirs(data, candidates)
         if all(clean[n] for n in candidates):
             return None
-        return self._find_on_disk(checksum_hex, clean)
+        return self._find_on_disk(checksum.hex(), clean)
 
     def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
         return self.lookup(checksums, promised, with_lengths=False)[0].tolist()

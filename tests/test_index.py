@@ -266,3 +266,16 @@ def test_network_file_systems_are_never_vouched_for(tmp_path, built, monkeypatch
     store, _, _ = built(Config(str(tmp_path)))
     assert store.has(checksums_bytes(cs)) == [True]
     assert not store.watch.vouched.any()
+
+
+def test_keys_sharing_their_search_prefix():
+    """Keys whose first 8 bytes are equal are told apart on the full key."""
+    a, b, c = bytes(8) + b"a" * 24, bytes(8) + b"b" * 24, b"\1" * 32
+    keys = np.sort(np.frombuffer(a + b + c, "S32"))
+    data = IndexData(keys, np.arange(3, dtype=np.uint64), np.zeros(3, np.uint16), np.zeros(3, np.uint8),
+                     np.zeros(1, np.int64), np.ones(1, np.bool_))
+    _, found = data.find(np.frombuffer(a + b + c + bytes(8) + b"c" * 24, "S32"))
+    assert found.tolist() == [True, True, True, False]
+    assert [data.find_one(k) for k in (a, b, c)] == [0, 1, 2]
+    assert data.find_one(bytes(8) + b"c" * 24) == -1
+    assert data.find_one(b"\2" * 32) == -1
