@@ -381,3 +381,20 @@ def test_verify_modes(serve, tmp_path):
     assert requests.get(f"{never.url}/{cs}", timeout=30).content == b"ORIGINAL"
     assert requests.get(f"{once.url}/{cs}", timeout=30).status_code == 400
     assert requests.get(f"{always.url}/{cs}", timeout=30).status_code == 400
+
+
+def test_large_get_is_whole_and_a_client_leaving_midway_harms_nothing(serve, tmp_path):
+    data = os.urandom(24 << 20)
+    cs = add_buffer(tmp_path, data)
+    server = serve(tmp_path, workers=1)
+    for _ in range(2):  # the first request also verifies the file
+        got = requests.get(f"{server.url}/{cs}", timeout=60)
+        assert got.headers["content-length"] == str(len(data))
+        assert got.content == data
+    for _ in range(3):
+        with requests.get(f"{server.url}/{cs}", stream=True, timeout=60) as r:
+            assert len(r.raw.read(1 << 20)) == 1 << 20
+        # leaving the block closes the connection with most of the body unsent
+    assert requests.get(f"{server.url}/healthcheck", timeout=30).text == "OK"
+    assert requests.get(f"{server.url}/{cs}", timeout=60).content == data
+    assert "unexpected error" not in server.output()
