@@ -153,7 +153,7 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
         store = BufferStore(search_path, IndexReader(generations), hasher, locks, config.verify, promises)
         app.ctx.store = store
         app.ctx.promises = promises
-        app.ctx.writer = BufferWriter(store, search_path, hasher, locks, config.max_body_size, promises)
+        app.ctx.writer = BufferWriter(store, config.max_body_size)
         app.ctx.last_request = getattr(app.shared_ctx, "last_request", None)
 
     @app.after_server_stop

@@ -23,7 +23,7 @@ import numpy as np
 
 from .checksum import Hasher
 from .compression import BY_CODE, ENCODINGS, Decoder, Encoding, read_sidecar
-from .index import ABSENT, KEY_DTYPE, PLAIN, PROMISE, UNKNOWN_SIZE, IndexData, IndexReader
+from .index import ABSENT, KEY_DTYPE, PROMISE, UNKNOWN_SIZE, IndexData, IndexReader
 from .layout import SearchPath
 from .locks import POLL_MAX, LockProtocol
 from .promises import Promises

@@ -20,8 +20,7 @@ from .checksum import Hasher
 from .compression import SIDECAR_SUFFIX, Decoder, Encoding
 from .files import TEMP_SUFFIX, is_temp_name, make_group_dir, temp_name, unlink_quietly
 from .layout import LOCK_SUFFIX, PREFIX_MARKER, SearchPath, is_buffer_name
-from .locks import HeldLock, LockProtocol, pid_is_dead
-from .promises import Promises
+from .locks import HeldLock, pid_is_dead
 from .store import BufferStore
 
 BATCH = 1 << 20  # bytes handed to the hashing/writing thread at a time
@@ -64,14 +63,16 @@ class _Digest:
 
 
 class BufferWriter:
-    def __init__(self, store: BufferStore, search_path: SearchPath, hasher: Hasher,
-                 locks: LockProtocol, max_body_size: int, promises: Promises | None = None):
+    """Writes into the store's main directory, with the store's algorithm,
+    lock protocol and promises."""
+
+    def __init__(self, store: BufferStore, max_body_size: int):
         self.store = store
-        self.search_path = search_path
-        self.hasher = hasher
-        self.locks = locks
+        self.search_path = store.search_path
+        self.hasher = store.hasher
+        self.locks = store.locks
+        self.promises = store.promises
         self.max_body_size = max_body_size
-        self.promises = promises
 
     async def put(self, checksum: bytes, body: AsyncIterator[bytes],
                   encoding: Encoding | None = None) -> Outcome:

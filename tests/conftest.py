@@ -109,19 +109,28 @@ def logs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
+def _launcher(logs: Path, label: str):
+    """A fixture body: start servers from an argv (given the port), stop them all at the end."""
+    started: list[ServerProcess] = []
+
+    def launch(argv_for_port, workers: int, wait: bool, env=None) -> ServerProcess:
+        port = free_port()
+        server = ServerProcess(argv_for_port(port), env=env, port=port,
+                               log_path=logs / f"{label}-{next(_names)}.log", workers=workers)
+        started.append(server)
+        return server.wait_ready() if wait else server
+
+    return launch, started
+
+
 @pytest.fixture
 def serve(logs):
     """``serve(directory, *options, workers=2)`` starts ``hashserver`` and waits for it."""
-    started: list[ServerProcess] = []
+    launch, started = _launcher(logs, "server")
 
     def start(directory, *options: str, workers: int = 1, wait: bool = True, env=None) -> ServerProcess:
-        port = free_port()
-        argv = [str(BIN / "hashserver"), str(directory), "--port", str(port),
-                "--workers", str(workers), *options]
-        server = ServerProcess(argv, env=env, port=port, log_path=logs / f"server-{next(_names)}.log",
-                               workers=workers)
-        started.append(server)
-        return server.wait_ready() if wait else server
+        return launch(lambda port: [str(BIN / "hashserver"), str(directory), "--port", str(port),
+                                    "--workers", str(workers), *options], workers, wait, env)
 
     yield start
     for server in started:
@@ -131,16 +140,12 @@ def serve(logs):
 @pytest.fixture
 def serve_sanic(logs):
     """``serve_sanic(env, workers=2)`` starts ``sanic hashserver.app`` configured by env."""
-    started: list[ServerProcess] = []
+    launch, started = _launcher(logs, "sanic")
 
     def start(env: dict, workers: int = 2, wait: bool = True) -> ServerProcess:
-        port = free_port()
-        argv = [str(BIN / "sanic"), "hashserver.app", "--host", "127.0.0.1", "--port", str(port),
-                "--workers", str(workers), "--no-motd"]
-        server = ServerProcess(argv, env=env, port=port, log_path=logs / f"sanic-{next(_names)}.log",
-                               workers=workers)
-        started.append(server)
-        return server.wait_ready() if wait else server
+        return launch(lambda port: [str(BIN / "sanic"), "hashserver.app", "--host", "127.0.0.1",
+                                    "--port", str(port), "--workers", str(workers), "--no-motd"],
+                      workers, wait, env)
 
     yield start
     for server in started:

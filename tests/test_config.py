@@ -6,7 +6,6 @@ import subprocess
 
 import pytest
 
-import hashserver
 from hashserver.cli import config_from_args
 from hashserver.config import Config, ConfigError
 
