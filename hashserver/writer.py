@@ -162,28 +162,38 @@ class BufferWriter:
             yield b"".join(pending)
 
     async def _consume(self, body: AsyncIterator[bytes], digest: _Digest, fd: int | None = None) -> None:
-        """Hash (and write to ``fd``, if given) the whole body, fsynced.  The
-        next batch is received while a thread hashes and writes the previous one."""
+        """Hash (and write to ``fd``, if given) the whole body, fsynced.
+
+        Three things overlap: the event loop receives the next batch while one
+        thread hashes the previous batch and another writes it (hashing and
+        writing each release the GIL, and cost about the same).
+        """
         loop = asyncio.get_running_loop()
-        in_flight: asyncio.Future | None = None
+        hashing: asyncio.Future | None = None
+        writing: asyncio.Future | None = None
+        offset = 0
         async for batch in self._batches(body):
-            if in_flight is not None:
-                await in_flight
-            in_flight = loop.run_in_executor(None, _absorb, fd, digest, batch)
-        if in_flight is not None:
-            await in_flight
+            if hashing is not None:
+                await hashing
+            hashing = loop.run_in_executor(None, digest.update, batch)
+            if fd is not None:
+                if writing is not None:
+                    await writing
+                writing = loop.run_in_executor(None, _write_all, fd, batch, offset)
+                offset += len(batch)
+        for pending in (hashing, writing):
+            if pending is not None:
+                await pending
         if fd is not None:
             await loop.run_in_executor(None, os.fsync, fd)
 
 
-def _absorb(fd: int | None, digest: _Digest, data: bytes) -> None:
-    digest.update(data)
-    if fd is None:
-        return
+def _write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = os.pwrite(fd, view, offset)
         view = view[written:]
+        offset += written
 
 
 def write_sidecar(base: str, length: int) -> None:

@@ -206,16 +206,17 @@ def test_disk_full_is_507_and_leaves_nothing(serve, tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_disk_full_injected(app_client, tmp_path, monkeypatch):
-    """The same path without a small file system: ENOSPC from the write call."""
+@pytest.mark.parametrize("call", ["pwrite", "write"])  # the body's writes; the lock file's
+def test_disk_full_injected(app_client, tmp_path, monkeypatch, call):
+    """The same path without a small file system: ENOSPC from a write call."""
     from hashserver import Config, writer
 
     client = app_client(Config(str(tmp_path), writable=True))
 
-    def no_space(fd, data):
+    def no_space(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer.os, "write", no_space)
+    monkeypatch.setattr(writer.os, call, no_space)
     data = b"z" * 10000
     _, r = client.request(f"/{sha3(data)}", http_method="PUT", content=data)
     assert r.status == 507
