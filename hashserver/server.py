@@ -227,7 +227,7 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
         return responses.json_response({"checksum": raw.hex(), "expires_in": int(promises.ttl)}, 202)
 
     @app.route("/<checksum>", methods=["GET", "HEAD"])
-    async def get_buffer(request: Request, checksum: str) -> HTTPResponse:
+    async def get_buffer(request: Request, checksum: str) -> HTTPResponse | None:
         try:
             raw = parse_checksum(checksum)
         except InvalidChecksum as exc:
@@ -301,9 +301,10 @@ def _head(length: int, headers: dict | None = None) -> HTTPResponse:
                         content_type=responses.OCTET_STREAM)
 
 
-async def _send_file(request: Request, buffer: BufferFile, headers: dict, head: bool) -> HTTPResponse:
+async def _send_file(request: Request, buffer: BufferFile, headers: dict, head: bool) -> HTTPResponse | None:
     """A file as it is on disk: zero-copy (``sendfile``) where the connection
-    allows it, else in chunks read by a thread."""
+    allows it, else in chunks read by a thread.  A streamed response is sent
+    here, so None is returned (Sanic would complain of a second response)."""
     if head:
         return _head(buffer.size, headers)
     loop = asyncio.get_running_loop()
@@ -312,7 +313,7 @@ async def _send_file(request: Request, buffer: BufferFile, headers: dict, head: 
         headers={**headers, "content-length": str(buffer.size)})
     with open(buffer.path, "rb", buffering=0) as f:
         try:
-            sent = await _zero_copy(request, f.fileno(), buffer.size - 1)
+            sent = await _zero_copy(request, response, f.fileno(), buffer.size - 1)
             f.seek(sent)
             remaining = buffer.size - sent
             while remaining > 0:
@@ -323,25 +324,29 @@ async def _send_file(request: Request, buffer: BufferFile, headers: dict, head: 
                 await response.send(chunk)
         except (BrokenPipeError, ConnectionResetError):
             request.transport.close()  # the client went away
-            return response
+            return None
     await response.eof()
-    return response
+    return None
 
 
-async def _zero_copy(request: Request, file_fd: int, count: int) -> int:
+async def _zero_copy(request: Request, response, file_fd: int, count: int) -> int:
     """Send ``count`` bytes of the file straight from the page cache to the
     socket, in a thread; returns how many were sent (0 where not possible:
-    TLS, a test transport, unsent header bytes, a small file).
+    TLS, a test transport, a small file, a header still in the send buffer).
 
-    Sanic keeps count of the body bytes still due on a response with a
-    Content-Length; what is sent here bypasses it, so the count is lowered
-    by as much, and the last byte goes through Sanic to end the response.
+    Sanic sends a response's header with its first body bytes, so the header
+    is sent on its own first.  Sanic keeps count of the body bytes still due
+    on a response with a Content-Length; what is sent here bypasses it, so the
+    count is lowered by as much, and the last byte goes through Sanic to end
+    the response.
     """
     transport = request.transport
-    http = request.stream
     sock = transport.get_extra_info("socket")
-    if (count < SENDFILE_MIN or sock is None or transport.get_extra_info("sslcontext")
-            or transport.get_write_buffer_size() or not hasattr(http, "response_bytes_left")):
+    if count < SENDFILE_MIN or sock is None or transport.get_extra_info("sslcontext"):
+        return 0
+    await response.send(b"", end_stream=False)
+    http = request.stream
+    if transport.get_write_buffer_size() or not hasattr(http, "response_bytes_left"):
         return 0
     loop = asyncio.get_running_loop()
     sent = await loop.run_in_executor(None, _sendfile_blocking, sock.fileno(), file_fd, count)
@@ -366,7 +371,7 @@ def _sendfile_blocking(sock_fd: int, file_fd: int, count: int) -> int:
     return sent
 
 
-async def _send_stream(request: Request, chunks, length: int, head: bool) -> HTTPResponse:
+async def _send_stream(request: Request, chunks, length: int, head: bool) -> HTTPResponse | None:
     """Generated content of a known length (a decompressed buffer)."""
     if head:
         return _head(length)
@@ -375,4 +380,4 @@ async def _send_stream(request: Request, chunks, length: int, head: bool) -> HTT
     async for chunk in chunks:
         await response.send(chunk)
     await response.eof()
-    return response
+    return None

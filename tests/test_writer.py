@@ -388,10 +388,12 @@ def test_large_get_is_whole_and_a_client_leaving_midway_harms_nothing(serve, tmp
     data = os.urandom(24 << 20)
     cs = add_buffer(tmp_path, data)
     server = serve(tmp_path, workers=1)
-    for _ in range(2):  # the first request also verifies the file
-        got = requests.get(f"{server.url}/{cs}", timeout=60)
-        assert got.headers["content-length"] == str(len(data))
-        assert got.content == data
+    with requests.Session() as session:  # one kept-alive connection: responses must not bleed
+        for _ in range(3):  # the first request also verifies the file
+            got = session.get(f"{server.url}/{cs}", timeout=60)
+            assert got.headers["content-length"] == str(len(data))
+            assert got.content == data
+            assert session.get(f"{server.url}/healthcheck", timeout=60).text == "OK"
     for _ in range(3):
         with requests.get(f"{server.url}/{cs}", stream=True, timeout=60) as r:
             assert len(r.raw.read(1 << 20)) == 1 << 20
