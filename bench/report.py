@@ -201,10 +201,11 @@ def _scaling_chart(doc: dict, plt, path: str) -> str:
     """Each figure relative to its value at the smallest directory size."""
     workers = sorted({r["workers"] for r in doc["runs"]})
     fig, axes = plt.subplots(1, len(workers), squeeze=False, figsize=(6.5 * len(workers), 5))
+    colors = plt.get_cmap("tab20").colors  # more figures than the default cycle has colors
     for col, w in enumerate(workers):
         ax = axes[0][col]
         runs = sorted((r for r in doc["runs"] if r["workers"] == w), key=lambda r: r["buffers"])
-        for key in runs[0]["figures"]:
+        for n, key in enumerate(runs[0]["figures"]):
             if CASES[key].unit == "s":
                 continue
             xs, ys = [], []
@@ -214,7 +215,8 @@ def _scaling_chart(doc: dict, plt, path: str) -> str:
                 if base and v:
                     xs.append(r["buffers"])
                     ys.append(v / base)
-            ax.plot(xs, ys, marker="o", label=CASES[key].label)
+            ax.plot(xs, ys, marker="os^v"[n % 4], color=colors[n % len(colors)],
+                    label=CASES[key].label)
         ax.axhspan(0.9, 1.1, color="green", alpha=0.1)
         ax.set_xscale("log")
         ax.set_xlabel("buffers in the directory")
