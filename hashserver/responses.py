@@ -13,13 +13,37 @@ OCTET_STREAM = "application/octet-stream"
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 
+# Any origin may use the server (as with the FastAPI server).  Set on each
+# response here rather than by a middleware, which would cost every request.
+ANY_ORIGIN = {"access-control-allow-origin": "*"}
+PREFLIGHT = {
+    **ANY_ORIGIN,
+    "access-control-allow-methods": "GET, HEAD, PUT, POST, OPTIONS",
+    "access-control-allow-headers": "*",
+    "access-control-max-age": "86400",
+}
+
 
 def json_response(payload, status: int = 200) -> HTTPResponse:
-    return HTTPResponse(json.dumps(payload), status=status, content_type=JSON)
+    return HTTPResponse(json.dumps(payload), status=status, headers=ANY_ORIGIN, content_type=JSON)
 
 
 def text_response(text: str, status: int = 200) -> HTTPResponse:
-    return HTTPResponse(text, status=status, content_type=TEXT)
+    return HTTPResponse(text, status=status, headers=ANY_ORIGIN, content_type=TEXT)
+
+
+def buffer(content: bytes) -> HTTPResponse:
+    return HTTPResponse(content, headers=ANY_ORIGIN, content_type=OCTET_STREAM)
+
+
+def head_only(length: int, headers: dict | None = None) -> HTTPResponse:
+    """What GET would answer, without the body."""
+    return HTTPResponse(status=200, content_type=OCTET_STREAM,
+                        headers={**ANY_ORIGIN, **(headers or {}), "content-length": str(length)})
+
+
+def preflight() -> HTTPResponse:
+    return HTTPResponse(status=204, headers=PREFLIGHT)
 
 
 def ok() -> HTTPResponse:
@@ -50,8 +74,8 @@ def invalid_checksum(exc: InvalidChecksum, loc: list) -> HTTPResponse:
 
 
 def bool_list(values: list[bool]) -> HTTPResponse:
-    return HTTPResponse(json.dumps(values), content_type=JSON)
+    return HTTPResponse(json.dumps(values), headers=ANY_ORIGIN, content_type=JSON)
 
 
 def int_list(values: list[int]) -> HTTPResponse:
-    return HTTPResponse(json.dumps(values), content_type=JSON)
+    return HTTPResponse(json.dumps(values), headers=ANY_ORIGIN, content_type=JSON)

@@ -33,11 +33,6 @@ from .writer import (BodyTooLarge, BufferWriter, ChecksumMismatch, DiskFull,
 
 log = logging.getLogger("hashserver")
 
-CORS_HEADERS = {
-    "access-control-allow-origin": "*",
-    "access-control-allow-methods": "GET, HEAD, PUT, POST, OPTIONS",
-    "access-control-allow-headers": "*",
-}
 STREAM_CHUNK = 1 << 20
 SENDFILE_MIN = 256 << 10
 SEND_STALL_TIMEOUT = 60.0  # a client that takes nothing for this long is dropped
@@ -164,15 +159,13 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
             publisher.stop()
             generations.remove()
 
-    @app.on_request
-    async def note_activity(request: Request) -> None:
-        stamp = request.app.ctx.last_request
-        if stamp is not None:
-            stamp.value = time.monotonic()
+    if config is not None and config.timeout:  # only the command line has --timeout
 
-    @app.on_response
-    async def allow_any_origin(request: Request, response: HTTPResponse) -> None:
-        response.headers.update(CORS_HEADERS)
+        @app.on_request
+        async def note_activity(request: Request) -> None:
+            stamp = request.app.ctx.last_request
+            if stamp is not None:
+                stamp.value = time.monotonic()
 
     @app.exception(Exception)
     async def error_response(request: Request, exc: Exception) -> HTTPResponse:
@@ -182,7 +175,7 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
         return responses.message(500, f"Internal server error: {type(exc).__name__}")
 
     async def preflight(request: Request, **_) -> HTTPResponse:
-        return HTTPResponse(status=204)
+        return responses.preflight()
 
     for uri in ("/<checksum>", "/has", "/has-now", "/buffer-length", "/healthcheck",
                 "/promise/<checksum>"):
@@ -248,9 +241,7 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
             length = await store.uncompressed_length(buffer)
             return await _send_stream(request, store.decompressed(buffer), length, head)
         if content is not None:
-            if head:
-                return _head(len(content))
-            return HTTPResponse(content, content_type=responses.OCTET_STREAM)
+            return responses.head_only(len(content)) if head else responses.buffer(content)
         return await _send_file(request, buffer, {}, head)
 
     @app.put("/<checksum>", stream=True)
@@ -296,21 +287,16 @@ def _checksum_list(request: Request) -> bytes | HTTPResponse:
         return responses.invalid_checksum(exc, ["body", exc.position])
 
 
-def _head(length: int, headers: dict | None = None) -> HTTPResponse:
-    return HTTPResponse(status=200, headers={**(headers or {}), "content-length": str(length)},
-                        content_type=responses.OCTET_STREAM)
-
-
 async def _send_file(request: Request, buffer: BufferFile, headers: dict, head: bool) -> HTTPResponse | None:
     """A file as it is on disk: zero-copy (``sendfile``) where the connection
     allows it, else in chunks read by a thread.  A streamed response is sent
     here, so None is returned (Sanic would complain of a second response)."""
     if head:
-        return _head(buffer.size, headers)
+        return responses.head_only(buffer.size, headers)
     loop = asyncio.get_running_loop()
     response = await request.respond(
         content_type=responses.OCTET_STREAM,
-        headers={**headers, "content-length": str(buffer.size)})
+        headers={**responses.ANY_ORIGIN, **headers, "content-length": str(buffer.size)})
     with open(buffer.path, "rb", buffering=0) as f:
         try:
             sent = await _zero_copy(request, response, f.fileno(), buffer.size - 1)
@@ -374,9 +360,9 @@ def _sendfile_blocking(sock_fd: int, file_fd: int, count: int) -> int:
 async def _send_stream(request: Request, chunks, length: int, head: bool) -> HTTPResponse | None:
     """Generated content of a known length (a decompressed buffer)."""
     if head:
-        return _head(length)
+        return responses.head_only(length)
     response = await request.respond(content_type=responses.OCTET_STREAM,
-                                     headers={"content-length": str(length)})
+                                     headers={**responses.ANY_ORIGIN, "content-length": str(length)})
     async for chunk in chunks:
         await response.send(chunk)
     await response.eof()
