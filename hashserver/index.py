@@ -425,8 +425,36 @@ class IndexPublisher:
         changed = self.changed_dirs()
         if not changed:
             return False
-        self._publish(self.data.merged(scan_all(self.search_path, changed)))
+        scans = scan_all(self.search_path, changed, with_sizes=False)
+        for scan in scans:
+            self._known_sizes(scan)
+        self._publish(self.data.merged(scans))
         return True
+
+    def _known_sizes(self, scan: DirectoryScan) -> None:
+        """Sizes for a names-only rescan: a buffer already indexed in the same
+        directory keeps its size (same name, same content); only new files
+        are stat'ed.  Under steady writes this keeps a rescan as cheap as a
+        listing, where stat'ing every file cost most of a core at 1,000,000
+        buffers."""
+        unknown = np.flatnonzero((scan.sizes == UNKNOWN_SIZE) & (scan.encodings == PLAIN))
+        if len(unknown) == 0:
+            return
+        keys = np.frombuffer(scan.keys, KEY_DTYPE)[unknown]
+        positions, found = self.data.find(keys)
+        if len(self.data):
+            known = (found & (self.data.dirs[positions] == scan.number)
+                     & (self.data.encodings[positions] == PLAIN)
+                     & (self.data.sizes[positions] != UNKNOWN_SIZE))
+            scan.sizes[unknown[known]] = self.data.sizes[positions[known]]
+            unknown = unknown[~known]
+        directory = self.search_path.dirs[scan.number]
+        for i in unknown.tolist():
+            name = scan.keys[32 * i: 32 * i + 32].hex()
+            try:
+                scan.sizes[i] = os.stat(os.path.join(directory, name)).st_size
+            except OSError:
+                pass  # gone again: a lookup stats it, or the next rescan drops it
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="hashserver-index", daemon=True)

@@ -279,3 +279,17 @@ def test_keys_sharing_their_search_prefix():
     assert [data.find_one(k) for k in (a, b, c)] == [0, 1, 2]
     assert data.find_one(bytes(8) + b"c" * 24) == -1
     assert data.find_one(b"\2" * 32) == -1
+
+
+def test_rescan_keeps_known_sizes_and_measures_new_files(tmp_path, built):
+    old = add_buffer(tmp_path, b"old buffer")
+    age_directories(tmp_path)
+    store, publisher, _ = built(Config(str(tmp_path)))
+    publisher.measure_sizes()
+    new = add_buffer(tmp_path, b"new buffer, longer")
+    age_directories(tmp_path)
+    assert publisher.refresh()
+    present, sizes, unmeasured = store.lookup(checksums_bytes(old, new))
+    assert present.tolist() == [True, True]
+    assert unmeasured == {}
+    assert sizes.tolist() == [10, 18]
