@@ -78,7 +78,8 @@ def exit_at_startup(message: str, config: Config | None = None) -> NoReturn:
 
 
 def _start_index(config: Config) -> tuple[IndexPublisher, GenerationStore]:
-    """Main-process start: clean up after dead writers, scan, publish, check the algorithm."""
+    """Main-process start: clean up after dead writers, scan, publish, check the
+    algorithm (:class:`ConfigError` if the buffers are named by another one)."""
     configure_logging()
     search_path = SearchPath.from_config(config)
     if config.writable:
@@ -92,9 +93,9 @@ def _start_index(config: Config) -> tuple[IndexPublisher, GenerationStore]:
     try:
         check_hash_algorithm(publisher.data, search_path, config.hash_algorithm,
                              config.name("hash_algorithm"))
-    except ConfigError as exc:
+    except ConfigError:
         generations.remove()
-        exit_at_startup(str(exc), config)
+        raise
     publisher.log_built(elapsed)
     publisher.start()
     return publisher, generations
@@ -112,7 +113,10 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
     @app.main_process_start
     async def build_index(app: Sanic) -> None:
         config = resolve_config(app)
-        publisher, generations = _start_index(config)
+        try:
+            publisher, generations = _start_index(config)
+        except ConfigError as exc:
+            exit_at_startup(str(exc), config)
         app.ctx.publisher, app.ctx.generations = publisher, generations
         app.shared_ctx.index_directory = multiprocessing.RawArray(
             "c", generations.directory.encode())

@@ -39,7 +39,8 @@ def built(request):
         return result
 
     yield build
-    for _, _, generations in made:
+    for store, _, generations in made:
+        store.watch.close()
         generations.remove()
 
 
