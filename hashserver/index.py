@@ -38,6 +38,7 @@ import numpy as np
 
 from .compression import BY_SUFFIX, read_sidecar
 from .layout import PROMISE_SUFFIX, SearchPath, is_buffer_name
+from .locks import owner_tag, pid_is_dead
 
 log = logging.getLogger("hashserver.index")
 
@@ -348,10 +349,33 @@ class GenerationStore:
             os.close(fd)
         self._view = np.frombuffer(self._counter, np.uint64, 1)
 
+    PREFIX = "hashserver-index-"
+
     @classmethod
     def create(cls) -> "GenerationStore":
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        return cls(tempfile.mkdtemp(prefix="hashserver-index-", dir=base))
+        """A new directory, named after this process; those of dead servers go."""
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        cls.remove_orphans(base)
+        return cls(tempfile.mkdtemp(prefix=f"{cls.PREFIX}{owner_tag()}-", dir=base))
+
+    @classmethod
+    def remove_orphans(cls, base: str) -> int:
+        """Remove the index directories of servers on this host that died
+        without cleaning up (``kill -9``): they would hold shared memory until
+        the next reboot."""
+        removed = 0
+        try:
+            names = os.listdir(base)
+        except OSError:
+            return 0
+        for name in names:
+            if not name.startswith(cls.PREFIX):
+                continue
+            tag = name[len(cls.PREFIX):].rpartition("-")[0]
+            if tag and pid_is_dead(tag):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+                removed += 1
+        return removed
 
     @property
     def generation(self) -> int:

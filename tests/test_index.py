@@ -294,3 +294,20 @@ def test_rescan_keeps_known_sizes_and_measures_new_files(tmp_path, built):
     assert present.tolist() == [True, True]
     assert unmeasured == {}
     assert sizes.tolist() == [10, 18]
+
+
+def test_index_directories_of_dead_servers_are_removed(tmp_path):
+    import subprocess
+
+    from hashserver.locks import owner_tag
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = owner_tag().rpartition("-")[0]
+    orphan = tmp_path / f"{GenerationStore.PREFIX}{host}-{dead.pid}-abc123"
+    alive = tmp_path / f"{GenerationStore.PREFIX}{owner_tag()}-def456"
+    elsewhere = tmp_path / f"{GenerationStore.PREFIX}otherhost-{dead.pid}-ghi789"
+    for d in (orphan, alive, elsewhere):
+        d.mkdir()
+    assert GenerationStore.remove_orphans(str(tmp_path)) == 1
+    assert not orphan.exists() and alive.exists() and elsewhere.exists()

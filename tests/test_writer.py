@@ -9,6 +9,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -178,6 +179,13 @@ def test_sigkill_mid_upload_then_restart_serves_nothing_partial(serve, tmp_path)
     assert not buffer_path(tmp_path, cs).exists()
     restarted = serve(tmp_path, "--writable", "--lock-timeout", "60", workers=2)
     assert leftovers(tmp_path) == [], "the restart removes a dead writer's temporary file and lock"
+    from hashserver.index import GenerationStore
+    from hashserver.locks import owner_tag
+
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    dead_index = f"{GenerationStore.PREFIX}{owner_tag().rpartition('-')[0]}-{server.proc.pid}-"
+    assert not [n for n in os.listdir(base) if n.startswith(dead_index)], \
+        "the restart removes the killed server's shared index"
     assert requests.get(f"{restarted.url}/{cs}", timeout=30).status_code == 404
     assert requests.post(f"{restarted.url}/has", json=[cs], timeout=30).json() == [False]
 
