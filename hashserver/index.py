@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compression import BY_SUFFIX, read_sidecar
+from .compression import BY_CODE, BY_SUFFIX, Encoding, read_sidecar
 from .layout import PROMISE_SUFFIX, SearchPath, is_buffer_name
 from .locks import owner_tag, pid_is_dead
 
@@ -222,6 +222,15 @@ class IndexData:
             if position >= 0:
                 positions[i], found[i] = position, True
         return positions, found
+
+    def locate(self, position: int, search_path: SearchPath) -> tuple[bytes, str, Encoding | None]:
+        """The checksum at ``position``, the file it was indexed as, and its encoding."""
+        # A slice keeps all 32 bytes; a numpy scalar would drop trailing zero bytes.
+        checksum = self.keys[position:position + 1].tobytes()
+        encoding = BY_CODE.get(int(self.encodings[position]))
+        path = search_path.path(int(self.dirs[position]), checksum.hex(),
+                                encoding.suffix if encoding else "")
+        return checksum, path, encoding
 
     def find_one(self, checksum: bytes) -> int:
         """Position of one checksum (32 bytes) in the index, or -1: the fast
@@ -483,11 +492,10 @@ class IndexPublisher:
                      & (self.data.sizes[positions] != UNKNOWN_SIZE))
             scan.sizes[unknown[known]] = self.data.sizes[positions[known]]
             unknown = unknown[~known]
-        directory = self.search_path.dirs[scan.number]
         for i in unknown.tolist():
             name = scan.keys[32 * i: 32 * i + 32].hex()
             try:
-                scan.sizes[i] = os.stat(os.path.join(directory, name)).st_size
+                scan.sizes[i] = os.stat(self.search_path.path(scan.number, name)).st_size
             except OSError:
                 pass  # gone again: a lookup stats it, or the next rescan drops it
 

@@ -3,12 +3,11 @@ hash algorithm, so that a wrong ``--hash-algorithm`` cannot go unnoticed."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from .checksum import HASH_CONSTRUCTORS
-from .compression import BY_CODE, Decoder
+from .compression import Decoder
 from .config import ConfigError
 from .index import PROMISE, IndexData
 from .layout import SearchPath
@@ -17,7 +16,7 @@ SAMPLE = 8
 SAMPLE_MAX_BYTES = 1 << 20
 
 
-def _content(path: str, code: int) -> bytes | None:
+def _content(path: str, encoding) -> bytes | None:
     try:
         with open(path, "rb") as f:
             raw = f.read(SAMPLE_MAX_BYTES + 1)
@@ -25,7 +24,6 @@ def _content(path: str, code: int) -> bytes | None:
         return None
     if len(raw) > SAMPLE_MAX_BYTES:
         return None
-    encoding = BY_CODE.get(code)
     if encoding is None:
         return raw
     try:
@@ -45,11 +43,8 @@ def check_hash_algorithm(data: IndexData, search_path: SearchPath, algorithm: st
     picks = candidates[np.linspace(0, len(candidates) - 1, min(SAMPLE, len(candidates))).astype(int)]
     votes = {a: 0 for a in HASH_CONSTRUCTORS}
     for position in picks.tolist():
-        checksum = data.keys[position:position + 1].tobytes()
-        encoding = BY_CODE.get(int(data.encodings[position]))
-        path = os.path.join(search_path.dirs[int(data.dirs[position])],
-                            checksum.hex() + (encoding.suffix if encoding else ""))
-        content = _content(path, int(data.encodings[position]))
+        checksum, path, encoding = data.locate(position, search_path)
+        content = _content(path, encoding)
         if content is None:
             continue
         for candidate, constructor in HASH_CONSTRUCTORS.items():

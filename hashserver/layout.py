@@ -149,9 +149,9 @@ class SearchPath:
         """Numbers of the directories that may hold a checksum, in search order."""
         return self._candidates[first_byte]
 
-    def candidate_paths(self, checksum_hex: str) -> list[str]:
-        first = int(checksum_hex[:2], 16)
-        return [os.path.join(self.dirs[d], checksum_hex) for d in self._candidates[first]]
+    def path(self, number: int, checksum_hex: str, suffix: str = "") -> str:
+        """The file for a checksum in directory ``number`` (``suffix``: ``.zst``, ...)."""
+        return os.path.join(self.dirs[number], checksum_hex + suffix)
 
     def publish_path(self, checksum_hex: str) -> str:
         """Where a writable server stores this buffer."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checksum import Hasher
-from .compression import BY_CODE, ENCODINGS, Decoder, Encoding, read_sidecar
+from .compression import ENCODINGS, Decoder, Encoding, read_sidecar
 from .index import ABSENT, KEY_DTYPE, PROMISE, UNKNOWN_SIZE, IndexData, IndexReader
 from .layout import SearchPath
 from .locks import POLL_MAX, LockProtocol
@@ -128,7 +128,6 @@ class BufferStore:
         self.verified = VerifiedFiles()
         self.cache = ContentCache()
         self._lengths: dict[tuple, int] = {}  # compressed file identity -> uncompressed length
-        self._dir_table = search_path.dirs
         self.watch = DirectoryWatch(search_path.dirs)
 
     # ------------------------------------------------------------ lookups
@@ -138,7 +137,7 @@ class BufferStore:
         Directories the inotify watch vouches for need no system call; the
         others are stat'ed, and vouched for when found unchanged.
         """
-        clean = np.zeros(len(self._dir_table), np.bool_)
+        clean = np.zeros(len(self.search_path.dirs), np.bool_)
         numbers = np.fromiter(numbers, np.intp)
         self.watch.drain()
         vouched = self.watch.vouched[numbers]
@@ -146,7 +145,7 @@ class BufferStore:
         confirmed = []
         for number in numbers[~vouched].tolist():
             try:
-                mtime = os.stat(self._dir_table[number]).st_mtime_ns
+                mtime = os.stat(self.search_path.dirs[number]).st_mtime_ns
             except (FileNotFoundError, NotADirectoryError):
                 mtime = ABSENT
             if data.dir_settled[number] and mtime == data.dir_mtimes[number]:
@@ -212,13 +211,9 @@ class BufferStore:
         return present, sizes, unknown
 
     def _indexed_file(self, data: IndexData, position: int) -> BufferFile | None:
-        # A slice keeps all 32 bytes; a numpy scalar would drop trailing zero bytes.
-        checksum_hex = data.keys[position:position + 1].tobytes().hex()
-        encoding = BY_CODE.get(int(data.encodings[position]))
-        path = os.path.join(self._dir_table[int(data.dirs[position])],
-                            checksum_hex + (encoding.suffix if encoding else ""))
+        checksum, path, encoding = data.locate(position, self.search_path)
         st = _regular_file_stat(path)
-        return None if st is None else BufferFile.from_stat(checksum_hex, path, st, encoding)
+        return None if st is None else BufferFile.from_stat(checksum.hex(), path, st, encoding)
 
     def _find_on_disk(self, checksum_hex: str, clean: np.ndarray | None = None) -> BufferFile | None:
         """Look in each candidate directory (only the changed ones, if ``clean`` is given)."""
@@ -226,7 +221,7 @@ class BufferStore:
         for number in self.search_path.candidate_dirs(first):
             if clean is not None and clean[number]:
                 continue
-            base = os.path.join(self._dir_table[number], checksum_hex)
+            base = self.search_path.path(number, checksum_hex)
             for suffix in SUFFIXES:
                 st = _regular_file_stat(base + suffix)
                 if st is not None:

@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -44,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 SEAMLESS_REMOTE_VERSION = "0.4.0"
 SEAMLESS_CORE_VERSION = "0.1.4"
@@ -79,12 +80,6 @@ def place(directory: Path, checksum: str, content: bytes, suffix: str = "") -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def text_blob(seed: str, lines: int = 4000) -> bytes:
