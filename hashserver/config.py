@@ -171,7 +171,7 @@ class Setting:
 _ROW = "hashserver.setting"
 
 
-def setting(kind: Kind, help: str, default: Any = MISSING, **row: Any) -> Any:
+def setting(kind: Kind, help: str, *, default: Any = MISSING, **row: Any) -> Any:
     """A :class:`Config` field that is also a row of the settings table; ``row``
     takes the other fields of :class:`Setting`."""
     return field(default=default, metadata={_ROW: {"kind": kind, "help": help, **row}})
@@ -183,40 +183,40 @@ class Config:
 
     directory: str = setting(TEXT, "the buffer directory", positional=True)
     writable: bool = setting(
-        FLAG, "accept PUT requests that store buffers, and promises", False,
+        FLAG, "accept PUT requests that store buffers, and promises", default=False,
         shown_default="read-only", aliases=("HASHSERVER_WRITEABLE",))
-    host: str = setting(TEXT, "address to listen on", DEFAULT_HOST, metavar="HOST")
-    port: int = setting(WHOLE, "port to listen on", DEFAULT_PORT, metavar="PORT")
+    host: str = setting(TEXT, "address to listen on", default=DEFAULT_HOST, metavar="HOST")
+    port: int = setting(WHOLE, "port to listen on", default=DEFAULT_PORT, metavar="PORT")
     layout: str = setting(
         CHOICE, "how buffers lie in DIRECTORY: prefix (in subdirectories named by the first "
         "two hex characters of the checksum), flat (all in DIRECTORY) or vault (a directory "
-        "saved by Seamless; read-only)",
-        "prefix", choices=LAYOUTS)
+        "saved by Seamless; read-only)", default="prefix", choices=LAYOUTS)
     lock_timeout: float = setting(
-        NUMBER, "a lock file older than this is stale and ignored", DEFAULT_LOCK_TIMEOUT,
-        metavar="SECONDS")
+        NUMBER, "a lock file older than this is stale and ignored",
+        default=DEFAULT_LOCK_TIMEOUT, metavar="SECONDS")
     extra_dirs: tuple[str, ...] = setting(
         DIRS, "read-only directories searched after DIRECTORY, separated by ';' "
-        "(flat, or prefix if they hold a .HASHSERVER_PREFIX file)", (), metavar='"A;B"')
+        "(flat, or prefix if they hold a .HASHSERVER_PREFIX file)", default=(),
+        metavar='"A;B"')
     workers: int = setting(
         WHOLE, "Sanic worker processes (the hashserver command; sanic hashserver.app takes "
-        "sanic's own --workers)", 1, metavar="N")
+        "sanic's own --workers)", default=1, metavar="N")
     verify: str = setting(
         CHOICE, "check that a buffer hashes to its name before serving it: once per file "
-        "version, always, or never", "once", choices=VERIFY_MODES)
+        "version, always, or never", default="once", choices=VERIFY_MODES)
     max_body_size: int = setting(
-        WHOLE, "largest PUT body accepted; a larger one gets 413", DEFAULT_MAX_BODY_SIZE,
-        metavar="BYTES", shown_default="64 GiB")
+        WHOLE, "largest PUT body accepted; a larger one gets 413",
+        default=DEFAULT_MAX_BODY_SIZE, metavar="BYTES", shown_default="64 GiB")
     hash_algorithm: str = setting(
         CHOICE, "the checksum algorithm of buffer names (today's Seamless uses sha-256)",
-        "sha3-256", choices=HASH_ALGORITHMS)
+        default="sha3-256", choices=HASH_ALGORITHMS)
     status_file: str | None = setting(
         TEXT, "Seamless's launcher: wait for FILE to hold a JSON object, then add \"port\" "
-        "and \"status\": \"running\" (or \"failed\") to it, keeping its other keys", None,
-        metavar="FILE")
+        "and \"status\": \"running\" (or \"failed\") to it, keeping its other keys",
+        default=None, metavar="FILE")
     timeout: float | None = setting(
         NUMBER, "exit with status 0 after this long without requests (any request resets "
-        "it, /healthcheck too)", None, metavar="SECONDS")
+        "it, /healthcheck too)", default=None, metavar="SECONDS")
     # Where each setting came from, so that errors name it as the user wrote it.
     names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
