@@ -117,6 +117,7 @@ class _Watch:
             numbers.discard(number)
 
 
+@dataclass
 class _Round:
     """What one re-watching round has learnt: watches added by path, locality by device.
 
@@ -124,9 +125,8 @@ class _Round:
     its addition is queued as an event and breaks its users at the next drain.
     """
 
-    def __init__(self):
-        self.wds: dict[str, int] = {}
-        self.local: dict[int, bool] = {}
+    wds: dict[str, int] = field(default_factory=dict)
+    local: dict[int, bool] = field(default_factory=dict)
 
 
 class DirectoryWatch:
@@ -229,8 +229,10 @@ class DirectoryWatch:
         self._use(number, current, this_round)
         while pending:
             name = pending.pop(0)
-            if name in (".", ".."):  # from a symbolic link's target; current is a real path
-                current = os.path.dirname(current) if name == ".." else current
+            if name == ".":
+                continue
+            if name == "..":  # from a symbolic link's target; current is a real path, already watched
+                current = os.path.dirname(current)
                 continue
             self._use(number, current, this_round, entry=name)
             path = os.path.join(current, name)
