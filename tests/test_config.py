@@ -9,10 +9,11 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ServerProcess, free_port
 
 from hashserver.cli import config_from_args, settings_markdown
 from hashserver.config import SETTINGS, Config, ConfigError
+
+from conftest import BIN, ServerProcess, free_port
 
 
 def test_import_creates_and_starts_nothing():
