@@ -217,7 +217,7 @@ def test_readme_settings_table_is_generated():
     assert generated.stdout == table, generated.stderr
 
 
-def wait_until_running(status_file: Path, server: ServerProcess, bound: float = 60) -> dict:
+def wait_until_running(status_file: Path, server: ServerProcess, bound: float = 40) -> dict:
     deadline = time.monotonic() + bound
     status: dict = {}
     while time.monotonic() < deadline:
@@ -248,6 +248,6 @@ def test_status_file_and_timeout_from_environment(tmp_path, command):
     try:
         assert wait_until_running(status_file, server) == {"keep": "me", "port": port,
                                                            "status": "running"}
-        assert server.proc.wait(60) == 0, server.output()
+        assert server.proc.wait(40) == 0, server.output()
     finally:
         server.stop()
