@@ -14,7 +14,6 @@ killed.  Every started server is remembered until stopped, for :func:`stop_all`.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -28,13 +27,12 @@ from typing import ClassVar
 
 STATUS_ENV = "HASHSERVER_STATUS_FILE"
 POLL = 0.05
-# A server that does not (yet) report its workers: wait a little after it says
-# "running".  Sanic 25.12's main process can hang for good when SIGINT arrives
-# while it still waits for its workers' acknowledgements.
-SETTLE = 0.5
-# Until hashserver.runtime writes the status file named by HASHSERVER_STATUS_FILE,
-# an answering /healthcheck stands in for "running".  Remove with the runtime.
-_STATUS_FILE_FROM_ENV = importlib.util.find_spec("hashserver.runtime") is not None
+# A server whose status does not list its workers says "running" once the first
+# one answers: wait this long more.  Sanic 25.12's main process can hang for good
+# when SIGINT arrives while it still waits for its workers' acknowledgements
+# (0.5 s left 2 of 12 stops of a 2-worker server hanging on a busy 2-core machine).
+SETTLE = 1.5
+FAILED_EXIT_WAIT = 10.0  # a server that reported "failed" is about to exit
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -90,19 +88,21 @@ class ServerProcess:
 
     @classmethod
     def sanic(cls, env: dict, *, workers: int = 2, python: str | None = None, **kw) -> ServerProcess:
-        """``sanic hashserver.app`` configured by ``env`` (``HASHSERVER_*``), as in a container."""
+        """``sanic hashserver.app`` configured by ``env`` (``HASHSERVER_*``), as in a container.
+
+        Sanic's ``--host``/``--port`` are also given as ``HASHSERVER_HOST``/``HASHSERVER_PORT``,
+        as the Dockerfile's CMD does: the server reports the port of its settings."""
         port = kw.pop("port", None) or free_port()
         argv = [*console_script("sanic", "sanic", python), "hashserver.app", "--host", "127.0.0.1",
                 "--port", str(port), "--workers", str(workers), "--no-motd"]
+        env = {**env, "HASHSERVER_HOST": "127.0.0.1", "HASHSERVER_PORT": str(port)}
         return cls(argv, env=env, port=port, workers=workers, **kw)
 
     # ------------------------------------------------------------------ start
     def start(self) -> ServerProcess:
         if self.proc is not None:
             raise RuntimeError(f"{self} was already started")
-        status_path = self._status_file()
-        status_path.write_text("{}\n")  # the launcher's contract: the file exists and holds an object
-        env = clean_environ({**self.env, STATUS_ENV: str(status_path)})
+        env = clean_environ({**self.env, STATUS_ENV: str(self._status_file())})
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -110,12 +110,22 @@ class ServerProcess:
         return self
 
     def _status_file(self) -> Path:
-        """The given path, else one beside the log, else in a directory removed on stop."""
-        if self.status_path is None and self.log_path is not None:
+        """The status file, holding a JSON object as the server expects it: the caller's
+        (``status_path``, or ``HASHSERVER_STATUS_FILE`` in ``env``), created if missing and
+        otherwise kept as it is; else a new one beside the log, or in a directory removed
+        on stop."""
+        given = self.status_path or self.env.get(STATUS_ENV)
+        if given:
+            self.status_path = Path(given)
+            if not self.status_path.exists():
+                self.status_path.write_text("{}\n")
+            return self.status_path
+        if self.log_path is not None:
             self.status_path = self.log_path.with_name(self.log_path.name + ".status.json")
-        if self.status_path is None:
+        else:
             self._scratch = tempfile.TemporaryDirectory(prefix="hashserver-status-")
             self.status_path = Path(self._scratch.name) / "status.json"
+        self.status_path.write_text("{}\n")
         return self.status_path
 
     def wait_ready(self, timeout: float = 60) -> dict:
@@ -127,6 +137,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while not self._ready():
             if self._status.get("status") == "failed":
+                self._exits_within(FAILED_EXIT_WAIT)  # so that its last words are in the log
                 raise RuntimeError(f"{self} reported a failed start:\n{self._tail()}")
             if self.exit_code() is not None:
                 raise RuntimeError(f"{self} exited with status {self.exit_code()} before it was ready:\n"
@@ -141,10 +152,10 @@ class ServerProcess:
 
     def _ready(self) -> bool:
         status = self._read_status()
-        if status.get("status") == "running":
-            workers = status.get("workers")
-            return workers is None or len(workers) == self.workers
-        return not _STATUS_FILE_FROM_ENV and self.answers()
+        if status.get("status") != "running":
+            return False
+        workers = status.get("workers")
+        return workers is None or len(workers) == self.workers
 
     def _read_status(self) -> dict:
         """The status file's contents; the last good ones while it cannot be read."""

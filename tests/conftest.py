@@ -1,19 +1,23 @@
-"""Shared test helpers: buffer directories, and real servers run as users run them."""
+"""Shared test helpers: buffer directories, and real servers run as users run them.
+
+Servers come from :mod:`hashserver.testing` (the harness the bench uses too).  With
+``--no-skips``, or ``CI=true`` in the environment, a skipped test counts as failed:
+in CI every test must run.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
+
+from hashserver.testing import ServerProcess, free_port, stop_all
+
+__all__ = ["BIN", "ServerProcess", "add_buffer", "buffer_path", "free_port", "leftovers", "sha3"]
 
 BIN = Path(sys.executable).parent
 _names = itertools.count()
@@ -23,114 +27,92 @@ def sha3(data: bytes) -> str:
     return hashlib.sha3_256(data).hexdigest()
 
 
-def buffer_path(directory, checksum: str, layout: str = "prefix") -> Path:
+def buffer_path(directory, checksum: str, layout: str = "prefix", suffix: str = "") -> Path:
+    """Where a buffer file (``suffix``: ``.zst``, ``.gz``, ``.BUFFERLENGTH``...) lives."""
     directory = Path(directory)
     if layout == "prefix":
-        return directory / checksum[:2] / checksum
+        return directory / checksum[:2] / (checksum + suffix)
     if layout == "flat":
-        return directory / checksum
+        return directory / (checksum + suffix)
     raise ValueError(layout)
 
 
-def add_buffer(directory, data: bytes, layout: str = "prefix", checksum: str | None = None) -> str:
+def add_buffer(directory, data: bytes, layout: str = "prefix", checksum: str | None = None,
+               suffix: str = "") -> str:
     """Write a buffer file as another program would (``cp``); returns its checksum."""
     checksum = checksum or sha3(data)
-    path = buffer_path(directory, checksum, layout)
+    path = buffer_path(directory, checksum, layout, suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return checksum
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def leftovers(directory) -> list[str]:
+    """Files that are neither buffers nor the prefix marker: what an interrupted or
+    refused write may have left behind."""
+    found = []
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            if name == ".HASHSERVER_PREFIX" or (len(name) == 64 and "." not in name):
+                continue
+            found.append(os.path.join(dirpath, name))
+    return found
 
 
-class ServerProcess:
-    """A server started as a user starts it, on a free port of 127.0.0.1."""
-
-    def __init__(self, argv: list[str], env: dict | None = None, port: int | None = None,
-                 log_path: Path | None = None, workers: int = 1):
-        self.workers = workers
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.argv = argv
-        self.log_path = log_path
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("HASHSERVER_")}
-        full_env.update(env or {})
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(argv, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait_ready(self, timeout: float = 30) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                answered = requests.get(self.url + "/healthcheck", timeout=1).status_code == 200
-            except requests.RequestException:
-                answered = False
-            # Sanic 25.12's main process can hang for good when SIGINT arrives
-            # while it still waits for its workers' acknowledgements (the
-            # KeyboardInterrupt breaks a multiprocessing.Manager call), so wait
-            # for every worker and for the main process's next poll (0.1 s).
-            if answered and self.output().count("Worker ready") >= self.workers:
-                time.sleep(0.5)
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        if self.log_path and self.log_path.exists():
-            return self.log_path.read_text(errors="replace")
-        return ""
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            # The main process stops its workers; signalling the whole group
-            # could interrupt a worker that is still starting.
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                print(f"server did not stop within {timeout} s; its log:\n{self.output()[-3000:]}")
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
-        return self.proc.returncode
+# ------------------------------------------------------------------ CI: no skips
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--no-skips", action="store_true", default=False,
+                     help="a skipped test fails (on by default when CI=true)")
 
 
+def _no_skips(config: pytest.Config) -> bool:
+    return config.getoption("--no-skips") or os.environ.get("CI", "").lower() in ("true", "1")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Under --no-skips a skip (marker, fixture or test body) becomes a failure that says why."""
+    outcome = yield
+    report = outcome.get_result()
+    if not hasattr(report, "wasxfail") and _no_skips(item.config):
+        _fail_if_skipped(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """The same for a whole module skipped at import (``pytest.importorskip``)."""
+    outcome = yield
+    if _no_skips(collector.config):
+        _fail_if_skipped(outcome.get_result())
+
+
+def _fail_if_skipped(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and skips fail under --no-skips or CI=true: {reason}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_all()  # servers a test started outside a fixture and left behind
+
+
+# ---------------------------------------------------------------------- servers
 @pytest.fixture
 def logs(tmp_path_factory) -> Path:
     """Server logs, kept out of the buffer directories under test."""
     return tmp_path_factory.mktemp("logs")
 
 
-def _launcher(logs: Path, label: str):
-    """A fixture body: start servers from an argv (given the port), stop them all at the end."""
-    started: list[ServerProcess] = []
-
-    def launch(argv_for_port, workers: int, wait: bool, env=None) -> ServerProcess:
-        port = free_port()
-        server = ServerProcess(argv_for_port(port), env=env, port=port,
-                               log_path=logs / f"{label}-{next(_names)}.log", workers=workers)
-        started.append(server)
-        return server.wait_ready() if wait else server
-
-    return launch, started
-
-
 @pytest.fixture
 def serve(logs):
-    """``serve(directory, *options, workers=2)`` starts ``hashserver`` and waits for it."""
-    launch, started = _launcher(logs, "server")
+    """``serve(directory, *options, workers=1)`` starts ``hashserver`` and waits for it."""
+    started: list[ServerProcess] = []
 
     def start(directory, *options: str, workers: int = 1, wait: bool = True, env=None) -> ServerProcess:
-        return launch(lambda port: [str(BIN / "hashserver"), str(directory), "--port", str(port),
-                                    "--workers", str(workers), *options], workers, wait, env)
+        server = ServerProcess.hashserver(directory, *options, workers=workers, env=env,
+                                          log_path=logs / f"server-{next(_names)}.log")
+        return _launch(server, started, wait)
 
     yield start
     for server in started:
@@ -140,16 +122,22 @@ def serve(logs):
 @pytest.fixture
 def serve_sanic(logs):
     """``serve_sanic(env, workers=2)`` starts ``sanic hashserver.app`` configured by env."""
-    launch, started = _launcher(logs, "sanic")
+    started: list[ServerProcess] = []
 
     def start(env: dict, workers: int = 2, wait: bool = True) -> ServerProcess:
-        return launch(lambda port: [str(BIN / "sanic"), "hashserver.app", "--host", "127.0.0.1",
-                                    "--port", str(port), "--workers", str(workers), "--no-motd"],
-                      workers, wait, env)
+        server = ServerProcess.sanic(env, workers=workers, log_path=logs / f"sanic-{next(_names)}.log")
+        return _launch(server, started, wait)
 
     yield start
     for server in started:
         server.stop()
+
+
+def _launch(server: ServerProcess, started: list[ServerProcess], wait: bool) -> ServerProcess:
+    started.append(server.start())
+    if wait:
+        server.wait_ready()
+    return server
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, add_buffer, buffer_path, free_port, sha3
+from hashserver.testing import clean_environ
+
+from conftest import BIN, ServerProcess, add_buffer, buffer_path, free_port, sha3
 
 ROUNDS = 40  # new connection each time, so that every worker answers some
 
@@ -45,17 +47,11 @@ def test_hashserver_command(serve, tmp_path):
     check_serves(server, tmp_path, writable=True)
 
 
-def test_python_dash_m(tmp_path):
-    from conftest import ServerProcess
-
+def test_python_dash_m(tmp_path, logs):
     port = free_port()
-    server = ServerProcess([str(BIN / "python"), "-m", "hashserver", str(tmp_path), "--port", str(port)],
-                           port=port, log_path=tmp_path / "log")
-    try:
-        server.wait_ready()
+    with ServerProcess([str(BIN / "python"), "-m", "hashserver", str(tmp_path), "--port", str(port)],
+                       port=port, log_path=logs / "python-m.log") as server:
         check_serves(server, tmp_path, writable=False)
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("writable_var", ["HASHSERVER_WRITABLE", "HASHSERVER_WRITEABLE"])
@@ -83,9 +79,8 @@ def test_sanic_startup_errors(tmp_path, env, fragment):
     full = dict(env)
     if env and "HASHSERVER_DIRECTORY" not in env:
         full["HASHSERVER_DIRECTORY"] = str(tmp_path)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("HASHSERVER_")}
     out = subprocess.run([str(BIN / "sanic"), "hashserver.app", "--port", str(free_port()), "--no-motd"],
-                         env={**clean, **full}, capture_output=True, text=True, timeout=60)
+                         env=clean_environ(full), capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], out.stderr

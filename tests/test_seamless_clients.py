@@ -4,7 +4,8 @@ Two kinds of tests:
 
 * The real clients, from PyPI: ``seamless-remote==0.4.0`` (with ``seamless-core==0.1.4``) is
   installed in a separate virtual environment (session fixture ``seamless_python``; skipped with
-  a message when it cannot be installed) and small driver scripts run there against a real
+  a message when it cannot be installed, which fails the run in CI; these tests are marked
+  ``network``) and small driver scripts run there against a real
   ``hashserver DIR --writable --hash-algorithm sha-256 --workers 2``: ``BufferClient``
   (healthcheck, promise, write, buffer_lengths, get), ``Buffer.write()`` (promise + PUT),
   ``seamless.caching.buffer_writer`` (its ``/has-now`` check and its flush), and the real
@@ -44,42 +45,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from hashserver.testing import ServerProcess, clean_environ, console_script
+
+from conftest import BIN, add_buffer, buffer_path, free_port, sha3
 
 SEAMLESS_REMOTE_VERSION = "0.4.0"
 SEAMLESS_CORE_VERSION = "0.1.4"
 PROMISE_TTL = 600
 HOST = "127.0.0.1"
-
-BIN = Path(sys.executable).parent
-
-
-def hashserver_argv() -> list[str]:
-    """How a user starts the server: the console script next to this Python, else ``-m``."""
-    script = BIN / "hashserver"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "hashserver"]
-
+# The tests with the real clients install them from PyPI on first use (minutes on a
+# cold cache), within the first such test's time bound.
+INSTALL_BOUND = 900
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha3(data: bytes) -> str:
-    return hashlib.sha3_256(data).hexdigest()
-
-
-def prefix_path(directory: Path, checksum: str, suffix: str = "") -> Path:
-    return Path(directory) / checksum[:2] / (checksum + suffix)
-
-
-def place(directory: Path, checksum: str, content: bytes, suffix: str = "") -> Path:
-    """Put a file in the buffer directory as another program would (``cp``)."""
-    path = prefix_path(directory, checksum, suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-    return path
 
 
 def text_blob(seed: str, lines: int = 4000) -> bytes:
@@ -94,12 +73,6 @@ def zstd_compress(data: bytes) -> bytes:
     import zstandard
 
     return zstandard.ZstdCompressor().compress(data)
-
-
-def clean_env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHSERVER_")}
-    env.update(extra or {})
-    return env
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -159,82 +132,28 @@ def assert_every_worker(port: int, method: str, path: str, payload, expected, wh
 
 
 # ------------------------------------------------------------------------ servers
-class Server:
-    """A ``hashserver`` process, started as a user starts it."""
-
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, port: int | None = None):
-        self.port = port
-        self.argv = hashserver_argv() + [str(a) for a in args]
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, env=clean_env(env), stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def answers(self, timeout: float = 1.0) -> bool:
-        try:
-            return request(self.port, "GET", "/healthcheck", timeout=timeout).status == 200
-        except OSError:
-            return False
-
-    def wait_ready(self, timeout: float = 40.0) -> "Server":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"{' '.join(self.argv)} exited with {self.proc.returncode} instead of serving:\n"
-                    f"{self.output()}")
-            if self.answers():
-                return self
-            time.sleep(0.1)
-        raise AssertionError(f"{' '.join(self.argv)} did not answer /healthcheck within {timeout} s:\n"
-                             f"{self.output()}")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc.poll() is None:
-            for sig in (signal.SIGINT, signal.SIGKILL):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(timeout)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self._log.close()
-        return self.proc.returncode
-
-
 def start_server(directory: Path, *options: str, log_dir: Path, workers: int = 2,
-                 env: dict | None = None) -> Server:
+                 env: dict | None = None) -> ServerProcess:
     port = free_port()
-    server = Server([str(directory), "--port", str(port), "--workers", str(workers), *options],
-                    log_path=log_dir / f"hashserver-{port}.log", env=env, port=port)
+    server = ServerProcess.hashserver(directory, *options, workers=workers, env=env, port=port,
+                                      log_path=log_dir / f"hashserver-{port}.log")
     try:
-        return server.wait_ready()
+        server.start().wait_ready()
     except BaseException:
         server.stop()
         raise
+    return server
 
 
 def expect_startup_failure(args: list[str], log_dir: Path, port: int | None = None,
                            env: dict | None = None, timeout: float = 40.0) -> tuple[int, str]:
     """Start a server that must refuse to start; returns (exit status, its output)."""
-    server = Server(args, log_path=log_dir / f"failing-{time.monotonic_ns()}.log", env=env, port=port)
+    server = ServerProcess([*console_script("hashserver", "hashserver"), *args], env=env, port=port,
+                           log_path=log_dir / f"failing-{time.monotonic_ns()}.log").start()
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
+            if server.exit_code() is not None:
                 break
             if port is not None and server.answers(timeout=0.5):
                 raise AssertionError(
@@ -262,7 +181,7 @@ class Compressed:
 
 @dataclass
 class Sha256Server:
-    server: Server
+    server: ServerProcess
     directory: Path
     compressed: dict[str, Compressed] = field(default_factory=dict)
     plain: dict[str, bytes] = field(default_factory=dict)
@@ -280,9 +199,9 @@ def make_compressed(directory: Path, name: str, suffix: str, sidecar: bool) -> C
     data = text_blob(name)
     checksum = sha256(data)
     stored = zstd_compress(data) if suffix == ".zst" else gzip.compress(data)
-    place(directory, checksum, stored, suffix)
+    add_buffer(directory, stored, checksum=checksum, suffix=suffix)
     if sidecar:
-        place(directory, checksum, str(len(data)).encode(), ".BUFFERLENGTH")
+        add_buffer(directory, str(len(data)).encode(), checksum=checksum, suffix=".BUFFERLENGTH")
     return Compressed(name, data, checksum, suffix, stored, sidecar)
 
 
@@ -297,7 +216,7 @@ def sha256_server(tmp_path_factory) -> Sha256Server:
     plain = {}
     for i in range(4):
         data = b"plain sha-256 buffer %d\n" % i
-        place(directory, sha256(data), data)
+        add_buffer(directory, data, checksum=sha256(data))
         plain[sha256(data)] = data
     compressed = {
         c.name: c for c in (
@@ -401,7 +320,7 @@ def run_driver(python: Path, tmp_path: Path, name: str, body: str, *args: str,
     """Run a driver script with the Seamless venv's Python; returns the JSON it prints last."""
     script = tmp_path / f"{name}.py"
     script.write_text(DRIVER_PRELUDE + textwrap.dedent(body))
-    full_env = clean_env({
+    full_env = clean_environ({
         # keep a broken server from hanging a test for the clients' default 20 minutes
         "SEAMLESS_REMOTE_CONNECT_TIMEOUT": "10",
         "SEAMLESS_REMOTE_READ_TIMEOUT": "60",
@@ -483,6 +402,8 @@ finish(0)
 '''
 
 
+@pytest.mark.network
+@pytest.mark.timeout(INSTALL_BOUND)
 def test_bufferclient_roundtrip(seamless_python, sha256_server, tmp_path):
     """BufferClient: healthcheck, promise, buffer_lengths, write, get; buffer_writer's /has-now."""
     out = run_driver(seamless_python, tmp_path, "roundtrip", ROUNDTRIP, sha256_server.url)
@@ -548,6 +469,8 @@ finish(0)
 '''
 
 
+@pytest.mark.network
+@pytest.mark.timeout(INSTALL_BOUND)
 def test_buffer_write_and_background_flush(seamless_python, sha256_server, tmp_path):
     """``Buffer.write()`` (promise, then PUT) and ``buffer_writer.register`` + ``flush``."""
     out = run_driver(seamless_python, tmp_path, "write_paths", WRITE_PATHS, sha256_server.url)
@@ -594,6 +517,8 @@ finish(0)
 '''
 
 
+@pytest.mark.network
+@pytest.mark.timeout(INSTALL_BOUND)
 def test_bufferclient_reads_compressed_buffers(seamless_python, sha256_server, tmp_path):
     """``.zst``/``.gz`` buffers reach today's BufferClient intact.
 
@@ -644,6 +569,8 @@ finish(0)
 '''
 
 
+@pytest.mark.network
+@pytest.mark.timeout(INSTALL_BOUND)
 def test_bufferclient_get_waits_for_promised_buffer(seamless_python, sha256_server, tmp_path):
     """One Seamless client promises, another GETs before the buffer exists: it gets the buffer."""
     out = run_driver(seamless_python, tmp_path, "promise_wait", PROMISE_WAIT, sha256_server.url)
@@ -744,6 +671,8 @@ def _processes_in(directory: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.network
+@pytest.mark.timeout(INSTALL_BOUND)
 def test_seamless_launcher_starts_hashserver(seamless_python, tmp_path):
     """Seamless's launcher (remote-http-launcher, as BufferLaunchedClient runs it) starts this
     ``hashserver`` with its own command line and the clients then use it.
@@ -822,9 +751,9 @@ def test_status_file_port_range_and_inactivity_timeout(tmp_path, workers):
     directory.mkdir()
     status_file = tmp_path / "status.json"
     port = free_port()  # --port-range P P: inclusive, so P it must be
-    server = Server([str(directory), "--port-range", str(port), str(port), "--status-file", str(status_file),
-                     "--timeout", "3", *(["--workers", "2"] if workers > 1 else [])],
-                    log_path=tmp_path / "server.log", port=port)
+    argv = [*console_script("hashserver", "hashserver"), str(directory), "--port-range", str(port), str(port),
+            "--status-file", str(status_file), "--timeout", "3", *(["--workers", "2"] if workers > 1 else [])]
+    server = ServerProcess(argv, log_path=tmp_path / "server.log", port=port).start()
     try:
         time.sleep(0.5)  # the launcher writes the file after starting the process
         _write_atomically(status_file, {"workdir": str(directory), "pid": server.proc.pid,
@@ -927,7 +856,7 @@ def test_promised_buffer_is_present_for_has_but_not_has_now(sha256_server):
         assert_every_worker(port, method, "/buffer-length", [cs], [len(data)], "written buffer")
 
     # The PUT resolved the promise: once the file is gone, nothing claims the buffer any more.
-    prefix_path(sha256_server.directory, cs).unlink()
+    buffer_path(sha256_server.directory, cs).unlink()
     assert_every_worker(port, "GET", "/has", [cs], [False], "written buffer deleted after its promise resolved")
     assert_every_worker(port, "GET", "/buffer-length", [cs], [0], "written buffer deleted after its promise resolved")
 
@@ -1068,10 +997,11 @@ def test_get_compressed_as_aiohttp_and_requests_ask(sha256_server, name):
 def test_compressed_file_added_while_running(sha256_server):
     data = text_blob("added-later")
     cs = sha256(data)
-    place(sha256_server.directory, cs, zstd_compress(data), ".zst")
+    add_buffer(sha256_server.directory, zstd_compress(data), checksum=cs, suffix=".zst")
     assert_every_worker(sha256_server.port, "GET", "/has", [cs], [True], "a .zst copied in while running")
     assert_every_worker(sha256_server.port, "GET", "/has-now", [cs], [True], "a .zst copied in while running")
-    assert_every_worker(sha256_server.port, "GET", "/buffer-length", [cs], [len(data)], "a .zst copied in while running")
+    assert_every_worker(sha256_server.port, "GET", "/buffer-length", [cs], [len(data)],
+                        "a .zst copied in while running")
     for _ in range(4):
         reply = request(sha256_server.port, "GET", "/" + cs)
         assert reply.status == 200 and reply.body == data, (
@@ -1087,13 +1017,13 @@ def test_put_compressed(sha256_server, encoding):
     body = zstd_compress(data) if encoding == "zstd" else gzip.compress(data)
     reply = request(sha256_server.port, "PUT", "/" + cs, body, {"Content-Encoding": encoding})
     assert reply.status == 200 and reply.body == b"OK", f"PUT with Content-Encoding: {encoding}: {reply!r}"
-    stored = prefix_path(sha256_server.directory, cs, suffix)
-    sidecar = prefix_path(sha256_server.directory, cs, ".BUFFERLENGTH")
+    stored = buffer_path(sha256_server.directory, cs, suffix=suffix)
+    sidecar = buffer_path(sha256_server.directory, cs, suffix=".BUFFERLENGTH")
     assert stored.exists(), f"the compressed bytes must be stored as {stored.name}: " \
         f"{sorted(p.name for p in stored.parent.iterdir())}"
     assert stored.read_bytes() == body
     assert sidecar.exists() and sidecar.read_text().strip() == str(len(data)), "sidecar with the uncompressed length"
-    assert not prefix_path(sha256_server.directory, cs).exists(), "no uncompressed copy expected"
+    assert not buffer_path(sha256_server.directory, cs).exists(), "no uncompressed copy expected"
 
     assert_every_worker(sha256_server.port, "GET", "/has-now", [cs], [True], f"PUT {encoding}")
     assert_every_worker(sha256_server.port, "GET", "/buffer-length", [cs], [len(data)], f"PUT {encoding}")
@@ -1109,7 +1039,7 @@ def test_put_compressed(sha256_server, encoding):
 
 
 def _leftovers(directory: Path, cs: str) -> list[str]:
-    sub = prefix_path(directory, cs).parent
+    sub = buffer_path(directory, cs).parent
     return sorted(p.name for p in sub.iterdir() if p.name.startswith(cs)) if sub.exists() else []
 
 
@@ -1142,7 +1072,7 @@ def _sample_directory(directory: Path, hasher) -> None:
     directory.mkdir()
     for i in range(5):
         data = b"sample buffer %d " % i + os.urandom(8)
-        place(directory, hasher(data), data)
+        add_buffer(directory, data, checksum=hasher(data))
 
 
 @pytest.mark.parametrize("named_by,option,expected", [
@@ -1186,7 +1116,8 @@ def test_hash_algorithm_from_environment(tmp_path):
 
 def test_corruption_message_names_sha256(sha256_server):
     cs = sha256(b"what the name promises " + os.urandom(8))
-    path = place(sha256_server.directory, cs, b"something else entirely")
+    add_buffer(sha256_server.directory, b"something else entirely", checksum=cs)
+    path = buffer_path(sha256_server.directory, cs)
     try:
         for _ in range(4):
             reply = request(sha256_server.port, "GET", "/" + cs)
@@ -1200,7 +1131,8 @@ def test_corruption_message_names_sha256(sha256_server):
 def test_corrupt_compressed_buffer_is_refused(sha256_server):
     """Integrity checks hash the uncompressed content."""
     cs = sha256(b"what the name promises, compressed " + os.urandom(8))
-    path = place(sha256_server.directory, cs, zstd_compress(b"other content " * 100), ".zst")
+    add_buffer(sha256_server.directory, zstd_compress(b"other content " * 100), checksum=cs, suffix=".zst")
+    path = buffer_path(sha256_server.directory, cs, suffix=".zst")
     try:
         for accept in (None, "zstd"):
             reply = request(sha256_server.port, "GET", "/" + cs,
