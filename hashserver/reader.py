@@ -137,14 +137,13 @@ class BufferReader:
             return None if content is None else Readable(len(content), content=content)
         if not await self._verified(checksum, buffer):
             return None
-        if buffer.encoding is not None and not buffer.encoding.accepted_by(accepted):
+        if buffer.encoding is None:
+            return _opened(buffer, Readable(buffer.size))
+        if not buffer.encoding.accepted_by(accepted):
             length = await self.decoded_length(buffer)
-            return Readable(length, chunks=lambda: self._decoded(buffer))
-        try:
-            file = open(buffer.path, "rb", buffering=0)
-        except FileNotFoundError:
-            return None
-        return Readable(buffer.size, buffer.encoding.name if buffer.encoding else None, file=file)
+            return Readable(length, chunks=lambda: self._decoded(buffer), varies=True)
+        encoded = Readable(buffer.size, buffer.encoding.name, variant=buffer.encoding.suffix[1:], varies=True)
+        return _opened(buffer, encoded)
 
     def _read_small(self, checksum: bytes, buffer: BufferFile) -> bytes | None:
         """A small plain buffer's verified content (cached), or None if wrong or gone."""
@@ -199,6 +198,15 @@ class BufferReader:
         buffer = BufferFile.at("", path, None)
         if buffer is not None:
             self.verified.add(buffer.identity)
+
+
+def _opened(buffer: BufferFile, readable: Readable) -> Readable | None:
+    """``readable`` with the buffer's file open to send as it is; None if it is gone."""
+    try:
+        readable.file = open(buffer.path, "rb", buffering=0)
+    except FileNotFoundError:
+        return None
+    return readable
 
 
 def _decoded_size(buffer: BufferFile) -> int:

@@ -17,7 +17,7 @@ from sanic.response import HTTPResponse
 
 from . import responses, sending
 from .checksum import InvalidChecksum, parse_checksum, parse_checksum_list
-from .storage import (BodyTooLarge, ChecksumMismatch, CorruptBuffer, DiskFull, Fast, InvalidPayload,
+from .storage import (BodyTooLarge, ChecksumMismatch, CorruptBuffer, DiskFull, Fast, InvalidPayload, Readable,
                       ReadOnly, Storage)
 
 log = logging.getLogger("hashserver")
@@ -127,11 +127,12 @@ async def get_buffer(request: Request, checksum: str) -> HTTPResponse | None:
     if fast is Fast.ABSENT:
         return responses.not_found()
     if isinstance(fast, bytes):
-        return responses.head_only(len(fast)) if head else responses.buffer(fast)
-    readable = await storage.open(raw, accepted_codings(request.headers.get("accept-encoding")))
+        readable = Readable(len(fast), content=fast)
+    else:
+        readable = await storage.open(raw, accepted_codings(request.headers.get("accept-encoding")))
     if readable is None:
         return responses.not_found()
-    return await sending.send(request, readable, head)
+    return await sending.send(request, readable, raw.hex(), head)
 
 
 async def put_buffer(request: Request, checksum: str) -> HTTPResponse:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+from typing import AsyncIterator
 
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from . import responses
+from . import caching, responses
 from .storage import Readable
 
 STREAM_CHUNK = 1 << 20
@@ -26,37 +27,66 @@ SEND_STALL_TIMEOUT = 60.0  # a client that takes nothing for this long is droppe
 SANIC_BYTES_LEFT = "response_bytes_left"  # the Http slot zero-copy sending adjusts
 
 
-async def send(request: Request, readable: Readable, head: bool) -> HTTPResponse | None:
-    """Answer with the buffer (or, for HEAD, its headers).  A streamed
-    response is sent here and None returned (Sanic would complain of a
-    second response)."""
+async def send(request: Request, readable: Readable, checksum_hex: str, head: bool) -> HTTPResponse | None:
+    """Answer with the buffer, or the part of it asked for (or, for HEAD,
+    the headers).  A streamed response is sent here and None returned
+    (Sanic would complain of a second response)."""
     with readable:
-        headers = {"content-encoding": readable.encoding} if readable.encoding else {}
-        if head:
-            return responses.head_only(readable.length, headers)
-        if readable.content is not None:
-            return responses.buffer(readable.content)
-        response = await request.respond(
-            content_type=responses.OCTET_STREAM,
-            headers={**responses.ANY_ORIGIN, **headers, "content-length": str(readable.length)})
+        etag = caching.entity_tag(checksum_hex, readable.variant)
+        headers = caching.representation_headers(etag, readable.varies, readable.encoding)
+        if caching.none_match(request.headers.get("if-none-match"), etag):
+            return responses.not_modified(headers)
         try:
-            if readable.file is not None:
-                await _send_file(request, response, readable.file, readable.length)
-            else:
-                async for chunk in readable.chunks():
-                    await response.send(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            request.transport.close()  # the client went away
-            return None
-        await response.eof()
+            part = caching.requested_range(request.headers.get("range"), request.headers.get("if-range"),
+                                           etag, readable.length)
+        except caching.Unsatisfiable:
+            return responses.unsatisfiable(readable.length)
+        status, start, length = 200, 0, readable.length
+        if part is not None:
+            status, start, length = 206, part.start, part.length
+            headers["content-range"] = part.content_range(readable.length)
+        if head:
+            return responses.head_only(length, headers, status)
+        if readable.content is not None:
+            return responses.buffer(readable.content[start:start + length], headers, status)
+        return await _stream(request, readable, headers, status, start, length)
+
+
+async def _stream(request: Request, readable: Readable, headers: dict, status: int,
+                  start: int, length: int) -> None:
+    response = await request.respond(
+        status=status, content_type=responses.OCTET_STREAM,
+        headers={**responses.ANY_ORIGIN, **headers, "content-length": str(length)})
+    try:
+        if readable.file is not None:
+            await _send_file(request, response, readable.file, start, length)
+        else:
+            async for chunk in _part(readable.chunks(), start, length):
+                await response.send(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        request.transport.close()  # the client went away
+        return None
+    await response.eof()
     return None
 
 
-async def _send_file(request: Request, response, file, size: int) -> None:
+async def _part(chunks: AsyncIterator[bytes], start: int, length: int) -> AsyncIterator[bytes]:
+    """Bytes ``start`` to ``start + length`` of a stream of chunks."""
+    position, end = 0, start + length
+    async for chunk in chunks:
+        lo, hi = max(start - position, 0), min(end - position, len(chunk))
+        position += len(chunk)
+        if hi > lo:
+            yield chunk[lo:hi]
+        if position >= end:
+            break
+
+
+async def _send_file(request: Request, response, file, start: int, length: int) -> None:
     loop = asyncio.get_running_loop()
-    sent = await _zero_copy(request, response, file.fileno(), size - 1)
-    file.seek(sent)
-    remaining = size - sent
+    sent = await _zero_copy(request, response, file.fileno(), start, length - 1)
+    file.seek(start + sent)
+    remaining = length - sent
     while remaining > 0:
         chunk = await loop.run_in_executor(None, file.read, min(STREAM_CHUNK, remaining))
         if not chunk:
@@ -65,8 +95,8 @@ async def _send_file(request: Request, response, file, size: int) -> None:
         await response.send(chunk)
 
 
-async def _zero_copy(request: Request, response, file_fd: int, count: int) -> int:
-    """Send ``count`` bytes of the file straight from the page cache to the
+async def _zero_copy(request: Request, response, file_fd: int, offset: int, count: int) -> int:
+    """Send ``count`` bytes of the file from ``offset`` straight from the page cache to the
     socket, in a thread; returns how many were sent (0 where not possible:
     TLS, a test transport, a small file, a header still in the send buffer).
 
@@ -82,18 +112,18 @@ async def _zero_copy(request: Request, response, file_fd: int, count: int) -> in
     if transport.get_write_buffer_size() or not hasattr(http, SANIC_BYTES_LEFT):
         return 0
     loop = asyncio.get_running_loop()
-    sent = await loop.run_in_executor(None, _sendfile_blocking, sock.fileno(), file_fd, count)
+    sent = await loop.run_in_executor(None, _sendfile_blocking, sock.fileno(), file_fd, offset, count)
     setattr(http, SANIC_BYTES_LEFT, getattr(http, SANIC_BYTES_LEFT) - sent)
     return sent
 
 
-def _sendfile_blocking(sock_fd: int, file_fd: int, count: int) -> int:
+def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
     """os.sendfile on the event loop's non-blocking socket, waiting (bounded)
     whenever the socket buffer is full."""
     sent = 0
     while sent < count:
         try:
-            n = os.sendfile(sock_fd, file_fd, sent, count - sent)
+            n = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
         except BlockingIOError:
             if not select.select([], [sock_fd], [], SEND_STALL_TIMEOUT)[1]:
                 raise ConnectionResetError("client stopped reading") from None

@@ -72,7 +72,7 @@ class Readable:
     """One buffer opened for sending, in the representation to send.
 
     Exactly one of ``content``, ``file`` and ``chunks`` is set.  ``length`` is
-    the number of bytes that will be sent; ``encoding`` the
+    the number of bytes of this representation; ``encoding`` the
     ``Content-Encoding`` of those bytes (None: the buffer itself).  The
     receiver closes it (an open file is released).
     """
@@ -80,8 +80,10 @@ class Readable:
     length: int
     encoding: str | None = None
     content: bytes | None = None
-    file: BinaryIO | None = None  # positioned at 0; may be sent zero-copy
+    file: BinaryIO | None = None  # may be sent zero-copy
     chunks: Callable[[], AsyncIterator[bytes]] | None = None
+    variant: str = ""  # names the stored encoding ("zst", "gz") when the bytes are sent encoded
+    varies: bool = False  # stored compressed: what is sent depends on Accept-Encoding
 
     def close(self) -> None:
         if self.file is not None:

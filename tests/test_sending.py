@@ -34,8 +34,8 @@ def test_large_get_goes_out_zero_copy_and_whole(app_client, tmp_path, monkeypatc
     sent = []
     blocking = sending._sendfile_blocking
 
-    def counting(sock_fd, file_fd, count):
-        n = blocking(sock_fd, file_fd, count)
+    def counting(sock_fd, file_fd, offset, count):
+        n = blocking(sock_fd, file_fd, offset, count)
         sent.append(n)
         return n
 
