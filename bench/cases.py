@@ -42,7 +42,7 @@ LOAD_CASES: tuple[Case, ...] = (
 OTHER_CASES: tuple[Case, ...] = (
     Case("verify_large", "GET large, first (verifies)", "MB/s", "none", "sha3", payload="large"),
     Case("startup", "startup until ready", "s", "none", None),
-    Case("index_build", "index build (server log)", "s", "none", "find", 0.5),
+    Case("index_build", "index build (server status)", "s", "none", "find", 0.5),
 )
 
 CASES = {case.key: case for case in LOAD_CASES + OTHER_CASES}

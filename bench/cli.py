@@ -8,7 +8,8 @@ import sys
 
 from .cases import CASES
 from .report import full_table, write_charts, write_json
-from .suite import Options, Suite
+from .results import Options, Outputs
+from .suite import Suite
 
 SCALING_SIZES = [10_000, 100_000, 1_000_000]
 # A smoke run: every case and code path, in well under a minute.  One worker
@@ -21,7 +22,8 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, not {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive numbers, not {text!r}")
     return values
@@ -119,15 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     charts, note = write_charts(doc, options.out)
     if note:
-        doc["notes"].append(note)
+        doc.notes.append(note)
         print(f"bench: note: {note}", file=sys.stderr)
-    doc["outputs"] = {"json": os.path.join(options.out, "bench.json"), "charts": charts,
-                      "table": os.path.join(options.out, "table.txt")}
+    doc.outputs = Outputs(json=os.path.join(options.out, "bench.json"), charts=charts,
+                          table=os.path.join(options.out, "table.txt"))
     table = full_table(doc)
-    write_json(doc, doc["outputs"]["json"])
-    with open(doc["outputs"]["table"], "w") as f:
+    write_json(doc, doc.outputs.json)
+    with open(doc.outputs.table, "w") as f:
         f.write(table)
     sys.stdout.write(table)
-    print(f"bench: wrote {', '.join([doc['outputs']['json'], doc['outputs']['table'], *charts])}",
+    print(f"bench: wrote {', '.join([doc.outputs.json, doc.outputs.table, *charts])}",
           file=sys.stderr)
-    return 1 if any(run["problems"] for run in doc["runs"]) else 0
+    return 1 if any(run.problems for run in doc.runs) else 0

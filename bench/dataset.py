@@ -2,8 +2,9 @@
 
 A dataset is ``count`` small buffers of random bytes plus one large buffer,
 each stored under its real SHA3-256 checksum in the chosen layout, exactly as
-a hashserver (or Seamless) would have stored them; paths come from the
-server's own :mod:`hashserver.layout`, so the bench cannot drift from it.
+a hashserver (or Seamless) would have stored them; checksums come from the
+server's own :class:`hashserver.checksum.Hasher` and paths from its
+:mod:`hashserver.layout`, so the bench cannot drift from either.
 
 Making a million files has to be fast, so chunks of buffers are written by a
 process pool with bare ``os.open``/``os.write`` calls, their content drawn from
@@ -14,7 +15,6 @@ so an interrupted generation is never mistaken for a complete one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from hashserver.checksum import Hasher
 from hashserver.layout import Layout, make_layout
 
 from .progress import Progress
@@ -34,6 +35,7 @@ MANIFEST = "manifest.json"
 CHECKSUMS = "checksums.txt"
 LINE = 65  # 64 hex characters and a newline
 LARGE_STREAM = 1 << 32  # generator stream of the large buffer (chunks use 0, 1, ...)
+HASHER = Hasher()  # the server's default algorithm, under which a default server stores
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ def buffer_path(layout: str, directory: str, checksum: str) -> str:
     return os.path.join(_layout(layout, directory).write_dir(checksum), checksum)
 
 
+def checksum_hex(data: bytes | memoryview) -> str:
+    """The name the server stores ``data`` under (its own hashing code)."""
+    return HASHER.digest(data).hex()
+
+
 def random_checksums(count: int, seed: int) -> list[str]:
     """Checksums of buffers that nobody has (for 404s and the absent half of /has)."""
     raw = np.random.Generator(np.random.PCG64([seed, 0xAB5E27])).bytes(32 * count)
@@ -112,7 +119,7 @@ def _write_chunk(task: tuple[str, str, int, int, int, int]) -> str:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     for i in range(count):
         data = view[i * size:(i + 1) * size]
-        checksum = hashlib.sha3_256(data).hexdigest()
+        checksum = checksum_hex(data)
         fd = os.open(buffer_path(layout, directory, checksum), flags, 0o644)
         try:
             os.write(fd, data)
@@ -164,7 +171,7 @@ def ensure_dataset(cache_dir: str, spec: DatasetSpec, processes: int | None = No
         os.makedirs(sub, exist_ok=True)
 
     large = _chunk_content(spec.seed, LARGE_STREAM, 1, spec.large_size)
-    large_checksum = hashlib.sha3_256(large).hexdigest()
+    large_checksum = checksum_hex(large)
     with open(buffer_path(spec.layout, directory, large_checksum), "wb") as f:
         f.write(large)
     del large
@@ -178,7 +185,7 @@ def ensure_dataset(cache_dir: str, spec: DatasetSpec, processes: int | None = No
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with open(tmp_list, "w") as out, context.Pool(processes) as pool:
-        for task, lines in zip(tasks, pool.imap(_write_chunk, tasks)):
+        for task, lines in zip(tasks, pool.imap(_write_chunk, tasks), strict=True):
             out.write(lines)
             progress.advance(task[4])
     progress.close()

@@ -1,4 +1,6 @@
-"""What load is sent (a :class:`Scenario`) and what came back (a :class:`LoadResult`).
+"""What load is sent (a :class:`Scenario`), what came back (a :class:`LoadResult`),
+and what sends it (a :class:`LoadGenerator`): the types both load generators
+share, so that neither imports the other.
 
 A scenario lives in files: a targets file (one request per line:
 ``target [body_length [file_to_remove_after_the_response]]``) and an optional
@@ -11,9 +13,9 @@ bench while wrk runs.
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import asdict, dataclass, field
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,6 @@ class LoadResult:
             found.append("socket errors: " + ", ".join(f"{k} {v}" for k, v in errors.items()))
         return found
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 class LoadGenerator(Protocol):
     name: str
@@ -85,8 +84,7 @@ def write_scenario(directory: str, name: str, method: str, targets: Iterable[str
             out.write(line + "\n")
     if bodies is not None:
         with open(bodies_file, "wb") as out:
-            for body in bodies:
-                out.write(body)
+            out.writelines(bodies)
     return Scenario(name, method, targets_file, bodies_file, removes=removes is not None, **options)
 
 
@@ -111,20 +109,3 @@ def read_scenario(scenario: Scenario) -> list[tuple[str, bytes | None, str | Non
             remove = parts[2] if len(parts) > 2 else None
             requests.append((scenario.path_prefix + parts[0], body, remove))
     return requests
-
-
-def choose_generator(kind: str, client_processes: int) -> tuple[LoadGenerator, str | None]:
-    """wrk when installed (or asked for), else the built-in client; and a note saying so."""
-    from .pyclient import PythonClient
-    from .wrk import Wrk
-
-    if kind == "python":
-        return PythonClient(client_processes), None
-    if shutil.which("wrk"):
-        return Wrk(), None
-    if kind == "wrk":
-        raise SystemExit("bench: --client wrk, but wrk is not installed "
-                         "(Debian/Ubuntu: apt-get install wrk)")
-    note = ("wrk is not installed (Debian/Ubuntu: apt-get install wrk): using the built-in "
-            "Python client, which may itself be the limit -- figures are lower bounds")
-    return PythonClient(client_processes), note

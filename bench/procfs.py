@@ -13,7 +13,7 @@ something else (the load generator, the disk) on the same machine.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,6 @@ class ProcessMemory:
     uss: int | None
     index_rss: int | None = None  # of the mapped index file(s), if any
     index_pss: int | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def children(pid: int) -> list[int]:
@@ -54,16 +51,18 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _role(pid: int, main: int, workers: set[int]) -> str:
+def _role(pid: int, main: int, workers: set[int] | None) -> str:
+    """``workers`` None: the server did not say which children are its workers."""
     if pid == main:
         return "main"
-    if pid in workers:
+    if workers is not None and pid in workers:
         return "worker"
     cmdline = _cmdline(pid)
     if "resource_tracker" in cmdline:
         return "resource-tracker"
     if "spawn_main" in cmdline:
-        return "sync-manager"  # Sanic's multiprocessing Manager for shared_ctx
+        # Sanic's multiprocessing Manager for shared_ctx, or a worker if they are unknown.
+        return "sync-manager" if workers is not None else "unknown"
     return "helper"
 
 
@@ -113,7 +112,8 @@ def mapping_memory(pid: int, needle: str) -> tuple[int, int] | None:
     return (rss, pss) if found else None
 
 
-def measure_tree(main: int, workers: set[int], mapped: str | None = None) -> list[ProcessMemory]:
+def measure_tree(main: int, workers: set[int] | None,
+                 mapped: str | None = None) -> list[ProcessMemory]:
     """Memory of ``main`` and its children (one level: Sanic workers are direct children),
     with the share of file mappings whose path contains ``mapped``."""
     result = []

@@ -18,9 +18,19 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
-from .servers import ServerProcess
-
 TOP = 15
+
+
+@dataclass
+class ProfileSummary:
+    """Where a server spent its busy samples: the top functions, with their share."""
+
+    samples: int
+    own: list[tuple[str, float]]  # the frame running
+    inclusive: list[tuple[str, float]]  # anywhere on the stack
+
+    def top(self, n: int) -> ProfileSummary:
+        return ProfileSummary(self.samples, self.own[:n], self.inclusive[:n])
 
 
 @dataclass
@@ -40,18 +50,18 @@ class Profiler:
     def available(self) -> bool:
         return self.exe is not None
 
-    def start(self, server: ServerProcess, name: str, duration: float) -> Recording:
-        """Sample the server's main process and its workers for ``duration`` seconds."""
+    def start(self, pid: int, name: str, duration: float) -> Recording:
+        """Sample a server's main process ``pid`` and its workers for ``duration`` seconds."""
         os.makedirs(self.directory, exist_ok=True)
-        assert server.proc is not None and self.exe is not None
+        assert self.exe is not None
         stacks = os.path.join(self.directory, f"{name}.stacks.txt")
-        argv = [self.exe, "record", "--pid", str(server.proc.pid), "--subprocesses",
+        argv = [self.exe, "record", "--pid", str(pid), "--subprocesses",
                 "--duration", str(max(1, math.ceil(duration))), "--rate", "200",
                 "--nonblocking", "--format", "raw", "--output", stacks]
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return Recording(process, stacks)
 
-    def finish(self, recording: Recording) -> dict | None:
+    def finish(self, recording: Recording) -> ProfileSummary | None:
         """Wait for py-spy; the top functions by own and by inclusive samples."""
         try:
             recording.process.wait(60)
@@ -70,7 +80,7 @@ def _frame(frame: str) -> str:
     return frame.strip()
 
 
-def summarize(stacks_file: str, top: int = TOP) -> dict:
+def summarize(stacks_file: str, top: int = TOP) -> ProfileSummary:
     """Samples per function: own (the frame running) and inclusive (anywhere on the stack).
 
     py-spy skips idle threads by default (a worker waiting in epoll), so the
@@ -89,14 +99,15 @@ def summarize(stacks_file: str, top: int = TOP) -> dict:
             own[frames[-1]] += n
             for frame in set(frames):
                 inclusive[frame] += n
+
     def share(counter: Counter) -> list[tuple[str, float]]:
         return [(frame, n / total) for frame, n in counter.most_common(top)] if total else []
-    return {"samples": total, "own": share(own), "inclusive": share(inclusive)}
+    return ProfileSummary(total, share(own), share(inclusive))
 
 
-def format_summary(summary: dict) -> str:
-    lines = [f"{summary['samples']} samples"]
+def format_summary(summary: ProfileSummary) -> str:
+    lines = [f"{summary.samples} samples"]
     for kind in ("own", "inclusive"):
         lines.append(f"-- {kind}")
-        lines += [f"{fraction:6.1%}  {frame}" for frame, fraction in summary[kind]]
+        lines += [f"{fraction:6.1%}  {frame}" for frame, fraction in getattr(summary, kind)]
     return "\n".join(lines) + "\n"

@@ -1,16 +1,21 @@
 """The outputs of a run: a table for people, JSON for programs, PNG charts.
 
-All three are made from the same JSON-ready document, so they never disagree.
+All three are made from the same :class:`~bench.results.BenchDocument`, so they
+never disagree; :meth:`~bench.results.BenchDocument.to_json` is the JSON.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 
 from .cases import CASES
+from .procfs import ProcessMemory
+from .results import BenchDocument, Figure, ServerRun
 
 MIB = 1 << 20
+MEMORY_PHASES = ("idle", "after_load")
 
 
 def _number(value: float | None, unit: str) -> str:
@@ -30,54 +35,57 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _run_title(doc: dict, run: dict) -> str:
-    o = doc["options"]
-    return (f"{run['buffers']:,} buffers of {_size(run['buffer_size'])} ({run['layout']} layout), "
-            f"large buffer {_size(run['large_size'])}, workers={run['workers']} -- "
-            f"load: {doc['load_generator']['description']}, {o['connections']} connections; "
-            f"{o['duration']:g} s per case" + (f" after {o['warmup']:g} s warm-up" if o["warmup"] else ""))
+def _run_title(doc: BenchDocument, run: ServerRun) -> str:
+    o = doc.options
+    return (f"{run.buffers:,} buffers of {_size(run.buffer_size)} ({run.layout} layout), "
+            f"large buffer {_size(run.large_size)}, workers={run.workers} -- "
+            f"load: {doc.load_generator.description}, {o.connections} connections; "
+            f"{o.duration:g} s per case" + (f" after {o.warmup:g} s warm-up" if o.warmup else ""))
 
 
-def run_table(doc: dict, run: dict) -> str:
+def _figure_row(fig: Figure) -> str:
+    ceiling = ""
+    if fig.ceiling:
+        measured = fig.ceiling_value is not None
+        ceiling = f"{fig.ceiling} {_number(fig.ceiling_value, fig.unit) if measured else '(not run)'}"
+    target = ""
+    if fig.target is not None:
+        verdict = {True: "met", False: "MISSED", None: ""}[fig.met]
+        target = f">={fig.target:.2f} {verdict}"
+    cpu = fig.server_cpu_us_per_request
+    value = _number(fig.value, fig.unit)
+    if fig.mb_s is not None:  # small PUTs: requests, and bytes as the issue asks
+        value += f" ({fig.mb_s:.2f} MB/s)"
+    return (f"{fig.label:<28} {value:>28}   {ceiling:<40} {_ratio(fig.ratio):>6}  {target:<13} "
+            f"{'' if cpu is None else f'{cpu:,.0f}':>10}").rstrip()
+
+
+def _memory_rows(phase: str, procs: list[ProcessMemory]) -> list[str]:
+    lines = ["", (f"memory, {phase.replace('_', ' ')}:  {'pid':>7} {'RSS MiB':>9} "
+                  f"{'PSS MiB':>9} {'USS MiB':>9} {'index RSS':>10} {'index PSS':>10}")]
+    for p in procs:
+        lines.append(f"  {p.role:<20} {p.pid:>7} {p.rss / MIB:>9.1f} "
+                     f"{_mib(p.pss):>9} {_mib(p.uss):>9} "
+                     f"{_mib(p.index_rss):>10} {_mib(p.index_pss):>10}")
+    lines.append(f"  {'total':<20} {'':>7} {sum(p.rss for p in procs) / MIB:>9.1f} "
+                 f"{_mib(_sum(p.pss for p in procs)):>9} {_mib(_sum(p.uss for p in procs)):>9} "
+                 f"{_mib(_sum(p.index_rss or 0 for p in procs)):>10} "
+                 f"{_mib(_sum(p.index_pss or 0 for p in procs)):>10}")
+    return lines
+
+
+def run_table(doc: BenchDocument, run: ServerRun) -> str:
     lines = [_run_title(doc, run)]
     header = (f"{'figure':<28} {'hashserver':>28}   {'ceiling':<40} {'ratio':>6}  {'target':<13}"
               f" {'CPU us/req':>10}")
     lines += [header, "-" * len(header)]
-    for key, fig in run["figures"].items():
-        unit = fig["unit"]
-        ceiling = ""
-        if fig["ceiling"]:
-            measured = fig["ceiling_value"] is not None
-            ceiling = f"{fig['ceiling']} {_number(fig['ceiling_value'], unit) if measured else '(not run)'}"
-        ratio = _ratio(fig["ratio"])
-        target = ""
-        if fig["target"] is not None:
-            verdict = {True: "met", False: "MISSED", None: ""}[fig["met"]]
-            target = f">={fig['target']:.2f} {verdict}"
-        cpu = fig.get("server_cpu_us_per_request")
-        value = _number(fig["value"], unit)
-        if fig.get("mb_s") is not None:  # small PUTs: requests, and bytes as the issue asks
-            value += f" ({fig['mb_s']:.2f} MB/s)"
-        lines.append(f"{fig['label']:<28} {value:>28}   {ceiling:<40} "
-                     f"{ratio:>6}  {target:<13} {'' if cpu is None else f'{cpu:,.0f}':>10}".rstrip())
-    for phase in ("idle", "after_load"):
-        procs = run["memory"].get(phase)
-        if not procs:
-            continue
+    lines += [_figure_row(fig) for fig in run.figures.values()]
+    for phase in MEMORY_PHASES:
+        if run.memory.get(phase):
+            lines += _memory_rows(phase, run.memory[phase])
+    if run.problems:
         lines.append("")
-        lines.append(f"memory, {phase.replace('_', ' ')}:  {'pid':>7} {'RSS MiB':>9} "
-                     f"{'PSS MiB':>9} {'USS MiB':>9} {'index RSS':>10} {'index PSS':>10}")
-        for p in procs:
-            lines.append(f"  {p['role']:<20} {p['pid']:>7} {p['rss'] / MIB:>9.1f} "
-                         f"{_mib(p['pss']):>9} {_mib(p['uss']):>9} "
-                         f"{_mib(p.get('index_rss')):>10} {_mib(p.get('index_pss')):>10}")
-        lines.append(f"  {'total':<20} {'':>7} {sum(p['rss'] for p in procs) / MIB:>9.1f} "
-                     f"{_mib(_sum(p['pss'] for p in procs)):>9} {_mib(_sum(p['uss'] for p in procs)):>9} "
-                     f"{_mib(_sum(p.get('index_rss') or 0 for p in procs)):>10} "
-                     f"{_mib(_sum(p.get('index_pss') or 0 for p in procs)):>10}")
-    if run["problems"]:
-        lines.append("")
-        lines += [f"problem: {p}" for p in run["problems"]]
+        lines += [f"problem: {p}" for p in run.problems]
     return "\n".join(lines)
 
 
@@ -91,26 +99,36 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / MIB:.1f}"
 
 
-def _sum(values) -> int | None:
+def _sum(values: Iterable[int | None]) -> int | None:
     values = list(values)
     return None if any(v is None for v in values) else sum(values)
 
 
-def scaling_table(doc: dict) -> str:
+def _value(run: ServerRun | None, key: str) -> float | None:
+    fig = run.figures.get(key) if run is not None else None
+    return fig.value if fig is not None else None
+
+
+def _by_workers(doc: BenchDocument) -> dict[int, list[ServerRun]]:
+    """The runs of each worker count, from the smallest directory to the largest."""
+    return {w: sorted((r for r in doc.runs if r.workers == w), key=lambda r: r.buffers)
+            for w in sorted({r.workers for r in doc.runs})}
+
+
+def scaling_table(doc: BenchDocument) -> str:
     """Each figure across directory sizes, per worker count; the largest against the smallest."""
-    sizes = sorted({r["buffers"] for r in doc["runs"]})
+    sizes = sorted({r.buffers for r in doc.runs})
     if len(sizes) < 2:
         return ""
-    lines = [f"scaling: {', '.join(f'{s:,}' for s in sizes)} buffers "
-             f"(last column: largest / smallest; throughput target >= 0.90)"]
-    for workers in sorted({r["workers"] for r in doc["runs"]}):
-        runs = {r["buffers"]: r for r in doc["runs"] if r["workers"] == workers}
+    lines = [(f"scaling: {', '.join(f'{s:,}' for s in sizes)} buffers "
+              "(last column: largest / smallest; throughput target >= 0.90)")]
+    for workers, worker_runs in _by_workers(doc).items():
+        runs = {r.buffers: r for r in worker_runs}
         lines.append(f"workers={workers}")
-        header = f"  {'figure':<28}" + "".join(f"{s:>16,}" for s in sizes) + f"{'ratio':>9}"
-        lines.append(header)
-        for key in runs[sizes[0]]["figures"]:
+        lines.append(f"  {'figure':<28}" + "".join(f"{s:>16,}" for s in sizes) + f"{'ratio':>9}")
+        for key in runs[sizes[0]].figures:
             unit = CASES[key].unit
-            values = [runs.get(s, {}).get("figures", {}).get(key, {}).get("value") for s in sizes]
+            values = [_value(runs.get(s), key) for s in sizes]
             row = f"  {CASES[key].label:<28}" + "".join(
                 f"{_number(v, unit).replace(' ' + unit, ''):>16}" for v in values)
             if values[0] and values[-1]:
@@ -121,14 +139,13 @@ def scaling_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def full_table(doc: dict) -> str:
-    m = doc["machine"]
-    parts = [f"hashserver bench on {m['cpu_model']} ({m['cpu_count']} CPUs), Python {m['python']}, "
-             f"Sanic {m['sanic']}, {m['nginx'] or 'no nginx'}, {m['wrk'] or 'no wrk'}; "
-             f"load average at start {m['load_average_at_start']}, at end "
-             f"{m.get('load_average_at_end')}"]
-    parts += [f"note: {n}" for n in doc["notes"]]
-    for run in doc["runs"]:
+def full_table(doc: BenchDocument) -> str:
+    m = doc.machine
+    parts = [(f"hashserver bench on {m.cpu_model} ({m.cpu_count} CPUs), Python {m.python}, "
+              f"Sanic {m.sanic}, {m.nginx or 'no nginx'}, {m.wrk or 'no wrk'}; "
+              f"load average at start {m.load_average_at_start}, at end {m.load_average_at_end}")]
+    parts += [f"note: {n}" for n in doc.notes]
+    for run in doc.runs:
         parts += ["", run_table(doc, run)]
     scaling = scaling_table(doc)
     if scaling:
@@ -136,13 +153,13 @@ def full_table(doc: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_json(doc: dict, path: str) -> None:
+def write_json(doc: BenchDocument, path: str) -> None:
     with open(path + ".tmp", "w") as f:
-        json.dump(doc, f, indent=1)
+        json.dump(doc.to_json(), f, indent=1)
     os.replace(path + ".tmp", path)
 
 
-def write_charts(doc: dict, out: str) -> tuple[list[str], str | None]:
+def write_charts(doc: BenchDocument, out: str) -> tuple[list[str], str | None]:
     """PNG charts; (paths written, note if they could not be made)."""
     try:
         import matplotlib
@@ -152,78 +169,76 @@ def write_charts(doc: dict, out: str) -> tuple[list[str], str | None]:
         return [], ("matplotlib is not installed (pip install 'hashserver-sanic[bench]'): "
                     "no PNG chart")
     written = [_ratio_chart(doc, plt, os.path.join(out, "bench.png"))]
-    if len({r["buffers"] for r in doc["runs"]}) > 1:
+    if len({r.buffers for r in doc.runs}) > 1:
         written.append(_scaling_chart(doc, plt, os.path.join(out, "scaling.png")))
     return written, None
 
 
-def _ratio_chart(doc: dict, plt, path: str) -> str:
-    """One panel per run: each figure as a fraction of its ceiling, with its target."""
-    runs = doc["runs"]
-    sizes = sorted({r["buffers"] for r in runs})
-    workers = sorted({r["workers"] for r in runs})
-    rows = max(sum(f["ratio"] is not None for f in r["figures"].values()) for r in runs)
-    fig, axes = plt.subplots(len(sizes), len(workers), squeeze=False,
-                             figsize=(8 * len(workers), (1.2 + 0.38 * rows) * len(sizes)))
-    for run in runs:
-        ax = axes[sizes.index(run["buffers"])][workers.index(run["workers"])]
-        items = [(k, f) for k, f in run["figures"].items() if f["ratio"] is not None]
-        labels = [f["label"] for _, f in items]
-        ratios = [f["ratio"] for _, f in items]
-        colors = ["tab:green" if f["met"] else "tab:red" if f["met"] is False else "tab:blue"
-                  for _, f in items]
-        ys = range(len(items))
-        ax.barh(ys, ratios, color=colors)
-        for y, (_, f) in zip(ys, items):
-            if f["target"] is not None:
-                ax.plot([f["target"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
-            ax.text(f["ratio"], y, f"  {_number(f['value'], f['unit'])} vs "
-                    f"{f['ceiling']} {_number(f['ceiling_value'], f['unit'])}",
-                    va="center", fontsize=7)
-        ax.axvline(1.0, color="grey", linestyle=":")
-        # Room on the right for the labels, which state the absolute figures.
-        ax.set_xlim(min([0.01, *[r / 2 for r in ratios]]), 1000)
-        ax.set_yticks(list(ys), labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xscale("log")
-        ax.set_xlabel("ratio to ceiling (higher is better; black tick: target)")
-        ax.set_title(f"{run['buffers']:,} buffers, workers={run['workers']}", fontsize=10)
-    fig.suptitle(f"hashserver vs ceilings -- {doc['machine']['cpu_model']}, "
-                 f"{doc['machine']['cpu_count']} CPUs, {doc['load_generator']['description']}",
-                 fontsize=10)
+def _save(fig, plt, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _scaling_chart(doc: dict, plt, path: str) -> str:
+def _ratio_panel(ax, run: ServerRun) -> None:
+    """Each figure of one run as a fraction of its ceiling, with its target."""
+    items = [f for f in run.figures.values() if f.ratio is not None]
+    ratios = [f.ratio for f in items]
+    colors = ["tab:green" if f.met else "tab:red" if f.met is False else "tab:blue" for f in items]
+    ys = range(len(items))
+    ax.barh(ys, ratios, color=colors)
+    for y, f in zip(ys, items, strict=True):
+        if f.target is not None:
+            ax.plot([f.target] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
+        ax.text(f.ratio, y, f"  {_number(f.value, f.unit)} vs "
+                f"{f.ceiling} {_number(f.ceiling_value, f.unit)}", va="center", fontsize=7)
+    ax.axvline(1.0, color="grey", linestyle=":")
+    # Room on the right for the labels, which state the absolute figures.
+    ax.set_xlim(min([0.01, *[r / 2 for r in ratios]]), 1000)
+    ax.set_yticks(list(ys), [f.label for f in items], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("ratio to ceiling (higher is better; black tick: target)")
+    ax.set_title(f"{run.buffers:,} buffers, workers={run.workers}", fontsize=10)
+
+
+def _ratio_chart(doc: BenchDocument, plt, path: str) -> str:
+    """One panel per run: each figure as a fraction of its ceiling, with its target."""
+    runs = doc.runs
+    sizes = sorted({r.buffers for r in runs})
+    workers = sorted({r.workers for r in runs})
+    rows = max(sum(f.ratio is not None for f in r.figures.values()) for r in runs)
+    fig, axes = plt.subplots(len(sizes), len(workers), squeeze=False,
+                             figsize=(8 * len(workers), (1.2 + 0.38 * rows) * len(sizes)))
+    for run in runs:
+        _ratio_panel(axes[sizes.index(run.buffers)][workers.index(run.workers)], run)
+    fig.suptitle(f"hashserver vs ceilings -- {doc.machine.cpu_model}, "
+                 f"{doc.machine.cpu_count} CPUs, {doc.load_generator.description}",
+                 fontsize=10)
+    return _save(fig, plt, path)
+
+
+def _scaling_chart(doc: BenchDocument, plt, path: str) -> str:
     """Each figure relative to its value at the smallest directory size."""
-    workers = sorted({r["workers"] for r in doc["runs"]})
-    fig, axes = plt.subplots(1, len(workers), squeeze=False, figsize=(6.5 * len(workers), 5))
+    by_workers = _by_workers(doc)
+    fig, axes = plt.subplots(1, len(by_workers), squeeze=False,
+                             figsize=(6.5 * len(by_workers), 5))
     colors = plt.get_cmap("tab20").colors  # more figures than the default cycle has colors
-    for col, w in enumerate(workers):
+    for col, (w, runs) in enumerate(by_workers.items()):
         ax = axes[0][col]
-        runs = sorted((r for r in doc["runs"] if r["workers"] == w), key=lambda r: r["buffers"])
-        for n, key in enumerate(runs[0]["figures"]):
+        for n, key in enumerate(runs[0].figures):
             if CASES[key].unit == "s":
                 continue
-            xs, ys = [], []
-            base = runs[0]["figures"][key].get("value")
-            for r in runs:
-                v = r["figures"].get(key, {}).get("value")
-                if base and v:
-                    xs.append(r["buffers"])
-                    ys.append(v / base)
-            ax.plot(xs, ys, marker="os^v"[n % 4], color=colors[n % len(colors)],
-                    label=CASES[key].label)
+            base = _value(runs[0], key)
+            points = [(r.buffers, v / base) for r in runs
+                      if base and (v := _value(r, key))]
+            ax.plot([x for x, _ in points], [y for _, y in points], marker="os^v"[n % 4],
+                    color=colors[n % len(colors)], label=CASES[key].label)
         ax.axhspan(0.9, 1.1, color="green", alpha=0.1)
         ax.set_xscale("log")
         ax.set_xlabel("buffers in the directory")
         ax.set_ylabel("figure / figure at the smallest size")
         ax.set_title(f"workers={w}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, path)

@@ -10,13 +10,13 @@ PUT so every PUT really stores it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
+
 import numpy as np
 
-from .dataset import Dataset, buffer_path, random_checksums
+from .dataset import Dataset, buffer_path, checksum_hex, random_checksums
 from .load import Scenario, write_scenario
 
 ABSENT_TARGETS = 100_000
@@ -109,14 +109,14 @@ class Scenarios:
         count = max(1000, int(PUT_GUESS_PER_S * max(seconds, 1)))
         stream = 0xF00D + (phase == "warmup")
         bodies = _random_bodies(count, self.dataset.spec.size, self.seed, stream)
-        checksums = [hashlib.sha3_256(b).hexdigest() for b in bodies]
+        checksums = [checksum_hex(b) for b in bodies]
         self.put_pools[f"small_{phase}"] = checksums
         return self._write(f"put_small_{phase}", "PUT", checksums, bodies=bodies, random_order=False)
 
     def _put_large(self) -> Scenario:
         """One new large buffer, PUT and then deleted again and again (single connection)."""
         body = _random_bodies(1, self.large_put_size, self.seed, 0xB16)[0]
-        checksum = hashlib.sha3_256(body).hexdigest()
+        checksum = checksum_hex(body)
         target = buffer_path(self.dataset.spec.layout, self.dataset.directory, checksum)
         self.put_pools["large"] = [checksum]
         return self._write("put_large", "PUT", [checksum], bodies=[body], removes=[target],

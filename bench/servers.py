@@ -1,45 +1,37 @@
 """The servers under test, each a real subprocess on a free local port.
 
-hashserver is started the way users start it (``python -m hashserver DIR
---workers N``, the same entry point as the ``hashserver`` command), nginx with
-a configuration written here, so the figures are those of the real programs.
-Both are stopped with a signal and waited for; a server that will not stop is
-killed by its own process group, never by name.
+Both run under the server harness the tests use (:class:`hashserver.testing.ServerProcess`:
+its own session, output to a log file, a signal to stop and a kill of its
+process group as a last resort), so there is one copy of that logic.
+hashserver is started the way users start it (``hashserver DIR --workers N``)
+and is ready when its status file says so; what it reports there (worker pids,
+the index build) is read from that file, never from its log.  nginx runs with
+a configuration written here and is ready once it answers.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
-import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hashserver.index import GenerationStore
+from hashserver.testing import ServerProcess, free_port
 
 from .procfs import ProcessMemory, measure_tree, tree
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations are not evaluated at run time
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 600.0  # a 1,000,000-buffer index build on a slow disk must fit
 STOP_TIMEOUT = 15.0
 POLL = 0.05
-# Sanic's main process logs "Worker ready" before it has collected the
-# workers' acknowledgements; a SIGINT inside that window makes its signal
-# handler re-enter a multiprocessing proxy call and the main process hangs
-# (seen with Sanic 25.12.1).  Nothing is measured this soon after startup.
-SETTLE = 0.5
-# The index generation files every worker maps (hashserver.index.GenerationStore).
-INDEX_FILE_MARK = "hashserver-index-"
-
-
-def free_port() -> int:
-    """A port nobody listens on now: the kernel's choice for port 0."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+NOT_REPORTED = "not reported by this server"
 
 
 @dataclass
@@ -62,157 +54,115 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
         conn.close()
 
 
-class ServerProcess:
-    """A subprocess with its output in a log file, ready once ``ready_path`` answers 200.
-
-    Every started server is remembered until it is stopped, so that
-    :func:`stop_all` can end them whatever interrupted the bench."""
+class BenchServer:
+    """A server under test: a harness process, its log named by server and port,
+    and the time it took to start and to stop."""
 
     name = "server"
-    ready_path = "/healthcheck"
-    running: set["ServerProcess"] = set()
+    stop_signal = signal.SIGINT
 
-    def __init__(self, workdir: str):
-        self.workdir = workdir
-        self.port = free_port()
+    def __init__(self, workdir: str, workers: int):
+        self.workers = workers
+        self.port = free_port(HOST)
         self.log_path = os.path.join(workdir, f"{self.name}-{self.port}.log")
-        self.proc: subprocess.Popen | None = None
+        self.process: ServerProcess | None = None
         self.startup_s: float | None = None
         self.stop_s: float | None = None
 
-    def command(self) -> list[str]:
+    def make_process(self) -> ServerProcess:
         raise NotImplementedError
 
-    def is_ready(self) -> bool:
-        try:
-            return request(self.port, "GET", self.ready_path, timeout=5).status == 200
-        except OSError:
-            return False
+    def wait_ready(self, process: ServerProcess) -> None:
+        raise NotImplementedError
 
-    def start(self) -> "ServerProcess":
-        if self.proc is not None:
+    def start(self) -> Self:
+        if self.process is not None:
             raise RuntimeError(f"{self.name} on port {self.port} was already started")
         started = time.monotonic()
-        with open(self.log_path, "wb") as log:
-            # Own session: a Ctrl-C meant for the bench does not reach the server
-            # half-way through a case, and the group can be killed as a last resort.
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        ServerProcess.running.add(self)
-        deadline = started + READY_TIMEOUT
-        while not self.is_ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with status {self.proc.returncode} "
-                                   f"before it was ready:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.name} not ready after {READY_TIMEOUT:.0f} s:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(POLL)
+        self.process = self.make_process().start()
+        try:
+            self.wait_ready(self.process)
+        except BaseException:
+            self.stop()
+            raise
         self.startup_s = time.monotonic() - started
-        time.sleep(SETTLE)
         return self
 
-    def stop(self, sig: int = signal.SIGINT) -> None:
-        ServerProcess.running.discard(self)
-        if self.proc is None or self.proc.poll() is not None:
+    def stop(self) -> None:
+        if self.process is None or self.stop_s is not None:
             return
         started = time.monotonic()
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            print(f"bench: {self.name} (pid {self.proc.pid}) did not stop in {STOP_TIMEOUT:.0f} s "
-                  "after the signal; killing its process group", file=sys.stderr)
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(STOP_TIMEOUT)
+        self.process.stop(self.stop_signal, STOP_TIMEOUT)
         self.stop_s = time.monotonic() - started
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} on port {self.port} was not started")
+        return self.process.pid
 
     def pids(self) -> list[int]:
         """The server's processes (main and children), for CPU accounting."""
-        return tree(self.proc.pid) if self.proc is not None else []
+        return tree(self.pid)
 
     def role(self, pid: int) -> str:
-        return "main" if self.proc is not None and pid == self.proc.pid else "worker"
+        return "main" if pid == self.pid else "worker"
 
-    def log_text(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+    def __enter__(self) -> Self:
+        return self if self.process is not None else self.start()
 
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def __enter__(self) -> "ServerProcess":
-        return self if self.proc is not None else self.start()
-
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def stop_all() -> None:
-    """Stop every server still running (after an error or an interrupt)."""
-    for server in list(ServerProcess.running):
-        server.stop()
-
-
-class HashServer(ServerProcess):
-    """``hashserver DIR --workers N``; ready when every worker has said so."""
+class HashServer(BenchServer):
+    """``hashserver DIR --workers N``; ready when its status file says every worker is."""
 
     name = "hashserver"
-    WORKER_STARTED = re.compile(r"Starting worker \[(\d+)\]")
-    WORKER_READY = re.compile(r"Worker ready \[(\d+)\]")
-    INDEX_BUILT = re.compile(r"index: (\d+) buffers in \d+ directories, built in ([\d.]+) s")
 
     def __init__(self, workdir: str, directory: str, layout: str, workers: int,
                  writable: bool = False):
-        super().__init__(workdir)
+        super().__init__(workdir, workers)
         self.directory = directory
         self.layout = layout
-        self.workers = workers
         self.writable = writable
+        self.status: dict = {}
 
-    def command(self) -> list[str]:
-        argv = [sys.executable, "-m", "hashserver", self.directory, "--host", HOST,
-                "--port", str(self.port), "--workers", str(self.workers), "--layout", self.layout]
-        return argv + (["--writable"] if self.writable else [])
+    def make_process(self) -> ServerProcess:
+        options = ["--layout", self.layout, *(["--writable"] if self.writable else [])]
+        return ServerProcess.hashserver(self.directory, *options, workers=self.workers, host=HOST,
+                                        port=self.port, log_path=self.log_path)
 
-    def is_ready(self) -> bool:
-        # /healthcheck answers as soon as one worker listens; a figure taken
-        # while the others still start would not be the N-worker figure.
-        ready = len(set(self.WORKER_READY.findall(self.log_text())))
-        return ready >= self.workers and super().is_ready()
+    def wait_ready(self, process: ServerProcess) -> None:
+        self.status = process.wait_ready(READY_TIMEOUT)
 
-    def worker_pids(self) -> set[int]:
-        return {int(p) for p in self.WORKER_STARTED.findall(self.log_text())}
+    def worker_pids(self) -> set[int] | None:
+        """The workers' pids from the status file; None if the server does not report them."""
+        workers = self.status.get("workers")
+        return None if workers is None else set(workers)
 
     def index_build(self) -> tuple[int, float] | None:
-        """(buffers indexed, seconds) as the server logged them, if it did."""
-        match = self.INDEX_BUILT.search(self.log_text())
-        return (int(match.group(1)), float(match.group(2))) if match else None
+        """(buffers indexed, seconds) from the status file; None if the server does not say."""
+        index = self.status.get("index") or {}
+        if index.get("entries") is None or index.get("build_seconds") is None:
+            return None
+        return int(index["entries"]), float(index["build_seconds"])
 
     def memory(self) -> list[ProcessMemory]:
-        assert self.proc is not None
-        return measure_tree(self.proc.pid, self.worker_pids(), mapped=INDEX_FILE_MARK)
+        return measure_tree(self.pid, self.worker_pids(), mapped=GenerationStore.PREFIX)
 
     def role(self, pid: int) -> str:
-        """"main", "worker" or "other" (Sanic's helper processes), for CPU accounting."""
-        if self.proc is not None and pid == self.proc.pid:
+        """"main", "worker" or "other" (Sanic's helper processes), for CPU accounting;
+        "unknown" for every child when the server does not report its workers."""
+        workers = self.worker_pids()
+        if pid == self.pid:
             return "main"
-        return "worker" if pid in self.worker_pids() else "other"
+        if workers is None:
+            return "unknown"
+        return "worker" if pid in workers else "other"
 
 
-def nginx_version() -> str | None:
-    exe = shutil.which("nginx")
-    if exe is None:
-        return None
-    out = subprocess.run([exe, "-v"], capture_output=True, text=True, timeout=30)
-    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ") or None
-
-
-class Nginx(ServerProcess):
+class Nginx(BenchServer):
     """nginx serving the same directory: the ceiling for the GET cases.
 
     Static serving as it is usually deployed (sendfile, no access log), with
@@ -221,12 +171,12 @@ class Nginx(ServerProcess):
     """
 
     name = "nginx"
+    stop_signal = signal.SIGQUIT  # graceful shutdown of master and workers
 
     def __init__(self, workdir: str, directory: str, layout: str, workers: int):
-        super().__init__(workdir)
+        super().__init__(workdir, workers)
         self.directory = directory
         self.layout = layout
-        self.workers = workers
         self.prefix = os.path.join(workdir, f"nginx-{self.port}")
         os.makedirs(self.prefix, exist_ok=True)
         self.conf_path = os.path.join(self.prefix, "nginx.conf")
@@ -271,9 +221,23 @@ http {{
 }}
 """
 
-    def command(self) -> list[str]:
+    def make_process(self) -> ServerProcess:
         exe = shutil.which("nginx") or "nginx"
-        return [exe, "-p", self.prefix, "-c", self.conf_path, "-e", f"{self.prefix}/error.log"]
+        argv = [exe, "-p", self.prefix, "-c", self.conf_path, "-e", f"{self.prefix}/error.log"]
+        return ServerProcess(argv, port=self.port, workers=self.workers, log_path=self.log_path)
 
-    def stop(self, sig: int = signal.SIGQUIT) -> None:
-        super().stop(sig)  # SIGQUIT: graceful shutdown of master and workers
+    def wait_ready(self, process: ServerProcess) -> None:
+        """nginx writes no status file: ready once its health check answers."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not process.answers("/healthcheck"):
+            if process.exit_code() is not None:
+                raise RuntimeError(f"nginx exited with status {process.exit_code()} before it was "
+                                   f"ready:\n{_tail(process.output())}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx not ready after {READY_TIMEOUT:.0f} s:\n"
+                                   f"{_tail(process.output())}")
+            time.sleep(POLL)
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.splitlines()[-lines:])

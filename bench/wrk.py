@@ -13,6 +13,7 @@ import shutil
 import subprocess
 
 from .load import LoadResult, Scenario
+from .machine import wrk_version
 
 RESULT_TAG = "BENCH-RESULT"
 TIMEOUT_S = 60  # per request: a 64 MiB PUT on a slow disk must not count as a timeout
@@ -110,7 +111,8 @@ class Wrk:
         seconds = max(1, math.ceil(duration))  # wrk takes whole seconds
         argv = [self.exe, "-t1", f"-c{scenario.connections}", f"-d{seconds}s",
                 f"--timeout={TIMEOUT_S}s", "-s", self.script(scenario), f"http://127.0.0.1:{port}/"]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + TIMEOUT_S + 60)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + TIMEOUT_S + 60,
+                             check=False)
         for line in out.stdout.splitlines():
             if line.startswith(RESULT_TAG):
                 n = [int(x) for x in line.split()[1:]]
@@ -119,14 +121,3 @@ class Wrk:
                     errors={"connect": n[3], "read": n[4], "write": n[5], "timeout": n[7]},
                     latency_p50_ms=n[8] / 1000, latency_p99_ms=n[9] / 1000, generator=self.name)
         raise RuntimeError(f"wrk gave no result (exit {out.returncode}):\n{out.stdout}\n{out.stderr}")
-
-
-def wrk_version() -> str | None:
-    exe = shutil.which("wrk")
-    if exe is None:
-        return None
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
-    first = (out.stdout or out.stderr).splitlines()
-    return first[0].split(" Copyright")[0].strip() if first else None
-
-

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 from functools import partial
 
-from .config import (DEFAULT_HOST, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_PORT,
-                     HASH_ALGORITHMS, LAYOUTS, VERIFY_MODES, Config, ConfigError, split_dirs)
+from .config import BY_ATTR, DEFAULT_HOST, SETTINGS, Config, ConfigError, Setting
 from .launcher import StatusFile, pick_free_port
+
+PORT_RANGE_HELP = "listen on a random free port between START and END, inclusive (instead of --port)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,43 +24,43 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one argument per row of the settings table, plus
+    ``--port-range`` (a way to choose ``--port``, not a setting of its own)."""
     parser = _Parser(
         prog="hashserver",
         description="Serve a directory of buffers named by their checksum over HTTP "
         "(GET /<checksum>, PUT when writable, /has, /buffer-length). Options not given "
         "here are read from the HASHSERVER_* environment variables.",
     )
-    parser.add_argument("directory", help="the buffer directory")
-    parser.add_argument("--writable", action="store_true", default=None,
-                        help="accept PUT requests that store buffers (default: read-only)")
-    parser.add_argument("--host", help=f"address to listen on (default: {DEFAULT_HOST})")
     ports = parser.add_mutually_exclusive_group()
-    ports.add_argument("--port", type=int, help=f"port to listen on (default: {DEFAULT_PORT})")
-    ports.add_argument("--port-range", type=int, nargs=2, metavar=("START", "END"),
-                       help="listen on a random free port between START and END, inclusive")
-    parser.add_argument("--layout", choices=LAYOUTS,
-                        help="prefix: DIR/<2 hex chars>/<checksum>; flat: DIR/<checksum>; "
-                        "vault: a Seamless vault, read-only (default: prefix)")
-    parser.add_argument("--lock-timeout", type=float, metavar="SECONDS",
-                        help=f"a lock file older than this is stale and ignored (default: {DEFAULT_LOCK_TIMEOUT:g})")
-    parser.add_argument("--extra-dirs", metavar='"A;B"',
-                        help="read-only directories searched after DIRECTORY, separated by ';' "
-                        "(flat, or prefix if they hold a .HASHSERVER_PREFIX file)")
-    parser.add_argument("--workers", type=int, help="Sanic worker processes (default: 1)")
-    parser.add_argument("--verify", choices=VERIFY_MODES,
-                        help="check that a buffer hashes to its name before serving it: once per "
-                        "file version, always, or never (default: once)")
-    parser.add_argument("--max-body-size", type=int, metavar="BYTES",
-                        help=f"largest PUT body accepted (default: {DEFAULT_MAX_BODY_SIZE}, 64 GiB)")
-    parser.add_argument("--hash-algorithm", choices=HASH_ALGORITHMS,
-                        help="the checksum algorithm of buffer names (default: sha3-256; "
-                        "today's Seamless uses sha-256)")
-    parser.add_argument("--status-file", metavar="FILE",
-                        help="wait for FILE to hold a JSON object, then add \"port\" and "
-                        "\"status\": \"running\" (or \"failed\") to it (Seamless's launcher)")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="exit (status 0) after this long without requests")
+    for row in SETTINGS:
+        target = ports if row.attr == "port" else parser
+        flag = row.attr if row.positional else row.option
+        target.add_argument(flag, **_argument(row))
+        if row.attr == "port":
+            ports.add_argument("--port-range", type=int, nargs=2, metavar=("START", "END"),
+                               help=PORT_RANGE_HELP)
     return parser
+
+
+def _argument(row: Setting) -> dict:
+    """argparse's keywords for one setting.  Every default is None, so that
+    :func:`config_from_namespace` can tell what the command line gave."""
+    if row.positional:
+        text = f"{row.help} (under sanic hashserver.app: {env_names(row)})"
+        return {"metavar": row.option, "help": text.replace("%", "%%")}
+    text = f"{row.help} (default: {row.default_text}; environment: {env_names(row)})"
+    options: dict = {"help": text.replace("%", "%%")}
+    if row.kind.argtype is None:
+        return {**options, "action": "store_true", "default": None}
+    return {**options, "type": row.kind.argtype, "metavar": row.metavar,
+            "choices": row.choices or None}
+
+
+def env_names(row: Setting, code=str) -> str:
+    """``HASHSERVER_X (or HASHSERVER_Y): spellings``; ``code`` marks up each name."""
+    text = code(row.env) + "".join(f" (or {code(alias)})" for alias in row.aliases)
+    return f"{text}: {row.kind.spellings}" if row.kind.spellings else text
 
 
 def config_from_args(argv: list[str] | None = None, environ=None) -> Config:
@@ -68,18 +68,16 @@ def config_from_args(argv: list[str] | None = None, environ=None) -> Config:
 
 
 def config_from_namespace(args: argparse.Namespace, environ=None) -> Config:
+    """Each setting from the command line, else the environment, else its default."""
     settings, names = Config.env_settings(os.environ if environ is None else environ)
     given = dict(vars(args))
     if given.pop("port_range") is not None:
         start, end = args.port_range
         given["port"] = pick_free_port(given["host"] or settings.get("host", DEFAULT_HOST), start, end)
-    if given["extra_dirs"] is not None:
-        given["extra_dirs"] = split_dirs(given["extra_dirs"])
-    known = {f.name for f in fields(Config)}
-    for attr, value in given.items():
-        if value is not None and attr in known:
-            settings[attr] = value
-            names[attr] = "DIRECTORY" if attr == "directory" else "--" + attr.replace("_", "-")
+    for row in SETTINGS:
+        if given[row.attr] is not None:
+            settings[row.attr] = given[row.attr]
+            names[row.attr] = row.option
     return Config(names=names, **settings).validate()
 
 
@@ -87,7 +85,7 @@ def serve(config: Config) -> None:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
-    from .server import create_app
+    from . import create_app
 
     loader = AppLoader(factory=partial(create_app, config))
     app = loader.load()
@@ -98,7 +96,7 @@ def serve(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    status = StatusFile(args.status_file) if args.status_file else None
+    status = _status_file(args.status_file)
     if status is not None:
         try:
             status.wait()
@@ -114,3 +112,50 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     serve(config)
     return 0
+
+
+def _status_file(given: str | None) -> StatusFile | None:
+    """``--status-file``, else ``HASHSERVER_STATUS_FILE``: read before the other
+    settings, so that an error in them can still be reported there."""
+    if given is None:
+        found = BY_ATTR["status_file"].read(os.environ)
+        given = found[0] if found else None
+    return StatusFile(given) if given else None
+
+
+# ------------------------------------------------------- the README's table
+def settings_markdown() -> str:
+    """The README's settings table (between its ``settings-table`` markers)."""
+    lines = ["| command line | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    for row in SETTINGS:
+        default = row.default_text
+        if row.shown_default is None and row.default_value is not None:
+            default = _code(default)
+        lines.append(_markdown_row(_code(_usage(row)), env_names(row, _code), default, row.help))
+        if row.attr == "port":
+            lines.append(_markdown_row(_code("--port-range START END"), "", "", PORT_RANGE_HELP))
+    return "\n".join(lines) + "\n"
+
+
+def _usage(row: Setting) -> str:
+    """The option as written on the command line, with its value."""
+    if row.positional or row.kind.argtype is None:
+        return row.option
+    return f"{row.option} {'|'.join(row.choices) or row.metavar or row.attr.upper()}"
+
+
+def _code(text: str) -> str:
+    return f"`{text}`"
+
+
+def _markdown_row(*cells: str) -> str:
+    """A table row; ``|`` is escaped (GitHub shows ``\\|`` as ``|``, in code too)."""
+    escaped = (cell.replace("|", "\\|") for cell in cells)
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in escaped) + "|"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m hashserver.cli --markdown  (prints the README's settings "
+                 "table; the server is the hashserver command)")
+    print(settings_markdown(), end="")

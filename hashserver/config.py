@@ -1,16 +1,28 @@
-"""Every setting of the server, in one object.
+"""Every setting of the server, in one table.
 
-The command line (:mod:`hashserver.cli`) and the environment (``HASHSERVER_*``,
-for ``sanic hashserver.app`` and containers) both map onto :class:`Config`, and
-:meth:`Config.validate` checks the result in one place.  Nothing here runs at
-import time and nothing else in the package reads ``os.environ``.
+Each field of :class:`Config` is one row of the settings table, declared with
+:func:`setting`: its type, default and help text, and how the environment and
+the command line spell its values.  Everything else is generated from these
+rows (:data:`SETTINGS`): the command line and ``hashserver -h``
+(:mod:`hashserver.cli`), the environment parsing (:meth:`Config.env_settings`),
+:meth:`Config.to_env`, and the README's settings table
+(``python -m hashserver.cli --markdown``).
+
+**Adding a setting is one field here** (plus a rule in :meth:`Config.validate`
+if some values are wrong).  Its environment variable is ``HASHSERVER_`` and the
+name in capitals, its option ``--`` and the name with dashes; then regenerate
+the README table (a test fails until it agrees with the code).
+
+Nothing here runs at import time and nothing else in the package reads
+``os.environ``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
-from typing import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
 
 LAYOUTS = ("prefix", "flat", "vault")
 VERIFY_MODES = ("once", "always", "never")
@@ -20,6 +32,8 @@ DEFAULT_LOCK_TIMEOUT = 120.0
 DEFAULT_MAX_BODY_SIZE = 64 * 1024**3
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+
+FLAG_SPELLINGS = "1, true, 0, false or empty"
 
 
 class ConfigError(Exception):
@@ -31,48 +45,192 @@ class ConfigError(Exception):
     """
 
 
+# ------------------------------------------------------------------ value kinds
+def parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true"):
+        return True
+    if value in ("0", "false", ""):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected one of {FLAG_SPELLINGS}")
+
+
+def parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a whole number") from None
+
+
+def parse_float(name: str, raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a number") from None
+
+
+def parse_text(name: str, raw: str) -> str:
+    return raw
+
+
+def parse_choice(name: str, raw: str) -> str:
+    """Environment values of a choice are case-insensitive; membership is checked
+    by :meth:`Config.validate`, whose messages differ per setting."""
+    return raw.strip().lower()
+
+
+def parse_dirs(name: str, raw: str) -> tuple[str, ...]:
+    return split_dirs(raw)
+
+
+def split_dirs(raw: str) -> tuple[str, ...]:
+    """``"a;b"`` -> ``("a", "b")``; empty parts and quoted-empty parts are dropped."""
+    parts = (part.strip() for part in raw.split(";"))
+    return tuple(part for part in parts if part and part not in ('""', "''"))
+
+
+def format_flag(on: bool) -> str:
+    return "1" if on else "0"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the values of one type are spelled as text.
+
+    ``parse`` reads an environment variable (its name is passed so that errors
+    can name it) and reads back what ``format`` writes; ``argtype`` is
+    argparse's ``type`` for the option, None for an on/off flag.
+    """
+
+    parse: Callable[[str, str], Any]
+    format: Callable[[Any], str]
+    argtype: Callable[[str], Any] | None
+    spellings: str = ""  # the accepted environment values, where not obvious
+
+
+TEXT = Kind(parse_text, str, str)
+FLAG = Kind(parse_bool, format_flag, None, FLAG_SPELLINGS)
+WHOLE = Kind(parse_int, str, int)
+NUMBER = Kind(parse_float, repr, float)
+CHOICE = Kind(parse_choice, str, str)
+DIRS = Kind(parse_dirs, ";".join, split_dirs)
+
+
+# ------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table: a :class:`Config` field, and how users
+    give it in the environment and on the command line."""
+
+    attr: str
+    kind: Kind
+    help: str
+    default: Any = MISSING  # MISSING: the setting is required
+    metavar: str | None = None  # the option's value in usage texts (argparse's default if None)
+    choices: tuple[str, ...] = ()
+    shown_default: str | None = None  # the default as help texts show it, instead of its value
+    aliases: tuple[str, ...] = ()  # further environment variables read when ``env`` is absent
+    positional: bool = False  # a positional argument (DIRECTORY) instead of an --option
+
+    @property
+    def env(self) -> str:
+        return "HASHSERVER_" + self.attr.upper()
+
+    @property
+    def option(self) -> str:
+        """The name on the command line, as error messages spell it."""
+        return self.attr.upper() if self.positional else "--" + self.attr.replace("_", "-")
+
+    @property
+    def default_value(self) -> str | None:
+        """The default written as a value (``8000``); None when there is none."""
+        if self.default is MISSING or self.default is None or self.default == ():
+            return None
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+    @property
+    def default_text(self) -> str:
+        """The default as help texts show it."""
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default_value is not None:
+            return self.default_value
+        return "(required)" if self.default is MISSING else "none"
+
+    def read(self, environ: Mapping[str, str]) -> tuple[Any, str] | None:
+        """The value the environment gives and the variable it came from, or None
+        when the variable is absent or blank.  Of ``env`` and its aliases the
+        first one present counts, even when blank."""
+        for name in (self.env, *self.aliases):
+            if name in environ:
+                raw = environ[name]
+                return None if raw.strip() == "" else (self.kind.parse(name, raw), name)
+        return None
+
+
+_ROW = "hashserver.setting"
+
+
+def setting(kind: Kind, help: str, *, default: Any = MISSING, **row: Any) -> Any:
+    """A :class:`Config` field that is also a row of the settings table; ``row``
+    takes the other fields of :class:`Setting`."""
+    return field(default=default, metadata={_ROW: {"kind": kind, "help": help, **row}})
+
+
 @dataclass(frozen=True)
 class Config:
-    directory: str
-    writable: bool = False
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    layout: str = "prefix"
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
-    extra_dirs: tuple[str, ...] = ()
-    workers: int = 1
-    verify: str = "once"
-    max_body_size: int = DEFAULT_MAX_BODY_SIZE
-    hash_algorithm: str = "sha3-256"
-    status_file: str | None = None  # Seamless's launcher: where to report port and status
-    timeout: float | None = None  # exit after this many seconds without requests
+    """The settings of one server: each field is a row of the settings table."""
+
+    directory: str = setting(TEXT, "the buffer directory", positional=True)
+    writable: bool = setting(
+        FLAG, "accept PUT requests that store buffers, and promises", default=False,
+        shown_default="read-only", aliases=("HASHSERVER_WRITEABLE",))
+    host: str = setting(TEXT, "address to listen on", default=DEFAULT_HOST, metavar="HOST")
+    port: int = setting(WHOLE, "port to listen on", default=DEFAULT_PORT, metavar="PORT")
+    layout: str = setting(
+        CHOICE, "how buffers lie in DIRECTORY: prefix (in subdirectories named by the first "
+        "two hex characters of the checksum), flat (all in DIRECTORY) or vault (a directory "
+        "saved by Seamless; read-only)", default="prefix", choices=LAYOUTS)
+    lock_timeout: float = setting(
+        NUMBER, "a lock file older than this is stale and ignored",
+        default=DEFAULT_LOCK_TIMEOUT, metavar="SECONDS")
+    extra_dirs: tuple[str, ...] = setting(
+        DIRS, "read-only directories searched after DIRECTORY, separated by ';' "
+        "(flat, or prefix if they hold a .HASHSERVER_PREFIX file)", default=(),
+        metavar='"A;B"')
+    workers: int = setting(
+        WHOLE, "Sanic worker processes (the hashserver command; sanic hashserver.app takes "
+        "sanic's own --workers)", default=1, metavar="N")
+    verify: str = setting(
+        CHOICE, "check that a buffer hashes to its name before serving it: once per file "
+        "version, always, or never", default="once", choices=VERIFY_MODES)
+    max_body_size: int = setting(
+        WHOLE, "largest PUT body accepted; a larger one gets 413",
+        default=DEFAULT_MAX_BODY_SIZE, metavar="BYTES", shown_default="64 GiB")
+    hash_algorithm: str = setting(
+        CHOICE, "the checksum algorithm of buffer names (today's Seamless uses sha-256)",
+        default="sha3-256", choices=HASH_ALGORITHMS)
+    status_file: str | None = setting(
+        TEXT, "Seamless's launcher: wait for FILE to hold a JSON object, then add \"port\" "
+        "and \"status\": \"running\" (or \"failed\") to it, keeping its other keys",
+        default=None, metavar="FILE")
+    timeout: float | None = setting(
+        NUMBER, "exit with status 0 after this long without requests (any request resets "
+        "it, /healthcheck too)", default=None, metavar="SECONDS")
     # Where each setting came from, so that errors name it as the user wrote it.
     names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # ------------------------------------------------------------------ env
-    ENV_NAMES = {
-        "directory": "HASHSERVER_DIRECTORY",
-        "writable": "HASHSERVER_WRITABLE",
-        "host": "HASHSERVER_HOST",
-        "port": "HASHSERVER_PORT",
-        "layout": "HASHSERVER_LAYOUT",
-        "lock_timeout": "HASHSERVER_LOCK_TIMEOUT",
-        "extra_dirs": "HASHSERVER_EXTRA_DIRS",
-        "workers": "HASHSERVER_WORKERS",
-        "verify": "HASHSERVER_VERIFY",
-        "max_body_size": "HASHSERVER_MAX_BODY_SIZE",
-        "hash_algorithm": "HASHSERVER_HASH_ALGORITHM",
-    }
-
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build a validated Config from ``HASHSERVER_*`` variables."""
         kwargs, names = cls.env_settings(environ)
         if not kwargs.get("directory"):
             raise ConfigError(
                 "HASHSERVER_DIRECTORY is not set: it must name the buffer directory"
             )
-        return cls(names={**cls.ENV_NAMES, **names}, **kwargs).validate()
+        env_names = {row.attr: row.env for row in SETTINGS}
+        return cls(names={**env_names, **names}, **kwargs).validate()
 
     @classmethod
     def env_settings(cls, environ: Mapping[str, str] | None = None) -> tuple[dict, dict]:
@@ -81,62 +239,30 @@ class Config:
         defaults, so that e.g. ``HASHSERVER_HASH_ALGORITHM`` reaches a server
         that Seamless's launcher starts with its own command line."""
         env = os.environ if environ is None else environ
-        names = {}
         kwargs: dict = {}
-        if env.get("HASHSERVER_DIRECTORY"):
-            kwargs["directory"] = env["HASHSERVER_DIRECTORY"]
-            names["directory"] = "HASHSERVER_DIRECTORY"
-        writable_name = "HASHSERVER_WRITABLE"
-        if writable_name not in env and "HASHSERVER_WRITEABLE" in env:
-            writable_name = "HASHSERVER_WRITEABLE"
-        if writable_name in env:
-            kwargs["writable"] = parse_bool(writable_name, env[writable_name])
-            names["writable"] = writable_name
-        if env.get("HASHSERVER_HOST"):
-            kwargs["host"] = env["HASHSERVER_HOST"]
-            names["host"] = "HASHSERVER_HOST"
-        simple = {
-            "port": parse_int,
-            "lock_timeout": parse_float,
-            "workers": parse_int,
-            "max_body_size": parse_int,
-        }
-        for attr, parser in simple.items():
-            raw = env.get(cls.ENV_NAMES[attr])
-            if raw is not None and raw.strip() != "":
-                kwargs[attr] = parser(cls.ENV_NAMES[attr], raw)
-                names[attr] = cls.ENV_NAMES[attr]
-        for attr in ("layout", "verify", "hash_algorithm"):
-            raw = env.get(cls.ENV_NAMES[attr])
-            if raw:
-                kwargs[attr] = raw.strip().lower()
-                names[attr] = cls.ENV_NAMES[attr]
-        if env.get("HASHSERVER_EXTRA_DIRS"):
-            kwargs["extra_dirs"] = split_dirs(env["HASHSERVER_EXTRA_DIRS"])
-            names["extra_dirs"] = "HASHSERVER_EXTRA_DIRS"
+        names: dict = {}
+        for row in SETTINGS:
+            found = row.read(env)
+            if found is not None:
+                kwargs[row.attr], names[row.attr] = found
         return kwargs, names
 
     def to_env(self) -> dict[str, str]:
-        """The environment that :meth:`from_env` turns back into this Config."""
-        return {
-            "HASHSERVER_DIRECTORY": self.directory,
-            "HASHSERVER_WRITABLE": "1" if self.writable else "0",
-            "HASHSERVER_HOST": self.host,
-            "HASHSERVER_PORT": str(self.port),
-            "HASHSERVER_LAYOUT": self.layout,
-            "HASHSERVER_LOCK_TIMEOUT": repr(self.lock_timeout),
-            "HASHSERVER_EXTRA_DIRS": ";".join(self.extra_dirs),
-            "HASHSERVER_WORKERS": str(self.workers),
-            "HASHSERVER_VERIFY": self.verify,
-            "HASHSERVER_MAX_BODY_SIZE": str(self.max_body_size),
-            "HASHSERVER_HASH_ALGORITHM": self.hash_algorithm,
-        }
+        """The environment that :meth:`from_env` turns back into this Config
+        (every setting; an empty variable for an unset one)."""
+        env = {}
+        for row in SETTINGS:
+            value = getattr(self, row.attr)
+            env[row.env] = "" if value is None else row.kind.format(value)
+        return env
 
     # ------------------------------------------------------------- validate
     def name(self, attr: str) -> str:
-        return self.names.get(attr, "--" + attr.replace("_", "-"))
+        """The setting as the user spelled it: the variable or option it came
+        from, else its option."""
+        return self.names.get(attr) or BY_ATTR[attr].option
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check every setting; raise :class:`ConfigError` on the first bad one.
 
         Returns a normalised copy (absolute directories).
@@ -180,30 +306,8 @@ class Config:
         )
 
 
-def parse_bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true"):
-        return True
-    if value in ("0", "false", ""):
-        return False
-    raise ConfigError(f"{name}={raw!r}: expected one of 1, true, 0, false or empty")
-
-
-def parse_int(name: str, raw: str) -> int:
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: not a whole number") from None
-
-
-def parse_float(name: str, raw: str) -> float:
-    try:
-        return float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: not a number") from None
-
-
-def split_dirs(raw: str) -> tuple[str, ...]:
-    """``"a;b"`` -> ``("a", "b")``; empty parts and quoted-empty parts are dropped."""
-    parts = (part.strip() for part in raw.split(";"))
-    return tuple(part for part in parts if part and part not in ('""', "''"))
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(attr=f.name, default=f.default, **f.metadata[_ROW])
+    for f in fields(Config) if _ROW in f.metadata
+)
+BY_ATTR: dict[str, Setting] = {row.attr: row for row in SETTINGS}

@@ -5,39 +5,55 @@ Exact lookups need, per request, to know for each buffer directory whether
 the index is still the truth for it.  Stat'ing every directory a request
 touches (256 in the prefix layout) costs more than the lookup itself.  The
 kernel queues an inotify event before the system call that created, removed
-or renamed a file returns, so after draining the queue (one non-blocking read
+or renamed a file returns, so after draining the queue (one non-blocking poll
 per request) a directory with no new event since its state was confirmed is
-unchanged.  A directory is *vouched for* once a stat has confirmed that its
-modification time is the one the index recorded (with the watch already in
-place); any event in it, or a queue overflow, withdraws that.  Where inotify
-is not available (another OS, the watch limit reached) nothing is vouched for
-and every lookup stats, as before: slower, equally exact.
+unchanged.
+
+A directory is *vouched for* once a stat has confirmed that its modification
+time is the one the index recorded, with its watches already in place.  The
+watches cover the whole path, not just the directory: inotify follows inodes,
+so after ``mv DIR DIR.old; mkdir -p DIR/ab`` a watch on the old ``DIR/ab``
+would keep reporting on ``DIR.old/ab``.  Each buffer directory's path is
+resolved as the kernel resolves it (symbolic links included), and every
+directory consulted on the way, from ``/`` down, is watched before its
+entries are read.  Vouching ends at any change in the directory, at any
+change of an entry on the path (a move, removal or creation of the directory
+or of a parent), when a watched directory is moved, removed or unmounted,
+when the kernel drops a watch, when the event queue overflows, and when
+anything is mounted or unmounted (a mount over a parent changes where the
+path leads without an inotify event).  The path is then resolved and watched
+again at the next drain, before the stat that may vouch for it once more.
+
+Where inotify is not available (another OS, the watch or instance limit
+reached) nothing is vouched for and every lookup stats, as before: slower,
+equally exact.  Directories on file systems shared with other machines are
+never vouched for: inotify sees only this machine's changes.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import errno
 import logging
 import os
-import struct
+import select
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
+try:
+    from inotify_simple import INotify, flags
+except ImportError:  # not Linux (termios, fcntl), or not installed
+    INotify = None
+else:
+    ENTRY_EVENTS = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
+    SELF_EVENTS = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
+    MASK = ENTRY_EVENTS | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR
+
 log = logging.getLogger("hashserver.watch")
 
-IN_NONBLOCK = 0o4000
-IN_CLOEXEC = 0o2000000
-IN_MOVED_FROM = 0x40
-IN_MOVED_TO = 0x80
-IN_CREATE = 0x100
-IN_DELETE = 0x200
-IN_DELETE_SELF = 0x400
-IN_MOVE_SELF = 0x800
-IN_Q_OVERFLOW = 0x4000
-IN_IGNORED = 0x8000
-MASK = IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
-EVENT = struct.Struct("iIII")  # wd, mask, cookie, len
+MAX_SYMLINKS = 40  # the kernel's limit (ELOOP)
 # inotify sees only this machine's changes: directories on these file systems
 # (shared with other machines) are never vouched for, so lookups stat them.
 NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs",
@@ -67,101 +83,223 @@ def is_network_file_system(path: str) -> bool:
     return fs_type.split(".")[0] in NETWORK_FILE_SYSTEMS
 
 
-def _libc():
+def _open_inotify():
+    """An inotify instance, or None where there is none (so nothing is vouched for)."""
+    if INotify is None:
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.inotify_init1, libc.inotify_add_watch  # noqa: B018 (present?)
-        return libc
-    except (OSError, AttributeError):
+        return INotify(nonblocking=True)
+    except (OSError, AttributeError) as error:  # instance limit; a libc without inotify
+        log.warning("no inotify (%s): every lookup stats its directories", error)
         return None
 
 
+def _open_mountinfo():
+    """The mount table, polled for changes (POLLPRI), or None where /proc is absent."""
+    try:
+        return open("/proc/self/mountinfo", "rb")
+    except OSError:
+        return None
+
+
+@dataclass
+class _Watch:
+    """One inotify watch, and the buffer directories (by number) that depend on it."""
+
+    users: set[int] = field(default_factory=set)  # their path passes through this directory
+    own: set[int] = field(default_factory=set)  # this directory is theirs
+    entries: dict[str, set[int]] = field(default_factory=dict)  # their path continues by this name
+
+    def forget(self, number: int) -> None:
+        self.users.discard(number)
+        self.own.discard(number)
+        for numbers in self.entries.values():
+            numbers.discard(number)
+
+
+@dataclass
+class _Round:
+    """What one re-watching round has learnt: watches added by path, locality by device.
+
+    A watch added earlier in the same round is still valid: any change since
+    its addition is queued as an event and breaks its users at the next drain.
+    """
+
+    wds: dict[str, int] = field(default_factory=dict)
+    local: dict[int, bool] = field(default_factory=dict)
+
+
 class DirectoryWatch:
+    """Which buffer directories are vouched for (``vouched``, by directory number).
+
+    Use from one thread, in this order: :meth:`drain`, read ``vouched``, stat
+    the others, :meth:`vouch` those found unchanged, with no other drain in
+    between: ``watched`` must describe the watches that were in place at the
+    time of the stats.
+    """
+
     def __init__(self, dirs: tuple[str, ...]):
         self.dirs = dirs
         self.vouched = np.zeros(len(dirs), np.bool_)
-        self.watched = np.zeros(len(dirs), np.bool_)
-        self._number = {path: n for n, path in enumerate(dirs)}
-        self._wd_dir: dict[int, int] = {}  # watch of a buffer directory
-        self._wd_parent: dict[int, str] = {}  # watch of a parent (sees directories come and go)
-        self._libc = _libc()
-        self.fd = -1
-        if self._libc is None:
+        self.watched = np.zeros(len(dirs), np.bool_)  # path watched from / down (its absence too)
+        self._watches: dict[int, _Watch] = {}
+        self._uses: list[set[int]] = [set() for _ in dirs]  # per directory: watches its path uses
+        self._broken: set[int] = set()  # to resolve and watch again at the next drain
+        self._warned = False
+        self._inotify = _open_inotify()
+        self._mounts = _open_mountinfo() if self._inotify is not None else None
+        self._poll = select.poll()
+        if self._inotify is None:
             return
-        fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            return
-        self.fd = fd
-        self._local = {parent: not is_network_file_system(parent)
-                       for parent in {os.path.dirname(d) for d in dirs}}
-        for parent in sorted(p for p, local in self._local.items() if local):
-            wd = self._add(parent)
-            if wd >= 0:
-                self._wd_parent[wd] = parent
-        for number in range(len(dirs)):
-            self._watch_dir(number)
+        self._poll.register(self._inotify.fileno(), select.POLLIN)
+        if self._mounts is not None:
+            self._poll.register(self._mounts.fileno(), select.POLLPRI)
+        self._rewatch(range(len(dirs)))
 
     @property
     def active(self) -> bool:
-        return self.fd >= 0
+        return self._inotify is not None
 
-    def _add(self, path: str) -> int:
-        return self._libc.inotify_add_watch(self.fd, os.fsencode(path), MASK)
-
-    def _watch_dir(self, number: int) -> None:
-        if not self._local[os.path.dirname(self.dirs[number])]:
-            return
-        wd = self._add(self.dirs[number])
-        if wd >= 0:
-            self._wd_dir[wd] = number
-            self.watched[number] = True
-        else:  # absent (its parent's watch covers it) or out of watches
-            self.watched[number] = os.path.dirname(self.dirs[number]) in self._wd_parent.values() \
-                and not os.path.isdir(self.dirs[number])
-
+    # ------------------------------------------------------------ events
     def drain(self) -> None:
-        """Read every queued event and withdraw the vouching of the directories they concern."""
-        if self.fd < 0:
-            return
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return
-            offset = 0
-            while offset < len(data):
-                wd, mask, _, length = EVENT.unpack_from(data, offset)
-                name = data[offset + EVENT.size: offset + EVENT.size + length].rstrip(b"\0")
-                offset += EVENT.size + length
-                self._event(wd, mask, name)
+        """Read every queued event, withdraw the vouching they concern, watch broken paths again.
 
-    def _event(self, wd: int, mask: int, name: bytes) -> None:
-        if mask & IN_Q_OVERFLOW:
-            self.vouched[:] = False
+        One system call (a poll of zero timeout) when nothing happened.
+        """
+        if self._inotify is None:
             return
-        number = self._wd_dir.get(wd)
-        if number is not None:
-            self.vouched[number] = False
-            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
-                self._wd_dir.pop(wd, None)
-                self.watched[number] = False
+        ready = self._poll.poll(0)
+        if not ready:
             return
-        parent = self._wd_parent.get(wd)
-        if parent is not None and name:
-            child = self._number.get(os.path.join(parent, os.fsdecode(name)))
-            if child is not None:  # a buffer directory appeared or went
-                self.vouched[child] = False
-                if mask & (IN_CREATE | IN_MOVED_TO):
-                    self._watch_dir(child)
+        if any(fd != self._inotify.fileno() for fd, _ in ready):  # the mount table changed
+            self._break(range(len(self.dirs)))
+        for event in self._inotify.read(timeout=0):
+            self._event(event.wd, event.mask, event.name)
+        if self._broken:
+            self._rewatch(self._broken)
+
+    def _event(self, wd: int, mask: int, name: str) -> None:
+        if mask & flags.Q_OVERFLOW:
+            self._break(range(len(self.dirs)))
+            return
+        watch = self._watches.get(wd)
+        if watch is None:  # a watch given up already
+            return
+        if mask & SELF_EVENTS:
+            self._break(watch.users)
+            return
+        self.vouched[list(watch.own)] = False
+        self._break(watch.entries.get(name, ()))
+
+    def _break(self, numbers: Iterable[int]) -> None:
+        """These paths may lead elsewhere now: not vouched for until watched again and stat'ed."""
+        numbers = list(numbers)
+        self.vouched[numbers] = False
+        self.watched[numbers] = False
+        self._broken.update(numbers)
 
     def vouch(self, numbers: np.ndarray) -> None:
         """These directories were just confirmed unchanged: trust them until an event."""
-        if self.fd >= 0:
+        if self._inotify is not None:
             self.vouched[numbers] = self.watched[numbers]
+
+    # ------------------------------------------------------------ watches
+    def _rewatch(self, numbers: Iterable[int]) -> None:
+        """Resolve these directories' paths afresh and watch every directory on them."""
+        this_round = _Round()
+        for number in sorted(numbers):
+            self._release(number)
+            try:
+                self.watched[number] = self._follow(number, this_round)
+            except OSError as error:
+                self.watched[number] = False
+                self._warn(error)
+        self._broken = set()
+        self._drop_unused()
+
+    def _follow(self, number: int, this_round: _Round) -> bool:
+        """Walk the path as the kernel does, watching each directory before reading its entries.
+
+        True when the directory, or its absence, is now watched: any later
+        change on the path is then queued as an event.  Events for the
+        directory's own entries count only where the file system is local.
+        """
+        pending = [c for c in os.path.abspath(self.dirs[number]).split("/") if c]
+        current, links = "/", 0
+        self._use(number, current, this_round)
+        while pending:
+            name = pending.pop(0)
+            if name == ".":
+                continue
+            if name == "..":  # from a symbolic link's target; current is a real path, already watched
+                current = os.path.dirname(current)
+                continue
+            self._use(number, current, this_round, entry=name)
+            path = os.path.join(current, name)
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return self._is_local(current, this_round)  # its creation will be an event
+            if stat.S_ISLNK(mode):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    return False
+                target = os.readlink(path)
+                pending[:0] = [c for c in target.split("/") if c]
+                current = "/" if target.startswith("/") else current
+            elif not stat.S_ISDIR(mode):
+                return self._is_local(current, this_round)  # a file where a directory belongs
+            else:
+                current = path
+                self._use(number, current, this_round)
+        if not self._is_local(current, this_round):
+            return False
+        self._watches[this_round.wds[current]].own.add(number)
+        return True
+
+    def _use(self, number: int, path: str, this_round: _Round, entry: str | None = None) -> None:
+        """Record that this directory's path passes through ``path`` (and its ``entry``)."""
+        wd = this_round.wds.get(path)
+        if wd is None:
+            wd = this_round.wds[path] = self._inotify.add_watch(path, MASK)
+        watch = self._watches.setdefault(wd, _Watch())
+        watch.users.add(number)
+        if entry is not None:
+            watch.entries.setdefault(entry, set()).add(number)
+        self._uses[number].add(wd)
+
+    def _is_local(self, path: str, this_round: _Round) -> bool:
+        device = os.stat(path).st_dev
+        if device not in this_round.local:
+            this_round.local[device] = not is_network_file_system(path)
+        return this_round.local[device]
+
+    def _release(self, number: int) -> None:
+        for wd in self._uses[number]:
+            watch = self._watches.get(wd)
+            if watch is not None:
+                watch.forget(number)
+        self._uses[number] = set()
+
+    def _drop_unused(self) -> None:
+        """Remove watches no path uses any more (those left behind on moved directories)."""
+        for wd in [wd for wd, watch in self._watches.items() if not watch.users]:
+            del self._watches[wd]
+            try:
+                self._inotify.rm_watch(wd)
+            except OSError:  # the kernel dropped it already (IN_IGNORED)
+                pass
+
+    def _warn(self, error: OSError) -> None:
+        if error.errno in (errno.ENOSPC, errno.ENOMEM) and not self._warned:
+            self._warned = True
+            log.warning("inotify watch limit reached (fs.inotify.max_user_watches): "
+                        "lookups stat the directories not watched")
 
     def close(self) -> None:
         self.vouched[:] = False
         self.watched[:] = False
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for resource in (self._inotify, self._mounts):
+            if resource is not None:
+                resource.close()
+        self._inotify = self._mounts = None

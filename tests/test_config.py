@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
 
 import pytest
 
-from hashserver.cli import config_from_args
-from hashserver.config import Config, ConfigError
+from hashserver.cli import config_from_args, settings_markdown
+from hashserver.config import SETTINGS, Config, ConfigError
 
-from conftest import BIN
+from conftest import BIN, ServerProcess, free_port
 
 
 def test_import_creates_and_starts_nothing():
     out = subprocess.run(
         [str(BIN / "python"), "-c",
          "import hashserver, sanic; print(len(sanic.Sanic._app_registry))"],
-        capture_output=True, text=True, env={}, timeout=60,
+        check=False, capture_output=True, text=True, env={}, timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
@@ -90,12 +94,12 @@ def test_cli_maps_every_option(tmp_path):
 
 
 def test_help_documents_every_option():
-    out = subprocess.run([str(BIN / "hashserver"), "-h"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([str(BIN / "hashserver"), "-h"], check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     for option in ("--writable", "--host", "--port", "--layout", "--lock-timeout", "--extra-dirs",
                    "--workers", "--verify", "--max-body-size", "--hash-algorithm"):
         assert option in out.stdout
-    module = subprocess.run([str(BIN / "python"), "-m", "hashserver", "-h"], capture_output=True,
+    module = subprocess.run([str(BIN / "python"), "-m", "hashserver", "-h"], check=False, capture_output=True,
                             text=True, timeout=60)
     assert module.stdout == out.stdout
 
@@ -112,9 +116,138 @@ def test_help_documents_every_option():
 )
 def test_cli_startup_errors_are_one_line(tmp_path, args, fragment):
     argv = [a.format(d=tmp_path) for a in args]
-    out = subprocess.run([str(BIN / "hashserver"), *argv], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([str(BIN / "hashserver"), *argv], check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert fragment in lines[0]
     assert "Traceback" not in out.stderr + out.stdout
+
+
+# ------------------------------------------------------------ the settings table
+README = Path(__file__).resolve().parent.parent / "README.md"
+TABLE_START, TABLE_END = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
+
+
+def test_table_rows_are_the_config_fields():
+    attrs = [f.name for f in fields(Config) if f.name != "names"]
+    assert [row.attr for row in SETTINGS] == attrs
+    defaults = {f.name: f.default for f in fields(Config)}
+    assert all(row.default == defaults[row.attr] for row in SETTINGS)
+    for row in SETTINGS:
+        assert row.env == "HASHSERVER_" + row.attr.upper()
+        assert row.help and "%" not in row.help
+    assert [row.attr for row in SETTINGS if row.default is MISSING] == ["directory"]
+
+
+def non_default_values(tmp_path) -> dict:
+    """A value other than the default for every setting (extend it for a new setting)."""
+    extra = tmp_path / "extra"
+    extra.mkdir(exist_ok=True)
+    return {"directory": str(tmp_path), "writable": True, "host": "0.0.0.0", "port": 9001,
+            "layout": "flat", "lock_timeout": 2.5, "extra_dirs": (str(extra), str(tmp_path)),
+            "workers": 3, "verify": "always", "max_body_size": 12345, "hash_algorithm": "sha-256",
+            "status_file": str(tmp_path / "s.json"), "timeout": 7.25}
+
+
+def test_env_round_trip_of_every_setting(tmp_path):
+    values = non_default_values(tmp_path)
+    assert set(values) == {row.attr for row in SETTINGS}, "give every setting a test value"
+    config = Config(**values)
+    env = config.to_env()
+    assert set(env) == {row.env for row in SETTINGS}
+    assert Config.from_env(env) == config
+    for row in SETTINGS:
+        assert getattr(config, row.attr) != row.default, row.attr
+    plain = Config(str(tmp_path))
+    assert plain.to_env()["HASHSERVER_STATUS_FILE"] == plain.to_env()["HASHSERVER_TIMEOUT"] == ""
+    assert Config.from_env(plain.to_env()) == plain
+
+
+def test_env_blank_means_unset(tmp_path):
+    blank = {row.env: " " for row in SETTINGS if row.attr != "directory"}
+    assert Config.from_env({"HASHSERVER_DIRECTORY": str(tmp_path), **blank}) == Config(str(tmp_path))
+
+
+def test_env_status_file_and_timeout(tmp_path):
+    config = Config.from_env({"HASHSERVER_DIRECTORY": str(tmp_path), "HASHSERVER_TIMEOUT": " 2.5",
+                              "HASHSERVER_STATUS_FILE": str(tmp_path / "status.json")})
+    assert (config.timeout, config.status_file) == (2.5, str(tmp_path / "status.json"))
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("0", "HASHSERVER_TIMEOUT=0.0: must be a positive number of seconds"),
+    ("-1", "HASHSERVER_TIMEOUT=-1.0: must be a positive number of seconds"),
+    ("soon", "HASHSERVER_TIMEOUT='soon': not a number"),
+])
+def test_env_timeout_errors(tmp_path, raw, message):
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"HASHSERVER_DIRECTORY": str(tmp_path), "HASHSERVER_TIMEOUT": raw})
+    assert str(info.value) == message
+
+
+def test_cli_over_environment_over_default(tmp_path):
+    env = {"HASHSERVER_PORT": "9001", "HASHSERVER_TIMEOUT": "4", "HASHSERVER_VERIFY": "Never"}
+    config = config_from_args([str(tmp_path)], env)
+    assert (config.port, config.timeout, config.verify, config.workers) == (9001, 4.0, "never", 1)
+    config = config_from_args([str(tmp_path), "--port", "9002", "--timeout", "5"], env)
+    assert (config.port, config.timeout) == (9002, 5.0)
+    with pytest.raises(ConfigError, match=r"^HASHSERVER_TIMEOUT=0\.0: "):
+        config_from_args([str(tmp_path)], {"HASHSERVER_TIMEOUT": "0"})
+    with pytest.raises(ConfigError, match=r"^--timeout=0\.0: "):
+        config_from_args([str(tmp_path), "--timeout", "0"], {"HASHSERVER_TIMEOUT": "4"})
+
+
+def test_help_names_every_setting_and_variable():
+    out = subprocess.run([str(BIN / "hashserver"), "-h"], check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    for row in SETTINGS:
+        assert row.option in text and row.env in text, row.attr
+    assert "HASHSERVER_WRITEABLE" in text and "--port-range START END" in text
+
+
+def test_readme_settings_table_is_generated():
+    readme = README.read_text(encoding="utf-8")
+    assert readme.count(TABLE_START) == 1 and readme.count(TABLE_END) == 1
+    table = readme.split(TABLE_START)[1].split(TABLE_END)[0]
+    assert table == settings_markdown(), "regenerate it: python -m hashserver.cli --markdown"
+    generated = subprocess.run([str(BIN / "python"), "-m", "hashserver.cli", "--markdown"],
+                               check=False, capture_output=True, text=True, timeout=60)
+    assert generated.stdout == table, generated.stderr
+
+
+def wait_until_running(status_file: Path, server: ServerProcess, bound: float = 40) -> dict:
+    deadline = time.monotonic() + bound
+    status: dict = {}
+    while time.monotonic() < deadline:
+        assert server.proc.poll() is None, f"server exited early:\n{server.output()}"
+        try:
+            status = json.loads(status_file.read_text())
+        except ValueError:
+            status = {}
+        if status.get("status") == "running":
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"the status file never said running: {status}\n{server.output()}")
+
+
+@pytest.mark.parametrize("command", ["hashserver", "sanic"])
+def test_status_file_and_timeout_from_environment(tmp_path, command):
+    """``HASHSERVER_STATUS_FILE`` and ``HASHSERVER_TIMEOUT`` reach a real server, under both
+    commands: it reports "running" and its port, then ends itself (status 0) when idle."""
+    port = free_port()
+    status_file = tmp_path / "status.json"
+    status_file.write_text(json.dumps({"keep": "me"}))
+    env = {"HASHSERVER_DIRECTORY": str(tmp_path), "HASHSERVER_PORT": str(port),
+           "HASHSERVER_STATUS_FILE": str(status_file), "HASHSERVER_TIMEOUT": "8"}
+    argv = ([str(BIN / "hashserver"), str(tmp_path)] if command == "hashserver" else
+            [str(BIN / "sanic"), "hashserver.app", "--host", "127.0.0.1", "--port", str(port),
+             "--no-motd"])
+    server = ServerProcess(argv, env=env, port=port, log_path=tmp_path / "log")
+    try:
+        assert wait_until_running(status_file, server) == {"keep": "me", "port": port,
+                                                           "status": "running"}
+        assert server.proc.wait(40) == 0, server.output()
+    finally:
+        server.stop()
