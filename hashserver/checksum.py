@@ -11,10 +11,11 @@ from typing import Callable
 
 CHECKSUM_BYTES = 32
 
-HASH_CONSTRUCTORS: dict[str, Callable[[], "hashlib._Hash"]] = {
+_CONSTRUCTORS: dict[str, Callable[..., "hashlib._Hash"]] = {
     "sha3-256": hashlib.sha3_256,
     "sha-256": hashlib.sha256,
 }
+HASH_ALGORITHMS = tuple(_CONSTRUCTORS)
 
 # The names messages use for each algorithm ("SHA3-256 checksum").
 HASH_DISPLAY_NAMES = {"sha3-256": "SHA3-256", "sha-256": "SHA-256"}
@@ -80,23 +81,10 @@ class Hasher:
     def __init__(self, algorithm: str = "sha3-256"):
         self.algorithm = algorithm
         self.display_name = HASH_DISPLAY_NAMES[algorithm]
-        self._constructor = HASH_CONSTRUCTORS[algorithm]
+        self._constructor = _CONSTRUCTORS[algorithm]
 
     def new(self):
         return self._constructor()
 
     def digest(self, data: bytes) -> bytes:
         return self._constructor(data).digest()
-
-    def digest_file(self, path: str, chunk_size: int = 1 << 20) -> bytes:
-        """Hash a file's content (blocking: call it from a thread)."""
-        h = self._constructor()
-        with open(path, "rb", buffering=0) as f:
-            buf = bytearray(chunk_size)
-            view = memoryview(buf)
-            while True:
-                n = f.readinto(buf)
-                if not n:
-                    break
-                h.update(view[:n])
-        return h.digest()

@@ -1,6 +1,7 @@
 """Compressed buffers: ``<checksum>.zst`` and ``<checksum>.gz``, the checksum
-being that of the uncompressed content, with an optional
-``<checksum>.BUFFERLENGTH`` sidecar holding the uncompressed length."""
+being that of the uncompressed content (the length sidecar beside them is
+:mod:`hashserver.bufferfile`'s concern).  This module knows the encodings,
+their names on the wire, and how to decode a stream."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import zstandard
-
-SIDECAR_SUFFIX = ".BUFFERLENGTH"
-
 
 class InvalidPayload(Exception):
     """Compressed bytes that do not decode."""
@@ -23,6 +21,15 @@ class Encoding:
     suffix: str  # file name suffix
     tokens: tuple[str, ...]  # Content-Encoding / Accept-Encoding names
     decompressor: Callable[[], object]
+
+    @property
+    def name(self) -> str:
+        """The ``Content-Encoding`` this server sends for it."""
+        return self.tokens[0]
+
+    def accepted_by(self, codings: frozenset[str]) -> bool:
+        """Does a client that accepts these content-codings accept this one?"""
+        return not codings.isdisjoint(self.tokens)
 
 
 def _zstd():
@@ -39,10 +46,16 @@ ENCODINGS = (ZSTD, GZIP)
 BY_CODE = {e.code: e for e in ENCODINGS}
 BY_SUFFIX = {e.suffix: e for e in ENCODINGS}
 BY_TOKEN = {token: e for e in ENCODINGS for token in e.tokens}
+SUFFIXES = ("", *BY_SUFFIX)  # where a buffer may be, in the order it is looked for
+
+
+def for_suffix(suffix: str) -> Encoding | None:
+    """The encoding of a file with this suffix ('' for the plain file)."""
+    return BY_SUFFIX.get(suffix)
 
 
 def for_content_encoding(header: str | None) -> Encoding | None:
-    """The encoding a PUT body says it has; None for a plain body.
+    """The encoding a body says it has (a ``Content-Encoding`` value); None for plain.
 
     Raises :class:`InvalidPayload` for an encoding this server cannot decode.
     """
@@ -55,31 +68,6 @@ def for_content_encoding(header: str | None) -> Encoding | None:
         return BY_TOKEN[token]
     except KeyError:
         raise InvalidPayload(f"unsupported Content-Encoding {header!r}") from None
-
-
-def accepts(accept_encoding: str | None, encoding: Encoding) -> bool:
-    """Does the request's Accept-Encoding name this encoding (with q > 0)?
-
-    No header at all means the client wants the buffer itself: ``curl``
-    without ``--compressed`` must see the real bytes.  ``*`` is not taken as
-    naming zstd or gzip for the same reason.
-    """
-    if not accept_encoding:
-        return False
-    for item in accept_encoding.split(","):
-        token, _, params = item.strip().partition(";")
-        if token.strip().lower() not in encoding.tokens:
-            continue
-        q = 1.0
-        for param in params.split(";"):
-            name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        return q > 0
-    return False
 
 
 class Decoder:
@@ -107,11 +95,3 @@ class Decoder:
             raise InvalidPayload("truncated compressed stream")
         return tail
 
-
-def read_sidecar(path: str) -> int | None:
-    """The uncompressed length recorded beside a compressed buffer, if any."""
-    try:
-        with open(path + SIDECAR_SUFFIX) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 
-from .locks import owner_tag
-
-TEMP_SUFFIX = ".tmp"
 DIR_MODE = 0o2775
-
-_counter = itertools.count()
-
-
-def temp_name(checksum_hex: str) -> str:
-    """``.<checksum>.<host>-<pid>.<n>.tmp``: never a buffer name, and says whose it is."""
-    return f".{checksum_hex}.{owner_tag()}.{next(_counter)}{TEMP_SUFFIX}"
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX) and name.count(".") >= 3
+BUFFER_MODE = 0o444
 
 
 def make_group_dir(path: str) -> None:
@@ -36,3 +22,15 @@ def unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def write_small_file(path: str, tmp: str, content: bytes, mode: int | None = None) -> None:
+    """Write ``content`` to ``path`` whole or not at all: into ``tmp``, then renamed."""
+    try:
+        with open(tmp, "wb") as f:
+            f.write(content)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        unlink_quietly(tmp)

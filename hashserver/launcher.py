@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from typing import Callable
 
 from .config import ConfigError
 
@@ -78,25 +79,35 @@ class StatusFile:
         except OSError as exc:
             print(f"hashserver: cannot write the status file: {exc}", file=sys.stderr)
 
-    def report_running_when_ready(self, host: str, port: int, timeout: float = 120.0) -> None:
-        """In a thread: once /healthcheck answers, write port and "running"."""
+    def report_running_when_ready(self, host: str, port: int, ready_workers: Callable[[], list[int] | None],
+                                  facts: dict, timeout: float = 120.0) -> None:
+        """In a thread: once every worker has acknowledged (``ready_workers``
+        gives their pids) and /healthcheck answers, write the port, ``"running"``,
+        the pids and ``facts``; ``"failed"`` if that does not happen in time."""
 
         def run() -> None:
-            probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-            url = f"http://{probe_host}:{port}/healthcheck"
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as response:
-                        if response.status == 200:
-                            self.update(port=port, status="running")
-                            return
-                except OSError:
-                    pass
+                workers = ready_workers()
+                if workers is not None and _answers(host, port):
+                    self.update(port=port, status="running", pid=os.getpid(), workers=workers, **facts)
+                    return
                 time.sleep(POLL)
             self.failed()
 
         threading.Thread(target=run, name="hashserver-status", daemon=True).start()
+
+
+def _answers(host: str, port: int) -> bool:
+    """Does /healthcheck answer 200 on this address?"""
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    if ":" in probe_host:
+        probe_host = f"[{probe_host}]"
+    try:
+        with urllib.request.urlopen(f"http://{probe_host}:{port}/healthcheck", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 class InactivityWatch:

@@ -1,20 +1,29 @@
 """Directory layouts: which directories may hold a buffer, and where.
 
-This is the only module that turns a checksum into a path.  A :class:`Layout`
-describes one buffer directory; a :class:`SearchPath` is the main directory
-followed by the read-only extra directories, with every buffer directory
-numbered once (the index stores that number as a buffer's location).
+This is the only module that turns a checksum into a path: buffer files,
+their compressed forms and length sidecars, locks, promises and a writer's
+temporary files.  A :class:`Layout` describes one buffer directory; a
+:class:`SearchPath` is the main directory followed by the read-only extra
+directories, with every buffer directory numbered once (the index stores that
+number as a buffer's location).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
+
+from .owner import owner_tag
 
 PREFIX_MARKER = ".HASHSERVER_PREFIX"
 LOCK_SUFFIX = ".LOCK"
 PROMISE_SUFFIX = ".PROMISE"
+SIDECAR_SUFFIX = ".BUFFERLENGTH"
 GLOBAL_LOCK = ".LOCK"
+TEMP_SUFFIX = ".tmp"
+
+_temp_counter = itertools.count()
 
 _BUFFER_NAME = re.compile(r"[0-9a-f]{64}")
 
@@ -22,6 +31,23 @@ _BUFFER_NAME = re.compile(r"[0-9a-f]{64}")
 def is_buffer_name(name: str) -> bool:
     """Only canonical checksum names are buffers; locks, temporaries, markers are not."""
     return len(name) == 64 and _BUFFER_NAME.fullmatch(name) is not None
+
+
+def temp_path(directory: str, checksum_hex: str) -> str:
+    """``DIR/.<checksum>.<host>-<pid>.<n>.tmp``: never a buffer name, and says whose it is."""
+    return os.path.join(directory, f".{checksum_hex}.{owner_tag()}.{next(_temp_counter)}{TEMP_SUFFIX}")
+
+
+def temp_owner(name: str) -> str | None:
+    """The owner tag in a temporary file's name; None if ``name`` is not one."""
+    if name.startswith(".") and name.endswith(TEMP_SUFFIX) and name.count(".") >= 3:
+        return name.split(".")[2]
+    return None
+
+
+def sidecar_path(buffer_path: str) -> str:
+    """The uncompressed length of ``<checksum>.zst``/``.gz``, beside it: ``<checksum>.BUFFERLENGTH``."""
+    return buffer_path + SIDECAR_SUFFIX
 
 
 class Layout:
@@ -154,8 +180,18 @@ class SearchPath:
         return os.path.join(self.dirs[number], checksum_hex + suffix)
 
     def publish_path(self, checksum_hex: str) -> str:
-        """Where a writable server stores this buffer."""
+        """Where a writable server stores this buffer (plain; add an encoding's suffix)."""
         return os.path.join(self.main.write_dir(checksum_hex), checksum_hex)
+
+    def lock_path(self, checksum_hex: str) -> str:
+        """The per-file lock a writer holds while it writes this buffer."""
+        return self.publish_path(checksum_hex) + LOCK_SUFFIX
+
+    def promise_path(self, checksum_hex: str) -> str:
+        return self.publish_path(checksum_hex) + PROMISE_SUFFIX
+
+    def marker_path(self) -> str:
+        return os.path.join(self.main.root, PREFIX_MARKER)
 
     def global_locks(self, checksum_hex: str) -> tuple[str, ...]:
         return self.main.global_locks(checksum_hex)
@@ -167,3 +203,7 @@ class SearchPath:
             os.path.join(self.main.dirs[n], checksum_hex + LOCK_SUFFIX)
             for n in self.main.dir_numbers(first)
         ]
+
+    def read_locks(self, checksum_hex: str) -> list[str]:
+        """Every lock that, while fresh, means this buffer may be being written."""
+        return [*self.global_locks(checksum_hex), *self.file_locks(checksum_hex)]

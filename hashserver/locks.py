@@ -13,39 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
+
+from .owner import owner_tag
 
 POLL_FIRST = 0.05
 POLL_MAX = 0.5
 REFRESH_EVERY = 5.0
-
-
-def _host() -> str:
-    return socket.gethostname().replace(".", "_")
-
-
-def owner_tag() -> str:
-    """Written into lock and temporary file names so a restart can tell its own leftovers."""
-    return f"{_host()}-{os.getpid()}"
-
-
-def pid_is_dead(tag: str) -> bool:
-    """True when ``tag`` names a process on this host that no longer runs."""
-    host, _, pid = tag.rpartition("-")
-    if host != _host() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:  # a zombie is dead too (its parent may not have reaped it yet)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class LockProtocol:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import time
 
-from .files import make_group_dir, temp_name, unlink_quietly
-from .layout import PROMISE_SUFFIX, SearchPath
+from .files import make_group_dir, unlink_quietly, write_small_file
+from .layout import SearchPath, temp_path
 
 PROMISE_TTL = 600
 
@@ -22,29 +22,24 @@ class Promises:
         self.search_path = search_path
         self.ttl = ttl
 
-    def path(self, checksum_hex: str) -> str:
-        return self.search_path.publish_path(checksum_hex) + PROMISE_SUFFIX
-
-    def oldest_fresh_ns(self) -> int:
-        """Promises made after this time (ns) are still in force."""
-        return time.time_ns() - int(self.ttl * 1e9)
+    def oldest_fresh_s(self) -> int:
+        """Promises made after this time (whole seconds since the epoch) are still in force."""
+        return int(time.time() - self.ttl)
 
     def is_promised(self, checksum_hex: str) -> bool:
         try:
-            return os.stat(self.path(checksum_hex)).st_mtime_ns > self.oldest_fresh_ns()
+            mtime = os.stat(self.search_path.promise_path(checksum_hex)).st_mtime
         except (FileNotFoundError, NotADirectoryError):
             return False
+        return int(mtime) > self.oldest_fresh_s()
 
     def promise(self, checksum_hex: str) -> None:
         """Make or renew a promise.  Replaced, not touched, so that the
         directory's modification time moves and index lookups notice."""
-        path = self.path(checksum_hex)
+        path = self.search_path.promise_path(checksum_hex)
         directory = os.path.dirname(path)
         make_group_dir(directory)
-        tmp = os.path.join(directory, temp_name(checksum_hex))
-        with open(tmp, "wb"):
-            pass
-        os.replace(tmp, path)
+        write_small_file(path, temp_path(directory, checksum_hex), b"")
 
     def resolve(self, checksum_hex: str) -> None:
-        unlink_quietly(self.path(checksum_hex))
+        unlink_quietly(self.search_path.promise_path(checksum_hex))

@@ -7,39 +7,54 @@ import json
 
 from sanic.response import HTTPResponse
 
-from .checksum import InvalidChecksum
-
 OCTET_STREAM = "application/octet-stream"
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 
-# Any origin may use the server (as with the FastAPI server).  Set on each
-# response here rather than by a middleware, which would cost every request.
-ANY_ORIGIN = {"access-control-allow-origin": "*"}
+# Any origin may use the server (as with the FastAPI server), and read the
+# headers a client of ranges and caches needs.  Set on each response here
+# rather than by a middleware, which would cost every request.
+ANY_ORIGIN = {
+    "access-control-allow-origin": "*",
+    "access-control-expose-headers": "ETag, Content-Range, Accept-Ranges, Content-Encoding, Content-Length",
+}
+# Every answer that is not a buffer's bytes may change: no cache keeps it.
+NOT_CACHED = {**ANY_ORIGIN, "cache-control": "no-store"}
 PREFLIGHT = {
     **ANY_ORIGIN,
     "access-control-allow-methods": "GET, HEAD, PUT, POST, OPTIONS",
-    "access-control-allow-headers": "*",
+    # "*" covers any header but Authorization, which must be named.
+    "access-control-allow-headers": "*, Authorization, Range, If-None-Match, If-Range",
     "access-control-max-age": "86400",
 }
 
 
 def json_response(payload, status: int = 200) -> HTTPResponse:
-    return HTTPResponse(json.dumps(payload), status=status, headers=ANY_ORIGIN, content_type=JSON)
+    return HTTPResponse(json.dumps(payload), status=status, headers=NOT_CACHED, content_type=JSON)
 
 
 def text_response(text: str, status: int = 200) -> HTTPResponse:
-    return HTTPResponse(text, status=status, headers=ANY_ORIGIN, content_type=TEXT)
+    return HTTPResponse(text, status=status, headers=NOT_CACHED, content_type=TEXT)
 
 
-def buffer(content: bytes) -> HTTPResponse:
-    return HTTPResponse(content, headers=ANY_ORIGIN, content_type=OCTET_STREAM)
+def buffer(content: bytes, headers: dict, status: int = 200) -> HTTPResponse:
+    return HTTPResponse(content, status=status, headers={**ANY_ORIGIN, **headers}, content_type=OCTET_STREAM)
 
 
-def head_only(length: int, headers: dict | None = None) -> HTTPResponse:
+def head_only(length: int, headers: dict, status: int = 200) -> HTTPResponse:
     """What GET would answer, without the body."""
-    return HTTPResponse(status=200, content_type=OCTET_STREAM,
-                        headers={**ANY_ORIGIN, **(headers or {}), "content-length": str(length)})
+    return HTTPResponse(status=status, content_type=OCTET_STREAM,
+                        headers={**ANY_ORIGIN, **headers, "content-length": str(length)})
+
+
+def not_modified(headers: dict) -> HTTPResponse:
+    return HTTPResponse(status=304, headers={**ANY_ORIGIN, **headers})
+
+
+def unsatisfiable(size: int) -> HTTPResponse:
+    response = message(416, f"Range Not Satisfiable: the representation has {size} bytes")
+    response.headers["content-range"] = f"bytes */{size}"
+    return response
 
 
 def preflight() -> HTTPResponse:
@@ -69,13 +84,9 @@ def invalid_data(error_type: str, loc: list, msg: str, value: object) -> HTTPRes
     )
 
 
-def invalid_checksum(exc: InvalidChecksum, loc: list) -> HTTPResponse:
-    return invalid_data(exc.kind, loc, str(exc), exc.value)
-
-
 def bool_list(values: list[bool]) -> HTTPResponse:
-    return HTTPResponse(json.dumps(values), headers=ANY_ORIGIN, content_type=JSON)
+    return json_response(values)
 
 
 def int_list(values: list[int]) -> HTTPResponse:
-    return HTTPResponse(json.dumps(values), headers=ANY_ORIGIN, content_type=JSON)
+    return json_response(values)

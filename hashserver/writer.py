@@ -13,69 +13,41 @@ import asyncio
 import errno
 import os
 import time
-from enum import Enum
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
+from .bufferfile import DecodingHash
 from .checksum import Hasher
-from .compression import SIDECAR_SUFFIX, Decoder, Encoding
-from .files import TEMP_SUFFIX, is_temp_name, make_group_dir, temp_name, unlink_quietly
-from .layout import LOCK_SUFFIX, PREFIX_MARKER, SearchPath, is_buffer_name
-from .locks import HeldLock, pid_is_dead
-from .store import BufferStore
+from .compression import Encoding
+from .files import BUFFER_MODE, make_group_dir, unlink_quietly, write_small_file
+from .layout import LOCK_SUFFIX, SearchPath, is_buffer_name, sidecar_path, temp_owner, temp_path
+from .locks import HeldLock, LockProtocol
+from .owner import pid_is_dead
+from .promises import Promises
+from .storage import BodyTooLarge, ChecksumMismatch, DiskFull, PutOutcome
 
 BATCH = 1 << 20  # bytes handed to the hashing/writing thread at a time
-BUFFER_MODE = 0o444
-
-
-class Outcome(Enum):
-    STORED = "stored"
-    PRESENT = "present"
-
-
-class ChecksumMismatch(Exception):
-    """The body does not hash to the checksum in the URL."""
-
-
-class DiskFull(Exception):
-    """No space (or quota) left to store the buffer."""
-
-
-class BodyTooLarge(Exception):
-    """The body is larger than the configured maximum."""
-
-
-class _Digest:
-    """Hashes what is written: the body itself, or what it decompresses to."""
-
-    def __init__(self, hasher: Hasher, encoding: Encoding | None):
-        self._hash = hasher.new()
-        self._decoder = Decoder(encoding) if encoding else None
-
-    def update(self, data: bytes) -> None:
-        self._hash.update(self._decoder.feed(data) if self._decoder else data)
-
-    def finish(self) -> tuple[bytes, int | None]:
-        """The checksum, and the uncompressed length of a compressed body."""
-        if self._decoder is None:
-            return self._hash.digest(), None
-        self._hash.update(self._decoder.finish())
-        return self._hash.digest(), self._decoder.length
 
 
 class BufferWriter:
-    """Writes into the store's main directory, with the store's algorithm,
-    lock protocol and promises."""
+    """Writes into the main directory of ``search_path``.
 
-    def __init__(self, store: BufferStore, max_body_size: int):
-        self.store = store
-        self.search_path = store.search_path
-        self.hasher = store.hasher
-        self.locks = store.locks
-        self.promises = store.promises
+    ``exists`` says whether a buffer is present already (an exact lookup);
+    ``published`` is told the path of each file this writer publishes.
+    """
+
+    def __init__(self, search_path: SearchPath, hasher: Hasher, locks: LockProtocol,
+                 promises: Promises | None, max_body_size: int,
+                 exists: Callable[[bytes], bool], published: Callable[[str], None]):
+        self.search_path = search_path
+        self.hasher = hasher
+        self.locks = locks
+        self.promises = promises
         self.max_body_size = max_body_size
+        self.exists = exists
+        self.published = published
 
     async def put(self, checksum: bytes, body: AsyncIterator[bytes],
-                  encoding: Encoding | None = None) -> Outcome:
+                  encoding: Encoding | None = None) -> PutOutcome:
         """Store the body under ``checksum`` if it hashes to it.
 
         A body with an ``encoding`` is stored compressed as it came
@@ -96,20 +68,20 @@ class BufferWriter:
         return outcome
 
     async def _put(self, checksum: bytes, body: AsyncIterator[bytes],
-                   encoding: Encoding | None) -> Outcome:
+                   encoding: Encoding | None) -> PutOutcome:
         checksum_hex = checksum.hex()
-        digest = _Digest(self.hasher, encoding)
-        if self.store.find(checksum) is not None:
+        digest = DecodingHash(self.hasher, encoding)
+        if self.exists(checksum):
             await self._consume(body, digest)
             if digest.finish()[0] != checksum:
                 raise ChecksumMismatch()
-            return Outcome.PRESENT
+            return PutOutcome.PRESENT
         base = self.search_path.publish_path(checksum_hex)
         final = base + (encoding.suffix if encoding else "")
         directory = os.path.dirname(final)
         make_group_dir(directory)
-        tmp = os.path.join(directory, temp_name(checksum_hex))
-        async with HeldLock(base + LOCK_SUFFIX):
+        tmp = temp_path(directory, checksum_hex)
+        async with HeldLock(self.search_path.lock_path(checksum_hex)):
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 try:
@@ -119,16 +91,17 @@ class BufferWriter:
                 result, length = digest.finish()
                 if result != checksum:
                     raise ChecksumMismatch()
-                if length is not None:
-                    write_sidecar(base, length)
+                if encoding is not None:
+                    write_small_file(sidecar_path(base), temp_path(directory, checksum_hex),
+                                     str(length).encode(), BUFFER_MODE)
                 await self.locks.wait_until_free(self.search_path.global_locks(checksum_hex))
                 os.chmod(tmp, BUFFER_MODE)
                 published = self._publish(tmp, final)
             finally:
                 unlink_quietly(tmp)
         if published:
-            self.store.mark_verified(final)
-        return Outcome.STORED if published else Outcome.PRESENT
+            self.published(final)
+        return PutOutcome.STORED if published else PutOutcome.PRESENT
 
     @staticmethod
     def _publish(tmp: str, final: str) -> bool:
@@ -152,7 +125,7 @@ class BufferWriter:
         async for chunk in body:
             total += len(chunk)
             if total > self.max_body_size:
-                raise BodyTooLarge()
+                raise BodyTooLarge(self.max_body_size)
             pending.append(chunk)
             pending_size += len(chunk)
             if pending_size >= BATCH:
@@ -161,7 +134,7 @@ class BufferWriter:
         if pending:
             yield b"".join(pending)
 
-    async def _consume(self, body: AsyncIterator[bytes], digest: _Digest, fd: int | None = None) -> None:
+    async def _consume(self, body: AsyncIterator[bytes], digest: DecodingHash, fd: int | None = None) -> None:
         """Hash (and write to ``fd``, if given) the whole body, fsynced.
 
         Three things overlap: the event loop receives the next batch while one
@@ -196,18 +169,6 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def write_sidecar(base: str, length: int) -> None:
-    """``<checksum>.BUFFERLENGTH``, written whole before the compressed file appears."""
-    tmp = os.path.join(os.path.dirname(base), temp_name(os.path.basename(base)))
-    try:
-        with open(tmp, "w") as f:
-            f.write(str(length))
-        os.chmod(tmp, BUFFER_MODE)
-        os.replace(tmp, base + SIDECAR_SUFFIX)
-    finally:
-        unlink_quietly(tmp)
-
-
 def remove_leftovers(search_path: SearchPath, lock_timeout: float) -> int:
     """Remove temporary files and per-file locks left by dead writers.
 
@@ -219,20 +180,15 @@ def remove_leftovers(search_path: SearchPath, lock_timeout: float) -> int:
     now = time.time()
     for directory in search_path.main.dirs:
         try:
-            names = [n for n in os.listdir(directory) if n.endswith((TEMP_SUFFIX, LOCK_SUFFIX))]
+            names = os.listdir(directory)
         except (FileNotFoundError, NotADirectoryError):
             continue
         for name in names:
             path = os.path.join(directory, name)
-            if is_temp_name(name):
-                tag = name.split(".")[2]
-            elif name.endswith(LOCK_SUFFIX) and is_buffer_name(name[: -len(LOCK_SUFFIX)]):
-                try:
-                    with open(path) as f:
-                        tag = f.read(200).strip()
-                except OSError:
-                    continue
-            else:
+            tag = temp_owner(name)
+            if tag is None and name.endswith(LOCK_SUFFIX) and is_buffer_name(name[: -len(LOCK_SUFFIX)]):
+                tag = _lock_owner(path)
+            if tag is None:
                 continue
             try:
                 stale = now - os.stat(path).st_mtime > lock_timeout
@@ -244,10 +200,18 @@ def remove_leftovers(search_path: SearchPath, lock_timeout: float) -> int:
     return removed
 
 
+def _lock_owner(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read(200).strip()
+    except OSError:
+        return None
+
+
 def write_prefix_marker(search_path: SearchPath) -> None:
     """A writable prefix-layout directory says so, for servers that use it as an extra dir."""
     if search_path.main.name == "prefix":
-        marker = os.path.join(search_path.main.root, PREFIX_MARKER)
+        marker = search_path.marker_path()
         if not os.path.exists(marker):
             with open(marker, "w"):
                 pass

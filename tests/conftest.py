@@ -142,16 +142,23 @@ def _launch(server: ServerProcess, started: list[ServerProcess], wait: bool) -> 
 
 @pytest.fixture
 def app_client(tmp_path):
-    """An in-process server (sanic-testing) for a Config; ``app_client(config)``."""
+    """An in-process server (sanic-testing) for a Config; ``app_client(config)``.
+
+    Its main-process parts are assembled as a real server's are, in this process."""
     from sanic_testing.reusable import ReusableClient
 
     from hashserver import create_app
+    from hashserver.runtime import MainProcess, attach_main
 
-    clients = []
+    clients, mains = [], []
 
     def make(config):
-        app = create_app(config.validate(), name=f"test_{next(_names)}")
-        client = ReusableClient(app, port=free_port())
+        config = config.validate()
+        app = create_app(config, name=f"test_{next(_names)}")
+        mains.append(MainProcess.start(config))
+        port = free_port()
+        attach_main(app, mains[-1], "127.0.0.1", port, workers=1)
+        client = ReusableClient(app, port=port)
         client.run()
         clients.append(client)
         return client
@@ -159,3 +166,5 @@ def app_client(tmp_path):
     yield make
     for client in clients:
         client.stop()
+    for main in mains:
+        main.stop()

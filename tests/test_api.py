@@ -207,7 +207,7 @@ def test_unknown_route_and_method_are_json_errors(client):
 
 
 def test_unexpected_failure_is_json_500(client, directory, monkeypatch):
-    store = client.app.ctx.store
+    store = client.app.ctx.storage
 
     def broken(checksums):
         raise RuntimeError("boom")

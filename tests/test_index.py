@@ -11,12 +11,34 @@ import pytest
 
 from hashserver.checksum import Hasher
 from hashserver.config import Config
-from hashserver.index import GenerationStore, IndexData, IndexPublisher, IndexReader, scan_directory
+from hashserver.directory import DirectoryStore
+from hashserver.index import RECORD, GenerationStore, IndexData, IndexPublisher, IndexReader, scan_directory
 from hashserver.layout import SearchPath, is_buffer_name
 from hashserver.locks import LockProtocol
-from hashserver.store import BufferStore
 
 from conftest import add_buffer, sha3
+
+
+class Lookups:
+    """A directory store's exact lookups, called as these tests call them (synchronously)."""
+
+    def __init__(self, store: DirectoryStore):
+        self.store = store
+        self.exact = store.lookups
+        self.watch = store.lookups.watch
+
+    def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
+        return asyncio.run(self.store.has(checksums, promised))
+
+    def lookup(self, checksums: bytes):
+        found = self.exact.lookup(checksums)
+        return found.present, found.sizes, found.unmeasured
+
+    def find(self, checksum: bytes):
+        return self.exact.find(checksum)
+
+    async def lengths(self, checksums: bytes) -> list[int]:
+        return await self.store.lengths(checksums)
 
 
 def make_store(config: Config):
@@ -25,8 +47,14 @@ def make_store(config: Config):
     generations = GenerationStore.create()
     publisher = IndexPublisher(search_path, generations)
     publisher.build()
-    store = BufferStore(search_path, IndexReader(generations), Hasher(), LockProtocol(2.0))
-    return store, publisher, generations
+    store = DirectoryStore(search_path, IndexReader(generations), Hasher(), LockProtocol(2.0))
+    return Lookups(store), publisher, generations
+
+
+def index_data(keys, sizes, dirs, encodings, dir_mtimes, dir_settled) -> IndexData:
+    records = np.zeros(len(keys), RECORD)
+    records["key"], records["size"], records["dir"], records["encoding"] = keys, sizes, dirs, encodings
+    return IndexData(records, dir_mtimes, dir_settled)
 
 
 @pytest.fixture
@@ -186,7 +214,7 @@ def test_scan_directory_reads_mtime_before_listing(tmp_path):
 
 def test_index_file_roundtrip(tmp_path):
     keys = np.sort(np.frombuffer(os.urandom(32 * 5), "S32"))
-    data = IndexData(keys, np.arange(5, dtype=np.uint64), np.zeros(5, np.uint16),
+    data = index_data(keys, np.arange(5, dtype=np.uint64), np.zeros(5, np.uint16),
                      np.array([0, 1, 2, 0, 255], np.uint8), np.array([7], np.int64), np.array([True]))
     data.write(str(tmp_path / "idx"))
     loaded = IndexData.open(str(tmp_path / "idx"))
@@ -273,7 +301,7 @@ def test_keys_sharing_their_search_prefix():
     """Keys whose first 8 bytes are equal are told apart on the full key."""
     a, b, c = bytes(8) + b"a" * 24, bytes(8) + b"b" * 24, b"\1" * 32
     keys = np.sort(np.frombuffer(a + b + c, "S32"))
-    data = IndexData(keys, np.arange(3, dtype=np.uint64), np.zeros(3, np.uint16), np.zeros(3, np.uint8),
+    data = index_data(keys, np.arange(3, dtype=np.uint64), np.zeros(3, np.uint16), np.zeros(3, np.uint8),
                      np.zeros(1, np.int64), np.ones(1, np.bool_))
     _, found = data.find(np.frombuffer(a + b + c + bytes(8) + b"c" * 24, "S32"))
     assert found.tolist() == [True, True, True, False]
@@ -299,7 +327,7 @@ def test_rescan_keeps_known_sizes_and_measures_new_files(tmp_path, built):
 def test_index_directories_of_dead_servers_are_removed(tmp_path):
     import subprocess
 
-    from hashserver.locks import owner_tag
+    from hashserver.owner import owner_tag
 
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -180,7 +180,7 @@ def test_sigkill_mid_upload_then_restart_serves_nothing_partial(serve, tmp_path)
     restarted = serve(tmp_path, "--writable", "--lock-timeout", "60", workers=2)
     assert leftovers(tmp_path) == [], "the restart removes a dead writer's temporary file and lock"
     from hashserver.index import GenerationStore
-    from hashserver.locks import owner_tag
+    from hashserver.owner import owner_tag
 
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
     dead_index = f"{GenerationStore.PREFIX}{owner_tag().rpartition('-')[0]}-{server.proc.pid}-"

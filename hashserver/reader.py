@@ -1,0 +1,213 @@
+"""Reading buffers from a directory: the lock protocol, promises, integrity.
+
+A reader never sends a buffer whose file does not hash to its name, unless
+told not to check (``--verify never``).  Small plain buffers are read whole,
+hashed and kept in a per-worker cache (keyed by the file's identity, so a
+replaced file is never served from it); larger files are hashed once per
+version (``--verify once``) or on every read (``always``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import OrderedDict
+from typing import AsyncIterator
+
+from .bufferfile import BufferFile, FileIdentity, identity_of
+from .checksum import Hasher
+from .locks import POLL_MAX, LockProtocol
+from .lookup import ExactIndex
+from .storage import CorruptBuffer, Readable
+
+SMALL_BUFFER = 1 << 20  # read whole into memory (and cacheable) up to this size
+CACHE_BYTES = 64 << 20  # per worker: recently served small buffers
+VERIFIED_MAX = 1 << 20  # remembered verified file versions per worker
+
+
+class VerifiedFiles:
+    """File identities already hashed and found correct (bounded; forgets all when full)."""
+
+    def __init__(self, limit: int = VERIFIED_MAX):
+        self._seen: set[int] = set()
+        self._limit = limit
+
+    def __contains__(self, identity: FileIdentity) -> bool:
+        return hash(identity) in self._seen
+
+    def add(self, identity: FileIdentity) -> None:
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen.add(hash(identity))
+
+
+class ContentCache:
+    """Small verified buffers by file identity, least recently used out first.
+
+    A hit needs the file to exist with the same identity, which the caller
+    checks with one stat: removed or replaced files are never served from here.
+    """
+
+    def __init__(self, capacity: int = CACHE_BYTES):
+        self.capacity = capacity
+        self._used = 0
+        self._items: OrderedDict[FileIdentity, bytes] = OrderedDict()
+
+    def get(self, identity: FileIdentity) -> bytes | None:
+        data = self._items.get(identity)
+        if data is not None:
+            self._items.move_to_end(identity)
+        return data
+
+    def put(self, identity: FileIdentity, data: bytes) -> None:
+        if len(data) > self.capacity // 16 or identity in self._items:
+            return
+        self._items[identity] = data
+        self._used += len(data)
+        while self._used > self.capacity:
+            _, old = self._items.popitem(last=False)
+            self._used -= len(old)
+
+
+class BufferReader:
+    def __init__(self, lookups: ExactIndex, hasher: Hasher, locks: LockProtocol, verify: str = "once"):
+        self.lookups = lookups
+        self.hasher = hasher
+        self.locks = locks
+        self.verify = verify
+        self.verified = VerifiedFiles()
+        self.cache = ContentCache()
+        self._lengths: dict[FileIdentity, int] = {}  # compressed file version -> decoded length
+
+    def cached(self, buffer: BufferFile) -> bytes | None:
+        """Verified content of a small plain buffer, if this worker holds it."""
+        if buffer.encoding is not None or self.verify == "always":
+            return None
+        return self.cache.get(buffer.identity)
+
+    def _read_locks(self, checksum: bytes) -> list[str]:
+        return self.lookups.search_path.read_locks(checksum.hex())
+
+    async def find_for_reading(self, checksum: bytes) -> BufferFile | None:
+        """The buffer's file once no writer holds it and no promise is pending; None if absent."""
+        buffer = self.lookups.find(checksum)
+        if buffer is not None:
+            return buffer
+        if await self.locks.wait_until_free(self._read_locks(checksum)):
+            buffer = self.lookups.find(checksum)
+        if buffer is None:
+            buffer = await self._wait_for_promise(checksum)
+        return buffer
+
+    async def open(self, checksum: bytes, accepted: frozenset[str]) -> Readable | None:
+        """Find a buffer for reading, honouring locks and promises and checking its integrity.
+
+        Raises :class:`CorruptBuffer` for a wrong file that no lock explains.
+        """
+        buffer = await self.find_for_reading(checksum)
+        for attempt in range(2):
+            if buffer is None:
+                return None
+            readable = await self._open_verified(checksum, buffer, accepted)
+            if readable is not None:
+                return readable
+            if attempt or not await self.locks.wait_until_free(self._read_locks(checksum)):
+                break
+            buffer = self.lookups.find(checksum)
+        raise CorruptBuffer(
+            f"File corruption: file at path {buffer.path} does not have the correct "
+            f"{self.hasher.display_name} checksum."
+        )
+
+    async def _wait_for_promise(self, checksum: bytes) -> BufferFile | None:
+        """While the buffer is promised, wait for it to arrive."""
+        checksum_hex = checksum.hex()
+        while self.lookups.is_promised(checksum_hex):
+            await asyncio.sleep(POLL_MAX / 5)
+            buffer = self.lookups.find(checksum)
+            if buffer is not None:
+                return buffer
+        return self.lookups.find(checksum)
+
+    async def _open_verified(self, checksum: bytes, buffer: BufferFile,
+                             accepted: frozenset[str]) -> Readable | None:
+        """The buffer in the representation to send, if its content is right; else None."""
+        if buffer.encoding is None and buffer.size <= SMALL_BUFFER:
+            content = self._read_small(checksum, buffer)
+            return None if content is None else Readable(len(content), content=content)
+        if not await self._verified(checksum, buffer):
+            return None
+        if buffer.encoding is None:
+            return _opened(buffer, Readable(buffer.size))
+        if not buffer.encoding.accepted_by(accepted):
+            length = await self.decoded_length(buffer)
+            return Readable(length, chunks=lambda: self._decoded(buffer), varies=True)
+        encoded = Readable(buffer.size, buffer.encoding.name, variant=buffer.encoding.suffix[1:], varies=True)
+        return _opened(buffer, encoded)
+
+    def _read_small(self, checksum: bytes, buffer: BufferFile) -> bytes | None:
+        """A small plain buffer's verified content (cached), or None if wrong or gone."""
+        cached = self.cached(buffer)
+        if cached is not None:
+            return cached
+        try:
+            with open(buffer.path, "rb", buffering=0) as f:
+                identity = identity_of(os.fstat(f.fileno()))
+                content = f.read()
+        except FileNotFoundError:
+            return None
+        if self.verify != "never" and self.hasher.digest(content) != checksum:
+            return None
+        self.cache.put(identity, content)
+        return content
+
+    async def _verified(self, checksum: bytes, buffer: BufferFile) -> bool:
+        """Does a large or compressed file hash right?  Once per version, unless ``always``."""
+        if self.verify == "never" or (self.verify == "once" and buffer.identity in self.verified):
+            return True
+        digest, length = await asyncio.get_running_loop().run_in_executor(None, buffer.digest, self.hasher)
+        if digest != checksum:
+            return False
+        if buffer.encoding is not None:
+            self._lengths[buffer.identity] = length
+        self.verified.add(buffer.identity)
+        return True
+
+    async def decoded_length(self, buffer: BufferFile) -> int:
+        """A buffer's length: its file's, or for a compressed one its sidecar,
+        else decoded once and remembered."""
+        if buffer.encoding is None:
+            return buffer.size
+        known = self._lengths.get(buffer.identity)
+        if known is None:
+            known = buffer.sidecar_length()
+        if known is None:
+            known = await asyncio.get_running_loop().run_in_executor(None, _decoded_size, buffer)
+        self._lengths[buffer.identity] = known
+        return known
+
+    async def _decoded(self, buffer: BufferFile) -> AsyncIterator[bytes]:
+        """The decoded content, each chunk read and decoded in a thread."""
+        loop = asyncio.get_running_loop()
+        chunks = buffer.decoded_chunks()
+        while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
+            yield chunk
+
+    def mark_verified(self, path: str) -> None:
+        """A file this server has just published: its content was hashed while written."""
+        buffer = BufferFile.at("", path, None)
+        if buffer is not None:
+            self.verified.add(buffer.identity)
+
+
+def _opened(buffer: BufferFile, readable: Readable) -> Readable | None:
+    """``readable`` with the buffer's file open to send as it is; None if it is gone."""
+    try:
+        readable.file = open(buffer.path, "rb", buffering=0)
+    except FileNotFoundError:
+        return None
+    return readable
+
+
+def _decoded_size(buffer: BufferFile) -> int:
+    return sum(len(chunk) for chunk in buffer.decoded_chunks())

@@ -1,0 +1,188 @@
+"""The HTTP handlers: parse the request, ask the storage, format the answer.
+
+They know storage only through :mod:`hashserver.storage`.  Errors are
+raised, not returned: :func:`error_response` is the one place that turns an
+exception into its response, with the FastAPI server's status and body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse
+
+from . import responses, sending
+from .checksum import InvalidChecksum, parse_checksum, parse_checksum_list
+from .storage import (BodyTooLarge, ChecksumMismatch, CorruptBuffer, DiskFull, Fast, InvalidPayload, Readable,
+                      ReadOnly, Storage)
+
+log = logging.getLogger("hashserver")
+
+PREFLIGHT_URIS = ("/<checksum>", "/has", "/has-now", "/buffer-length", "/healthcheck", "/promise/<checksum>")
+
+
+class InvalidInput(Exception):
+    """A request whose path or body is not what the route takes: the
+    pydantic-shaped 400 of the FastAPI server."""
+
+    def __init__(self, error_type: str, loc: list, msg: str, value: object):
+        super().__init__(msg)
+        self.error_type, self.loc, self.msg, self.value = error_type, loc, msg, value
+
+    @classmethod
+    def checksum(cls, exc: InvalidChecksum, loc: list) -> "InvalidInput":
+        return cls(exc.kind, loc, str(exc), exc.value)
+
+
+def storage_of(request: Request) -> Storage:
+    return request.app.ctx.storage
+
+
+def path_checksum(checksum: str) -> bytes:
+    try:
+        return parse_checksum(checksum)
+    except InvalidChecksum as exc:
+        raise InvalidInput.checksum(exc, ["path", "checksum"]) from None
+
+
+def checksum_batch(request: Request) -> bytes:
+    """The request body as a batch of checksums (32 bytes each)."""
+    body = request.body
+    if not body:
+        raise InvalidInput("missing", ["body"], "Field required", None)
+    try:
+        values = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("json_invalid", ["body"], f"JSON decode error: {exc}",
+                           body[:200].decode("utf-8", "replace")) from None
+    if not isinstance(values, list):
+        raise InvalidInput("list_type", ["body"], "Input should be a valid list", values)
+    try:
+        return parse_checksum_list(values)
+    except InvalidChecksum as exc:
+        raise InvalidInput.checksum(exc, ["body", exc.position]) from None
+
+
+def accepted_codings(accept_encoding: str | None) -> frozenset[str]:
+    """The content-codings an ``Accept-Encoding`` header names with q > 0.
+
+    No header at all means the client wants the buffer itself: ``curl``
+    without ``--compressed`` must see the real bytes.  ``*`` is not taken as
+    naming zstd or gzip for the same reason.
+    """
+    codings = set()
+    for item in (accept_encoding or "").split(","):
+        token, _, params = item.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if token.strip() and q > 0:
+            codings.add(token.strip().lower())
+    return frozenset(codings)
+
+
+async def healthcheck(request: Request) -> HTTPResponse:
+    return responses.ok()
+
+
+async def preflight(request: Request, **_) -> HTTPResponse:
+    return responses.preflight()
+
+
+async def has(request: Request) -> HTTPResponse:
+    return responses.bool_list(await storage_of(request).has(checksum_batch(request)))
+
+
+async def has_now(request: Request) -> HTTPResponse:
+    return responses.bool_list(await storage_of(request).has(checksum_batch(request), promised=False))
+
+
+async def buffer_length(request: Request) -> HTTPResponse:
+    return responses.int_list(await storage_of(request).lengths(checksum_batch(request)))
+
+
+async def promise(request: Request, checksum: str) -> HTTPResponse:
+    storage = storage_of(request)
+    if not storage.writable:
+        raise ReadOnly.promise()
+    raw = path_checksum(checksum)
+    expires_in = await storage.promise(raw)
+    return responses.json_response({"checksum": raw.hex(), "expires_in": expires_in}, 202)
+
+
+async def get_buffer(request: Request, checksum: str) -> HTTPResponse | None:
+    raw = path_checksum(checksum)
+    storage = storage_of(request)
+    head = request.method == "HEAD"
+    fast = storage.peek(raw)
+    if fast is Fast.ABSENT:
+        return responses.not_found()
+    if isinstance(fast, bytes):
+        readable = Readable(len(fast), content=fast)
+    else:
+        readable = await storage.open(raw, accepted_codings(request.headers.get("accept-encoding")))
+    if readable is None:
+        return responses.not_found()
+    return await sending.send(request, readable, raw.hex(), head)
+
+
+async def put_buffer(request: Request, checksum: str) -> HTTPResponse:
+    storage = storage_of(request)
+    if not storage.writable:
+        raise ReadOnly.put()
+    raw = path_checksum(checksum)
+    await storage.put(raw, request.stream, request.headers.get("content-encoding"))
+    return responses.ok()
+
+
+async def note_activity(request: Request) -> None:
+    """With ``--timeout``: every request stamps the time the server last had one."""
+    stamp = request.app.ctx.shared.last_request if request.app.ctx.shared else None
+    if stamp is not None:
+        stamp.value = time.monotonic()
+
+
+_ERRORS = {
+    CorruptBuffer: lambda exc: responses.message(400, str(exc)),
+    ChecksumMismatch: lambda exc: responses.text_response("Incorrect checksum", 400),
+    InvalidPayload: lambda exc: responses.text_response("Invalid compressed payload", 400),
+    ReadOnly: lambda exc: responses.message(405, str(exc)),
+    BodyTooLarge: lambda exc: responses.message(413, str(exc)),
+    DiskFull: lambda exc: responses.message(507, "Insufficient storage: the disk is full; nothing was stored"),
+    InvalidInput: lambda exc: responses.invalid_data(exc.error_type, exc.loc, exc.msg, exc.value),
+}
+
+
+async def error_response(request: Request, exc: Exception) -> HTTPResponse:
+    """The one place where an exception becomes a response."""
+    for kind, respond in _ERRORS.items():
+        if isinstance(exc, kind):
+            return respond(exc)
+    if isinstance(exc, SanicException):
+        return responses.message(exc.status_code, str(exc) or "Error")
+    log.exception("unexpected error in %s %s", request.method, request.path)
+    return responses.message(500, f"Internal server error: {type(exc).__name__}")
+
+
+def register(app: Sanic, stamp_activity: bool) -> None:
+    """Every route of the server, in one place."""
+    for uri in PREFLIGHT_URIS:
+        app.add_route(preflight, uri, methods=["OPTIONS"], name=f"preflight{uri}")
+    app.add_route(healthcheck, "/healthcheck", methods=["GET"])
+    for handler, uri in ((has, "/has"), (has_now, "/has-now"), (buffer_length, "/buffer-length")):
+        app.add_route(handler, uri, methods=["GET", "POST"], ignore_body=False)
+    app.add_route(promise, "/promise/<checksum>", methods=["PUT"])
+    app.add_route(get_buffer, "/<checksum>", methods=["GET", "HEAD"])
+    app.add_route(put_buffer, "/<checksum>", methods=["PUT"], stream=True)
+    app.exception(Exception)(error_response)
+    if stamp_activity:
+        app.register_middleware(note_activity, "request")

@@ -1,0 +1,173 @@
+"""Assembling a server: the main process's parts, and each worker's.
+
+The main process cleans up after dead writers, builds and publishes the
+index and keeps it fresh, reports to the status file, and watches for
+inactivity.  Each worker opens its storage over the published index.  What
+the main process shares with its workers lives in shared memory
+(:class:`Shared`), the only state that crosses processes.  Sanic's
+listeners (:mod:`hashserver.server`) call these few functions; an in-process
+test calls the same ones (:func:`attach_main`), so it runs the same assembly.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config, ConfigError
+from .directory import DirectoryStore
+from .index import GenerationStore, IndexPublisher, IndexReader
+from .integrity import check_hash_algorithm
+from .launcher import InactivityWatch, StatusFile
+from .layout import SearchPath
+from .storage import Storage
+from .writer import remove_leftovers, write_prefix_marker
+
+log = logging.getLogger("hashserver")
+
+MAX_WORKER_SLOTS = 1024
+
+
+def configure_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+@dataclass
+class MainProcess:
+    """The main process's parts: the published index and its publisher."""
+
+    config: Config
+    generations: GenerationStore
+    publisher: IndexPublisher
+    build_seconds: float
+
+    @classmethod
+    def start(cls, config: Config) -> "MainProcess":
+        """Clean up, build and publish the index, check the hash algorithm.
+
+        Raises :class:`ConfigError` (nothing left behind) when the buffers
+        are named by another algorithm than the configured one.
+        """
+        configure_logging()
+        search_path = SearchPath.from_config(config)
+        if config.writable:
+            write_prefix_marker(search_path)
+            removed = remove_leftovers(search_path, config.lock_timeout)
+            if removed:
+                log.info("removed %d leftovers of interrupted writers", removed)
+        generations = GenerationStore.create()
+        publisher = IndexPublisher(search_path, generations)
+        try:
+            elapsed = publisher.build()
+            check_hash_algorithm(publisher.data, search_path, config.hash_algorithm,
+                                 config.name("hash_algorithm"))
+        except ConfigError:
+            generations.remove()
+            raise
+        publisher.log_built(elapsed)
+        publisher.start()
+        return cls(config, generations, publisher, elapsed)
+
+    def index_facts(self) -> dict:
+        """What the status file reports of the index (read by ``python -m bench``)."""
+        return {"entries": len(self.publisher.data), "build_seconds": round(self.build_seconds, 4)}
+
+    def stop(self) -> None:
+        self.publisher.stop()
+        self.generations.remove()
+
+
+@dataclass
+class Shared:
+    """What the main process shares with its workers, in shared memory."""
+
+    index_directory: Any  # multiprocessing RawArray of chars
+    ready: Any  # multiprocessing Array of worker pids, 0 where free
+    last_request: Any = None  # multiprocessing RawValue: monotonic time of the last request
+
+    @classmethod
+    def create(cls, main: MainProcess) -> "Shared":
+        return cls(
+            multiprocessing.RawArray("c", main.generations.directory.encode()),
+            multiprocessing.Array("q", MAX_WORKER_SLOTS),
+            multiprocessing.RawValue("d", time.monotonic()) if main.config.timeout else None,
+        )
+
+    def acknowledge(self, pid: int) -> None:
+        """A worker is serving (a restarted one takes the slot of a dead one)."""
+        with self.ready.get_lock():
+            for slot, value in enumerate(self.ready):
+                if value == 0 or not _alive(value):
+                    self.ready[slot] = pid
+                    return
+
+    def ready_workers(self, expected: int) -> list[int] | None:
+        """The pids of the serving workers once there are ``expected`` of them."""
+        with self.ready.get_lock():
+            pids = [pid for pid in self.ready if pid and _alive(pid)]
+        return pids if len(pids) >= expected else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+@dataclass
+class AppContext:
+    """``app.ctx``: the given settings, and what each process has assembled."""
+
+    given_config: Config | None = None  # None: from HASHSERVER_* when the server starts
+    config: Config | None = None
+    main: MainProcess | None = None  # in the main process
+    shared: Shared | None = None
+    storage: Storage | None = None  # in each worker
+
+
+def resolve_config(ctx: AppContext) -> Config:
+    """The Config given to the app, else the one the environment describes
+    (raises :class:`ConfigError`)."""
+    if ctx.config is None:
+        ctx.config = ctx.given_config if ctx.given_config is not None else Config.from_env()
+    return ctx.config
+
+
+def attach_main(app, main: MainProcess, host: str, port: int, workers: int) -> None:
+    """Share the main process's index with the workers to come, and start
+    the status report and the inactivity watch."""
+    shared = Shared.create(main)
+    app.ctx.main, app.ctx.shared = main, shared
+    app.shared_ctx.index_directory = shared.index_directory
+    app.shared_ctx.ready = shared.ready
+    if shared.last_request is not None:
+        app.shared_ctx.last_request = shared.last_request
+        InactivityWatch(main.config.timeout, shared.last_request).start()
+    if main.config.status_file:
+        StatusFile(main.config.status_file).report_running_when_ready(
+            host, port, lambda: shared.ready_workers(max(1, workers)), {"index": main.index_facts()})
+
+
+def shared_of(app) -> Shared:
+    """In a worker: what the main process shared (see :func:`attach_main`)."""
+    ctx = app.shared_ctx
+    return Shared(ctx.index_directory, ctx.ready, getattr(ctx, "last_request", None))
+
+
+def open_storage(config: Config, shared: Shared) -> Storage:
+    """A worker's storage over the index the main process publishes."""
+    generations = GenerationStore(shared.index_directory.value.decode())
+    return DirectoryStore.from_config(config, IndexReader(generations))

@@ -1,0 +1,134 @@
+"""Sending a buffer's bytes: in memory, zero-copy from a file, or streamed.
+
+This is the only module that touches Sanic's internals (checked against
+Sanic 25.12.1; ``tests/test_sending.py`` fails if they change).  A response
+with a ``Content-Length`` keeps count of the body bytes still due in
+``request.stream.response_bytes_left`` (a slot of ``sanic.http.Http``);
+bytes sent with ``os.sendfile`` bypass Sanic, so the count is lowered by as
+much, and the last byte goes through Sanic to end the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+from typing import AsyncIterator
+
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from . import caching, responses
+from .storage import Readable
+
+STREAM_CHUNK = 1 << 20
+SENDFILE_MIN = 256 << 10
+SEND_STALL_TIMEOUT = 60.0  # a client that takes nothing for this long is dropped
+SANIC_BYTES_LEFT = "response_bytes_left"  # the Http slot zero-copy sending adjusts
+
+
+async def send(request: Request, readable: Readable, checksum_hex: str, head: bool) -> HTTPResponse | None:
+    """Answer with the buffer, or the part of it asked for (or, for HEAD,
+    the headers).  A streamed response is sent here and None returned
+    (Sanic would complain of a second response)."""
+    with readable:
+        etag = caching.entity_tag(checksum_hex, readable.variant)
+        headers = caching.representation_headers(etag, readable.varies, readable.encoding)
+        if caching.none_match(request.headers.get("if-none-match"), etag):
+            return responses.not_modified(headers)
+        try:
+            part = caching.requested_range(request.headers.get("range"), request.headers.get("if-range"),
+                                           etag, readable.length)
+        except caching.Unsatisfiable:
+            return responses.unsatisfiable(readable.length)
+        status, start, length = 200, 0, readable.length
+        if part is not None:
+            status, start, length = 206, part.start, part.length
+            headers["content-range"] = part.content_range(readable.length)
+        if head:
+            return responses.head_only(length, headers, status)
+        if readable.content is not None:
+            return responses.buffer(readable.content[start:start + length], headers, status)
+        return await _stream(request, readable, headers, status, start, length)
+
+
+async def _stream(request: Request, readable: Readable, headers: dict, status: int,
+                  start: int, length: int) -> None:
+    response = await request.respond(
+        status=status, content_type=responses.OCTET_STREAM,
+        headers={**responses.ANY_ORIGIN, **headers, "content-length": str(length)})
+    try:
+        if readable.file is not None:
+            await _send_file(request, response, readable.file, start, length)
+        else:
+            async for chunk in _part(readable.chunks(), start, length):
+                await response.send(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        request.transport.close()  # the client went away
+        return None
+    await response.eof()
+    return None
+
+
+async def _part(chunks: AsyncIterator[bytes], start: int, length: int) -> AsyncIterator[bytes]:
+    """Bytes ``start`` to ``start + length`` of a stream of chunks."""
+    position, end = 0, start + length
+    async for chunk in chunks:
+        lo, hi = max(start - position, 0), min(end - position, len(chunk))
+        position += len(chunk)
+        if hi > lo:
+            yield chunk[lo:hi]
+        if position >= end:
+            break
+
+
+async def _send_file(request: Request, response, file, start: int, length: int) -> None:
+    loop = asyncio.get_running_loop()
+    sent = await _zero_copy(request, response, file.fileno(), start, length - 1)
+    file.seek(start + sent)
+    remaining = length - sent
+    while remaining > 0:
+        chunk = await loop.run_in_executor(None, file.read, min(STREAM_CHUNK, remaining))
+        if not chunk:
+            break
+        remaining -= len(chunk)
+        await response.send(chunk)
+
+
+async def _zero_copy(request: Request, response, file_fd: int, offset: int, count: int) -> int:
+    """Send ``count`` bytes of the file from ``offset`` straight from the page cache to the
+    socket, in a thread; returns how many were sent (0 where not possible:
+    TLS, a test transport, a small file, a header still in the send buffer).
+
+    Sanic sends a response's header with its first body bytes, so the header
+    is sent on its own first.
+    """
+    transport = request.transport
+    sock = transport.get_extra_info("socket")
+    if count < SENDFILE_MIN or sock is None or transport.get_extra_info("sslcontext"):
+        return 0
+    await response.send(b"", end_stream=False)
+    http = request.stream
+    if transport.get_write_buffer_size() or not hasattr(http, SANIC_BYTES_LEFT):
+        return 0
+    loop = asyncio.get_running_loop()
+    sent = await loop.run_in_executor(None, _sendfile_blocking, sock.fileno(), file_fd, offset, count)
+    setattr(http, SANIC_BYTES_LEFT, getattr(http, SANIC_BYTES_LEFT) - sent)
+    return sent
+
+
+def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
+    """os.sendfile on the event loop's non-blocking socket, waiting (bounded)
+    whenever the socket buffer is full."""
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
+        except BlockingIOError:
+            if not select.select([], [sock_fd], [], SEND_STALL_TIMEOUT)[1]:
+                raise ConnectionResetError("client stopped reading") from None
+            continue
+        if n == 0:
+            break
+        sent += n
+    return sent

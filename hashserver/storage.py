@@ -1,0 +1,132 @@
+"""The one interface between the HTTP side and storage.
+
+The HTTP handlers (:mod:`hashserver.routes`) know storage only through
+:class:`Storage` and the types and exceptions of this module; each kind of
+storage (today the buffer directory, :mod:`hashserver.directory`) implements
+it.  What a handler needs to answer is here and nothing more: presence and
+lengths of a batch, one buffer opened for sending (in memory, as an open
+file to send zero-copy, or as a stream of decoded chunks), storing one from a
+stream of chunks, promising one; and, for a hot path that cannot await
+anything, :meth:`Storage.peek`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import AsyncIterator, BinaryIO, Callable, Protocol
+
+from .compression import InvalidPayload
+
+__all__ = ["BodyTooLarge", "ChecksumMismatch", "CorruptBuffer", "DiskFull", "Fast", "InvalidPayload",
+           "PutOutcome", "Readable", "ReadOnly", "Storage"]
+
+
+class CorruptBuffer(Exception):
+    """A stored buffer whose content does not hash to its name (and no
+    writer explains it).  ``str()`` is the message for the client."""
+
+
+class ChecksumMismatch(Exception):
+    """A body that does not hash to the checksum it is stored under."""
+
+
+class BodyTooLarge(Exception):
+    """A body larger than the configured maximum (``.limit`` bytes)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"Request body larger than the maximum of {limit} bytes")
+        self.limit = limit
+
+
+class DiskFull(Exception):
+    """No space (or quota) left to store the buffer; nothing was stored."""
+
+
+class ReadOnly(Exception):
+    """This storage does not accept writes or promises; ``str()`` says which."""
+
+    @classmethod
+    def put(cls) -> "ReadOnly":
+        return cls("This server is read-only: PUT is not allowed")
+
+    @classmethod
+    def promise(cls) -> "ReadOnly":
+        return cls("This server is read-only: promises are not accepted")
+
+
+class Fast(enum.Enum):
+    """What :meth:`Storage.peek` answers when it has no content to give."""
+
+    ABSENT = "absent"  # certainly absent: no lock, no promise, no file
+    REGULAR = "regular"  # not decidable without waiting or reading: take the regular path
+
+
+class PutOutcome(enum.Enum):
+    STORED = "stored"
+    PRESENT = "present"  # it was there already (or another writer got there first)
+
+
+@dataclass
+class Readable:
+    """One buffer opened for sending, in the representation to send.
+
+    Exactly one of ``content``, ``file`` and ``chunks`` is set.  ``length`` is
+    the number of bytes of this representation; ``encoding`` the
+    ``Content-Encoding`` of those bytes (None: the buffer itself).  The
+    receiver closes it (an open file is released).
+    """
+
+    length: int
+    encoding: str | None = None
+    content: bytes | None = None
+    file: BinaryIO | None = None  # may be sent zero-copy
+    chunks: Callable[[], AsyncIterator[bytes]] | None = None
+    variant: str = ""  # names the stored encoding ("zst", "gz") when the bytes are sent encoded
+    varies: bool = False  # stored compressed: what is sent depends on Accept-Encoding
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def __enter__(self) -> "Readable":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Storage(Protocol):
+    """Buffers by checksum (32 raw bytes; batches are the checksums concatenated)."""
+
+    writable: bool
+
+    def peek(self, checksum: bytes) -> bytes | Fast:
+        """Without blocking or awaiting: the verified content of a small buffer
+        held in memory, :attr:`Fast.ABSENT`, or :attr:`Fast.REGULAR`."""
+
+    async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
+        """Presence of each checksum, exactly; ``promised``: a pending promise counts."""
+
+    async def lengths(self, checksums: bytes) -> list[int]:
+        """Length of each buffer (of its decoded content); 0 if absent, 1 if only promised."""
+
+    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset()) -> Readable | None:
+        """The buffer for sending, or None if absent.  ``accepted``: the
+        content-codings the client accepts (a buffer stored compressed in one
+        of them is sent as it is stored).  Waits while the buffer is being
+        written or is promised.  Raises :class:`CorruptBuffer`."""
+
+    async def put(self, checksum: bytes, body: AsyncIterator[bytes],
+                  content_encoding: str | None = None) -> PutOutcome:
+        """Store ``body`` if it hashes to ``checksum`` (decoded, if it has a
+        ``content_encoding``).  Raises :class:`ReadOnly`, :class:`ChecksumMismatch`,
+        :class:`InvalidPayload`, :class:`BodyTooLarge` or :class:`DiskFull`;
+        whatever the outcome, nothing partial is left behind."""
+
+    async def promise(self, checksum: bytes) -> int:
+        """Announce that this buffer is about to be stored, unless it is
+        present; returns how long the promise holds (s).  Raises :class:`ReadOnly`."""
+
+    def close(self) -> None:
+        """Release what the storage holds (watches, files)."""

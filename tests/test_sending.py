@@ -1,0 +1,54 @@
+"""The one place that touches Sanic's internals (hashserver.sending): the
+internals it relies on still exist, and zero-copy sending really happens and
+ends the response exactly."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import sanic
+from sanic.http import Http
+
+from hashserver import Config, sending
+from hashserver.reader import SMALL_BUFFER
+
+from conftest import add_buffer
+
+
+def test_sanic_is_the_major_version_checked():
+    assert sanic.__version__.split(".")[0] == "25"
+
+
+def test_the_response_byte_count_slot_exists():
+    """Zero-copy sending lowers Sanic's count of body bytes still due; if
+    Sanic renamed or dropped it, responses would be cut or hang."""
+    assert sending.SANIC_BYTES_LEFT in Http.__slots__
+
+
+@pytest.mark.parametrize("size", [SMALL_BUFFER + 1, 3 << 20])  # smaller ones are served from memory
+def test_large_get_goes_out_zero_copy_and_whole(app_client, tmp_path, monkeypatch, size):
+    data = os.urandom(size)
+    cs = add_buffer(tmp_path, data)
+    client = app_client(Config(str(tmp_path)))
+    sent = []
+    blocking = sending._sendfile_blocking
+
+    def counting(sock_fd, file_fd, offset, count):
+        n = blocking(sock_fd, file_fd, offset, count)
+        sent.append(n)
+        return n
+
+    monkeypatch.setattr(sending, "_sendfile_blocking", counting)
+    for _ in range(2):  # the same kept-alive connection: nothing may bleed into the next response
+        _, response = client.get("/" + cs)
+        assert response.status == 200
+        assert response.body == data
+    assert sent and all(n == size - 1 for n in sent)  # the last byte ends the response through Sanic
+
+
+def test_small_get_is_not_sent_zero_copy(app_client, tmp_path, monkeypatch):
+    cs = add_buffer(tmp_path, b"small")
+    client = app_client(Config(str(tmp_path)))
+    monkeypatch.setattr(sending, "_sendfile_blocking", lambda *a: pytest.fail("sendfile for a small buffer"))
+    assert client.get("/" + cs)[1].body == b"small"
