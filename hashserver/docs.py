@@ -32,11 +32,13 @@ ASSET_PREFIX = f"/docs/assets/{openapi_ui_bundles.__version__}"
 
 @dataclass(frozen=True)
 class Asset:
-    """A static file: where it is, its media type, how long it may be cached."""
+    """A static file: where it is, its media type, how long it may be cached,
+    and the URLs in it that must point here instead (``(old, new)`` pairs)."""
 
     path: Path
     media_type: str
     cache_control: str = IMMUTABLE
+    rewrites: tuple[tuple[str, str], ...] = ()
 
     @property
     def content_type(self) -> str:
@@ -47,8 +49,12 @@ ASSETS = {
     f"{ASSET_PREFIX}/swagger-ui-bundle.js": Asset(swagger_ui.static_path / "swagger-ui-bundle.js",
                                                   "text/javascript"),
     f"{ASSET_PREFIX}/swagger-ui.css": Asset(swagger_ui.static_path / "swagger-ui.css", "text/css"),
-    f"{ASSET_PREFIX}/redoc.standalone.js": Asset(redoc.static_path / "redoc.standalone.js",
-                                                 "text/javascript"),
+    # ReDoc's menu shows Redocly's logo, fetched from a CDN: from here instead
+    # (the package ships the logo for this).
+    f"{ASSET_PREFIX}/redoc.standalone.js": Asset(
+        redoc.static_path / "redoc.standalone.js", "text/javascript",
+        rewrites=(("https://cdn.redoc.ly/redoc/logo-mini.svg", f"{ASSET_PREFIX}/logo-mini.svg"),)),
+    f"{ASSET_PREFIX}/logo-mini.svg": Asset(redoc.static_path / "logo-mini.svg", "image/svg+xml"),
 }
 FAVICON = Asset(Path(__file__).parent / "static" / "favicon.ico", "image/x-icon",
                 "public, max-age=86400")
@@ -121,13 +127,16 @@ async def redoc_page(request: Request) -> HTTPResponse:
 
 
 @lru_cache(maxsize=None)
-def _read(path: Path) -> bytes:
-    return path.read_bytes()
+def _read(asset: Asset) -> bytes:
+    content = asset.path.read_bytes()
+    for old, new in asset.rewrites:
+        content = content.replace(old.encode(), new.encode())
+    return content
 
 
 async def _send(asset: Asset) -> HTTPResponse:
     """The file, read once per worker (in a thread: the bundles are megabytes)."""
-    content = await asyncio.get_running_loop().run_in_executor(None, _read, asset.path)
+    content = await asyncio.get_running_loop().run_in_executor(None, _read, asset)
     return HTTPResponse(content, content_type=asset.content_type,
                         headers={"cache-control": asset.cache_control})
 

@@ -225,13 +225,15 @@ PARAMETERS = {
                  "description": "Anything else is a 400 (`Wrong length`, or `bytes.fromhex`'s message)."},
     "AcceptEncoding": _header_param(
         "Accept-Encoding", "Naming `zstd` or `gzip` (q > 0) gets a buffer stored so encoded as "
-        "it is, with `Content-Encoding`; otherwise a stored-compressed buffer is sent decoded.", {}),
+        "it is, with `Content-Encoding`; otherwise a stored-compressed buffer is sent decoded.",
+        {"examples": ["zstd", "gzip"]}),
     "IfNoneMatch": _header_param(
-        "If-None-Match", "The buffer's ETag (or `*`): 304 with no body when it matches.", {}),
+        "If-None-Match", "The buffer's ETag (or `*`): 304 with no body when it matches.", {"examples": ["*"]}),
     "Range": _header_param(
         "Range", "One range (`bytes=a-b`, `a-`, `-n`) of the representation sent: 206; "
         "unsatisfiable: 416. Several ranges, or a malformed one: the whole buffer (200).",
-        {"pattern": "^bytes=([0-9]+-[0-9]*|-[0-9]+)(, *([0-9]+-[0-9]*|-[0-9]+))*$"}),
+        {"pattern": "^bytes=([0-9]+-[0-9]*|-[0-9]+)(, *([0-9]+-[0-9]*|-[0-9]+))*$",
+         "examples": ["bytes=0-1", "bytes=2-", "bytes=-3"]}),
     "IfRange": _header_param(
         "If-Range", "Honour `Range` only if this is the representation's ETag (a date never "
                     "matches: there is no Last-Modified).", {}),
@@ -326,7 +328,8 @@ RESPONSES = {
                       "headers": _headers(*_REPRESENTATION, "Content-Range=ContentRange"),
                       "content": _content(OCTETS, _ref("schemas", "Buffer"))},
     "NotModified": {"description": "The client's copy (If-None-Match) is this buffer: no body.",
-                    "headers": _headers("ETag", "Cache-Control=CacheControlImmutable", *_CORS)},
+                    "headers": _headers("ETag", "Cache-Control=CacheControlImmutable", "Vary", "Content-Encoding",
+                                        *_CORS)},
     "BufferNotFound": {"description": "No such buffer (nor a promise of it that is kept).",
                        "headers": _headers(*_NOT_CACHED),
                        "content": _text("Not found")},

@@ -20,7 +20,9 @@ from typing import Iterator
 
 import pytest
 import requests
+import zstandard
 from openapi_spec_validator import validate
+from sanic import Sanic
 from sanic_testing.reusable import ReusableClient
 from websockets.sync.client import connect
 
@@ -28,7 +30,7 @@ import hashserver.docs
 from hashserver import Config, create_app
 from hashserver.runtime import MainProcess, attach_main
 
-from conftest import BIN, add_buffer, free_port
+from conftest import BIN, add_buffer, free_port, sha3
 
 CHROMIUM = "/usr/bin/chromium"
 SEED = 20251125
@@ -36,19 +38,26 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_headers_conformance,response_schema_conformance")
 TOKEN = "docs-test-token"
 PROMISE = "/promise/{checksum}"
+IN_MEMORY = ("blob:", "data:")  # URLs a page makes itself
 HTTP_METHODS = ("get", "head", "put", "post", "options")
 _names = itertools.count()
 
 
 # ---------------------------------------------------------------- servers
 
+def with_docs(app: Sanic) -> Sanic:
+    """The app with the docs blueprint (which create_app may register itself)."""
+    if hashserver.docs.blueprint.name not in app.blueprints:
+        app.blueprint(hashserver.docs.blueprint)
+    return app
+
+
 @contextmanager
 def in_process_server(config: Config) -> Iterator[str]:
     """The app with the docs blueprint, listening on 127.0.0.1, its event loop
     running in a thread of this process so that other processes can use it."""
     config = config.validate()
-    app = create_app(config, name=f"docs_{next(_names)}")
-    app.blueprint(hashserver.docs.blueprint)
+    app = with_docs(create_app(config, name=f"docs_{next(_names)}"))
     main = MainProcess.start(config)
     port = free_port()
     attach_main(app, main, "127.0.0.1", port, workers=1)
@@ -76,7 +85,8 @@ def start_server(tmp_path, serve):
         def start(writable: bool = True, **settings) -> str:
             directory = tmp_path / f"buffers{next(_names)}"
             directory.mkdir()
-            add_buffer(directory, b"hello")
+            # The documents' example checksum, stored compressed: both representations.
+            add_buffer(directory, zstandard.compress(b"hello"), checksum=sha3(b"hello"), suffix=".zst")
             config = Config(str(directory), writable=writable, **settings)
             # Once create_app registers hashserver.docs.blueprint, this line becomes:
             #   return serve(directory, *(["--writable"] if writable else []), *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())).url  # noqa: E501
@@ -102,8 +112,7 @@ def operations(document: dict) -> set[tuple[str, str]]:
 
 def app_routes() -> set[tuple[str, str]]:
     """Every (method, path) the app answers, from Sanic's router."""
-    app = create_app(Config("/tmp", writable=True), name=f"routes_{next(_names)}")
-    app.blueprint(hashserver.docs.blueprint)
+    app = with_docs(create_app(Config("/tmp", writable=True), name=f"routes_{next(_names)}"))
     routes = set()
     for route in app.router.routes:
         path = "/" + re.sub(r"<(\w+)(:\w+)?>", r"{\1}", route.path)
@@ -172,10 +181,12 @@ def run_schemathesis_twice(start, tmp_path: Path, *options: str, **settings) -> 
     run_schemathesis(start(**settings), tmp_path, "--include-path", PROMISE, *options)
 
 
+@pytest.mark.timeout(900)
 def test_schemathesis_without_tokens(start_server, tmp_path):
     run_schemathesis_twice(start_server, tmp_path)
 
 
+@pytest.mark.timeout(900)
 def test_schemathesis_with_write_tokens(start_server, tmp_path):
     tokens = tmp_path / "write-tokens"
     tokens.write_text(f"# writers\n\n{TOKEN}\n")
@@ -226,12 +237,39 @@ class DevTools:
             time.sleep(0.2)
         raise AssertionError(f"never true within {timeout} s: {expression}")
 
+    def settle(self, quiet: float = 1.0, timeout: float = 30) -> None:
+        """Wait until every request the page made has ended and nothing has
+        happened for ``quiet`` seconds (bounded by ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.events.append(json.loads(self.ws.recv(timeout=quiet)))
+            except TimeoutError:
+                if not self.pending():
+                    return
+        pending = [self.requests()[request] for request in self.pending()]
+        raise AssertionError(f"requests still pending after {timeout} s: {pending}")
+
+    def requests(self) -> dict[str, str]:
+        """The URL of each request the page made, by request id."""
+        return {event["params"]["requestId"]: event["params"]["request"]["url"]
+                for event in self.events if event.get("method") == "Network.requestWillBeSent"}
+
+    def pending(self) -> set[str]:
+        """Network requests not ended yet (``blob:`` and ``data:`` are in memory)."""
+        ended = {event["params"]["requestId"] for event in self.events
+                 if event.get("method") in ("Network.loadingFinished", "Network.loadingFailed")}
+        return {request for request, url in self.requests().items()
+                if request not in ended and not url.startswith(IN_MEMORY)}
+
     def failed_requests(self) -> list[str]:
+        """Requests that failed or got a status >= 400, and uncaught script errors."""
+        urls = self.requests()
         failed = []
         for event in self.events:
             params = event.get("params", {})
             if event.get("method") == "Network.loadingFailed":
-                failed.append(f"failed: {params.get('errorText')} ({params.get('requestId')})")
+                failed.append(f"{params.get('errorText')}: {urls.get(params['requestId'], params['requestId'])}")
             elif event.get("method") == "Network.responseReceived" and params["response"]["status"] >= 400:
                 failed.append(f"{params['response']['status']} {params['response']['url']}")
             elif event.get("method") == "Runtime.exceptionThrown":
@@ -289,6 +327,10 @@ def load_page(devtools: DevTools, url: str, rendered: str) -> None:
     devtools.call("Page.navigate", url=url)
     devtools.wait_event("Page.loadEventFired")
     devtools.wait_for(rendered)
+    devtools.settle()
+    server = url.rsplit("/", 1)[0]
+    elsewhere = [u for u in devtools.requests().values() if not u.startswith((server, *IN_MEMORY))]
+    assert elsewhere == [], "the page fetched from elsewhere than the server (no CDN: no internet where it runs)"
 
 
 SWAGGER_OPERATIONS = """Array.from(document.querySelectorAll('.opblock')).map(block => [
