@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 from .checksum import HASH_DISPLAY_NAMES, Hasher
-from .config import DEFAULT_MAX_BODY_SIZE
+from .config import DEFAULT_MAX_BODY_SIZE, Config
 from .promises import PROMISE_TTL
 
 OPENAPI_VERSION = "3.1.0"
@@ -46,7 +46,7 @@ class ApiFacts:
     promise_ttl: int = PROMISE_TTL
 
     @classmethod
-    def from_config(cls, config: Any) -> "ApiFacts":
+    def from_config(cls, config: Config) -> "ApiFacts":
         """The facts of a :class:`hashserver.Config` (settings that a Config
         does not have yet take their defaults)."""
         return cls(
@@ -109,7 +109,8 @@ def _info(facts: ApiFacts) -> dict:
             "Serves a directory of buffers named by their checksum.\n\n"
             f"This server: {mode}; checksums are {algorithm}; batches hold at most "
             f"{facts.max_batch:,} checksums ({facts.max_batch_bytes:,} bytes); {tokens}.\n\n"
-            "Every response carries `Access-Control-Allow-Origin: *`. Errors are JSON "
+            "Every answer of the API carries `Access-Control-Allow-Origin: *`; only a buffer's "
+            "bytes may be cached (every other answer says `Cache-Control: no-store`). Errors are JSON "
             "`{\"message\": ...}`, or pydantic's shape for invalid input "
             "(`{\"message\": \"Invalid data\", \"exception\": {...}}`), except the plain-text "
             "`Not found`, `Incorrect checksum` and `Invalid compressed payload` that "
@@ -224,8 +225,8 @@ PARAMETERS = {
                  "schema": _ref("schemas", "Checksum"),
                  "description": "Anything else is a 400 (`Wrong length`, or `bytes.fromhex`'s message)."},
     "AcceptEncoding": _header_param(
-        "Accept-Encoding", "Naming `zstd` or `gzip` (q > 0) gets a buffer stored so encoded as "
-        "it is, with `Content-Encoding`; otherwise a stored-compressed buffer is sent decoded.",
+        "Accept-Encoding", "Naming `zstd` or `gzip` (q > 0): a buffer stored in that encoding is "
+        "sent as stored, with `Content-Encoding`; otherwise it is sent decoded.",
         {"examples": ["zstd", "gzip"]}),
     "IfNoneMatch": _header_param(
         "If-None-Match", "The buffer's ETag (or `*`): 304 with no body when it matches.", {"examples": ["*"]}),
@@ -248,58 +249,47 @@ def _header(description: str, schema: dict, required: bool = True) -> dict:
     return {"description": description, "required": required, "schema": {"type": "string", **schema}}
 
 
+# Keyed by HTTP name; a variant's key adds ".<what>" (a component key may hold dots).
 HEADERS = {
-    "AccessControlAllowOrigin": _header("Any origin may use the server.", {"const": "*"}),
-    "AccessControlExposeHeaders": _header(
+    "Access-Control-Allow-Origin": _header("Any origin may use the server.", {"const": "*"}),
+    "Access-Control-Expose-Headers": _header(
         "The headers a browser script may read (ETag, Content-Range, Accept-Ranges, "
         "Content-Encoding, Content-Length).", {}, required=False),
     "ETag": _header("`\"<checksum>\"` for the buffer's bytes; `\"<checksum>.zst\"` (or `.gz`) "
                     "for a buffer sent as stored, encoded.",
                     {"pattern": "^\"[0-9a-f]{64}(\\.zst|\\.gz)?\"$"}),
-    "CacheControlImmutable": _header("The content of a name never changes.", {"const": IMMUTABLE}),
-    "CacheControlNoStore": _header("Not to be cached: only a buffer's bytes never change "
-                                   "(a buffer absent now may arrive).", {"const": "no-store"}),
-    "AcceptRanges": _header("Ranges of buffers are served.", {"const": "bytes"}),
-    "ContentLength": {"description": "The length of the body in bytes.", "required": True,
-                      "schema": {"type": "integer", "minimum": 0}},
-    "ContentEncoding": _header("Present when the buffer is sent as stored, compressed "
-                               "(the request's Accept-Encoding named it).",
-                               {"enum": ["zstd", "gzip"]}, required=False),
+    "Cache-Control.immutable": _header("The content of a name never changes.", {"const": IMMUTABLE}),
+    "Cache-Control.no-store": _header("Not to be cached: only a buffer's bytes never change "
+                                      "(a buffer absent now may arrive).", {"const": "no-store"}),
+    "Cache-Control.no-cache": _header("Revalidate: the document follows the server's settings.",
+                                      {"const": "no-cache"}),
+    "Accept-Ranges": _header("Ranges of buffers are served.", {"const": "bytes"}),
+    "Content-Length": {"description": "The length of the body in bytes.", "required": True,
+                       "schema": {"type": "integer", "minimum": 0}},
+    "Content-Encoding": _header("Present when the buffer is sent as stored, compressed "
+                                "(the request's Accept-Encoding named it).",
+                                {"enum": ["zstd", "gzip"]}, required=False),
     "Vary": _header("`Accept-Encoding`, for a buffer stored compressed (two representations).",
                     {}, required=False),
-    "ContentRange": _header("The range sent, and the representation's full length.",
-                            {"pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$"}),
-    "ContentRangeUnsatisfied": _header("The representation's full length.",
-                                       {"pattern": "^bytes \\*/[0-9]+$"}),
-    "WWWAuthenticate": _header("The scheme to use.", {"pattern": "^Bearer"}),
-    "ConnectionClose": _header("A rejected write's body is not read: the connection is closed.",
-                               {"const": "close"}, required=False),
-    "RetryAfter": _header("Seconds to wait before retrying.", {}, required=False),
-    "AccessControlAllowMethods": _header("Methods allowed from any origin.", {}),
-    "AccessControlAllowHeaders": _header(
+    "Content-Range": _header("The range sent, and the representation's full length.",
+                             {"pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$"}),
+    "Content-Range.unsatisfied": _header("The representation's full length.",
+                                         {"pattern": "^bytes \\*/[0-9]+$"}),
+    "WWW-Authenticate": _header("The scheme to use.", {"pattern": "^Bearer"}),
+    "Connection.close": _header("A rejected write's body is not read: the connection is closed.",
+                                {"const": "close"}, required=False),
+    "Retry-After": _header("Seconds to wait before retrying.", {}, required=False),
+    "Access-Control-Allow-Methods": _header("Methods allowed from any origin.", {}),
+    "Access-Control-Allow-Headers": _header(
         "Request headers allowed from any origin, naming Authorization, Range, "
         "If-None-Match and If-Range.", {}),
-    "AccessControlMaxAge": _header("Seconds a preflight answer may be cached.", {"pattern": "^[0-9]+$"}),
-    "CacheControlNoCache": _header("Revalidate: the document follows the server's settings.",
-                                   {"const": "no-cache"}),
+    "Access-Control-Max-Age": _header("Seconds a preflight answer may be cached.", {"pattern": "^[0-9]+$"}),
 }
 
 
-def _headers(*names: str) -> dict:
-    """Response headers by their HTTP names, each a reference to its component."""
-    components = {"Access-Control-Allow-Origin": "AccessControlAllowOrigin",
-                  "Access-Control-Expose-Headers": "AccessControlExposeHeaders",
-                  "ETag": "ETag", "Accept-Ranges": "AcceptRanges", "Content-Length": "ContentLength",
-                  "Content-Encoding": "ContentEncoding", "Vary": "Vary", "Retry-After": "RetryAfter",
-                  "WWW-Authenticate": "WWWAuthenticate", "Connection": "ConnectionClose",
-                  "Access-Control-Allow-Methods": "AccessControlAllowMethods",
-                  "Access-Control-Allow-Headers": "AccessControlAllowHeaders",
-                  "Access-Control-Max-Age": "AccessControlMaxAge"}
-    result = {}
-    for name in names:
-        http_name, _, component = name.partition("=")
-        result[http_name] = _ref("headers", component or components[http_name])
-    return result
+def _headers(*components: str) -> dict:
+    """Response headers, each a reference to its component (named as in :data:`HEADERS`)."""
+    return {component.partition(".")[0]: _ref("headers", component) for component in components}
 
 
 def _content(media_type: str, schema: dict) -> dict:
@@ -314,27 +304,25 @@ def _text(*values: str) -> dict:
     return _content(TEXT, {"type": "string", "enum": list(values)})
 
 
-_CORS = ("Access-Control-Allow-Origin",)
+_CORS = ("Access-Control-Allow-Origin", "Access-Control-Expose-Headers")
 # Only a buffer's bytes may be cached: every other answer may change.
-_NOT_CACHED = ("Cache-Control=CacheControlNoStore", *_CORS)
-_REPRESENTATION = ("ETag", "Cache-Control=CacheControlImmutable", "Content-Length",
-                   "Content-Encoding", "Vary", *_CORS, "Access-Control-Expose-Headers")
+_NOT_CACHED = ("Cache-Control.no-store", *_CORS)
+_REPRESENTATION = ("ETag", "Cache-Control.immutable", "Content-Length", "Content-Encoding", "Vary", *_CORS)
 
 RESPONSES = {
     "Buffer": {"description": "The buffer (HEAD: its headers only).",
                "headers": _headers(*_REPRESENTATION, "Accept-Ranges"),
                "content": _content(OCTETS, _ref("schemas", "Buffer"))},
     "PartialBuffer": {"description": "The range asked of the representation sent.",
-                      "headers": _headers(*_REPRESENTATION, "Content-Range=ContentRange"),
+                      "headers": _headers(*_REPRESENTATION, "Content-Range"),
                       "content": _content(OCTETS, _ref("schemas", "Buffer"))},
     "NotModified": {"description": "The client's copy (If-None-Match) is this buffer: no body.",
-                    "headers": _headers("ETag", "Cache-Control=CacheControlImmutable", "Vary", "Content-Encoding",
-                                        *_CORS)},
+                    "headers": _headers("ETag", "Cache-Control.immutable", "Vary", "Content-Encoding", *_CORS)},
     "BufferNotFound": {"description": "No such buffer (nor a promise of it that is kept).",
                        "headers": _headers(*_NOT_CACHED),
                        "content": _text("Not found")},
     "RangeNotSatisfiable": {"description": "No byte of the range is in the representation.",
-                            "headers": _headers("Content-Range=ContentRangeUnsatisfied", *_NOT_CACHED),
+                            "headers": _headers("Content-Range.unsatisfied", *_NOT_CACHED),
                             "content": _json("Message")},
     "InvalidChecksumOrCorrupt": {
         "description": "An invalid checksum (pydantic's shape), or a file whose content does not "
@@ -361,7 +349,7 @@ RESPONSES = {
                                       "Access-Control-Allow-Headers", "Access-Control-Max-Age")},
     "Unauthorized": {"description": "No valid `Authorization: Bearer <token>`; nothing was read "
                                     "beyond the headers, nothing stored.",
-                     "headers": _headers("WWW-Authenticate", "Connection", *_NOT_CACHED),
+                     "headers": _headers("WWW-Authenticate", "Connection.close", *_NOT_CACHED),
                      "content": _json("Message")},
     "ReadOnly": {"description": "This server is read-only.", "headers": _headers(*_NOT_CACHED),
                  "content": _json("Message")},
@@ -376,7 +364,7 @@ RESPONSES = {
     "Metrics": {"description": "Prometheus text exposition format, all workers together.",
                 "content": _content(TEXT, {"type": "string"})},
     "OpenAPI": {"description": "This document.",
-                "headers": _headers(*_CORS, "Cache-Control=CacheControlNoCache"),
+                "headers": _headers(*_CORS, "Cache-Control.no-cache"),
                 "content": _content(JSON, {"type": "object"})},
     "Page": {"description": "An HTML page that renders `/openapi.json` with assets served here.",
              "content": _content("text/html", {"type": "string"})},
@@ -500,7 +488,7 @@ def _docs_paths(assets: Mapping[str, str]) -> dict:
     }
     for number, (url, media_type) in enumerate(sorted(assets.items())):
         asset = {"description": "The file; its URL names the bundle's version.",
-                 "headers": _headers("Cache-Control=CacheControlImmutable"),
+                 "headers": _headers("Cache-Control.immutable"),
                  "content": _content(media_type, {"type": "string"})}
         paths[url] = {"get": _operation(f"asset{number}", "A static file of the documentation pages",
                                         "documentation", {"200": asset})}
