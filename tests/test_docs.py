@@ -28,6 +28,7 @@ from websockets.sync.client import connect
 
 import hashserver.docs
 from hashserver import Config, create_app
+from hashserver.cli import config_from_args
 from hashserver.runtime import MainProcess, attach_main
 
 from conftest import BIN, add_buffer, free_port, sha3
@@ -78,18 +79,18 @@ def in_process_server(config: Config) -> Iterator[str]:
 
 @pytest.fixture
 def start_server(tmp_path, serve):
-    """``start_server(writable=True, **settings)``: the base URL of a server on a
-    fresh directory, ``settings`` being Config fields (``--option`` names)."""
+    """``start_server(*options)``: the base URL of a server on a fresh directory,
+    started with these command-line options."""
     with ExitStack() as stack:
 
-        def start(writable: bool = True, **settings) -> str:
+        def start(*options: str) -> str:
             directory = tmp_path / f"buffers{next(_names)}"
             directory.mkdir()
             # The documents' example checksum, stored compressed: both representations.
             add_buffer(directory, zstandard.compress(b"hello"), checksum=sha3(b"hello"), suffix=".zst")
-            config = Config(str(directory), writable=writable, **settings)
-            # Once create_app registers hashserver.docs.blueprint, this line becomes:
-            #   return serve(directory, *(["--writable"] if writable else []), *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())).url  # noqa: E501
+            # Once create_app registers hashserver.docs.blueprint, a real server is this one line:
+            #   return serve(directory, *options).url
+            config = config_from_args([str(directory), *options], environ={})
             return stack.enter_context(in_process_server(config))
 
         yield start
@@ -121,7 +122,7 @@ def app_routes() -> set[tuple[str, str]]:
 
 
 def test_document_is_valid_and_describes_every_route(start_server):
-    document = get_document(start_server())
+    document = get_document(start_server("--writable"))
     validate(document)
     assert document["openapi"].startswith("3.1")
     missing = app_routes() - operations(document)
@@ -131,10 +132,10 @@ def test_document_is_valid_and_describes_every_route(start_server):
 
 
 def test_document_follows_the_server_settings(start_server):
-    writable = get_document(start_server())
+    writable = get_document(start_server("--writable"))
     assert set(writable["paths"]["/{checksum}"]["put"]["responses"]) >= {"200", "400", "413", "507"}
     assert "security" not in writable["paths"]["/{checksum}"]["put"]
-    url = start_server(writable=False)
+    url = start_server()
     read_only = get_document(url)
     assert set(read_only["paths"]["/{checksum}"]["put"]["responses"]) == {"405", "500", "503"}
     response = requests.put(url + "/" + "0" * 64, data=b"x", timeout=10)
@@ -143,7 +144,7 @@ def test_document_follows_the_server_settings(start_server):
 
 
 def test_pages_assets_and_favicon(start_server):
-    url = start_server()
+    url = start_server("--writable")
     for page in ("/docs", "/redoc"):
         response = requests.get(url + page, timeout=10)
         assert response.status_code == 200
@@ -174,26 +175,26 @@ def run_schemathesis(url: str, tmp_path: Path, *options: str) -> None:
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-3000:]
 
 
-def run_schemathesis_twice(start, tmp_path: Path, *options: str, **settings) -> None:
+def run_schemathesis_twice(start, tmp_path: Path, server_options: tuple[str, ...], *options: str) -> None:
     """Promises on a server of their own: a GET of a promised buffer waits for
     it (until the promise lapses), and the fuzzer promises the checksums it GETs."""
-    run_schemathesis(start(**settings), tmp_path, "--exclude-path", PROMISE, *options)
-    run_schemathesis(start(**settings), tmp_path, "--include-path", PROMISE, *options)
+    run_schemathesis(start(*server_options), tmp_path, "--exclude-path", PROMISE, *options)
+    run_schemathesis(start(*server_options), tmp_path, "--include-path", PROMISE, *options)
 
 
 @pytest.mark.timeout(900)
 def test_schemathesis_without_tokens(start_server, tmp_path):
-    run_schemathesis_twice(start_server, tmp_path)
+    run_schemathesis_twice(start_server, tmp_path, ("--writable",))
 
 
 @pytest.mark.timeout(900)
 def test_schemathesis_with_write_tokens(start_server, tmp_path):
     tokens = tmp_path / "write-tokens"
     tokens.write_text(f"# writers\n\n{TOKEN}\n")
-    document = get_document(start_server(write_token_file=str(tokens)))
+    server_options = ("--writable", "--write-token-file", str(tokens))
+    document = get_document(start_server(*server_options))
     assert document["paths"]["/{checksum}"]["put"]["security"] == [{"bearer": []}]
-    run_schemathesis_twice(start_server, tmp_path, "-H", f"Authorization: Bearer {TOKEN}",
-                           write_token_file=str(tokens))
+    run_schemathesis_twice(start_server, tmp_path, server_options, "-H", f"Authorization: Bearer {TOKEN}")
 
 
 # ---------------------------------------------------------------- the browser
@@ -339,7 +340,7 @@ SWAGGER_OPERATIONS = """Array.from(document.querySelectorAll('.opblock')).map(bl
 
 
 def test_swagger_ui_renders_every_route(start_server, tmp_path):
-    url = start_server()
+    url = start_server("--writable")
     expected = operations(get_document(url))
     with chromium(tmp_path / "profile") as devtools:
         load_page(devtools, url + "/docs", f"document.querySelectorAll('.opblock').length >= {len(expected)}")
@@ -356,7 +357,7 @@ def test_swagger_ui_renders_every_route(start_server, tmp_path):
 
 
 def test_redoc_renders_every_route(start_server, tmp_path):
-    url = start_server()
+    url = start_server("--writable")
     document = get_document(url)
     with chromium(tmp_path / "profile") as devtools:
         load_page(devtools, url + "/redoc", "document.querySelector('.api-content') !== null")
