@@ -51,6 +51,7 @@ import os
 import re
 import time
 from binascii import unhexlify
+from time import perf_counter
 
 from sanic import Sanic
 from sanic.compat import Header
@@ -60,7 +61,7 @@ from sanic.log import error_logger, logger
 from sanic.response import HTTPResponse
 from sanic.server.protocols.http_protocol import HttpProtocol
 
-from . import caching, responses, routes
+from . import caching, responses
 from .config import parse_bool
 from .storage import Fast, Storage
 
@@ -85,6 +86,11 @@ _HEADER = (
 )
 # Method and version are case-sensitive, as Sanic's router and parser take them.
 SIMPLE_REQUEST = re.compile(rb"(GET|HEAD) /([0-9a-fA-F]{64}) HTTP/1\.1\r\n" + _HEADER + rb"*\r\n")
+
+# Middleware whose work the hot path does itself: the --timeout stamp, and (when
+# the worker has metrics) the request counts, through HotPath.totals.
+REPLICATED = frozenset({"hashserver.routes.note_activity"})
+METRICS_MIDDLEWARE = frozenset({"hashserver.metrics.stamp_request", "hashserver.metrics.record_response"})
 
 _CHECKSUM_MARK = "\x00checksum\x00"
 _LENGTH_MARK = "\x00length\x00"
@@ -141,13 +147,15 @@ def not_found_answer(head: bool) -> bytes:
 
 def bypassed(app: Sanic) -> list[str]:
     """What the regular pipeline would run for GET /<checksum> that the hot
-    path does not: middleware other than the activity stamp, HTTP signal
+    path does not: middleware other than what it does itself, HTTP signal
     handlers, Sanic's access log, a connection closed after each answer."""
+    replicated = REPLICATED | (METRICS_MIDDLEWARE if getattr(app.ctx, "metrics", None) is not None else set())
     chains = [app.request_middleware, app.response_middleware]
     chains += [chain for name, chain in {**app.named_request_middleware, **app.named_response_middleware}.items()
                if name.endswith(".get_buffer")]
-    found = [getattr(m.func, "__name__", repr(m.func)) for chain in chains for m in chain
-             if m.func is not routes.note_activity]
+    names = [f"{getattr(m.func, '__module__', '')}.{getattr(m.func, '__name__', repr(m.func))}"
+             for chain in chains for m in chain]
+    found = [name for name in names if name not in replicated]
     found += [f"signal {signal.name}" for signal in app.signal_router.routes if signal.name.startswith("http.")]
     if app.config.ACCESS_LOG:
         found.append("Sanic's access log")
@@ -158,7 +166,7 @@ def bypassed(app: Sanic) -> list[str]:
 
 class HotPath:
     """One worker's hot path: its storage, the activity stamp, the ready-made
-    answers, and counts of what it answered (for metrics)."""
+    answers, and running totals of what it answered (for metrics)."""
 
     _of_app: dict[str, HotPath | None] = {}
 
@@ -167,7 +175,9 @@ class HotPath:
         self.stamp = stamp  # multiprocessing RawValue of --timeout, or None
         self.get_template, self.head_template = buffer_template(False), buffer_template(True)
         self.get_absent, self.head_absent = not_found_answer(False), not_found_answer(True)
-        self.answered = {(b"GET", 200): 0, (b"GET", 404): 0, (b"HEAD", 200): 0, (b"HEAD", 404): 0}
+        self.absent_body_length = len(responses.not_found().body)
+        # (route, status) -> [requests, body bytes sent, seconds spent]
+        self.counts = {key: [0, 0, 0.0] for key in (("get", 200), ("get", 404), ("head", 200), ("head", 404))}
 
     @classmethod
     def of(cls, app: Sanic) -> HotPath | None:
@@ -188,26 +198,43 @@ class HotPath:
             return None
         logger.info("hashserver: hot path on (GET/HEAD /<checksum> of small buffers in memory, and 404s)")
         shared = ctx.shared
-        return cls(ctx.storage, shared.last_request if shared is not None else None)
+        hot = cls(ctx.storage, shared.last_request if shared is not None else None)
+        if getattr(ctx, "metrics", None) is not None:
+            ctx.metrics.count_elsewhere(hot.totals)
+        return hot
 
     def answer(self, method: bytes, checksum_hex: bytes) -> bytes | None:
         """The whole answer, or None where the regular route must answer."""
+        started = perf_counter()
         found = self.storage.peek(unhexlify(checksum_hex))
         if found is Fast.REGULAR:
             return None
-        head = method == b"HEAD"
-        if found is Fast.ABSENT:
-            self.answered[method, 404] += 1
-            return self.head_absent if head else self.get_absent
-        self.answered[method, 200] += 1
-        fields = {b"checksum": checksum_hex.lower(), b"length": len(found)}
-        if head:
-            return self.head_template % fields
-        return self.get_template % fields + found
+        if method == b"HEAD":
+            if found is Fast.ABSENT:
+                answer, key, sent = self.head_absent, ("head", 404), 0
+            else:
+                fields = {b"checksum": checksum_hex.lower(), b"length": len(found)}
+                answer, key, sent = self.head_template % fields, ("head", 200), 0
+        elif found is Fast.ABSENT:
+            answer, key, sent = self.get_absent, ("get", 404), self.absent_body_length
+        else:
+            fields = {b"checksum": checksum_hex.lower(), b"length": len(found)}
+            answer, key, sent = self.get_template % fields + found, ("get", 200), len(found)
+        counts = self.counts[key]
+        counts[0] += 1
+        counts[1] += sent
+        counts[2] += perf_counter() - started
+        return answer
 
     def activity(self, now: float) -> None:
         if self.stamp is not None:
             self.stamp.value = now
+
+    def totals(self) -> list:
+        """Running totals by route and status, for ``Metrics.count_elsewhere``."""
+        from .metrics import Totals  # only where metrics are on: prometheus_client
+
+        return [Totals(route, status, *counts) for (route, status), counts in self.counts.items()]
 
 
 class HotPathProtocol(HttpProtocol):

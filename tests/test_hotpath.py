@@ -627,9 +627,10 @@ class InProcess:
 
     _names = iter(range(1_000_000))
 
-    def __init__(self, config: Config, keep_alive_timeout: float | None = None):
+    def __init__(self, config: Config, keep_alive_timeout: float | None = None, metrics=None):
         Sanic.test_mode = True  # so that each app's start touches up Sanic's original methods (as sanic-testing does)
         self.app = create_app(config, name=f"hotpath_test_{next(self._names)}")
+        self.app.ctx.metrics = metrics
         if keep_alive_timeout is not None:
             self.app.config.KEEP_ALIVE_TIMEOUT = keep_alive_timeout
         self.main = MainProcess.start(config)
@@ -665,8 +666,8 @@ class InProcess:
 
     @property
     def answered(self) -> dict:
-        """What the hot path answered so far, by (method, status)."""
-        return {(method.decode(), status): n for (method, status), n in HotPath.of(self.app).answered.items()}
+        """What the hot path answered so far, by (route, status)."""
+        return {key: counts[0] for key, counts in HotPath.of(self.app).counts.items()}
 
     def connect(self) -> Connection:
         return Connection(self.port)
@@ -709,12 +710,12 @@ def answered_after(served: InProcess, *requests: tuple[str, bytes]) -> dict:
 
 
 def test_the_hot_path_answers_held_buffers_and_absent_ones(in_process):
-    assert in_process.answered == {("GET", 200): 0, ("GET", 404): 0, ("HEAD", 200): 0, ("HEAD", 404): 0}
+    assert in_process.answered == {("get", 200): 0, ("get", 404): 0, ("head", 200): 0, ("head", 404): 0}
     assert answered_after(in_process, ("GET", request("GET", SMALL_CS)), ("GET", request("GET", SMALL_CS.upper())),
                           ("HEAD", request("HEAD", SMALL_CS)), ("GET", request("GET", ABSENT_CS)),
                           ("HEAD", request("HEAD", ABSENT_CS)),
                           ("GET", request("GET", SMALL_CS, "Host: x", "Accept-Encoding: br", "Connection: keep-alive")),
-                          ) == {("GET", 200): 3, ("HEAD", 200): 1, ("GET", 404): 1, ("HEAD", 404): 1}
+                          ) == {("get", 200): 3, ("head", 200): 1, ("get", 404): 1, ("head", 404): 1}
 
 
 @pytest.mark.parametrize("raw", [
@@ -733,12 +734,12 @@ def test_what_the_hot_path_leaves_to_sanic(in_process, raw):
 def test_a_split_request_is_still_answered_by_the_hot_path(in_process):
     data = request("GET", SMALL_CS, "Host: 127.0.0.1")
     connection = in_process.connect()
-    before = in_process.answered[("GET", 200)]
+    before = in_process.answered[("get", 200)]
     for offset in range(1, len(data)):
         connection.send(data[:offset], data[offset:])
         assert connection.reply("GET").body == SMALL
     connection.close()
-    assert in_process.answered[("GET", 200)] - before == len(data) - 1
+    assert in_process.answered[("get", 200)] - before == len(data) - 1
 
 
 def test_reads_delivered_before_sanic_runs_are_answered_in_order(in_process):
@@ -764,7 +765,7 @@ def test_hot_answers_keep_the_connection_alive(in_process):
         connection.send(request("GET", SMALL_CS))
         assert connection.reply("GET").body == SMALL
     connection.close()
-    assert in_process.answered[("GET", 200)] >= 25
+    assert in_process.answered[("get", 200)] >= 25
 
 
 def test_no_answer_while_sanic_drains_a_body(in_process):
@@ -776,7 +777,7 @@ def test_no_answer_while_sanic_drains_a_body(in_process):
     connection.send(inner, request("GET", ABSENT_CS))
     assert connection.reply("GET").status == 404
     connection.close()
-    assert in_process.answered[("GET", 200)] == before[("GET", 200)]
+    assert in_process.answered[("get", 200)] == before[("get", 200)]
 
 
 def test_a_client_that_does_not_read_is_answered_by_sanic_meanwhile(in_process):
@@ -784,11 +785,11 @@ def test_a_client_that_does_not_read_is_answered_by_sanic_meanwhile(in_process):
     waiting for the client); once the client reads, every reply is there."""
     count = 2000  # 32 MB of answers: more than the socket buffers hold
     connection = in_process.connect()
-    before = in_process.answered[("GET", 200)]
+    before = in_process.answered[("get", 200)]
     sender = threading.Thread(target=connection.sock.sendall, args=(request("GET", PIPELINED_CS) * count,))
     sender.start()
     time.sleep(1.0)  # until the server has stopped answering
-    assert in_process.answered[("GET", 200)] - before < count
+    assert in_process.answered[("get", 200)] - before < count
     protocol = next(iter(in_process.server.connections))
     buffered = in_process.call(protocol.transport.get_write_buffer_size)
     assert buffered < FLUSH_BYTES + 2 * 65536  # one batch of answers past Sanic's high-water mark, at most
@@ -809,6 +810,36 @@ def test_an_error_in_the_hot_path_leaves_the_request_to_sanic(in_process, monkey
     reply = connection.reply("GET")
     connection.close()
     assert reply.status == 500  # the regular route meets the same failure and reports it
+
+
+def test_hot_answers_are_counted_in_the_metrics(tmp_path):
+    """The hot path's running totals reach the worker's metrics at each fold."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hashserver.metrics import Metrics
+
+    populate(tmp_path / "buffers")
+    (tmp_path / "metrics").mkdir()
+    metrics = Metrics(str(tmp_path / "metrics"))
+    served = InProcess(Config(str(tmp_path / "buffers")).validate(), metrics=metrics)
+    try:
+        hold_in_memory(served.port)
+        answered_after(served, *[("GET", request("GET", SMALL_CS))] * 3, ("GET", request("GET", ABSENT_CS)),
+                       ("HEAD", request("HEAD", SMALL_CS)), ("HEAD", request("HEAD", ABSENT_CS)))
+        text = served.call(metrics.exposition).decode()
+    finally:
+        served.stop()
+    figures = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(text) for sample in family.samples}
+
+    def figure(name: str, **labels: str) -> float | None:
+        return figures.get((name, tuple(sorted(labels.items()))))
+
+    requests = {(route, status): figure("hashserver_requests_total", route=route, status=status)
+                for route, status in (("get", "200"), ("get", "404"), ("head", "200"), ("head", "404"))}
+    assert requests == {("get", "200"): 3, ("get", "404"): 1, ("head", "200"): 1, ("head", "404"): 1}
+    assert figure("hashserver_sent_bytes_total", route="get") == 3 * len(SMALL) + len(b"Not found")
+    assert figure("hashserver_request_duration_seconds_count", route="get") == 4
 
 
 def test_select_protocol_for_the_sanic_command_line(tmp_path):
