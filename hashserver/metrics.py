@@ -34,7 +34,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
@@ -44,12 +44,11 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from . import responses
-from .compression import InvalidPayload
 from .index import IndexReader
 from .owner import owner_tag, pid_is_dead
-from .storage import BodyTooLarge, ChecksumMismatch, DiskFull, ReadOnly
+from .storage import BodyTooLarge, ChecksumMismatch, DiskFull, InvalidPayload, ReadOnly
 
-__all__ = ["CONTENT_TYPE_LATEST", "ENV", "FAMILIES", "IndexFacts", "Metrics", "ROUTES", "index_facts",
+__all__ = ["CONTENT_TYPE_LATEST", "ENV", "FAMILIES", "IndexFacts", "Metrics", "ROUTES", "Totals", "index_facts",
            "metrics_handler", "prepare_directory", "reap_dead_processes", "record_response", "rejection_reason",
            "remove_directory", "render", "route_label", "stamp_request", "worker_stopped"]
 
@@ -190,6 +189,17 @@ def _close_files(directory: str) -> None:
 
 
 # ------------------------------------------------------------------ one process
+class Totals(NamedTuple):
+    """Running totals of requests answered outside :meth:`Metrics.request` (see
+    :meth:`Metrics.count_elsewhere`); ``seconds`` None: not timed."""
+
+    route: str
+    status: int
+    requests: int
+    sent: int = 0
+    seconds: float | None = None
+
+
 @dataclass(frozen=True)
 class IndexFacts:
     entries: int
@@ -213,6 +223,7 @@ class Metrics:
         self._fold_lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._index_probe: Callable[[], IndexFacts] | None = None
+        self._elsewhere: list[tuple[Callable[[], Iterable[Totals]], dict]] = []
         self._requests = self._values["hashserver_requests"]
         self._durations = self._values["hashserver_request_duration_seconds"]
         self._sent = self._values["hashserver_sent_bytes"]
@@ -245,6 +256,29 @@ class Metrics:
         if received:
             self._received[(route,)] += received
 
+    def count_elsewhere(self, totals: Callable[[], Iterable[Totals]]) -> None:
+        """Requests answered where even :meth:`request` costs too much (the hot
+        path keeps its own plain counts): ``totals()`` gives their running
+        totals, read at each fold.  Their durations are counted in the
+        histogram at the mean of each fold's new ones (count and sum exact)."""
+        self._elsewhere.append((totals, {}))
+
+    def _pull_elsewhere(self) -> None:
+        for totals, seen in self._elsewhere:
+            for row in list(totals()):
+                key = (row.route, row.status)
+                before = seen.get(key) or Totals(row.route, row.status, 0, 0, 0.0)
+                new = row.requests - before.requests
+                if new <= 0:
+                    continue
+                seen[key] = row
+                self._requests[key] += new
+                if row.sent > before.sent:
+                    self._sent[(row.route,)] += row.sent - before.sent
+                if row.seconds is not None:
+                    spent = row.seconds - (before.seconds or 0.0)
+                    _observe(self._durations, REQUEST_BUCKETS, (row.route,), spent / new, new)
+
     def count(self, name: str, labels: tuple = (), amount: float = 1) -> None:
         """Add to a counter of :data:`FAMILIES` (the named methods below say where)."""
         self._values[name][labels] += amount
@@ -265,6 +299,12 @@ class Metrics:
     def put_rejected(self, reason: str) -> None:
         """A PUT refused: one of :data:`REJECTIONS` (see :func:`rejection_reason`)."""
         self.count("hashserver_puts_rejected", (reason,))
+
+    def put_failed(self, exc: BaseException) -> None:
+        """A PUT that raised: counted as rejected if ``exc`` is one of the refusals."""
+        reason = rejection_reason(exc)
+        if reason is not None:
+            self.put_rejected(reason)
 
     def promised(self) -> None:
         self.count("hashserver_promises")
@@ -315,6 +355,7 @@ class Metrics:
         if self.directory is None:
             return
         with self._fold_lock:
+            self._pull_elsewhere()
             if self._index_probe is not None:
                 try:
                     self.index(self._index_probe())
@@ -373,13 +414,13 @@ class Metrics:
         return render(self.directory)
 
 
-def _observe(histogram: dict, bounds: tuple[float, ...], labels: tuple, value: float) -> None:
+def _observe(histogram: dict, bounds: tuple[float, ...], labels: tuple, value: float, times: int = 1) -> None:
     """Count ``value`` in its bucket (not cumulative, as the files hold them); the sum goes last."""
     counts = histogram.get(labels)
     if counts is None:
         counts = histogram[labels] = [0] * (len(bounds) + 1)
-    counts[bisect_left(bounds, value)] += 1
-    counts[-1] += value
+    counts[bisect_left(bounds, value)] += times
+    counts[-1] += value * times
 
 
 def index_facts(reader: IndexReader) -> IndexFacts:

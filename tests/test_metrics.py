@@ -27,6 +27,7 @@ from hashserver.metrics import (
     ENV,
     REJECTIONS,
     Metrics,
+    Totals,
     metrics_handler,
     prepare_directory,
     reap_dead_processes,
@@ -36,7 +37,7 @@ from hashserver.metrics import (
     stamp_request,
 )
 from hashserver.owner import owner_tag
-from hashserver.storage import ChecksumMismatch
+from hashserver.storage import BodyTooLarge, ChecksumMismatch
 
 from conftest import ServerProcess, add_buffer, sha3
 
@@ -128,7 +129,8 @@ def test_recorders_reach_their_families(directory):
     metrics.verified(True)
     metrics.verified(False)
     metrics.put("present")
-    metrics.put_rejected("too-large")
+    metrics.put_failed(BodyTooLarge(10))
+    metrics.put_failed(ValueError("not a refusal"))
     metrics.promised()
     metrics.promises_expired(2)
     metrics.lookups(index=5, directory=2, disk=1)
@@ -145,6 +147,7 @@ def test_recorders_reach_their_families(directory):
     assert figure(figures, "hashserver_corruptions_total") == 1
     assert figure(figures, "hashserver_puts_total", outcome="present") == 1
     assert figure(figures, "hashserver_puts_rejected_total", reason="too-large") == 1
+    assert sum(figure(figures, "hashserver_puts_rejected_total", reason=r) for r in REJECTIONS) == 1
     assert figure(figures, "hashserver_promises_total") == 1
     assert figure(figures, "hashserver_promises_expired_total") == 2
     assert [figure(figures, "hashserver_lookups_total", source=s) for s in ("index", "directory", "disk")] == [5, 2, 1]
@@ -154,6 +157,27 @@ def test_recorders_reach_their_families(directory):
     assert figure(figures, "hashserver_object_store_request_duration_seconds_count", operation="get") == 1
     assert figure(figures, "hashserver_local_tier_requests_total", result="miss") == 1
     assert figure(figures, "hashserver_local_tier_evictions_total") == 3
+
+
+def test_requests_counted_elsewhere_are_pulled_at_each_fold(directory):
+    """The hot path keeps plain running totals; each fold adds what is new."""
+    metrics = Metrics(directory)
+    totals = {"get": Totals("get", 200, 4, 4000, 0.0002), "head": Totals("head", 404, 1, 0, None)}
+    metrics.count_elsewhere(lambda: totals.values())
+    metrics.request("get", 200, 0.01, sent=10)
+    metrics.fold()
+    totals["get"] = Totals("get", 200, 6, 6000, 0.0008)
+    metrics.fold()
+    metrics.fold()
+    figures = scrape(directory)
+    assert figure(figures, "hashserver_requests_total", route="get", status="200") == 7
+    assert figure(figures, "hashserver_requests_total", route="head", status="404") == 1
+    assert figure(figures, "hashserver_sent_bytes_total", route="get") == 6010
+    assert figure(figures, "hashserver_request_duration_seconds_count", route="get") == 7
+    assert figure(figures, "hashserver_request_duration_seconds_sum", route="get") == pytest.approx(0.0108)
+    assert figure(figures, "hashserver_request_duration_seconds_bucket", route="get", le="0.0001") == 4
+    assert figure(figures, "hashserver_request_duration_seconds_bucket", route="get", le="0.0005") == 6
+    assert figure(figures, "hashserver_request_duration_seconds_count", route="head") is None  # not timed
 
 
 def test_two_metrics_of_one_process_add_up(directory):
@@ -208,7 +232,7 @@ def _wait_zombie(pid: int, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-class Totals:
+class MonotonicScrapes:
     """Scrapes that check that no counter ever goes down."""
 
     def __init__(self, directory: str):
@@ -237,7 +261,7 @@ def test_processes_sum_and_totals_survive_their_death(directory):
 
     for generation, requests in enumerate((5, 7, 11), 1):  # one after the other: the last one's gauges are newest
         start(requests, generation, graceful=generation != 3)
-    totals = Totals(directory)
+    totals = MonotonicScrapes(directory)
     try:
         figures = totals.scrape()
         assert figure(figures, "hashserver_requests_total", route="get", status="200") == 23
@@ -392,10 +416,11 @@ def test_metrics_route_and_middleware_in_sanic(directory):
 # ------------------------------------------------------------------ a real server
 def call(server: ServerProcess, method: str, path: str, body: bytes | None = None
          ) -> tuple[int, http.client.HTTPMessage, bytes]:
-    """One request on a connection of its own (so that the workers share the traffic)."""
+    """One request on a connection of its own, so that the workers share the
+    traffic; kept alive, as clients do, so that the hot path may answer it."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        conn.request(method, path, body=body, headers={"Connection": "close"})
+        conn.request(method, path, body=body)
         response = conn.getresponse()
         return response.status, response.headers, response.read()
     finally:
