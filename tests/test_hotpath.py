@@ -65,7 +65,7 @@ def populate(directory: Path) -> None:
     buffer_path(directory, ZST_CS).parent.mkdir(exist_ok=True)
     Path(f"{buffer_path(directory, ZST_CS)}.zst").write_bytes(zstandard.ZstdCompressor().compress(ZST))
     buffer_path(directory, GZ_CS).parent.mkdir(exist_ok=True)
-    Path(f"{buffer_path(directory, GZ_CS)}.gz").write_bytes(gzip.compress(GZ))
+    Path(f"{buffer_path(directory, GZ_CS)}.gz").write_bytes(gzip.compress(GZ, mtime=0))
 
 
 def request(method: str, target: str, *headers: str, body: bytes = b"", version: str = "HTTP/1.1") -> bytes:
