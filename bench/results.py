@@ -128,6 +128,21 @@ class ServerRun:
 
 
 @dataclass
+class LookupFigure:
+    """In-process lookups in an index of ``entries`` generated checksums
+    (:mod:`bench.lookups`): medians of the rounds, each round (batched, single)."""
+
+    entries: int
+    index_bytes: int
+    fanout_bits: int
+    build_s: float
+    batch: int  # checksums per batch
+    batch_per_s: float  # checksums per second, looked up in batches
+    single_per_s: float  # checksums per second, looked up one by one
+    rounds: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
 class LoadGeneratorInfo:
     name: str
     description: str

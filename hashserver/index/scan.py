@@ -44,6 +44,12 @@ class DirectoryScan:
     def sizes(self) -> np.ndarray:
         return self.records["size"]
 
+    def take_records(self) -> np.ndarray:
+        """The records, given up to a merge (this scan keeps none), so that
+        the memory of each scan is freed as soon as it is merged."""
+        records, self.records = self.records, np.empty(0, RECORD)
+        return records
+
     @property
     def unmeasured_plain(self) -> np.ndarray:
         """Positions of plain buffers whose size this scan did not measure."""
@@ -100,7 +106,7 @@ class _Listing:
         if self.with_sizes:
             if len(valid) != len(self.plain):
                 keep = set(valid)
-                self.plain_sizes = [s for n, s in zip(self.plain, self.plain_sizes) if n in keep]
+                self.plain_sizes = [s for n, s in zip(self.plain, self.plain_sizes, strict=True) if n in keep]
             sizes = np.array(self.plain_sizes, np.uint64)
         else:
             sizes = np.full(len(valid), UNKNOWN_SIZE, np.uint64)
