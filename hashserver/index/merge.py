@@ -88,6 +88,11 @@ class Merge:
         return fanout_table(self.sorted_lead, fanout_bits(len(self.order)))
 
     def chunks(self):
+        """The records in order, a chunk at a time (the scans' records as they
+        are when they came sorted and nothing else stays: a fresh build)."""
+        if len(self.base) == 0 and (np.diff(self.order) == 1).all():
+            yield self.fresh
+            return
         for start in range(0, len(self.order), CHUNK):
             yield self.take(self.order[start:start + CHUNK])
 

@@ -14,7 +14,7 @@ import threading
 import time
 
 from ..layout import SearchPath
-from .memory import release_free_memory
+from .memory import map_large_blocks, release_free_memory
 from .merge import Merge
 from .records import ABSENT, PLAIN, UNKNOWN_SIZE, IndexData
 from .scan import SETTLE_NS, DirectoryScan, scan_all
@@ -31,6 +31,7 @@ class IndexPublisher:
         self.store = store
         self.interval = interval
         self.data = IndexData.empty(len(search_path.dirs))
+        map_large_blocks()  # what a build allocates goes back to the system when freed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -60,12 +60,13 @@ def concat_records(parts: list[np.ndarray]) -> np.ndarray:
     """Records one after another, in the padded record layout (``np.concatenate``
     would promote to a packed dtype without the padding).  Empties ``parts``
     as it goes, so that each part can be freed as soon as it is copied."""
-    out = np.zeros(sum(len(p) for p in parts), RECORD)  # zeros: no stray bytes in the padding
+    out = np.empty(sum(len(p) for p in parts), RECORD)
+    raw = out.view(np.uint8)  # whole records, padding included: a plain copy, not field by field
     offset = 0
     parts.reverse()
     while parts:
-        part = parts.pop()
-        out[offset:offset + len(part)] = part
+        part = np.ascontiguousarray(parts.pop()).view(np.uint8)
+        raw[offset:offset + len(part)] = part
         offset += len(part)
     return out
 
