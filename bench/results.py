@@ -39,6 +39,10 @@ class Options:
     profile: bool = False
     seed: int = 1
     sha3_seconds: float = 1.0
+    framework: bool = True  # Sanic with a constant body beside nginx (FRAMEWORK_CASES)
+    lookup_sizes: list[int] = field(default_factory=list)  # in-process lookups (bench.lookups)
+    lookup_rounds: int = 3
+    lookup_seconds: float = 1.0  # per size, kind and round
 
 
 @dataclass
@@ -68,6 +72,10 @@ class Figure:
     stored: int | None = None
     indexed: int | None = None
     find_files: int | None = None
+    framework_value: float | None = None  # Sanic, same route, constant body (FRAMEWORK_CASES)
+    framework_load: LoadResult | None = None
+    framework_cpu_s: dict[str, float] | None = None
+    baseline_mib: float | None = None  # memory cases: the same process of a server on an empty directory
 
     @classmethod
     def of(cls, case: Case, value: float | None) -> Figure:
@@ -168,6 +176,7 @@ class BenchDocument:
     load_generator: LoadGeneratorInfo
     notes: list[str]
     runs: list[ServerRun] = field(default_factory=list)
+    lookups: list[LookupFigure] = field(default_factory=list)
     finished: str | None = None
     outputs: Outputs | None = None
 
