@@ -114,7 +114,14 @@ class FanOut:
         # The first record of each bucket, read whole: one cache line or two per query.
         positions = np.minimum(low, self.entries - 1)
         found = self._equal(self._words.take(positions, axis=0), query)
-        rest = np.flatnonzero(~found & (size > 1))
+        # Then the second, for the queries whose bucket has one (next to the first in memory).
+        second = np.flatnonzero(~found & (size > 1))
+        if len(second):
+            at = np.minimum(low[second] + 1, self.entries - 1)
+            here = self._equal(self._words.take(at, axis=0), query[second])
+            positions[second[here]] = at[here]
+            found[second[here]] = True
+        rest = np.flatnonzero(~found & (size > 2))
         if len(rest):
             self._find_further(queries, query, rest, low, size, positions, found)
         return positions, found
@@ -128,12 +135,12 @@ class FanOut:
 
     def _find_further(self, queries: np.ndarray, query: np.ndarray, rest: np.ndarray, low: np.ndarray,
                       size: np.ndarray, positions: np.ndarray, found: np.ndarray) -> None:
-        """The queries not at the start of their bucket: compared with the
-        bucket's next records at once (rows: offsets; columns: queries), on
-        their first 8 bytes, then the one candidate on all 32."""
+        """The queries not among the first two records of their bucket: compared
+        with the bucket's next records at once (rows: offsets; columns:
+        queries), on their first 8 bytes, then the one candidate on all 32."""
         size, low = size[rest], low[rest]
         window = min(int(size.max()), WINDOW)
-        offsets = np.arange(1, window)[:, None]
+        offsets = np.arange(2, window)[:, None]
         candidates = low + offsets
         np.minimum(candidates, self.entries - 1, out=candidates)
         # Indexing, not take(): take() would copy the whole strided column first.
