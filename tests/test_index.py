@@ -557,7 +557,10 @@ def test_fanout_lookups_at_ten_million_entries():
         absent = np.frombuffer(rng.bytes(32 * 50_000), "S32")
         queries = np.concatenate([present, absent])
         positions, found = data.find(queries)
-        leading = data.fanout._first.byteswap()
+        from hashserver.index.fanout import leading as leading_words
+        from hashserver.index.records import record_words
+
+        leading = leading_words(record_words(data.records)[:, 0])
         query_words = np.ascontiguousarray(queries).view(">u8").reshape(-1, 4)
         reference = np.searchsorted(leading, query_words[:, 0].astype(np.uint64))
         reference = np.minimum(reference, len(data.records) - 1)
