@@ -56,8 +56,10 @@ __all__ = [
 ACCESS_KEY = "hashserver-test"
 SECRET_KEY = "hashserver-test-secret"
 REGION = "us-east-1"
-# What the README recommends for a buffer directory on SeaweedFS (see
-# scripts/publication-study): metadata cached for at most 1 s instead of 60 s.
+# The mount options the README recommends for a buffer directory (scripts/publication-study):
+# directory listings trusted for 1 s instead of 60 s, a bound for a mount that missed another
+# mount's change (no difference was measured: mounts learn changes from the filer's stream).
+# Not -dlm: it made neither O_EXCL nor link exclusive across mounts.
 MOUNT_OPTIONS: tuple[str, ...] = ("-cacheMetaTtlSec=1",)
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 KILL_WAIT = 10.0  # a SIGKILLed process is reaped within this
