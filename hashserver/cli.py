@@ -89,8 +89,9 @@ def serve(config: Config) -> None:
 
     loader = AppLoader(factory=partial(create_app, config))
     app = loader.load()
+    tls = {"cert": config.tls_cert, "key": config.tls_key} if config.tls_cert else None
     app.prepare(host=config.host, port=config.port, workers=config.workers,
-                motd=False, access_log=False)
+                motd=False, access_log=False, ssl=tls)
     Sanic.serve(primary=app, app_loader=loader)
 
 

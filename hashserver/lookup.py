@@ -13,10 +13,10 @@ comes back.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
-import os
 
 from .bufferfile import BufferFile
 from .compression import SUFFIXES, for_suffix

@@ -57,6 +57,13 @@ def unsatisfiable(size: int) -> HTTPResponse:
     return response
 
 
+def unauthorized(needed: str) -> HTTPResponse:
+    response = message(401, f"Unauthorized: this request needs a {needed} token "
+                             "(Authorization: Bearer <token>)")
+    response.headers["www-authenticate"] = "Bearer"
+    return response
+
+
 def preflight() -> HTTPResponse:
     return HTTPResponse(status=204, headers=PREFLIGHT)
 

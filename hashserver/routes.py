@@ -17,8 +17,17 @@ from sanic.response import HTTPResponse
 
 from . import responses, sending
 from .checksum import InvalidChecksum, parse_checksum, parse_checksum_list
-from .storage import (BodyTooLarge, ChecksumMismatch, CorruptBuffer, DiskFull, Fast, InvalidPayload, Readable,
-                      ReadOnly, Storage)
+from .storage import (
+    BodyTooLarge,
+    ChecksumMismatch,
+    CorruptBuffer,
+    DiskFull,
+    Fast,
+    InvalidPayload,
+    Readable,
+    ReadOnly,
+    Storage,
+)
 
 log = logging.getLogger("hashserver")
 
@@ -38,8 +47,35 @@ class InvalidInput(Exception):
         return cls(exc.kind, loc, str(exc), exc.value)
 
 
+class Unauthorized(Exception):
+    """A request without one of the tokens its route needs."""
+
+
+class BatchTooLarge(Exception):
+    """A batch body over the configured bound (``--max-batch``); ``announced``:
+    known from its Content-Length, before any of it was read."""
+
+    def __init__(self, max_batch: int, announced: bool = False):
+        super().__init__(f"Batch too large: at most {max_batch} checksums, in a body of at most "
+                         f"{batch_body_limit(max_batch)} bytes (--max-batch)")
+        self.announced = announced
+
+
+def batch_body_limit(max_batch: int) -> int:
+    """The largest batch body: 64 hex digits, quotes, a comma and a space per checksum, and slack."""
+    return 70 * max_batch + 1024
+
+
 def storage_of(request: Request) -> Storage:
     return request.app.ctx.storage
+
+
+def check_token(request: Request, writes: bool) -> None:
+    """Raise :class:`Unauthorized` unless the request carries a token this
+    route needs (a write token for writes; a read token, if any, for the rest)."""
+    guard = request.app.ctx.guard
+    if guard is not None and not guard.allows(writes, request.headers.get("authorization")):
+        raise Unauthorized("write" if writes else "read")
 
 
 def path_checksum(checksum: str) -> bytes:
@@ -49,9 +85,26 @@ def path_checksum(checksum: str) -> bytes:
         raise InvalidInput.checksum(exc, ["path", "checksum"]) from None
 
 
-def checksum_batch(request: Request) -> bytes:
+async def batch_body(request: Request, max_batch: int) -> bytes:
+    """The body of a batch request, read no further than its bound: a body
+    announced larger is refused before any of it is read."""
+    limit = batch_body_limit(max_batch)
+    announced = request.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit:
+        raise BatchTooLarge(max_batch, announced=True)
+    body = bytearray()
+    while (chunk := await request.stream.read()) is not None:
+        body += chunk
+        if len(body) > limit:
+            raise BatchTooLarge(max_batch)
+    return bytes(body)
+
+
+async def checksum_batch(request: Request) -> bytes:
     """The request body as a batch of checksums (32 bytes each)."""
-    body = request.body
+    check_token(request, writes=False)
+    max_batch = request.app.ctx.config.max_batch
+    body = await batch_body(request, max_batch)
     if not body:
         raise InvalidInput("missing", ["body"], "Field required", None)
     try:
@@ -61,6 +114,8 @@ def checksum_batch(request: Request) -> bytes:
                            body[:200].decode("utf-8", "replace")) from None
     if not isinstance(values, list):
         raise InvalidInput("list_type", ["body"], "Input should be a valid list", values)
+    if len(values) > max_batch:
+        raise BatchTooLarge(max_batch)
     try:
         return parse_checksum_list(values)
     except InvalidChecksum as exc:
@@ -99,18 +154,19 @@ async def preflight(request: Request, **_) -> HTTPResponse:
 
 
 async def has(request: Request) -> HTTPResponse:
-    return responses.bool_list(await storage_of(request).has(checksum_batch(request)))
+    return responses.bool_list(await storage_of(request).has(await checksum_batch(request)))
 
 
 async def has_now(request: Request) -> HTTPResponse:
-    return responses.bool_list(await storage_of(request).has(checksum_batch(request), promised=False))
+    return responses.bool_list(await storage_of(request).has(await checksum_batch(request), promised=False))
 
 
 async def buffer_length(request: Request) -> HTTPResponse:
-    return responses.int_list(await storage_of(request).lengths(checksum_batch(request)))
+    return responses.int_list(await storage_of(request).lengths(await checksum_batch(request)))
 
 
 async def promise(request: Request, checksum: str) -> HTTPResponse:
+    check_token(request, writes=True)
     storage = storage_of(request)
     if not storage.writable:
         raise ReadOnly.promise()
@@ -120,6 +176,7 @@ async def promise(request: Request, checksum: str) -> HTTPResponse:
 
 
 async def get_buffer(request: Request, checksum: str) -> HTTPResponse | None:
+    check_token(request, writes=False)
     raw = path_checksum(checksum)
     storage = storage_of(request)
     head = request.method == "HEAD"
@@ -136,6 +193,7 @@ async def get_buffer(request: Request, checksum: str) -> HTTPResponse | None:
 
 
 async def put_buffer(request: Request, checksum: str) -> HTTPResponse:
+    check_token(request, writes=True)
     storage = storage_of(request)
     if not storage.writable:
         raise ReadOnly.put()
@@ -159,11 +217,18 @@ _ERRORS = {
     BodyTooLarge: lambda exc: responses.message(413, str(exc)),
     DiskFull: lambda exc: responses.message(507, "Insufficient storage: the disk is full; nothing was stored"),
     InvalidInput: lambda exc: responses.invalid_data(exc.error_type, exc.loc, exc.msg, exc.value),
+    Unauthorized: lambda exc: responses.unauthorized(str(exc)),
+    BatchTooLarge: lambda exc: responses.message(413, str(exc)),
 }
+LINGER = 1 << 20  # of a body too large, read (and discarded) before closing
 
 
 async def error_response(request: Request, exc: Exception) -> HTTPResponse:
     """The one place where an exception becomes a response."""
+    if isinstance(exc, Unauthorized) or getattr(exc, "announced", False):  # not a byte of the body read
+        sending.refuse_body(request)
+    elif isinstance(exc, (BatchTooLarge, BodyTooLarge)):
+        sending.refuse_body(request, LINGER)
     for kind, respond in _ERRORS.items():
         if isinstance(exc, kind):
             return respond(exc)
@@ -179,7 +244,7 @@ def register(app: Sanic, stamp_activity: bool) -> None:
         app.add_route(preflight, uri, methods=["OPTIONS"], name=f"preflight{uri}")
     app.add_route(healthcheck, "/healthcheck", methods=["GET"])
     for handler, uri in ((has, "/has"), (has_now, "/has-now"), (buffer_length, "/buffer-length")):
-        app.add_route(handler, uri, methods=["GET", "POST"], ignore_body=False)
+        app.add_route(handler, uri, methods=["GET", "POST"], stream=True)  # read within its bound
     app.add_route(promise, "/promise/<checksum>", methods=["PUT"])
     app.add_route(get_buffer, "/<checksum>", methods=["GET", "HEAD"])
     app.add_route(put_buffer, "/<checksum>", methods=["PUT"], stream=True)

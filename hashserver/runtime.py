@@ -25,6 +25,7 @@ from .integrity import check_hash_algorithm
 from .launcher import InactivityWatch, StatusFile
 from .layout import SearchPath
 from .storage import Storage
+from .tokens import Guard
 from .writer import remove_leftovers, write_prefix_marker
 
 log = logging.getLogger("hashserver")
@@ -75,6 +76,9 @@ class MainProcess:
             raise
         publisher.log_built(elapsed)
         publisher.start()
+        if config.writable and config.write_token_file is None and not config.loopback_only:
+            log.warning("writable on %s without --write-token-file: anyone who reaches it can write",
+                        config.host)
         return cls(config, generations, publisher, elapsed)
 
     def index_facts(self) -> dict:
@@ -136,6 +140,7 @@ class AppContext:
     main: MainProcess | None = None  # in the main process
     shared: Shared | None = None
     storage: Storage | None = None  # in each worker
+    guard: Guard | None = None  # in each worker, when token files are given
 
 
 def resolve_config(ctx: AppContext) -> Config:
@@ -158,7 +163,8 @@ def attach_main(app, main: MainProcess, host: str, port: int, workers: int) -> N
         InactivityWatch(main.config.timeout, shared.last_request).start()
     if main.config.status_file:
         StatusFile(main.config.status_file).report_running_when_ready(
-            host, port, lambda: shared.ready_workers(max(1, workers)), {"index": main.index_facts()})
+            host, port, lambda: shared.ready_workers(max(1, workers)), {"index": main.index_facts()},
+            tls=main.config.tls_cert is not None)
 
 
 def shared_of(app) -> Shared:

@@ -10,27 +10,38 @@ from typing import NoReturn
 
 from sanic import Sanic
 
-from . import routes
+from . import access_log, routes
 from .config import Config, ConfigError
 from .launcher import StatusFile
 from .runtime import AppContext, MainProcess, attach_main, open_storage, resolve_config, shared_of
+from .tokens import Guard
 
 
 def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
     """A hashserver app.  With ``config=None`` it is configured from the
-    environment when the server starts (``sanic hashserver.app``)."""
+    environment (``sanic hashserver.app``); a bad setting there is reported
+    in one line when the server starts."""
     app = Sanic(name, ctx=AppContext(given_config=config))
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.ACCESS_LOG = False
     app.config.KEEP_ALIVE_TIMEOUT = 75
-    # Only the environment's Config is unknown until the server starts.
-    routes.register(app, stamp_activity=config is None or bool(config.timeout))
+    known = config if config is not None else _env_config()
+    routes.register(app, stamp_activity=known is None or bool(known.timeout))
+    if known is not None and known.access_log:
+        access_log.register(app)
     app.main_process_start(start_main)
     app.main_process_stop(stop_main)
     app.before_server_start(open_worker)
     app.after_server_start(worker_ready)
     app.after_server_stop(close_worker)
     return app
+
+
+def _env_config() -> Config | None:
+    try:
+        return Config.from_env()
+    except ConfigError:
+        return None  # said in one line by start_main
 
 
 def config_or_exit(app: Sanic) -> Config:
@@ -75,8 +86,17 @@ async def stop_main(app: Sanic) -> None:
 async def open_worker(app: Sanic) -> None:
     config = config_or_exit(app)
     app.config.REQUEST_MAX_SIZE = config.max_body_size
+    app.config.update(proxy_settings(config))
     app.ctx.shared = shared_of(app)
     app.ctx.storage = open_storage(config, app.ctx.shared)
+    app.ctx.guard = Guard.from_files(config.write_token_file, config.read_token_file)
+
+
+def proxy_settings(config: Config) -> dict:
+    """Sanic's settings for trusting forwarded client addresses, as configured."""
+    settings = {"PROXIES_COUNT": config.proxies_count, "REAL_IP_HEADER": config.real_ip_header,
+                "FORWARDED_SECRET": config.forwarded_secret}
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 async def worker_ready(app: Sanic) -> None:

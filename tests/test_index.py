@@ -83,7 +83,7 @@ def lengths(store, checksums: bytes) -> list[int]:
 def age_directories(root) -> None:
     """Backdate directory times so the scan sees them as settled (the fast path)."""
     old = time.time() - 3600
-    for dirpath, dirnames, _ in os.walk(root):
+    for dirpath, _dirnames, _ in os.walk(root):
         os.utime(dirpath, (old, old))
 
 

@@ -151,7 +151,7 @@ def test_many_concurrent_puts_and_gets_lose_nothing(writable):
         list(pool.map(work, range(3 * len(buffers))))
     hexes = [sha3(b) for b in buffers]
     assert requests.post(f"{server.url}/has", json=hexes, timeout=30).json() == [True] * len(buffers)
-    for data, cs in zip(buffers, hexes):
+    for data, cs in zip(buffers, hexes, strict=True):
         assert buffer_path(directory, cs).read_bytes() == data
     assert wait_for(lambda: leftovers(directory) == [])
 
@@ -344,7 +344,7 @@ def test_simulated_save_vault_never_serves_wrong_bytes(writable):
 
     def save_vault():
         global_lock.write_bytes(b"")
-        for data, cs in zip(buffers, hexes):
+        for data, cs in zip(buffers, hexes, strict=True):
             path = buffer_path(directory, cs)
             path.parent.mkdir(exist_ok=True)
             with open(path, "wb") as f:  # in place, in two steps
@@ -360,7 +360,7 @@ def test_simulated_save_vault_never_serves_wrong_bytes(writable):
     served = 0
     with requests.Session() as s:
         for _ in range(200):
-            for data, cs in zip(buffers[::3], hexes[::3]):
+            for data, cs in zip(buffers[::3], hexes[::3], strict=True):
                 r = s.get(f"{server.url}/{cs}", timeout=30)
                 assert r.status_code in (200, 404)
                 if r.status_code == 200:
@@ -370,7 +370,7 @@ def test_simulated_save_vault_never_serves_wrong_bytes(writable):
                 break
     thread.join()
     assert served > 0
-    for data, cs in zip(buffers, hexes):
+    for data, cs in zip(buffers, hexes, strict=True):
         assert requests.get(f"{server.url}/{cs}", timeout=30).content == data
 
 

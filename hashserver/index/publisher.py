@@ -13,8 +13,6 @@ import os
 import threading
 import time
 
-import numpy as np
-
 from ..layout import SearchPath
 from .records import ABSENT, PLAIN, UNKNOWN_SIZE, IndexData
 from .scan import SETTLE_NS, DirectoryScan, scan_all

@@ -100,7 +100,7 @@ class _Listing:
         if self.with_sizes:
             if len(valid) != len(self.plain):
                 keep = set(valid)
-                self.plain_sizes = [s for n, s in zip(self.plain, self.plain_sizes) if n in keep]
+                self.plain_sizes = [s for n, s in zip(self.plain, self.plain_sizes, strict=True) if n in keep]
             sizes = np.array(self.plain_sizes, np.uint64)
         else:
             sizes = np.full(len(valid), UNKNOWN_SIZE, np.uint64)
