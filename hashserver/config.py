@@ -246,6 +246,24 @@ class Config:
         TEXT, "serve HTTPS with this certificate (PEM; with --tls-key)", default=None, metavar="FILE")
     tls_key: str | None = setting(
         TEXT, "the private key of --tls-cert (PEM)", default=None, metavar="FILE")
+    wait_timeout: float = setting(
+        NUMBER, "longest a GET waits for a buffer being written (a fresh lock) or promised; then "
+        "it answers from what is on disk, or 503 with Retry-After", default=30.0, metavar="SECONDS")
+    body_idle_timeout: float = setting(
+        NUMBER, "an upload from which no byte arrived for this long is aborted (408; nothing "
+        "stored)", default=30.0, metavar="SECONDS")
+    min_body_rate: int = setting(
+        WHOLE, "after its first 30 s, an upload slower than this many bytes a second is "
+        "aborted (408; nothing stored); 0: no minimum", default=64 * 1024, metavar="BYTES")
+    keep_alive_timeout: float = setting(
+        NUMBER, "an idle keep-alive connection is closed after this long", default=75.0,
+        metavar="SECONDS")
+    header_timeout: float = setting(
+        NUMBER, "a connection whose request headers have not all arrived after this long is "
+        "closed (slow clients, slow-loris)", default=60.0, metavar="SECONDS")
+    shutdown_grace: float = setting(
+        NUMBER, "on SIGTERM or SIGINT, requests in flight (uploads too) have this long to "
+        "finish; /healthcheck answers 503 meanwhile", default=30.0, metavar="SECONDS")
     # Where each setting came from, so that errors name it as the user wrote it.
     names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -346,6 +364,13 @@ class Config:
             self._fail("max_batch", self.max_batch, "must be at least 1")
         if self.proxies_count is not None and self.proxies_count < 0:
             self._fail("proxies_count", self.proxies_count, "must be 0 or more")
+        for attr in ("wait_timeout", "body_idle_timeout", "keep_alive_timeout", "header_timeout"):
+            if not (getattr(self, attr) > 0):
+                self._fail(attr, getattr(self, attr), "must be a positive number of seconds")
+        if not (self.shutdown_grace >= 0):
+            self._fail("shutdown_grace", self.shutdown_grace, "must be 0 or more seconds")
+        if self.min_body_rate < 0:
+            self._fail("min_body_rate", self.min_body_rate, "must be 0 or more bytes a second")
 
     def _check_files(self) -> None:
         for attr in ("write_token_file", "read_token_file", "tls_cert", "tls_key"):

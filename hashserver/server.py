@@ -87,9 +87,19 @@ async def open_worker(app: Sanic) -> None:
     config = config_or_exit(app)
     app.config.REQUEST_MAX_SIZE = config.max_body_size
     app.config.update(proxy_settings(config))
+    app.config.update(timeouts(config))
     app.ctx.shared = shared_of(app)
     app.ctx.storage = open_storage(config, app.ctx.shared)
     app.ctx.guard = Guard.from_files(config.write_token_file, config.read_token_file)
+
+
+def timeouts(config: Config) -> dict:
+    """Sanic's timeouts, from ours.  Sanic's response timeout counts from a
+    connection's last activity: it must outlast every wait of ours, which
+    end with an answer of their own."""
+    return {"KEEP_ALIVE_TIMEOUT": config.keep_alive_timeout, "REQUEST_TIMEOUT": config.header_timeout,
+            "GRACEFUL_SHUTDOWN_TIMEOUT": config.shutdown_grace,
+            "RESPONSE_TIMEOUT": max(60.0, 2 * max(config.wait_timeout, config.body_idle_timeout))}
 
 
 def proxy_settings(config: Config) -> dict:

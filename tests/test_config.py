@@ -157,7 +157,9 @@ def non_default_values(tmp_path) -> dict:
             "status_file": str(tmp_path / "s.json"), "timeout": 7.25, "max_batch": 17,
             "write_token_file": str(tokens), "read_token_file": str(tokens), "access_log": True,
             "proxies_count": 1, "real_ip_header": "X-Real-IP", "forwarded_secret": "s3cret",
-            "tls_cert": str(tmp_path / "cert.pem"), "tls_key": str(tmp_path / "key.pem")}
+            "tls_cert": str(tmp_path / "cert.pem"), "tls_key": str(tmp_path / "key.pem"),
+            "wait_timeout": 5.5, "body_idle_timeout": 7.5, "min_body_rate": 1000, "keep_alive_timeout": 9.5,
+            "header_timeout": 4.5, "shutdown_grace": 2.5}
 
 
 def test_env_round_trip_of_every_setting(tmp_path):
