@@ -64,6 +64,12 @@ def unauthorized(needed: str) -> HTTPResponse:
     return response
 
 
+def retry_later(text: str, seconds: int) -> HTTPResponse:
+    response = message(503, text)
+    response.headers["retry-after"] = str(seconds)
+    return response
+
+
 def preflight() -> HTTPResponse:
     return HTTPResponse(status=204, headers=PREFLIGHT)
 

@@ -18,6 +18,7 @@ from sanic.response import HTTPResponse
 from . import responses, sending
 from .checksum import InvalidChecksum, parse_checksum, parse_checksum_list
 from .storage import (
+    BodyStalled,
     BodyTooLarge,
     ChecksumMismatch,
     CorruptBuffer,
@@ -26,7 +27,9 @@ from .storage import (
     InvalidPayload,
     Readable,
     ReadOnly,
+    StillWriting,
     Storage,
+    StorageUnavailable,
 )
 
 log = logging.getLogger("hashserver")
@@ -146,7 +149,11 @@ def accepted_codings(accept_encoding: str | None) -> frozenset[str]:
 
 
 async def healthcheck(request: Request) -> HTTPResponse:
-    return responses.ok()
+    """200 while this worker can serve: not shutting down, and its storage works."""
+    if getattr(request.app.ctx, "stopping", False):
+        return responses.message(503, "Service unavailable: shutting down")
+    problem = storage_of(request).health()
+    return responses.ok() if problem is None else responses.message(503, problem)
 
 
 async def preflight(request: Request, **_) -> HTTPResponse:
@@ -219,18 +226,23 @@ _ERRORS = {
     InvalidInput: lambda exc: responses.invalid_data(exc.error_type, exc.loc, exc.msg, exc.value),
     Unauthorized: lambda exc: responses.unauthorized(str(exc)),
     BatchTooLarge: lambda exc: responses.message(413, str(exc)),
+    StorageUnavailable: lambda exc: responses.message(503, str(exc)),
+    StillWriting: lambda exc: responses.retry_later(str(exc), exc.retry_after),
+    BodyStalled: lambda exc: responses.message(408, str(exc)),
 }
 LINGER = 1 << 20  # of a body too large, read (and discarded) before closing
 
 
 async def error_response(request: Request, exc: Exception) -> HTTPResponse:
     """The one place where an exception becomes a response."""
-    if isinstance(exc, Unauthorized) or getattr(exc, "announced", False):  # not a byte of the body read
-        sending.refuse_body(request)
+    if isinstance(exc, (Unauthorized, BodyStalled)) or getattr(exc, "announced", False):
+        sending.refuse_body(request)  # nothing more of the body is read
     elif isinstance(exc, (BatchTooLarge, BodyTooLarge)):
         sending.refuse_body(request, LINGER)
     for kind, respond in _ERRORS.items():
         if isinstance(exc, kind):
+            if isinstance(exc, StorageUnavailable):
+                log.warning("%s %s: %s", request.method, request.path, exc)
             return respond(exc)
     if isinstance(exc, SanicException):
         return responses.message(exc.status_code, str(exc) or "Error")

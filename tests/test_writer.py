@@ -17,20 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import add_buffer, buffer_path, sha3
+from conftest import add_buffer, buffer_path, leftovers, sha3
 
 LOCK_TIMEOUT = "2"
-
-
-def leftovers(directory) -> list[str]:
-    """Files that are neither buffers nor the prefix marker."""
-    found = []
-    for dirpath, _, files in os.walk(directory):
-        for name in files:
-            if name == ".HASHSERVER_PREFIX" or (len(name) == 64 and "." not in name):
-                continue
-            found.append(os.path.join(dirpath, name))
-    return found
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:
