@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from urllib.parse import unquote
 
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
-from . import responses, sending
+from . import docs, responses, sending
 from .checksum import InvalidChecksum, parse_checksum, parse_checksum_list
 from .storage import (
     BodyStalled,
@@ -85,6 +86,7 @@ def path_checksum(checksum: str) -> bytes:
     try:
         return parse_checksum(checksum)
     except InvalidChecksum as exc:
+        exc.value = unquote(checksum)  # as the client meant it (percent-decoded)
         raise InvalidInput.checksum(exc, ["path", "checksum"]) from None
 
 
@@ -111,8 +113,8 @@ async def checksum_batch(request: Request) -> bytes:
     if not body:
         raise InvalidInput("missing", ["body"], "Field required", None)
     try:
-        values = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        values = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidInput("json_invalid", ["body"], f"JSON decode error: {exc}",
                            body[:200].decode("utf-8", "replace")) from None
     if not isinstance(values, list):
@@ -123,6 +125,18 @@ async def checksum_batch(request: Request) -> bytes:
         return parse_checksum_list(values)
     except InvalidChecksum as exc:
         raise InvalidInput.checksum(exc, ["body", exc.position]) from None
+
+
+def _no_constant(name: str) -> float:
+    """NaN and Infinity are not JSON (and could not be echoed back as JSON)."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def accepted_codings(accept_encoding: str | None) -> frozenset[str]:
@@ -260,6 +274,7 @@ def register(app: Sanic, stamp_activity: bool) -> None:
     app.add_route(promise, "/promise/<checksum>", methods=["PUT"])
     app.add_route(get_buffer, "/<checksum>", methods=["GET", "HEAD"])
     app.add_route(put_buffer, "/<checksum>", methods=["PUT"], stream=True)
+    app.blueprint(docs.blueprint)
     app.exception(Exception)(error_response)
     if stamp_activity:
         app.register_middleware(note_activity, "request")
