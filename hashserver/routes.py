@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Callable
 from urllib.parse import unquote
 
 from sanic import Request, Sanic
@@ -186,12 +187,18 @@ async def buffer_length(request: Request) -> HTTPResponse:
     return responses.int_list(await storage_of(request).lengths(await checksum_batch(request)))
 
 
-async def promise(request: Request, checksum: str) -> HTTPResponse:
+def write_target(request: Request, checksum: str, refusal: Callable[[], ReadOnly]) -> tuple[Storage, bytes]:
+    """The storage and checksum of a write, once the token and the server's
+    writability allow it (a read-only server refuses before the checksum is parsed)."""
     check_token(request, writes=True)
     storage = storage_of(request)
     if not storage.writable:
-        raise ReadOnly.promise()
-    raw = path_checksum(checksum)
+        raise refusal()
+    return storage, path_checksum(checksum)
+
+
+async def promise(request: Request, checksum: str) -> HTTPResponse:
+    storage, raw = write_target(request, checksum, ReadOnly.promise)
     expires_in = await storage.promise(raw)
     return responses.json_response({"checksum": raw.hex(), "expires_in": expires_in}, 202)
 
@@ -214,11 +221,7 @@ async def get_buffer(request: Request, checksum: str) -> HTTPResponse | None:
 
 
 async def put_buffer(request: Request, checksum: str) -> HTTPResponse:
-    check_token(request, writes=True)
-    storage = storage_of(request)
-    if not storage.writable:
-        raise ReadOnly.put()
-    raw = path_checksum(checksum)
+    storage, raw = write_target(request, checksum, ReadOnly.put)
     await storage.put(raw, request.stream, request.headers.get("content-encoding"))
     return responses.ok()
 
