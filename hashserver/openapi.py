@@ -367,7 +367,7 @@ RESPONSES = {
                                    "no response within Sanic's response timeout.",
                     "headers": _headers(*_NOT_CACHED, "Retry-After"), "content": _json("Message")},
     "Metrics": {"description": "Prometheus text exposition format, all workers together.",
-                "content": _content(TEXT, {"type": "string"})},
+                "headers": _headers(*_NOT_CACHED), "content": _content(TEXT, {"type": "string"})},
     "OpenAPI": {"description": "This document.",
                 "headers": _headers(*_CORS, "Cache-Control.no-cache"),
                 "content": _content(JSON, {"type": "object"})},
