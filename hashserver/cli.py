@@ -51,8 +51,9 @@ def _argument(row: Setting) -> dict:
         return {"metavar": row.option, "help": text.replace("%", "%%")}
     text = f"{row.help} (default: {row.default_text}; environment: {env_names(row)})"
     options: dict = {"help": text.replace("%", "%%")}
-    if row.kind.argtype is None:
-        return {**options, "action": "store_true", "default": None}
+    if row.kind.argtype is None:  # on/off; one that is on by default can be turned off (--no-...)
+        action = argparse.BooleanOptionalAction if row.default is True else "store_true"
+        return {**options, "action": action, "default": None}
     return {**options, "type": row.kind.argtype, "metavar": row.metavar,
             "choices": row.choices or None}
 

@@ -261,6 +261,10 @@ class Config:
     header_timeout: float = setting(
         NUMBER, "a connection whose request headers have not all arrived after this long is "
         "closed (slow clients, slow-loris)", default=60.0, metavar="SECONDS")
+    hot_path: bool = setting(
+        FLAG, "answer simple GETs and HEADs of small buffers held in memory, and of absent ones, "
+        "inside Sanic's protocol, byte for byte as the regular route (off: --no-hot-path; always off "
+        "with --read-token-file or --access-log)", default=True, shown_default="on")
     shutdown_grace: float = setting(
         NUMBER, "on SIGTERM or SIGINT, requests in flight (uploads too) have this long to "
         "finish; /healthcheck answers 503 meanwhile", default=30.0, metavar="SECONDS")

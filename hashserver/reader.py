@@ -19,6 +19,7 @@ from .bufferfile import BufferFile, FileIdentity, identity_of
 from .checksum import Hasher
 from .locks import POLL_MAX, LockProtocol
 from .lookup import ExactIndex
+from .metrics import Metrics
 from .storage import CorruptBuffer, Readable, StillWriting
 
 SMALL_BUFFER = 1 << 20  # read whole into memory (and cacheable) up to this size
@@ -72,7 +73,8 @@ class ContentCache:
 
 class BufferReader:
     def __init__(self, lookups: ExactIndex, hasher: Hasher, locks: LockProtocol, verify: str = "once",
-                 wait_timeout: float = 30.0):
+                 wait_timeout: float = 30.0, metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics.unobserved()
         self.lookups = lookups
         self.hasher = hasher
         self.locks = locks
@@ -166,8 +168,12 @@ class BufferReader:
                 content = f.read()
         except FileNotFoundError:
             return None
-        if self.verify != "never" and self.hasher.digest(content) != checksum:
-            return None
+        self.metrics.small_buffer(False)
+        if self.verify != "never":
+            correct = self.hasher.digest(content) == checksum
+            self.metrics.verified(correct)
+            if not correct:
+                return None
         self.cache.put(identity, content)
         return content
 
@@ -176,6 +182,7 @@ class BufferReader:
         if self.verify == "never" or (self.verify == "once" and buffer.identity in self.verified):
             return True
         digest, length = await asyncio.get_running_loop().run_in_executor(None, buffer.digest, self.hasher)
+        self.metrics.verified(digest == checksum)
         if digest != checksum:
             return False
         if buffer.encoding is not None:

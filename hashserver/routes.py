@@ -18,6 +18,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
 from . import docs, responses, sending
+from .metrics import Metrics, metrics_handler, record_response, stamp_request
 from .checksum import InvalidChecksum, parse_checksum, parse_checksum_list
 from .storage import (
     BodyStalled,
@@ -73,6 +74,19 @@ def batch_body_limit(max_batch: int) -> int:
 
 def storage_of(request: Request) -> Storage:
     return request.app.ctx.storage
+
+
+_UNOBSERVED = Metrics.unobserved()
+
+
+def metrics_of(request: Request) -> Metrics:
+    return request.app.ctx.metrics or _UNOBSERVED
+
+
+async def metrics(request: Request) -> HTTPResponse:
+    """``GET /metrics``, for Prometheus (which sends a bearer token where reads need one)."""
+    check_token(request, writes=False)
+    return await metrics_handler(request)
 
 
 def check_token(request: Request, writes: bool) -> None:
@@ -221,7 +235,11 @@ async def get_buffer(request: Request, checksum: str) -> HTTPResponse | None:
 
 
 async def put_buffer(request: Request, checksum: str) -> HTTPResponse:
-    storage, raw = write_target(request, checksum, ReadOnly.put)
+    try:
+        storage, raw = write_target(request, checksum, ReadOnly.put)
+    except (Unauthorized, ReadOnly) as exc:  # storage.put counts the refusals it makes
+        metrics_of(request).put_rejected("unauthorized" if isinstance(exc, Unauthorized) else "read-only")
+        raise
     await storage.put(raw, request.stream, request.headers.get("content-encoding"))
     return responses.ok()
 
@@ -277,7 +295,10 @@ def register(app: Sanic, stamp_activity: bool) -> None:
     app.add_route(promise, "/promise/<checksum>", methods=["PUT"])
     app.add_route(get_buffer, "/<checksum>", methods=["GET", "HEAD"])
     app.add_route(put_buffer, "/<checksum>", methods=["PUT"], stream=True)
+    app.add_route(metrics, "/metrics", methods=["GET"], name="metrics")
     app.blueprint(docs.blueprint)
+    app.register_middleware(stamp_request, "request")
+    app.register_middleware(record_response, "response")
     app.exception(Exception)(error_response)
     if stamp_activity:
         app.register_middleware(note_activity, "request")
