@@ -20,6 +20,7 @@ from .config import ConfigError
 
 STATUS_FILE_WAIT = 20.0  # the launcher writes the file just after starting the server
 POLL = 0.1
+WORKERS_POLL = 0.5
 
 
 def pick_free_port(host: str, start: int, end: int) -> int:
@@ -84,7 +85,8 @@ class StatusFile:
                                   facts: dict, tls: bool = False, timeout: float = 120.0) -> None:
         """In a thread: once every worker has acknowledged (``ready_workers``
         gives their pids) and /healthcheck answers, write the port, ``"running"``,
-        the pids and ``facts``; ``"failed"`` if that does not happen in time."""
+        the pids and ``facts``; ``"failed"`` if that does not happen in time.
+        Then keep ``"workers"`` up to date when a worker is replaced."""
 
         def run() -> None:
             deadline = time.monotonic() + timeout
@@ -92,11 +94,25 @@ class StatusFile:
                 workers = ready_workers()
                 if workers is not None and _answers(host, port, tls):
                     self.update(port=port, status="running", pid=os.getpid(), workers=workers, **facts)
+                    self._follow_workers(ready_workers, workers)
                     return
                 time.sleep(POLL)
             self.failed()
 
         threading.Thread(target=run, name="hashserver-status", daemon=True).start()
+
+    def _follow_workers(self, ready_workers: Callable[[], list[int] | None], reported: list[int]) -> None:
+        """For the server's life: rewrite ``"workers"`` once a replacement for a
+        dead worker serves (while one is missing, the last full list stays)."""
+        while True:
+            time.sleep(WORKERS_POLL)
+            workers = ready_workers()
+            if workers is not None and sorted(workers) != sorted(reported):
+                try:
+                    self.update(workers=workers)
+                except OSError:
+                    continue
+                reported = workers
 
 
 def _answers(host: str, port: int, tls: bool) -> bool:

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, ConfigError
+from . import lifecycle
+from .config import Config
 from .directory import DirectoryStore
 from .index import GenerationStore, IndexPublisher, IndexReader
 from .integrity import check_hash_algorithm
@@ -66,12 +67,13 @@ class MainProcess:
             if removed:
                 log.info("removed %d leftovers of interrupted writers", removed)
         generations = GenerationStore.create()
+        lifecycle.on_startup_exit(generations.remove)
         publisher = IndexPublisher(search_path, generations)
         try:
             elapsed = publisher.build()
             check_hash_algorithm(publisher.data, search_path, config.hash_algorithm,
                                  config.name("hash_algorithm"))
-        except ConfigError:
+        except BaseException:
             generations.remove()
             raise
         publisher.log_built(elapsed)
@@ -97,6 +99,7 @@ class Shared:
     index_directory: Any  # multiprocessing RawArray of chars
     ready: Any  # multiprocessing Array of worker pids, 0 where free
     last_request: Any = None  # multiprocessing RawValue: monotonic time of the last request
+    sanic_manager: Any = None  # multiprocessing RawValue: pid of Sanic's state manager, 0 if none
 
     @classmethod
     def create(cls, main: MainProcess) -> "Shared":
@@ -104,6 +107,7 @@ class Shared:
             multiprocessing.RawArray("c", main.generations.directory.encode()),
             multiprocessing.Array("q", MAX_WORKER_SLOTS),
             multiprocessing.RawValue("d", time.monotonic()) if main.config.timeout else None,
+            multiprocessing.RawValue("q", lifecycle.sanic_state_manager_pid()),
         )
 
     def acknowledge(self, pid: int) -> None:
@@ -113,6 +117,17 @@ class Shared:
                 if value == 0 or not _alive(value):
                     self.ready[slot] = pid
                     return
+
+    def leave(self, pid: int) -> bool:
+        """A worker is ending; True if no other worker is alive (it was the last)."""
+        with self.ready.get_lock():
+            others = False
+            for slot, value in enumerate(self.ready):
+                if value == pid:
+                    self.ready[slot] = 0
+                elif value and _alive(value):
+                    others = True
+            return not others
 
     def ready_workers(self, expected: int) -> list[int] | None:
         """The pids of the serving workers once there are ``expected`` of them."""
@@ -141,6 +156,10 @@ class AppContext:
     shared: Shared | None = None
     storage: Storage | None = None  # in each worker
     guard: Guard | None = None  # in each worker, when token files are given
+    metrics: Any = None  # in each worker: its hashserver.metrics.Metrics, where metrics are on
+    stopping: bool = False  # in each worker, from the start of its shutdown: /healthcheck answers 503
+    connections: set | None = None  # in each worker: its open connections (set by the protocol)
+    lifecycle: Any = None  # in each worker: its lifecycle.WorkerLifecycle
 
 
 def resolve_config(ctx: AppContext) -> Config:
@@ -158,6 +177,7 @@ def attach_main(app, main: MainProcess, host: str, port: int, workers: int) -> N
     app.ctx.main, app.ctx.shared = main, shared
     app.shared_ctx.index_directory = shared.index_directory
     app.shared_ctx.ready = shared.ready
+    app.shared_ctx.sanic_manager = shared.sanic_manager
     if shared.last_request is not None:
         app.shared_ctx.last_request = shared.last_request
         InactivityWatch(main.config.timeout, shared.last_request).start()
@@ -170,7 +190,8 @@ def attach_main(app, main: MainProcess, host: str, port: int, workers: int) -> N
 def shared_of(app) -> Shared:
     """In a worker: what the main process shared (see :func:`attach_main`)."""
     ctx = app.shared_ctx
-    return Shared(ctx.index_directory, ctx.ready, getattr(ctx, "last_request", None))
+    return Shared(ctx.index_directory, ctx.ready, getattr(ctx, "last_request", None),
+                  getattr(ctx, "sanic_manager", None))
 
 
 def open_storage(config: Config, shared: Shared) -> Storage:

@@ -3,18 +3,31 @@ assemble each process (:mod:`hashserver.runtime`)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 from typing import NoReturn
 
 from sanic import Sanic
 
-from . import access_log, routes
+from . import access_log, lifecycle, routes
 from .config import Config, ConfigError
+from .hotpath import HotPathProtocol
 from .launcher import StatusFile
+from .lifecycle import HeaderDeadlineMixin, WorkerLifecycle
 from .runtime import AppContext, MainProcess, attach_main, open_storage, resolve_config, shared_of
 from .tokens import Guard
+
+
+class ServerProtocol(HeaderDeadlineMixin, HotPathProtocol):
+    """Every worker's protocol: the hot path's, with the request-header deadline
+    (``--header-timeout`` from a request's first byte) and the connections known
+    for draining (:mod:`hashserver.lifecycle`).  With the hot path off, Sanic's
+    protocol with the deadline."""
+
+    __slots__ = HeaderDeadlineMixin.SLOTS
+
+    def _header_pending(self) -> bool:
+        return bool(self._pending) or super()._header_pending()
 
 
 def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
@@ -30,9 +43,11 @@ def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
     if known is not None and known.access_log:
         access_log.register(app)
     app.main_process_start(start_main)
+    app.main_process_ready(supervise_workers)
     app.main_process_stop(stop_main)
     app.before_server_start(open_worker)
     app.after_server_start(worker_ready)
+    app.before_server_stop(stop_worker)
     app.after_server_stop(close_worker)
     return app
 
@@ -61,13 +76,12 @@ def exit_at_startup(message: str, config: Config | None = None) -> NoReturn:
     print(f"hashserver: {message}", file=sys.stderr, flush=True)
     if config is not None and config.status_file:
         StatusFile(config.status_file).failed()
-    for child in multiprocessing.active_children():
-        child.terminate()
-        child.join(5)
-    os._exit(2)
+    lifecycle.end_main_process(2)
 
 
 async def start_main(app: Sanic) -> None:
+    lifecycle.guard_startup()
+    lifecycle.use_protocol(app, ServerProtocol)
     config = config_or_exit(app)
     try:
         if config.status_file:
@@ -78,6 +92,10 @@ async def start_main(app: Sanic) -> None:
     attach_main(app, main, app.state.host or config.host, app.state.port or config.port, app.state.workers)
 
 
+async def supervise_workers(app: Sanic) -> None:
+    lifecycle.supervise(app)
+
+
 async def stop_main(app: Sanic) -> None:
     if app.ctx.main is not None:
         app.ctx.main.stop()
@@ -85,6 +103,7 @@ async def stop_main(app: Sanic) -> None:
 
 async def open_worker(app: Sanic) -> None:
     config = config_or_exit(app)
+    WorkerLifecycle.begin(app, config.shutdown_grace)
     app.config.REQUEST_MAX_SIZE = config.max_body_size
     app.config.update(proxy_settings(config))
     app.config.update(timeouts(config))
@@ -111,7 +130,16 @@ def proxy_settings(config: Config) -> dict:
 
 async def worker_ready(app: Sanic) -> None:
     app.ctx.shared.acknowledge(os.getpid())
+    if app.ctx.lifecycle is not None:
+        app.ctx.lifecycle.serving()
+
+
+async def stop_worker(app: Sanic) -> None:
+    if app.ctx.lifecycle is not None:
+        app.ctx.lifecycle.stopping()
 
 
 async def close_worker(app: Sanic) -> None:
     app.ctx.storage.close()
+    if app.ctx.lifecycle is not None:
+        app.ctx.lifecycle.stopped(app.ctx.shared)
