@@ -12,10 +12,11 @@ from .results import Options, Outputs
 from .suite import Suite
 
 SCALING_SIZES = [10_000, 100_000, 1_000_000]
+LOOKUP_SCALING_SIZES = [10_000, 1_000_000, 10_000_000]  # index entries, in-process (bench.lookups)
 # A smoke run: every case and code path, in well under a minute.  One worker
 # count (2: still several workers) because each count costs a full set of cases.
 QUICK = {"buffers": [2000], "workers": [2], "duration": 1.0, "warmup": 0.0, "large_mib": 16,
-         "sha3_seconds": 0.3}
+         "sha3_seconds": 0.3, "lookup_rounds": 1, "lookup_seconds": 0.05}
 
 
 def _int_list(text: str) -> list[int]:
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", action="store_true",
                    help="run 10,000, 100,000 and 1,000,000 buffers and compare "
                    "(the same as --buffers 10000,100000,1000000)")
+    p.add_argument("--lookup-scaling", type=_int_list, default=None, metavar="N[,N...]",
+                   help="also look checksums up in-process in indexes of N generated entries "
+                   "(no files; --scaling: 10000,1000000,10000000); alone, without --buffers, "
+                   "--scaling or --quick, only this runs")
     p.add_argument("--workers", type=_int_list, default=None, metavar="N[,N...]",
                    help="Sanic worker counts to run (default: 1,4; --quick: 2); nginx gets as many")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
@@ -73,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-processes", type=int, default=None,
                    help="processes of the built-in client (default: half the CPUs, 1 to 4)")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx side-by-side figures")
+    p.add_argument("--no-framework", action="store_true",
+                   help="skip Sanic answering the GET route with a constant body (the framework ceiling)")
     p.add_argument("--cases", type=_case_list, default=None, metavar="KEY[,KEY...]",
                    help="only these figures: " + ", ".join(CASES))
     p.add_argument("--profile", action="store_true",
@@ -89,6 +96,9 @@ def options_from_args(argv: list[str] | None) -> Options:
         return value if value is not None else quick.get(name, default)
 
     buffers = SCALING_SIZES if args.scaling else pick(args.buffers, "buffers", [100_000])
+    lookup_sizes = args.lookup_scaling or (LOOKUP_SCALING_SIZES if args.scaling else [])
+    if args.lookup_scaling and not (args.buffers or args.scaling or args.quick):
+        buffers = []  # the lookup benchmark alone
     return Options(
         buffers=buffers,
         workers=pick(args.workers, "workers", [1, 4]),
@@ -107,6 +117,10 @@ def options_from_args(argv: list[str] | None) -> Options:
         profile=args.profile,
         seed=args.seed,
         sha3_seconds=quick.get("sha3_seconds", 1.0),
+        framework=not args.no_framework,
+        lookup_sizes=lookup_sizes,
+        lookup_rounds=quick.get("lookup_rounds", 3),
+        lookup_seconds=quick.get("lookup_seconds", 1.0),
     )
 
 

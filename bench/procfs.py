@@ -25,6 +25,8 @@ class ProcessMemory:
     uss: int | None
     index_rss: int | None = None  # of the mapped index file(s), if any
     index_pss: int | None = None
+    anon: int | None = None  # anonymous resident memory (heap, stacks): what the process itself holds
+    index_size: int | None = None  # size of the mapped index file(s)
 
 
 def children(pid: int) -> list[int]:
@@ -66,12 +68,14 @@ def _role(pid: int, main: int, workers: set[int] | None) -> str:
     return "helper"
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int) -> tuple[int, int | None]:
+    """Resident memory, and the anonymous part of it (None where not reported)."""
+    fields = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            if line.startswith(("VmRSS:", "RssAnon:")):
+                fields[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return fields.get("VmRSS", 0), fields.get("RssAnon")
 
 
 def _rollup(pid: int) -> tuple[int | None, int | None]:
@@ -90,11 +94,12 @@ def _rollup(pid: int) -> tuple[int | None, int | None]:
     return fields["Pss"], fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
 
 
-def mapping_memory(pid: int, needle: str) -> tuple[int, int] | None:
-    """RSS and PSS of the file mappings whose path contains ``needle`` (None: no such mapping).
+def mapping_memory(pid: int, needle: str) -> tuple[int, int, int] | None:
+    """RSS, PSS and size of the file mappings whose path contains ``needle``
+    (None: no such mapping).
 
     Shows directly what a shared file (the index) costs each process."""
-    rss = pss = 0
+    totals = {"Rss:": 0, "Pss:": 0, "Size:": 0}
     found = inside = False
     try:
         with open(f"/proc/{pid}/smaps") as f:
@@ -103,13 +108,21 @@ def mapping_memory(pid: int, needle: str) -> tuple[int, int] | None:
                 if not first.endswith(":"):  # a mapping's header line: "start-end perms ... path"
                     inside = needle in line
                     found = found or inside
-                elif inside and first == "Rss:":
-                    rss += int(line.split()[1]) * 1024
-                elif inside and first == "Pss:":
-                    pss += int(line.split()[1]) * 1024
+                elif inside and first in totals:
+                    totals[first] += int(line.split()[1]) * 1024
     except (FileNotFoundError, PermissionError, ProcessLookupError):
         return None
-    return (rss, pss) if found else None
+    return (totals["Rss:"], totals["Pss:"], totals["Size:"]) if found else None
+
+
+def mapped_files(pid: int, needle: str) -> list[str]:
+    """Paths of the files ``pid`` maps whose path contains ``needle``."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return sorted({line.split(maxsplit=5)[5].strip() for line in f
+                           if needle in line and len(line.split(maxsplit=5)) == 6})
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return []
 
 
 def measure_tree(main: int, workers: set[int] | None,
@@ -119,13 +132,14 @@ def measure_tree(main: int, workers: set[int] | None,
     result = []
     for pid in tree(main):
         try:
-            rss = _rss(pid)
+            rss, anon = _rss(pid)
             pss, uss = _rollup(pid)
             index = mapping_memory(pid, mapped) if mapped else None
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited meanwhile
+        index_rss, index_pss, index_size = index or (None, None, None)
         result.append(ProcessMemory(pid, _role(pid, main, workers), rss, pss, uss,
-                                    *(index or (None, None))))
+                                    index_rss, index_pss, anon, index_size))
     return result
 
 

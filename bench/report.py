@@ -10,9 +10,10 @@ import json
 import os
 from collections.abc import Iterable
 
-from .cases import CASES
+from .cases import CASES, LOWER_IS_BETTER
+from .lookups import TARGET as LOOKUP_TARGET
 from .procfs import ProcessMemory
-from .results import BenchDocument, Figure, ServerRun
+from .results import BenchDocument, Figure, LookupFigure, ServerRun
 
 MIB = 1 << 20
 MEMORY_PHASES = ("idle", "after_load")
@@ -56,19 +57,23 @@ def _figure_row(fig: Figure) -> str:
     value = _number(fig.value, fig.unit)
     if fig.mb_s is not None:  # small PUTs: requests, and bytes as the issue asks
         value += f" ({fig.mb_s:.2f} MB/s)"
+    framework = ""
+    if fig.framework_value:  # Sanic on the same route, a constant body: "value (hashserver / it)"
+        framework = f"{_number(fig.framework_value, fig.unit)} ({fig.value / fig.framework_value:.2f}x)"
     return (f"{fig.label:<28} {value:>28}   {ceiling:<40} {_ratio(fig.ratio):>6}  {target:<13} "
-            f"{'' if cpu is None else f'{cpu:,.0f}':>10}").rstrip()
+            f"{'' if cpu is None else f'{cpu:,.0f}':>10}   {framework}").rstrip()
 
 
 def _memory_rows(phase: str, procs: list[ProcessMemory]) -> list[str]:
     lines = ["", (f"memory, {phase.replace('_', ' ')}:  {'pid':>7} {'RSS MiB':>9} "
-                  f"{'PSS MiB':>9} {'USS MiB':>9} {'index RSS':>10} {'index PSS':>10}")]
+                  f"{'PSS MiB':>9} {'USS MiB':>9} {'anon MiB':>9} {'index RSS':>10} {'index PSS':>10}")]
     for p in procs:
         lines.append(f"  {p.role:<20} {p.pid:>7} {p.rss / MIB:>9.1f} "
-                     f"{_mib(p.pss):>9} {_mib(p.uss):>9} "
+                     f"{_mib(p.pss):>9} {_mib(p.uss):>9} {_mib(p.anon):>9} "
                      f"{_mib(p.index_rss):>10} {_mib(p.index_pss):>10}")
     lines.append(f"  {'total':<20} {'':>7} {sum(p.rss for p in procs) / MIB:>9.1f} "
                  f"{_mib(_sum(p.pss for p in procs)):>9} {_mib(_sum(p.uss for p in procs)):>9} "
+                 f"{_mib(_sum(p.anon for p in procs)):>9} "
                  f"{_mib(_sum(p.index_rss or 0 for p in procs)):>10} "
                  f"{_mib(_sum(p.index_pss or 0 for p in procs)):>10}")
     return lines
@@ -77,7 +82,7 @@ def _memory_rows(phase: str, procs: list[ProcessMemory]) -> list[str]:
 def run_table(doc: BenchDocument, run: ServerRun) -> str:
     lines = [_run_title(doc, run)]
     header = (f"{'figure':<28} {'hashserver':>28}   {'ceiling':<40} {'ratio':>6}  {'target':<13}"
-              f" {'CPU us/req':>10}")
+              f" {'CPU us/req':>10}   {'Sanic, constant body (hashserver/it)':<36}")
     lines += [header, "-" * len(header)]
     lines += [_figure_row(fig) for fig in run.figures.values()]
     for phase in MEMORY_PHASES:
@@ -133,9 +138,28 @@ def scaling_table(doc: BenchDocument) -> str:
                 f"{_number(v, unit).replace(' ' + unit, ''):>16}" for v in values)
             if values[0] and values[-1]:
                 change = values[-1] / values[0]
-                mark = " " if unit == "s" or change >= 0.9 else " MISSED"
+                mark = " " if unit in LOWER_IS_BETTER or change >= 0.9 else " MISSED"
                 row += f"{change:>9.3f}{mark}"
             lines.append(row.rstrip())
+    return "\n".join(lines)
+
+
+def lookup_table(figures: list[LookupFigure]) -> str:
+    """The in-process lookup benchmark: each size against the smallest."""
+    if not figures:
+        return ""
+    base = figures[0]
+    lines = [(f"in-process lookups in the index alone (generated checksums, half present; medians of "
+              f"{len(base.rounds)} rounds; ratio: / the smallest size, target >= {LOOKUP_TARGET:.2f} "
+              "at the largest)"),
+             (f"  {'entries':>12} {'index MiB':>10} {'bits':>5} {'build s':>8} "
+              f"{f'x{base.batch} checksums/s':>22} {'ratio':>6} {'single lookups/s':>17} {'ratio':>6}")]
+    for fig in figures:
+        batch, single = fig.batch_per_s / base.batch_per_s, fig.single_per_s / base.single_per_s
+        mark = " MISSED" if fig is figures[-1] and min(batch, single) < LOOKUP_TARGET else ""
+        lines.append(f"  {fig.entries:>12,} {fig.index_bytes / MIB:>10.1f} {fig.fanout_bits:>5} "
+                     f"{fig.build_s:>8.2f} {fig.batch_per_s:>22,.0f} {batch:>6.2f} "
+                     f"{fig.single_per_s:>17,.0f} {single:>6.2f}{mark}")
     return "\n".join(lines)
 
 
@@ -147,9 +171,9 @@ def full_table(doc: BenchDocument) -> str:
     parts += [f"note: {n}" for n in doc.notes]
     for run in doc.runs:
         parts += ["", run_table(doc, run)]
-    scaling = scaling_table(doc)
-    if scaling:
-        parts += ["", scaling]
+    for extra in (scaling_table(doc), lookup_table(doc.lookups)):
+        if extra:
+            parts += ["", extra]
     return "\n".join(parts) + "\n"
 
 
@@ -168,7 +192,7 @@ def write_charts(doc: BenchDocument, out: str) -> tuple[list[str], str | None]:
     except ImportError:
         return [], ("matplotlib is not installed (pip install 'hashserver-sanic[bench]'): "
                     "no PNG chart")
-    written = [_ratio_chart(doc, plt, os.path.join(out, "bench.png"))]
+    written = [_ratio_chart(doc, plt, os.path.join(out, "bench.png"))] if doc.runs else []
     if len({r.buffers for r in doc.runs}) > 1:
         written.append(_scaling_chart(doc, plt, os.path.join(out, "scaling.png")))
     return written, None
@@ -228,7 +252,7 @@ def _scaling_chart(doc: BenchDocument, plt, path: str) -> str:
     for col, (w, runs) in enumerate(by_workers.items()):
         ax = axes[0][col]
         for n, key in enumerate(runs[0].figures):
-            if CASES[key].unit == "s":
+            if CASES[key].unit in LOWER_IS_BETTER:
                 continue
             base = _value(runs[0], key)
             points = [(r.buffers, v / base) for r in runs

@@ -39,6 +39,10 @@ class Options:
     profile: bool = False
     seed: int = 1
     sha3_seconds: float = 1.0
+    framework: bool = True  # Sanic with a constant body beside nginx (FRAMEWORK_CASES)
+    lookup_sizes: list[int] = field(default_factory=list)  # in-process lookups (bench.lookups)
+    lookup_rounds: int = 3
+    lookup_seconds: float = 1.0  # per size, kind and round
 
 
 @dataclass
@@ -68,6 +72,10 @@ class Figure:
     stored: int | None = None
     indexed: int | None = None
     find_files: int | None = None
+    framework_value: float | None = None  # Sanic, same route, constant body (FRAMEWORK_CASES)
+    framework_load: LoadResult | None = None
+    framework_cpu_s: dict[str, float] | None = None
+    baseline_mib: float | None = None  # memory cases: the same process of a server on an empty directory
 
     @classmethod
     def of(cls, case: Case, value: float | None) -> Figure:
@@ -128,6 +136,21 @@ class ServerRun:
 
 
 @dataclass
+class LookupFigure:
+    """In-process lookups in an index of ``entries`` generated checksums
+    (:mod:`bench.lookups`): medians of the rounds, each round (batched, single)."""
+
+    entries: int
+    index_bytes: int
+    fanout_bits: int
+    build_s: float
+    batch: int  # checksums per batch
+    batch_per_s: float  # checksums per second, looked up in batches
+    single_per_s: float  # checksums per second, looked up one by one
+    rounds: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
 class LoadGeneratorInfo:
     name: str
     description: str
@@ -153,6 +176,7 @@ class BenchDocument:
     load_generator: LoadGeneratorInfo
     notes: list[str]
     runs: list[ServerRun] = field(default_factory=list)
+    lookups: list[LookupFigure] = field(default_factory=list)
     finished: str | None = None
     outputs: Outputs | None = None
 

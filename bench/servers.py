@@ -15,6 +15,7 @@ import http.client
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,12 +23,14 @@ from typing import TYPE_CHECKING
 from hashserver.index import GenerationStore
 from hashserver.testing import ServerProcess, free_port
 
+from . import framework
 from .procfs import ProcessMemory, measure_tree, tree
 
 if TYPE_CHECKING:
     from typing import Self  # Python 3.11; annotations are not evaluated at run time
 
 HOST = "127.0.0.1"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(framework.__file__)))
 READY_TIMEOUT = 600.0  # a 1,000,000-buffer index build on a slow disk must fit
 STOP_TIMEOUT = 15.0
 POLL = 0.05
@@ -162,6 +165,41 @@ class HashServer(BenchServer):
         return "worker" if pid in workers else "other"
 
 
+def _wait_answering(name: str, process: ServerProcess) -> None:
+    """Servers without a status file: ready once their health check answers."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not process.answers("/healthcheck"):
+        if process.exit_code() is not None:
+            raise RuntimeError(f"{name} exited with status {process.exit_code()} before it was "
+                               f"ready:\n{_tail(process.output())}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready after {READY_TIMEOUT:.0f} s:\n"
+                               f"{_tail(process.output())}")
+        time.sleep(POLL)
+
+
+class FrameworkCeiling(BenchServer):
+    """Sanic alone on the GET route, a constant body (:mod:`bench.framework`),
+    with as many workers as the hashserver it is compared with."""
+
+    name = "sanic-constant"
+
+    def __init__(self, workdir: str, workers: int, size: int, missing_targets: str | None):
+        super().__init__(workdir, workers)
+        self.env = {framework.SIZE_ENV: str(size), framework.MISSING_ENV: missing_targets or "",
+                    "PYTHONPATH": REPO}
+
+    def make_process(self) -> ServerProcess:
+        argv = [sys.executable, "-m", "sanic", "bench.framework:create_app", "--factory",
+                "--host", HOST, "--port", str(self.port), "--workers", str(self.workers),
+                "--no-motd", "--no-access-logs"]
+        return ServerProcess(argv, env=self.env, port=self.port, workers=self.workers,
+                             log_path=self.log_path)
+
+    def wait_ready(self, process: ServerProcess) -> None:
+        _wait_answering(self.name, process)
+
+
 class Nginx(BenchServer):
     """nginx serving the same directory: the ceiling for the GET cases.
 
@@ -228,15 +266,7 @@ http {{
 
     def wait_ready(self, process: ServerProcess) -> None:
         """nginx writes no status file: ready once its health check answers."""
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not process.answers("/healthcheck"):
-            if process.exit_code() is not None:
-                raise RuntimeError(f"nginx exited with status {process.exit_code()} before it was "
-                                   f"ready:\n{_tail(process.output())}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nginx not ready after {READY_TIMEOUT:.0f} s:\n"
-                                   f"{_tail(process.output())}")
-            time.sleep(POLL)
+        _wait_answering("nginx", process)
 
 
 def _tail(text: str, lines: int = 20) -> str:

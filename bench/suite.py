@@ -14,24 +14,28 @@ import sys
 import tempfile
 import time
 
+from hashserver.index import GenerationStore
 from hashserver.layout import PREFIX_MARKER
 from hashserver.testing import stop_all
 
 from . import ceilings
-from .cases import CASES, LOAD_CASES, NGINX_CASES, Case
+from .cases import CASES, FRAMEWORK_CASES, LOAD_CASES, MEMORY_CASES, NGINX_CASES, Case
 from .dataset import Dataset, DatasetSpec, checksum_hex, ensure_dataset
 from .generators import choose_generator
 from .load import LoadGenerator, LoadResult, Scenario
+from .lookups import lookup_scaling
 from .machine import load_average, machine_info
-from .procfs import cpu_seconds
+from .procfs import cpu_seconds, mapped_files
 from .profile import Profiler, ProfileSummary
 from .pyclient import PythonClient
 from .results import BenchDocument, Ceilings, Figure, LoadGeneratorInfo, Options, ServerRun
 from .scenarios import Scenarios
-from .servers import NOT_REPORTED, BenchServer, HashServer, Nginx, request
+from .servers import NOT_REPORTED, BenchServer, FrameworkCeiling, HashServer, Nginx, request
 from .wrk import Wrk
 
 _STARTED = time.monotonic()
+MIB = 1 << 20
+SETTLE_TIMEOUT = 600.0  # the first pass measuring 1,000,000 buffers' sizes must fit
 
 
 def say(text: str) -> None:
@@ -65,6 +69,7 @@ class Suite:
         if self.profiler:
             self.notes.append("profiled run: py-spy samples the server, figures are lower than usual")
         self.workdir = ""
+        self._empty_main: dict[int, tuple[float, float]] = {}  # by workers: main's anon MiB, built and settled
 
     # ------------------------------------------------------------ top level
     def run(self) -> BenchDocument:
@@ -78,6 +83,8 @@ class Suite:
             f"{'yes' if self.nginx else 'no'}")
         for note in self.notes:
             say(f"bench: note: {note}")
+        if o.lookup_sizes:
+            doc.lookups = lookup_scaling(o.lookup_sizes, o.lookup_rounds, o.lookup_seconds, o.seed, say)
         os.makedirs(os.path.expanduser(o.cache_dir), exist_ok=True)
         self.workdir = tempfile.mkdtemp(prefix="work-", dir=os.path.expanduser(o.cache_dir))
         try:
@@ -125,6 +132,9 @@ class Suite:
         nginx_cases = [c for c in wanted if c.key in NGINX_CASES]
         if self.nginx and nginx_cases:
             self._nginx_ceilings(run, nginx_cases, dataset, scenarios, tag)
+        framework_cases = [c for c in wanted if c.key in FRAMEWORK_CASES]
+        if o.framework and framework_cases:
+            self._framework_ceilings(run, framework_cases, dataset, scenarios, tag)
         write_cases = [c for c in wanted if c.server == "write"]
         if write_cases:
             run.ceilings.small_writes_per_s = ceilings.small_writes_per_s(
@@ -141,6 +151,7 @@ class Suite:
         with HashServer(self.workdir, dataset.directory, dataset.spec.layout,
                         run.workers) as server:
             self._startup_figures(run, server, dataset)
+            self._main_memory(run, server)
             run.memory["idle"] = server.memory()
             self._check_reads(server, dataset)
             if "verify_large" in self.options.cases:
@@ -168,6 +179,41 @@ class Suite:
         fig.indexed = built[0]
         fig.find_files, fig.ceiling_value = ceilings.find_seconds(dataset.directory)
         run.figures["index_build"] = fig
+
+    def _main_memory(self, run: ServerRun, server: HashServer) -> None:
+        """The main process's anonymous memory once the index is built, and once
+        the first pass measuring sizes is done (no load case runs before: that
+        pass takes a core for seconds at 1,000,000 buffers), less that of a
+        server on an empty directory, against the index file's size."""
+        wanted = any(key in self.options.cases for key in MEMORY_CASES)
+        built = _main_anon(server)
+        settled = _settle(server)
+        if settled is None:
+            run.problems.append(f"the index's sizes were not measured within {SETTLE_TIMEOUT:.0f} s")
+        if not wanted:
+            return
+        empty = self._empty_baseline(run.workers)
+        index_size = _main_index_size(server)
+        for key, value, baseline in (("main_memory", built, empty[0]),
+                                     ("main_memory_settled", settled, empty[1])):
+            fig = Figure.of(CASES[key], None if value is None else value - baseline)
+            fig.baseline_mib = round(baseline, 1)
+            fig.ceiling_value = index_size
+            run.figures[key] = fig
+        say(f"bench: main process, anonymous memory: {built or 0:.1f} MiB built, {settled or 0:.1f} "
+            f"MiB settled; on an empty directory {empty[0]:.1f} / {empty[1]:.1f} MiB; index file "
+            f"{index_size or 0:.1f} MiB")
+
+    def _empty_baseline(self, workers: int) -> tuple[float, float]:
+        """The main process's anonymous memory (MiB) in a server on an empty
+        directory: at ready, and once its (empty) sizes pass is published."""
+        if workers not in self._empty_main:
+            empty = tempfile.mkdtemp(prefix="empty-", dir=self.workdir)
+            with HashServer(self.workdir, empty, self.options.layout, workers) as server:
+                built = _main_anon(server)
+                settled = _settle(server)
+            self._empty_main[workers] = (built or 0.0, settled or 0.0)
+        return self._empty_main[workers]
 
     def _check_reads(self, server: BenchServer, dataset: Dataset) -> None:
         """Before measuring anything: the server really serves this dataset correctly."""
@@ -264,6 +310,30 @@ class Suite:
                 fig.problems += [f"nginx: {p}" for p in bad]
                 say(f"bench: [{tag}] nginx {case.label}: {fig.ceiling_value:,.1f} {case.unit}")
 
+    def _framework_ceilings(self, run: ServerRun, cases: list[Case], dataset: Dataset,
+                            scenarios: Scenarios, tag: str) -> None:
+        """Sanic alone on the same route, a constant body of the buffers' size."""
+        missing = scenarios.get("get_404").targets_file if "get_404" in FRAMEWORK_CASES else None
+        server = FrameworkCeiling(self.workdir, run.workers, dataset.spec.size, missing)
+        try:
+            server.start()
+        except RuntimeError as exc:
+            run.problems.append(f"the framework ceiling (Sanic) did not start: {exc}")
+            return
+        with server:
+            for case in cases:
+                result, cpu, _ = self._load(case, scenarios, server)
+                fig = run.figures.get(case.key)
+                if fig is None:
+                    continue
+                fig.framework_value = self._value(case, result, dataset.spec.large_size)
+                fig.framework_load = result
+                fig.framework_cpu_s = cpu
+                bad = result.problems(scenarios.get(case.key).expect_success)
+                fig.problems += [f"sanic-constant: {p}" for p in bad]
+                say(f"bench: [{tag}] Sanic, constant body, {case.label}: "
+                    f"{fig.framework_value:,.1f} {case.unit}")
+
     def _write_cases(self, run: ServerRun, cases: list[Case], dataset: Dataset,
                      scenarios: Scenarios, tag: str) -> None:
         """PUT into the dataset's own directory (a realistic size), then remove what was stored."""
@@ -290,3 +360,41 @@ class Suite:
             if fig.stored >= pool:
                 fig.problems.append(f"the pool of {pool} new buffers ran out: later PUTs "
                                     "were of buffers already present")
+
+
+def _main_anon(server: HashServer) -> float | None:
+    """Anonymous resident memory of the server's main process, MiB."""
+    for process in server.memory():
+        if process.role == "main":
+            return None if process.anon is None else process.anon / MIB
+    return None
+
+
+def _main_index_size(server: HashServer) -> float | None:
+    """Size of the newest index generation the main process maps, MiB."""
+    path = _newest_generation(server)[1]
+    try:
+        return os.path.getsize(path) / MIB if path else None
+    except FileNotFoundError:  # replaced meanwhile: the bench's directory does not change
+        return None
+
+
+def _settle(server: HashServer) -> float | None:
+    """Wait (bounded) until the main process has published the index with
+    sizes (generation 2 or later); its anonymous memory then (None: not in time)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while _newest_generation(server)[0] < 2:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+    return _main_anon(server)
+
+
+def _newest_generation(server: HashServer) -> tuple[int, str | None]:
+    """The newest index generation the main process maps, and its path ((0, None): none)."""
+    newest: tuple[int, str | None] = (0, None)
+    for path in mapped_files(server.pid, GenerationStore.PREFIX):
+        number = os.path.basename(path).removeprefix("index-")
+        if number.isdigit() and int(number) > newest[0]:
+            newest = (int(number), path)
+    return newest

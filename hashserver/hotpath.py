@@ -39,10 +39,12 @@ Sanic internals used (checked against Sanic 25.12.1):
   ``alt-svc``: removed by Sanic's touch-up when only HTTP/1.1 is served).
 
 What the regular pipeline does for such a request happens here too: the
-inactivity stamp of ``--timeout`` (:func:`hashserver.routes.note_activity`) and
-Sanic's request count.  A worker whose app has any other middleware or HTTP
-signal handler, Sanic's access log, or keep-alive turned off runs with the hot
-path off (and says so once in its log).
+inactivity stamp of ``--timeout`` (:func:`hashserver.routes.note_activity`),
+Sanic's request count, and, where the worker has metrics, the request counts
+(plain running totals, :meth:`HotPath.totals`, folded in by
+``Metrics.count_elsewhere``).  A worker whose app has any other middleware or
+HTTP signal handler, Sanic's access log, keep-alive turned off, or reads
+guarded by a token, runs with the hot path off (and says so once in its log).
 """
 
 from __future__ import annotations

@@ -468,7 +468,7 @@ def remove_directory(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     previous = _previous_env.pop(path, None)
     if os.environ.get(ENV) == path:
-        if previous is None:
+        if previous is None or not os.path.isdir(previous):  # gone with a server stopped before this one
             del os.environ[ENV]
         else:
             os.environ[ENV] = previous

@@ -627,10 +627,13 @@ class InProcess:
 
     _names = iter(range(1_000_000))
 
-    def __init__(self, config: Config, keep_alive_timeout: float | None = None, metrics=None):
+    def __init__(self, config: Config, keep_alive_timeout: float | None = None, metrics=None,
+                 middleware: tuple = ()):
         Sanic.test_mode = True  # so that each app's start touches up Sanic's original methods (as sanic-testing does)
         self.app = create_app(config, name=f"hotpath_test_{next(self._names)}")
         self.app.ctx.metrics = metrics
+        for function, where in middleware:
+            self.app.register_middleware(function, where)
         if keep_alive_timeout is not None:
             self.app.config.KEEP_ALIVE_TIMEOUT = keep_alive_timeout
         self.main = MainProcess.start(config)
@@ -813,19 +816,22 @@ def test_an_error_in_the_hot_path_leaves_the_request_to_sanic(in_process, monkey
 
 
 def test_hot_answers_are_counted_in_the_metrics(tmp_path):
-    """The hot path's running totals reach the worker's metrics at each fold."""
+    """With the metrics middleware counting the regular route's answers, the hot path
+    stays on, and its running totals reach the worker's metrics at each fold."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from hashserver.metrics import Metrics
+    from hashserver.metrics import Metrics, record_response, stamp_request
 
     populate(tmp_path / "buffers")
     (tmp_path / "metrics").mkdir()
     metrics = Metrics(str(tmp_path / "metrics"))
-    served = InProcess(Config(str(tmp_path / "buffers")).validate(), metrics=metrics)
+    served = InProcess(Config(str(tmp_path / "buffers")).validate(), metrics=metrics,
+                       middleware=((stamp_request, "request"), (record_response, "response")))
     try:
-        hold_in_memory(served.port)
-        answered_after(served, *[("GET", request("GET", SMALL_CS))] * 3, ("GET", request("GET", ABSENT_CS)),
-                       ("HEAD", request("HEAD", SMALL_CS)), ("HEAD", request("HEAD", ABSENT_CS)))
+        hold_in_memory(served.port)  # two GETs the regular route answers
+        assert answered_after(served, *[("GET", request("GET", SMALL_CS))] * 3, ("GET", request("GET", ABSENT_CS)),
+                              ("HEAD", request("HEAD", SMALL_CS)), ("HEAD", request("HEAD", ABSENT_CS))
+                              ) == {("get", 200): 3, ("get", 404): 1, ("head", 200): 1, ("head", 404): 1}
         text = served.call(metrics.exposition).decode()
     finally:
         served.stop()
@@ -837,9 +843,28 @@ def test_hot_answers_are_counted_in_the_metrics(tmp_path):
 
     requests = {(route, status): figure("hashserver_requests_total", route=route, status=status)
                 for route, status in (("get", "200"), ("get", "404"), ("head", "200"), ("head", "404"))}
-    assert requests == {("get", "200"): 3, ("get", "404"): 1, ("head", "200"): 1, ("head", "404"): 1}
-    assert figure("hashserver_sent_bytes_total", route="get") == 3 * len(SMALL) + len(b"Not found")
-    assert figure("hashserver_request_duration_seconds_count", route="get") == 4
+    assert requests == {("get", "200"): 5, ("get", "404"): 1, ("head", "200"): 1, ("head", "404"): 1}
+    assert figure("hashserver_sent_bytes_total", route="get") == \
+        4 * len(SMALL) + len(PIPELINED) + len(b"Not found")
+    assert figure("hashserver_request_duration_seconds_count", route="get") == 6
+
+
+def test_other_middleware_turns_the_hot_path_off(tmp_path):
+    """Middleware the hot path would bypass (here: a header on every answer)."""
+    async def stamp(request, response):
+        response.headers["x-stamp"] = "1"
+
+    populate(tmp_path)
+    served = InProcess(Config(str(tmp_path)).validate(), middleware=((stamp, "response"),))
+    try:
+        connection = served.connect()
+        for _ in range(2):
+            connection.send(request("GET", SMALL_CS))
+            assert b"x-stamp: 1" in connection.reply("GET").head
+        connection.close()
+        assert HotPath.of(served.app) is None
+    finally:
+        served.stop()
 
 
 def test_select_protocol_for_the_sanic_command_line(tmp_path):

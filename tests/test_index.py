@@ -83,7 +83,7 @@ def lengths(store, checksums: bytes) -> list[int]:
 def age_directories(root) -> None:
     """Backdate directory times so the scan sees them as settled (the fast path)."""
     old = time.time() - 3600
-    for dirpath, _dirnames, _ in os.walk(root):
+    for dirpath, _, _ in os.walk(root):
         os.utime(dirpath, (old, old))
 
 
@@ -339,3 +339,232 @@ def test_index_directories_of_dead_servers_are_removed(tmp_path):
         d.mkdir()
     assert GenerationStore.remove_orphans(str(tmp_path)) == 1
     assert not orphan.exists() and alive.exists() and elsewhere.exists()
+
+
+# ------------------------------------------------------------- fan-out lookups
+def sorted_records(keys: list[bytes], dirs: list[int] | None = None) -> np.ndarray:
+    """Records of these keys (32 bytes each), sorted as a generation holds them:
+    by key, then directory."""
+    dirs = dirs if dirs is not None else [0] * len(keys)
+    order = sorted(range(len(keys)), key=lambda i: (keys[i], dirs[i]))
+    records = np.zeros(len(keys), RECORD)
+    records["key"] = np.frombuffer(b"".join(keys[i] for i in order), "S32") if keys else []
+    records["dir"] = [dirs[i] for i in order]
+    records["size"] = np.arange(len(keys))
+    return records
+
+
+def assert_lookups_exact(data: IndexData, queries: list[bytes]) -> None:
+    """find and find_one against a brute-force reference: a key is found exactly
+    when present, at the first of its records."""
+    stored = [data.keys[i:i + 1].tobytes() for i in range(len(data.records))]
+    first = {}
+    for position, key in enumerate(stored):
+        first.setdefault(key, position)
+    positions, found = data.find(np.frombuffer(b"".join(queries), "S32") if queries
+                                 else np.empty(0, "S32"))
+    assert len(positions) == len(found) == len(queries)
+    for i, query in enumerate(queries):
+        expected = first.get(query, -1)
+        assert data.find_one(query) == expected, (i, query.hex())
+        assert bool(found[i]) == (expected >= 0), (i, query.hex())
+        if expected >= 0:
+            assert positions[i] == expected, (i, query.hex())
+        elif len(stored):
+            assert 0 <= positions[i] < len(stored)  # absent: still a position callers may index with
+
+
+def keys_with_prefix(prefix: bytes, count: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [prefix + rng.bytes(32 - len(prefix)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 100, 5000])
+def test_fanout_lookups_against_brute_force(count):
+    keys = keys_with_prefix(b"", count, seed=count)
+    data = index_data_of(keys)
+    absent = keys_with_prefix(b"", 200, seed=10_000 + count)
+    queries = keys + absent + [bytes(32), b"\xff" * 32] + [k[:31] + bytes([k[31] ^ 1]) for k in keys[:50]]
+    assert_lookups_exact(data, queries)
+    assert len(data) == count
+
+
+@pytest.mark.parametrize("prefix", [bytes(2), bytes(4), b"\x7f" * 8, b"\xab" * 31])
+def test_fanout_lookups_of_keys_in_one_bucket(prefix):
+    """Every key in one fan-out bucket (far beyond the batch's window), sharing
+    their first 8 bytes (so the first word tells nothing) or all but the last."""
+    keys = keys_with_prefix(prefix, 300, seed=len(prefix))
+    if len(prefix) == 31:
+        keys = [prefix + bytes([i]) for i in range(0, 256, 2)]
+    data = index_data_of(keys + keys_with_prefix(b"", 50, seed=1))
+    near = [k[:-1] + bytes([k[-1] ^ 1]) for k in keys[:100]]
+    assert_lookups_exact(data, keys + near + keys_with_prefix(prefix, 100, seed=99))
+
+
+def test_fanout_lookups_of_keys_sharing_leading_words():
+    """Keys equal on their first 8 bytes, and on the bytes that choose the
+    bucket, next to keys that are not."""
+    base = bytes.fromhex("00112233445566778899aabbccddeeff") * 2
+    keys = [base[:8] + bytes([i]) * 24 for i in range(40)]
+    keys += [base[:4] + bytes([i]) * 28 for i in range(40)]
+    keys += keys_with_prefix(b"", 1000, seed=5)
+    queries = keys + [base[:8] + bytes([i]) * 24 for i in range(40, 80)] + [base]
+    assert_lookups_exact(index_data_of(keys), queries)
+
+
+def test_fanout_first_of_equal_keys():
+    """A checksum with records in several directories: lookups give the first
+    (the one that answers), and len() counts checksums, not records."""
+    dup = b"\x42" * 32
+    others = keys_with_prefix(b"", 20, seed=7)
+    keys = [dup, dup, dup, *others, others[3]]
+    data = index_data_of(keys, dirs=[2, 0, 1] + [0] * 20 + [5])
+    assert_lookups_exact(data, [dup, *others, b"\x43" * 32])
+    assert int(data.dirs[data.find_one(dup)]) == 0
+    assert len(data.records) == 24 and len(data) == 21
+
+
+def index_data_of(keys: list[bytes], dirs: list[int] | None = None) -> IndexData:
+    return IndexData(sorted_records(keys, dirs), np.zeros(8, np.int64), np.ones(8, np.bool_))
+
+
+def test_fanout_table_sizes():
+    from hashserver.index.fanout import fanout_bits
+
+    assert [fanout_bits(n) for n in (0, 1, 2, 1000, 1 << 20, 10_000_000)] == [1, 1, 2, 10, 21, 24]
+    data = index_data_of(keys_with_prefix(b"", 1000, seed=3))
+    assert data.fanout.bits == 10 and len(data.fanout.table) == 1025
+    assert data.fanout.table[0] == 0 and data.fanout.table[-1] == 1000
+    assert (np.diff(data.fanout.table.astype(np.int64)) >= 0).all()
+
+
+def test_generation_file_round_trip_with_fanout(tmp_path):
+    keys = keys_with_prefix(b"", 3000, seed=11)
+    keys += [keys[0], keys[1]]  # two checksums present twice
+    data = index_data_of(keys, dirs=[0] * 3000 + [1, 1])
+    data.dir_mtimes[:] = np.arange(8) * 1000
+    data.dir_settled[:] = [True, False] * 4
+    data.write(str(tmp_path / "idx"))
+    loaded = IndexData.open(str(tmp_path / "idx"))
+    assert loaded.records.tobytes() == data.records.tobytes()
+    assert loaded.fanout.table.tolist() == data.fanout.table.tolist()
+    assert loaded.dir_mtimes.tolist() == data.dir_mtimes.tolist()
+    assert loaded.dir_settled.tolist() == [True, False] * 4
+    assert len(loaded) == 3000 and len(loaded.records) == 3002
+    assert loaded.size_bytes == os.path.getsize(tmp_path / "idx")
+    assert_lookups_exact(loaded, keys[::7] + keys_with_prefix(b"", 100, seed=12))
+
+
+def test_generation_file_of_another_version_is_refused(tmp_path):
+    from hashserver.index.records import MAGIC
+
+    index_data_of(keys_with_prefix(b"", 10, seed=1)).write(str(tmp_path / "idx"))
+    content = (tmp_path / "idx").read_bytes()
+    (tmp_path / "old").write_bytes(b"HSIDX005" + content[len(MAGIC):])
+    with pytest.raises(ValueError, match="version"):
+        IndexData.open(str(tmp_path / "old"))
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(ValueError):
+        IndexData.open(str(tmp_path / "empty"))
+
+
+def scan_of(number: int, keys: list[bytes], encodings: list[int] | None = None):
+    from hashserver.index import DirectoryScan
+    from hashserver.index.records import make_records
+
+    encodings = encodings if encodings is not None else [0] * len(keys)
+    records = make_records(b"".join(keys), np.arange(len(keys)), encodings, number)
+    return DirectoryScan(number, 1_000 + number, True, records)
+
+
+def test_merge_orders_each_checksum_s_records_by_rank(tmp_path):
+    """A real file before a promise, then search order, then plain before compressed;
+    the merge written to a file equals the one made in memory."""
+    from hashserver.index.merge import Merge
+
+    shared = keys_with_prefix(b"", 3, seed=21)
+    own = keys_with_prefix(b"", 500, seed=22)
+
+    def scans():
+        return [scan_of(2, [*shared, *own[:250], shared[2]], [0] * 253 + [1]),
+                scan_of(0, shared[:2], [255, 1]),
+                scan_of(1, shared + own[250:], [255, 0, 2] + [0] * 250)]
+
+    empty = IndexData.empty(3)
+    written = tmp_path / "merged"
+    Merge(empty, [scan_of(s.number, [], []) for s in scans()]).write(str(written))
+    assert len(IndexData.open(str(written))) == 0
+    in_memory = empty.merged(scans())
+    Merge(empty, scans()).write(str(written))
+    on_file = IndexData.open(str(written))
+    assert on_file.records.tobytes() == in_memory.records.tobytes()
+    assert len(on_file) == 503 and len(on_file.records) == 509
+    assert on_file.dir_mtimes.tolist() == [1000, 1001, 1002]
+
+    assert places(on_file, shared[0]) == [(2, 0), (0, 255), (1, 255)]  # the file before the promises
+    assert places(on_file, shared[1]) == [(0, 1), (1, 0), (2, 0)]  # search order, compressed or not
+    assert places(on_file, shared[2]) == [(1, 2), (2, 0), (2, 1)]  # in one directory: plain first
+    assert_lookups_exact(on_file, shared + own + keys_with_prefix(b"", 50, seed=23))
+
+    # A rescan of directory 1 keeps the others' records, in the same order.
+    rescanned = Merge(on_file, [scan_of(1, own[250:300])]).data()
+    assert places(rescanned, shared[0]) == [(2, 0), (0, 255)]
+    assert places(rescanned, shared[2]) == [(2, 0), (2, 1)]
+    assert len(rescanned) == 503 - 200 and len(rescanned.records) == 509 - 253 + 50
+    assert_lookups_exact(rescanned, shared + own)
+
+
+def places(data: IndexData, key: bytes) -> list[tuple[int, int]]:
+    """(directory, encoding) of each record of ``key``, in index order."""
+    at = data.find_one(key)
+    return [(int(data.dirs[p]), int(data.encodings[p]))
+            for p in range(at, len(data.records)) if data.keys[p:p + 1].tobytes() == key]
+
+
+def test_rescan_keeps_other_directories_copies(tmp_path, built):
+    """A buffer in the main directory and in an extra one, deleted from the
+    main one: once the main one is rescanned, the extra one's copy answers
+    (the index used to keep only the first copy and lose the other)."""
+    main, extra = tmp_path / "main", tmp_path / "extra"
+    main.mkdir()
+    extra.mkdir()
+    cs = add_buffer(main, b"in both")
+    add_buffer(extra, b"in both", "flat")
+    age_directories(tmp_path)
+    store, publisher, _ = built(Config(str(main), extra_dirs=(str(extra),)))
+    assert len(publisher.data) == 1
+    os.unlink(main / cs[:2] / cs)
+    old = time.time() - 3000
+    os.utime(main / cs[:2], (old, old))  # only this directory changed
+    assert publisher.changed_dirs() == [int(cs[:2], 16)]
+    assert publisher.refresh()
+    assert store.has(checksums_bytes(cs)) == [True]
+    assert store.find(bytes.fromhex(cs)).path == str(extra / cs)
+
+
+@pytest.mark.slow
+def test_fanout_lookups_at_ten_million_entries():
+    """The index alone at 10,000,000 generated checksums, written and mapped as
+    the server does it, against a binary search over the same keys."""
+    from bench.lookups import generated_index
+
+    generations = GenerationStore.create()
+    try:
+        data, _ = generated_index(10_000_000, 3, generations)
+        assert len(data) == len(data.records) == 10_000_000 and data.fanout.bits == 24
+        rng = np.random.default_rng(4)
+        present = data.keys[rng.integers(0, len(data.records), 50_000)]
+        absent = np.frombuffer(rng.bytes(32 * 50_000), "S32")
+        queries = np.concatenate([present, absent])
+        positions, found = data.find(queries)
+        leading = data.fanout._first.byteswap()
+        query_words = np.ascontiguousarray(queries).view(">u8").reshape(-1, 4)
+        reference = np.searchsorted(leading, query_words[:, 0].astype(np.uint64))
+        reference = np.minimum(reference, len(data.records) - 1)
+        expected = data.keys[reference] == queries
+        assert (found == expected).all() and found[:50_000].all()
+        assert (positions[found] == reference[found]).all()
+        singles = [queries[i:i + 1].tobytes() for i in range(0, 1000, 10)]  # all 32 bytes, trailing zeros too
+        assert [data.find_one(q) for q in singles] == reference[:1000:10].tolist()
+    finally:
+        generations.remove()

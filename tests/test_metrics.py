@@ -319,7 +319,9 @@ def test_reaping_drops_only_dead_processes(directory):
 
 # ------------------------------------------------------------------ the directory
 def test_given_directory_is_emptied_of_figures_only(tmp_path, monkeypatch):
-    monkeypatch.setenv(ENV, "/somewhere/inherited")
+    inherited = tmp_path / "inherited"
+    inherited.mkdir()
+    monkeypatch.setenv(ENV, str(inherited))
     given = tmp_path / "given"
     given.mkdir()
     (given / "counter_12345.db").write_bytes(b"old figures")
@@ -330,7 +332,7 @@ def test_given_directory_is_emptied_of_figures_only(tmp_path, monkeypatch):
     Metrics(path).fold()
     remove_directory(path)
     assert given.is_dir() and "notes.txt" in os.listdir(given)
-    assert os.environ[ENV] == "/somewhere/inherited"
+    assert os.environ[ENV] == str(inherited)
 
 
 def test_own_directory_is_made_and_removed_and_orphans_go(monkeypatch):

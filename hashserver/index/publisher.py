@@ -14,6 +14,8 @@ import threading
 import time
 
 from ..layout import SearchPath
+from .memory import map_large_blocks, release_free_memory
+from .merge import Merge
 from .records import ABSENT, PLAIN, UNKNOWN_SIZE, IndexData
 from .scan import SETTLE_NS, DirectoryScan, scan_all
 from .shm import GenerationStore
@@ -29,6 +31,7 @@ class IndexPublisher:
         self.store = store
         self.interval = interval
         self.data = IndexData.empty(len(search_path.dirs))
+        map_large_blocks()  # what a build allocates goes back to the system when freed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -38,14 +41,16 @@ class IndexPublisher:
         Names only: sizes are measured by the background thread's first pass
         (lookups stat the files meanwhile)."""
         started = time.monotonic()
-        scans = scan_all(self.search_path, list(range(len(self.search_path.dirs))), with_sizes=False)
-        self._publish(self.data.merged(scans))
+        self._publish(scan_all(self.search_path, list(range(len(self.search_path.dirs))), with_sizes=False))
         return time.monotonic() - started
 
-    def _publish(self, data: IndexData) -> None:
-        """Publish, then keep the published file's mapping rather than a private copy."""
-        generation = self.store.publish(data)
+    def _publish(self, scans: list[DirectoryScan]) -> None:
+        """Write the new generation straight to its file and publish it, then
+        keep the published file's mapping rather than a private copy, and give
+        the memory the merge used back to the system."""
+        generation = self.store.publish(Merge(self.data, scans))
         self.data = IndexData.open(self.store.path(generation))
+        release_free_memory()
 
     def log_built(self, elapsed: float) -> None:
         log.info("index: %d buffers in %d directories, built in %.2f s",
@@ -75,7 +80,7 @@ class IndexPublisher:
         scans = scan_all(self.search_path, changed, with_sizes=False)
         for scan in scans:
             self._known_sizes(scan)
-        self._publish(self.data.merged(scans))
+        self._publish(scans)
         return True
 
     def _known_sizes(self, scan: DirectoryScan) -> None:
@@ -110,7 +115,7 @@ class IndexPublisher:
     def measure_sizes(self) -> None:
         """Rescan everything with sizes; publish that generation."""
         started = time.monotonic()
-        self._publish(self.data.merged(scan_all(self.search_path, list(range(len(self.search_path.dirs))))))
+        self._publish(scan_all(self.search_path, list(range(len(self.search_path.dirs)))))
         log.info("index: sizes of %d buffers measured in %.2f s", len(self.data), time.monotonic() - started)
 
     def _run(self) -> None:

@@ -2,8 +2,8 @@
 
 A generation is one immutable file: a header, one modification time per
 buffer directory as seen when that directory was scanned (and whether it had
-settled), then one 48-byte record per buffer, sorted by checksum, then each
-checksum's first 8 bytes as an integer (the search key).  56 bytes per
+settled), the fan-out table (:mod:`.fanout`: 4 to 8 bytes per buffer), then
+one 48-byte record per buffer file, sorted by checksum.  About 54 bytes per
 buffer, paid once however many workers there are: every worker maps the same
 file (see :mod:`hashserver.index.shm`).
 
@@ -11,6 +11,12 @@ A record: the 32 raw checksum bytes; the size as uint64 (of the decoded
 buffer; ``UNKNOWN_SIZE`` until measured); the directory number as uint16; the
 encoding as uint8 (plain, zstd, gzip, or ``PROMISE``); and, for a promise,
 when it was made (uint32 seconds since the epoch).
+
+A checksum found in several places (directories, encodings, a promise) has
+one record for each, the one that answers first: a real file before a
+promise, then the first directory in search order, then the plain file before
+a compressed one.  The others are kept, so that when a rescan drops the first
+(its file was deleted) the next one still answers.
 """
 
 from __future__ import annotations
@@ -18,14 +24,17 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterable
 
 import numpy as np
 
 from ..compression import BY_CODE, Encoding
 from ..layout import SearchPath
+from .fanout import TABLE_DTYPE, FanOut, fanout_bits, fanout_table, leading
 
-MAGIC = b"HSIDX005"
-HEADER = struct.Struct("<8sQI4x")  # magic, number of buffers, number of directories
+MAGIC = b"HSIDX006"
+# magic, records, distinct checksums, directories, fan-out bits
+HEADER = struct.Struct("<8sQQII")
 KEY_DTYPE = np.dtype("S32")
 RECORD = np.dtype({"names": ["key", "size", "dir", "encoding", "promised_at"],
                    "formats": [KEY_DTYPE, np.uint64, np.uint16, np.uint8, np.uint32],
@@ -34,11 +43,7 @@ ABSENT = -1  # modification time recorded for a directory that did not exist
 PLAIN = 0
 PROMISE = 255  # an entry that is a promise, not a buffer
 UNKNOWN_SIZE = np.iinfo(np.uint64).max  # not measured yet (or compressed without sidecar)
-
-
-def key_prefixes(keys: np.ndarray) -> np.ndarray:
-    """The first 8 bytes of each key as an integer that sorts like the key."""
-    return np.ascontiguousarray(keys).view(np.uint8).reshape(-1, 32)[:, :8].copy().view(">u8").ravel().astype(np.uint64)
+CACHE_LINE = 64
 
 
 def make_records(keys: bytes, sizes, encodings, directory: int, promised_at=None) -> np.ndarray:
@@ -53,37 +58,102 @@ def make_records(keys: bytes, sizes, encodings, directory: int, promised_at=None
 
 def concat_records(parts: list[np.ndarray]) -> np.ndarray:
     """Records one after another, in the padded record layout (``np.concatenate``
-    would promote to a packed dtype without the padding)."""
+    would promote to a packed dtype without the padding).  Empties ``parts``
+    as it goes, so that each part can be freed as soon as it is copied."""
     out = np.empty(sum(len(p) for p in parts), RECORD)
+    raw = out.view(np.uint8)  # whole records, padding included: a plain copy, not field by field
     offset = 0
-    for part in parts:
-        out[offset:offset + len(part)] = part
+    parts.reverse()
+    while parts:
+        part = np.ascontiguousarray(parts.pop()).view(np.uint8)
+        raw[offset:offset + len(part)] = part
         offset += len(part)
     return out
 
 
+def record_words(records: np.ndarray) -> np.ndarray:
+    """Contiguous records as rows of native 64-bit words (a view): the key is words 0-3."""
+    return records.view(np.uint64).reshape(len(records), RECORD.itemsize // 8)
+
+
+def _sections(records: int, ndirs: int, bits: int) -> list[tuple[int, np.dtype, int]]:
+    """(offset, dtype, count) of each array of a generation file, in file order:
+    modification times, settled flags, fan-out table, records."""
+    sections = []
+    offset = HEADER.size
+    for dtype, count, align in ((np.dtype(np.int64), ndirs, 8), (np.dtype(np.uint8), ndirs, 8),
+                                (TABLE_DTYPE, (1 << bits) + 1, CACHE_LINE), (RECORD, records, CACHE_LINE)):
+        offset = -(-offset // align) * align
+        sections.append((offset, dtype, count))
+        offset += dtype.itemsize * count
+    return sections
+
+
+def write_generation(path: str, distinct: int, dir_mtimes: np.ndarray, dir_settled: np.ndarray,
+                     table: np.ndarray, records: int, chunks: Iterable[np.ndarray]) -> None:
+    """Write a generation file atomically (temporary file + rename); the
+    records come in sorted chunks, so that they never have to be in memory at once."""
+    bits = len(table).bit_length() - 1
+    sections = _sections(records, len(dir_mtimes), bits)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(HEADER.pack(MAGIC, records, distinct, len(dir_mtimes), bits))
+        arrays = (dir_mtimes.astype(np.int64), dir_settled.astype(np.uint8), table)
+        for (offset, _, _), array in zip(sections[:3], arrays, strict=True):
+            f.write(bytes(offset - f.tell()))
+            f.write(np.ascontiguousarray(array).view(np.uint8))
+        f.write(bytes(sections[3][0] - f.tell()))
+        written = 0
+        for chunk in chunks:
+            f.write(np.ascontiguousarray(chunk).view(np.uint8))
+            written += len(chunk)
+    if written != records:
+        os.unlink(tmp)
+        raise ValueError(f"{written} records written to {path} instead of {records}")
+    os.replace(tmp, path)
+
+
+def count_distinct(records: np.ndarray) -> int:
+    """Checksums among sorted records (equal ones are next to each other)."""
+    if len(records) == 0:
+        return 0
+    words = record_words(records)[:, :4]
+    return 1 + int(np.count_nonzero((words[1:] != words[:-1]).any(axis=1)))
+
+
 class IndexData:
-    """One generation: sorted records, plus the directories' recorded
-    modification times.  Arrays may be views of a mapping."""
+    """One generation: records sorted by checksum, their fan-out table, and the
+    directories' recorded modification times.  Arrays may be views of a mapping."""
 
     def __init__(self, records: np.ndarray, dir_mtimes: np.ndarray, dir_settled: np.ndarray,
-                 mapping=None, prefixes: np.ndarray | None = None):
+                 mapping=None, table: np.ndarray | None = None, distinct: int | None = None):
         # One record per buffer, its fields side by side: a lookup's reads of
-        # key, size, directory and encoding touch one cache line, not four
-        # arrays (at 1,000,000 buffers that was most of a /has request's time).
+        # key, size, directory and encoding touch one cache line, not four arrays.
+        records = np.ascontiguousarray(records)
         self.records = records
         self.keys: np.ndarray = records["key"]
         self.sizes: np.ndarray = records["size"]
         self.dirs: np.ndarray = records["dir"]
         self.encodings: np.ndarray = records["encoding"]
         self.promised_at: np.ndarray = records["promised_at"]
-        self.prefixes: np.ndarray = key_prefixes(self.keys) if prefixes is None else prefixes
+        if table is None:
+            table = fanout_table(leading(record_words(records)[:, 0]), fanout_bits(len(records)))
+        self.fanout = FanOut(records, table, len(table).bit_length() - 1)
+        self.distinct = count_distinct(records) if distinct is None else distinct
         self.dir_mtimes = dir_mtimes
         self.dir_settled = dir_settled
         self._mapping = mapping
 
     def __len__(self) -> int:
-        return len(self.records)
+        """The number of distinct checksums (``len(self.records)`` counts every file)."""
+        return self.distinct
+
+    @property
+    def size_bytes(self) -> int:
+        """What this generation takes: its file (if mapped), else its arrays."""
+        if self._mapping is not None:
+            return len(self._mapping)
+        return self.records.nbytes + self.fanout.table.nbytes
 
     @classmethod
     def empty(cls, ndirs: int) -> "IndexData":
@@ -93,22 +163,15 @@ class IndexData:
     def find(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each query key: its position in the index, and whether it is there.
 
-        The search runs on the keys' first 8 bytes as integers (many times
-        faster than comparing 32-byte strings); the rare prefix shared by
-        several keys is resolved on the full keys.
-        """
-        if len(self.keys) == 0:
-            zeros = np.zeros(len(queries), np.intp)
-            return zeros, np.zeros(len(queries), np.bool_)
-        query_prefixes = key_prefixes(queries)
-        positions = np.searchsorted(self.prefixes, query_prefixes)
-        positions[positions == len(self.keys)] = 0
-        found = self.keys[positions] == queries
-        for i in np.flatnonzero(~found & (self.prefixes[positions] == query_prefixes)).tolist():
-            position = self.find_one(queries[i:i + 1].tobytes())
-            if position >= 0:
-                positions[i], found[i] = position, True
-        return positions, found
+        A position is that of the checksum's first record (the one that
+        answers); for a key that is not there it is some valid position, or 0
+        in an empty index.  See :mod:`.fanout`."""
+        return self.fanout.find(queries)
+
+    def find_one(self, checksum: bytes) -> int:
+        """Position of one checksum (32 bytes) in the index, or -1: the fast
+        path of single-buffer requests, without building query arrays."""
+        return self.fanout.find_one(checksum)
 
     def locate(self, position: int, search_path: SearchPath) -> tuple[bytes, str, Encoding | None]:
         """The checksum at ``position``, the file it was indexed as, and its encoding."""
@@ -119,53 +182,20 @@ class IndexData:
                                 encoding.suffix if encoding else "")
         return checksum, path, encoding
 
-    def find_one(self, checksum: bytes) -> int:
-        """Position of one checksum (32 bytes) in the index, or -1: the fast
-        path of single-buffer requests, without building query arrays."""
-        n = len(self.keys)
-        prefix = np.uint64(int.from_bytes(checksum[:8], "big"))
-        position = int(self.prefixes.searchsorted(prefix))
-        while position < n and self.prefixes[position] == prefix:
-            if self.keys[position:position + 1].tobytes() == checksum:
-                return position
-            position += 1
-        return -1
-
     def merged(self, scans: list) -> "IndexData":
-        """A new generation: these directories (:class:`DirectoryScan`) replaced by their new scans.
+        """A new generation in memory: these directories (:class:`DirectoryScan`)
+        replaced by their new scans (which give up their records to it).  The
+        publisher writes new generations straight to their file instead
+        (:class:`~hashserver.index.merge.Merge`)."""
+        from .merge import Merge
 
-        One entry per checksum: a real file before a promise, then the first
-        directory in search order, then the plain file before a compressed one.
-        """
-        replaced = np.array([s.number for s in scans], np.uint16)
-        parts = [self.records[~np.isin(self.dirs, replaced)]]
-        dir_mtimes = np.array(self.dir_mtimes, copy=True)
-        dir_settled = np.array(self.dir_settled, copy=True)
-        for scan in scans:
-            parts.append(scan.records)
-            dir_mtimes[scan.number] = scan.mtime_ns
-            dir_settled[scan.number] = scan.settled
-        records = concat_records(parts)
-        encodings = records["encoding"]
-        records = records[np.lexsort((encodings, records["dir"], encodings == PROMISE, records["key"]))]
-        if len(records) > 1:
-            keys = records["key"]
-            first = np.empty(len(records), np.bool_)
-            first[0] = True
-            np.not_equal(keys[1:], keys[:-1], out=first[1:])
-            records = records[first]
-        return IndexData(records, dir_mtimes, dir_settled)
+        return Merge(self, scans).data()
 
     # ---------------------------------------------------------------- file
     def write(self, path: str) -> None:
         """Write this generation to ``path`` atomically (temporary file + rename)."""
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(HEADER.pack(MAGIC, len(self.keys), len(self.dir_mtimes)))
-            for array in (self.dir_mtimes, self.dir_settled.astype(np.uint8),
-                          self.records, self.prefixes):
-                f.write(_padded(np.ascontiguousarray(array).tobytes()))
-        os.replace(tmp, path)
+        write_generation(path, self.distinct, self.dir_mtimes, self.dir_settled, self.fanout.table,
+                         len(self.records), [self.records])
 
     @classmethod
     def open(cls, path: str) -> "IndexData":
@@ -173,23 +203,12 @@ class IndexData:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             mapping = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) if size else None
-        magic, n, ndirs = HEADER.unpack_from(mapping, 0)
-        if magic != MAGIC:
+        if mapping is None or size < HEADER.size:
             raise ValueError(f"{path} is not a hashserver index")
-        offset = HEADER.size
-        arrays = []
-        for dtype, count in ((np.int64, ndirs), (np.uint8, ndirs), (RECORD, n), (np.uint64, n)):
-            array = np.frombuffer(mapping, dtype=dtype, count=count, offset=offset)
-            arrays.append(array)
-            offset += _round8(array.nbytes)
-        dir_mtimes, settled, records, prefixes = arrays
-        return cls(records, dir_mtimes, settled.astype(np.bool_), mapping, prefixes)
-
-
-def _round8(n: int) -> int:
-    return (n + 7) & ~7
-
-
-def _padded(data: bytes) -> bytes:
-    return data + b"\0" * (_round8(len(data)) - len(data))
-
+        magic, records, distinct, ndirs, bits = HEADER.unpack_from(mapping, 0)
+        if magic != MAGIC:
+            raise ValueError(f"{path} is not a hashserver index of this version")
+        arrays = [np.frombuffer(mapping, dtype=dtype, count=count, offset=offset)
+                  for offset, dtype, count in _sections(records, ndirs, bits)]
+        dir_mtimes, settled, table, records_array = arrays
+        return cls(records_array, dir_mtimes, settled.astype(np.bool_), mapping, table, distinct)

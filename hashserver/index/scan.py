@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -19,7 +19,8 @@ import numpy as np
 from ..bufferfile import read_sidecar
 from ..compression import BY_SUFFIX
 from ..layout import PROMISE_SUFFIX, SearchPath, is_buffer_name
-from .records import ABSENT, PLAIN, PROMISE, RECORD, UNKNOWN_SIZE, concat_records, make_records
+from .fanout import leading
+from .records import ABSENT, PLAIN, PROMISE, RECORD, UNKNOWN_SIZE, concat_records, make_records, record_words
 
 log = logging.getLogger("hashserver.index")
 
@@ -28,7 +29,6 @@ log = logging.getLogger("hashserver.index")
 SETTLE_NS = 2_000_000_000
 PROGRESS_EVERY = 2.0
 _SUFFIX_CODES = {suffix: e.code for suffix, e in BY_SUFFIX.items()}
-_HEX_RUN = re.compile(r"[0-9a-f]*")
 
 
 @dataclass
@@ -43,6 +43,12 @@ class DirectoryScan:
     @property
     def sizes(self) -> np.ndarray:
         return self.records["size"]
+
+    def take_records(self) -> np.ndarray:
+        """The records, given up to a merge (this scan keeps none), so that
+        the memory of each scan is freed as soon as it is merged."""
+        records, self.records = self.records, np.empty(0, RECORD)
+        return records
 
     @property
     def unmeasured_plain(self) -> np.ndarray:
@@ -60,6 +66,20 @@ class _Listing:
         self.plain_sizes: list[int] = []
         self.other_keys: list[bytes] = []
         self.other: list[tuple[int, int, int]] = []  # encoding, size, promised_at
+
+    def read(self, entries: Iterable[os.DirEntry]) -> None:
+        """Every entry of a directory.  Plain buffers listed by name only take
+        the short path: no stat, no call per entry (this loop is most of an
+        index build's own time)."""
+        plain, add = self.plain, self.add
+        names_only = not self.with_sizes
+        for entry in entries:
+            name = entry.name
+            if names_only and len(name) == 64:
+                if entry.is_file():
+                    plain.append(name)
+            elif len(name) >= 64:
+                add(entry)
 
     def add(self, entry: os.DirEntry) -> None:
         name = entry.name
@@ -105,16 +125,31 @@ class _Listing:
         else:
             sizes = np.full(len(valid), UNKNOWN_SIZE, np.uint64)
         plain = make_records(keys, sizes, PLAIN, number)
+        if not self.other:
+            return _sorted(plain)
         other = np.array(self.other, np.uint64).reshape(-1, 3)
         others = make_records(b"".join(self.other_keys), other[:, 1], other[:, 0], number, other[:, 2])
-        return concat_records([plain, others])
+        return _sorted(concat_records([plain, others]))
+
+
+def _sorted(records: np.ndarray) -> np.ndarray:
+    """Records sorted by their checksum's first 8 bytes.  Sorting here, in the
+    scanning threads (numpy sorts without the GIL), leaves the merge runs of
+    sorted records, in the prefix layout already in order: its sort is one pass."""
+    return records.take(np.argsort(leading(record_words(records)[:, 0]), kind="stable"))
 
 
 def _plain_keys(names: list[str]) -> tuple[bytes, list[str]]:
-    """Checksums of 64-character names, decoded in one call when all are valid."""
+    """Checksums of 64-character names, decoded in one call when all are valid
+    (lowercase hex: what decodes and encodes back to the same text; several
+    times faster than matching a pattern)."""
     joined = "".join(names)
-    if _HEX_RUN.fullmatch(joined):
-        return bytes.fromhex(joined), names
+    try:
+        keys = bytes.fromhex(joined)
+    except ValueError:
+        keys = b""
+    if keys.hex() == joined:
+        return keys, names
     valid = [n for n in names if is_buffer_name(n)]
     return bytes.fromhex("".join(valid)), valid
 
@@ -131,8 +166,7 @@ def scan_directory(number: int, path: str, with_sizes: bool = True) -> Directory
         mtime = os.stat(path).st_mtime_ns
         listing = _Listing(path, with_sizes)
         with os.scandir(path) as entries:
-            for entry in entries:
-                listing.add(entry)
+            listing.read(entries)
     except (FileNotFoundError, NotADirectoryError):
         return DirectoryScan(number, ABSENT, True)
     return DirectoryScan(number, mtime, started - mtime > SETTLE_NS, listing.records(number))

@@ -15,11 +15,15 @@ import mmap
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..owner import owner_tag, pid_is_dead
 from .records import IndexData
+
+if TYPE_CHECKING:
+    from .merge import Merge
 
 log = logging.getLogger("hashserver.index")
 
@@ -107,7 +111,8 @@ class GenerationStore:
     def path(self, generation: int) -> str:
         return os.path.join(self.directory, f"index-{generation}")
 
-    def publish(self, data: IndexData) -> int:
+    def publish(self, data: IndexData | Merge) -> int:
+        """Write a new generation (anything with ``write(path)``) and make it the newest."""
         generation = self.generation + 1
         self._write(data, generation)
         np.frombuffer(self._counter, np.uint64, 1)[0] = generation

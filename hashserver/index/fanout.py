@@ -1,0 +1,158 @@
+"""Finding checksums in one generation at a cost that does not grow with it.
+
+The records are sorted by checksum, and checksums are uniformly distributed.
+A fan-out table (as in Git's pack index, which fans out on the first byte)
+maps the first ``bits`` bits of a checksum to the range of records that start
+with them; ``bits`` grows with the index, so that a bucket holds 0.5 to 1
+records on average.  A lookup reads two adjacent table entries and then one or
+two records: two cache misses at 10,000 entries as at 10,000,000, where a
+binary search over 1,000,000 entries made twenty dependent ones, most of them
+TLB misses too (shared memory gets no huge pages).
+
+A batch is looked up in a fixed number of vectorised steps: each query is
+compared with the first records of its bucket at once, on their first 8
+bytes, then the one candidate on all 32.  Queries the window cannot settle
+(a crowded bucket, or several records sharing their first 8 bytes: only made
+up keys do that) are looked up one by one, by bisection within the bucket.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sys
+
+import numpy as np
+
+MAX_BITS = 32
+WINDOW = 16  # records of a bucket compared with a query at once
+SCAN = 8  # a single lookup walks a bucket up to this size, and bisects a larger one
+KEY_BYTES = 32
+TABLE_DTYPE = np.dtype(np.uint32)
+_TABLE_STEP = 1 << 20  # buckets filled per step, so that building the table needs little memory
+_LITTLE = sys.byteorder == "little"
+_ALL_EQUAL = np.frombuffer(b"\1\1\1\1", np.uint32)[0]  # four True booleans, as one integer
+
+
+def fanout_bits(entries: int) -> int:
+    """Bits of the checksum that choose a bucket: about one bucket per entry."""
+    return max(1, min(MAX_BITS, entries.bit_length()))
+
+
+def leading(first_words: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each key as integers that sort like the keys (a new array)."""
+    return first_words.byteswap() if _LITTLE else first_words.copy()
+
+
+def key_words(keys: np.ndarray) -> np.ndarray:
+    """32-byte keys as rows of four native 64-bit words (a view where possible)."""
+    return np.ascontiguousarray(keys).view(np.uint64).reshape(len(keys), KEY_BYTES // 8)
+
+
+def fanout_table(sorted_leading: np.ndarray, bits: int) -> np.ndarray:
+    """For each bucket, the position of its first record; then the number of records."""
+    if len(sorted_leading) > np.iinfo(TABLE_DTYPE).max:
+        raise ValueError(f"an index generation holds at most {np.iinfo(TABLE_DTYPE).max} entries")
+    buckets = 1 << bits
+    table = np.empty(buckets + 1, TABLE_DTYPE)
+    shift = np.uint64(64 - bits)
+    for start in range(0, buckets, _TABLE_STEP):
+        stop = min(start + _TABLE_STEP, buckets)
+        table[start:stop] = np.searchsorted(sorted_leading, np.arange(start, stop, dtype=np.uint64) << shift)
+    table[buckets] = len(sorted_leading)
+    return table
+
+
+class FanOut:
+    """Lookups in sorted records (a numpy array of 48-byte records whose first
+    32 bytes are the key) through their fan-out table."""
+
+    def __init__(self, records: np.ndarray, table: np.ndarray, bits: int):
+        self.bits = bits
+        self.table = table
+        self.entries = len(records)
+        self._stride = records.dtype.itemsize
+        self._words = records.view(np.uint64).reshape(len(records), self._stride // 8)
+        self._first = self._words[:, 0]
+        self._raw = memoryview(records.view(np.uint8))
+        self._slots = memoryview(table)
+        self._shift = 64 - bits
+
+    def _key(self, position: int) -> bytes:
+        start = position * self._stride
+        return bytes(self._raw[start:start + KEY_BYTES])
+
+    def find_one(self, checksum: bytes) -> int:
+        """Position of one checksum (32 bytes), or -1; the first of equal keys."""
+        if len(checksum) != KEY_BYTES:
+            return -1
+        bucket = int.from_bytes(checksum[:8], "big") >> self._shift
+        low, high = self._slots[bucket], self._slots[bucket + 1]
+        if high - low > SCAN:
+            low += bisect.bisect_left(range(low, high), checksum, key=self._key)
+            return low if low < high and self._key(low) == checksum else -1
+        raw, stride = self._raw, self._stride
+        for position in range(low, high):
+            start = position * stride
+            if raw[start:start + KEY_BYTES] == checksum:
+                return position
+        return -1
+
+    def find(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each query key (``S32``): a position, and whether the key is there.
+
+        Where a key is there, its position is that of its first record; where
+        not, some valid position (or 0 in an empty index), so that callers may
+        index with it and mask."""
+        count = len(queries)
+        if self.entries == 0 or count == 0:
+            return np.zeros(count, np.intp), np.zeros(count, np.bool_)
+        query = key_words(queries)
+        buckets = (leading(query[:, 0]) >> np.uint64(self._shift)).astype(np.intp)
+        low = self.table.take(buckets).astype(np.intp)
+        size = self.table.take(buckets + 1).astype(np.intp)
+        size -= low
+        # The first record of each bucket, read whole: one cache line or two per query.
+        positions = np.minimum(low, self.entries - 1)
+        found = self._equal(self._words.take(positions, axis=0), query)
+        rest = np.flatnonzero(~found & (size > 1))
+        if len(rest):
+            self._find_further(queries, query, rest, low, size, positions, found)
+        return positions, found
+
+    @staticmethod
+    def _equal(words: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Whether each row of words starts with the query's key (the four
+        words' comparisons read as one 32-bit integer: no reduction along a
+        short axis, which numpy does slowly)."""
+        return (words[:, :4] == query).view(np.uint32)[:, 0] == _ALL_EQUAL
+
+    def _find_further(self, queries: np.ndarray, query: np.ndarray, rest: np.ndarray, low: np.ndarray,
+                      size: np.ndarray, positions: np.ndarray, found: np.ndarray) -> None:
+        """The queries not at the start of their bucket: compared with the
+        bucket's next records at once (rows: offsets; columns: queries), on
+        their first 8 bytes, then the one candidate on all 32."""
+        size, low = size[rest], low[rest]
+        window = min(int(size.max()), WINDOW)
+        offsets = np.arange(1, window)[:, None]
+        candidates = low + offsets
+        np.minimum(candidates, self.entries - 1, out=candidates)
+        # Indexing, not take(): take() would copy the whole strided column first.
+        matches = self._first[candidates] == query[rest, 0]
+        matches &= offsets < size
+        hits = matches.sum(axis=0, dtype=np.uint8)
+        at = low + (matches * offsets).sum(axis=0)
+        np.minimum(at, self.entries - 1, out=at)
+        here = (hits == 1) & self._equal(self._words.take(at, axis=0), query[rest])
+        positions[rest[here]] = at[here]
+        found[rest[here]] = True
+        self._settle(queries, positions, found, rest[~here & ((hits > 1) | (size > window))])
+
+    def _settle(self, queries: np.ndarray, positions: np.ndarray, found: np.ndarray,
+                unsettled: np.ndarray) -> None:
+        """Look up one by one the queries the window could not settle: several
+        records with their first 8 bytes (a checksum in several places, or
+        made-up keys), or a bucket larger than the window."""
+        for i in unsettled.tolist():
+            position = self.find_one(queries[i:i + 1].tobytes())
+            if position >= 0:
+                positions[i], found[i] = position, True
