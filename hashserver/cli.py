@@ -84,18 +84,17 @@ def config_from_namespace(args: argparse.Namespace, environ=None) -> Config:
 
 def serve(config: Config) -> None:
     """Run the server; its workers answer simple GETs of small buffers in
-    Sanic's protocol itself (:mod:`hashserver.hotpath`, off with ``HASHSERVER_HOT_PATH=0``)."""
+    Sanic's protocol itself (:mod:`hashserver.hotpath`, off with ``--no-hot-path``)."""
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
     from . import create_app
-    from .hotpath import HotPathProtocol
 
     loader = AppLoader(factory=partial(create_app, config))
     app = loader.load()
     tls = {"cert": config.tls_cert, "key": config.tls_key} if config.tls_cert else None
     app.prepare(host=config.host, port=config.port, workers=config.workers,
-                motd=False, access_log=False, ssl=tls, protocol=HotPathProtocol)
+                motd=False, access_log=False, ssl=tls)  # the protocol: server.start_main
     Sanic.serve(primary=app, app_loader=loader)
 
 

@@ -18,8 +18,8 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
 from . import docs, responses, sending
-from .metrics import Metrics, metrics_handler, record_response, stamp_request
 from .checksum import InvalidChecksum, parse_checksum, parse_checksum_list
+from .metrics import Metrics, metrics_handler, record_response, stamp_request
 from .storage import (
     BodyStalled,
     BodyTooLarge,

@@ -25,6 +25,7 @@ from .index import GenerationStore, IndexPublisher, IndexReader
 from .integrity import check_hash_algorithm
 from .launcher import InactivityWatch, StatusFile
 from .layout import SearchPath
+from .metrics import Metrics, index_facts, prepare_directory, remove_directory
 from .storage import Storage
 from .tokens import Guard
 from .writer import remove_leftovers, write_prefix_marker
@@ -51,6 +52,7 @@ class MainProcess:
     generations: GenerationStore
     publisher: IndexPublisher
     build_seconds: float
+    metrics_dir: str  # prometheus_client's multiprocess directory, shared with the workers
 
     @classmethod
     def start(cls, config: Config) -> "MainProcess":
@@ -81,7 +83,7 @@ class MainProcess:
         if config.writable and config.write_token_file is None and not config.loopback_only:
             log.warning("writable on %s without --write-token-file: anyone who reaches it can write",
                         config.host)
-        return cls(config, generations, publisher, elapsed)
+        return cls(config, generations, publisher, elapsed, prepare_directory(None))
 
     def index_facts(self) -> dict:
         """What the status file reports of the index (read by ``python -m bench``)."""
@@ -90,6 +92,7 @@ class MainProcess:
     def stop(self) -> None:
         self.publisher.stop()
         self.generations.remove()
+        remove_directory(self.metrics_dir)
 
 
 @dataclass
@@ -111,7 +114,11 @@ class Shared:
         )
 
     def acknowledge(self, pid: int) -> None:
-        """A worker is serving (a restarted one takes the slot of a dead one)."""
+        """A worker is serving (a restarted one takes the slot of a dead one).
+        With ``--timeout``, time without requests counts from here: a slow
+        start is not idleness."""
+        if self.last_request is not None:
+            self.last_request.value = time.monotonic()
         with self.ready.get_lock():
             for slot, value in enumerate(self.ready):
                 if value == 0 or not _alive(value):
@@ -155,6 +162,7 @@ class AppContext:
     main: MainProcess | None = None  # in the main process
     shared: Shared | None = None
     storage: Storage | None = None  # in each worker
+    metrics: Metrics | None = None  # in each worker
     guard: Guard | None = None  # in each worker, when token files are given
     metrics: Any = None  # in each worker: its hashserver.metrics.Metrics, where metrics are on
     stopping: bool = False  # in each worker, from the start of its shutdown: /healthcheck answers 503
@@ -194,7 +202,9 @@ def shared_of(app) -> Shared:
                   getattr(ctx, "sanic_manager", None))
 
 
-def open_storage(config: Config, shared: Shared) -> Storage:
+def open_storage(config: Config, shared: Shared, metrics: Metrics | None = None) -> Storage:
     """A worker's storage over the index the main process publishes."""
-    generations = GenerationStore(shared.index_directory.value.decode())
-    return DirectoryStore.from_config(config, IndexReader(generations))
+    reader = IndexReader(GenerationStore(shared.index_directory.value.decode()))
+    metrics = metrics or Metrics.unobserved()
+    metrics.observe_index(lambda: index_facts(reader))
+    return DirectoryStore.from_config(config, reader, metrics)

@@ -14,6 +14,7 @@ from .config import Config, ConfigError
 from .hotpath import HotPathProtocol
 from .launcher import StatusFile
 from .lifecycle import HeaderDeadlineMixin, WorkerLifecycle
+from .metrics import Metrics
 from .runtime import AppContext, MainProcess, attach_main, open_storage, resolve_config, shared_of
 from .tokens import Guard
 
@@ -108,7 +109,8 @@ async def open_worker(app: Sanic) -> None:
     app.config.update(proxy_settings(config))
     app.config.update(timeouts(config))
     app.ctx.shared = shared_of(app)
-    app.ctx.storage = open_storage(config, app.ctx.shared)
+    app.ctx.metrics = Metrics.for_worker()
+    app.ctx.storage = open_storage(config, app.ctx.shared, app.ctx.metrics)
     app.ctx.guard = Guard.from_files(config.write_token_file, config.read_token_file)
 
 
@@ -129,6 +131,7 @@ def proxy_settings(config: Config) -> dict:
 
 
 async def worker_ready(app: Sanic) -> None:
+    app.ctx.metrics.start_folding()
     app.ctx.shared.acknowledge(os.getpid())
     if app.ctx.lifecycle is not None:
         app.ctx.lifecycle.serving()
@@ -141,5 +144,6 @@ async def stop_worker(app: Sanic) -> None:
 
 async def close_worker(app: Sanic) -> None:
     app.ctx.storage.close()
+    app.ctx.metrics.close()
     if app.ctx.lifecycle is not None:
         app.ctx.lifecycle.stopped(app.ctx.shared)
