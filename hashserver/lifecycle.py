@@ -54,6 +54,7 @@ DRAIN_POLL = 0.05
 PARENT_GONE_GRACE = 5.0  # requests in flight when the main process died have this long at most
 JOIN_MARGIN = 10.0  # the main process waits this long for stopping workers, beyond their grace
 RESEND_INTERVAL = 1.0  # while workers stop, the main process repeats its signal this often
+HAND_OVER_WAIT = 0.01  # for Sanic to take a request start handed over, before its 408
 # What touching Sanic's shared worker state raises once its manager process has ended.
 STATE_MANAGER_GONE = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError, EOFError, FileNotFoundError)
 STATE_MANAGER_GONE_REASON = "Sanic's state manager has ended"
@@ -436,8 +437,10 @@ class HeaderDeadlineMixin:
     For a protocol class: ``class P(HeaderDeadlineMixin, SomeHttpProtocol)``
     with ``__slots__ = (..., *HeaderDeadlineMixin.SLOTS)``.  A protocol that
     holds the start of a request itself, outside Sanic's ``recv_buffer``,
-    says so in :meth:`_header_pending`.  The mixin also puts the worker's set
-    of connections in ``app.ctx.connections``, for draining on stop.
+    says so in :meth:`_header_pending` and hands it to Sanic in
+    :meth:`_hand_over_header` (Sanic then answers the 408).  The mixin also
+    puts the worker's set of connections in ``app.ctx.connections``, for
+    draining on stop.
     """
 
     __slots__ = ()
@@ -471,12 +474,20 @@ class HeaderDeadlineMixin:
         stage = self._stage()
         return stage is Stage.REQUEST or (stage is Stage.IDLE and self._header_pending())
 
+    def _hand_over_header(self) -> bool:
+        """Give Sanic the start of a request held elsewhere, so that Sanic answers
+        its timeout; whether there was any."""
+        return False
+
     def check_timeouts(self) -> None:
         since = self._header_since
         if since is not None and self._task is not None and self._in_header():
             left = since + self.request_timeout - time.monotonic()
             if left <= 0:
-                self._end_slow_header()
+                if self._stage() is Stage.IDLE and self._hand_over_header():
+                    self._callback_check_timeouts = self.loop.call_later(HAND_OVER_WAIT, self.check_timeouts)
+                else:
+                    self._end_slow_header()
                 return
             super().check_timeouts()
             self._check_again_within(left)

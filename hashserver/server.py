@@ -30,6 +30,22 @@ class ServerProtocol(HeaderDeadlineMixin, HotPathProtocol):
     def _header_pending(self) -> bool:
         return bool(self._pending) or super()._header_pending()
 
+    def _hand_over_header(self) -> bool:
+        """The hot path's own hand-over of a request start it held too long."""
+        if not self._pending:
+            return False
+        self.recv_buffer += self._pending
+        self._pending = b""
+        self._data_received.set()
+        return True
+
+    def _end_slow_header(self) -> None:
+        if self._pending:  # held by the hot path: Sanic takes it first, to answer 408 as its own
+            self.hand_over_pending()
+            self.loop.call_later(0.01, self._end_slow_header)
+            return
+        super()._end_slow_header()
+
 
 def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
     """A hashserver app.  With ``config=None`` it is configured from the
