@@ -164,7 +164,6 @@ class AppContext:
     storage: Storage | None = None  # in each worker
     metrics: Metrics | None = None  # in each worker
     guard: Guard | None = None  # in each worker, when token files are given
-    metrics: Any = None  # in each worker: its hashserver.metrics.Metrics, where metrics are on
     stopping: bool = False  # in each worker, from the start of its shutdown: /healthcheck answers 503
     connections: set | None = None  # in each worker: its open connections (set by the protocol)
     lifecycle: Any = None  # in each worker: its lifecycle.WorkerLifecycle
