@@ -5,8 +5,8 @@ first access and configured from ``HASHSERVER_*`` variables when the server
 starts; importing the package creates and starts nothing.
 """
 
-from .server import create_app
 from .config import Config, ConfigError
+from .server import create_app
 
 __all__ = ["Config", "ConfigError", "create_app", "app"]
 __version__ = "0.1.0"

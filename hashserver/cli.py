@@ -51,8 +51,9 @@ def _argument(row: Setting) -> dict:
         return {"metavar": row.option, "help": text.replace("%", "%%")}
     text = f"{row.help} (default: {row.default_text}; environment: {env_names(row)})"
     options: dict = {"help": text.replace("%", "%%")}
-    if row.kind.argtype is None:
-        return {**options, "action": "store_true", "default": None}
+    if row.kind.argtype is None:  # on/off; one that is on by default can be turned off (--no-...)
+        action = argparse.BooleanOptionalAction if row.default is True else "store_true"
+        return {**options, "action": action, "default": None}
     return {**options, "type": row.kind.argtype, "metavar": row.metavar,
             "choices": row.choices or None}
 
@@ -83,17 +84,17 @@ def config_from_namespace(args: argparse.Namespace, environ=None) -> Config:
 
 def serve(config: Config) -> None:
     """Run the server; its workers answer simple GETs of small buffers in
-    Sanic's protocol itself (:mod:`hashserver.hotpath`, off with ``HASHSERVER_HOT_PATH=0``)."""
+    Sanic's protocol itself (:mod:`hashserver.hotpath`, off with ``--no-hot-path``)."""
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
     from . import create_app
-    from .hotpath import HotPathProtocol
 
     loader = AppLoader(factory=partial(create_app, config))
     app = loader.load()
+    tls = {"cert": config.tls_cert, "key": config.tls_key} if config.tls_cert else None
     app.prepare(host=config.host, port=config.port, workers=config.workers,
-                motd=False, access_log=False, protocol=HotPathProtocol)
+                motd=False, access_log=False, ssl=tls)  # the protocol: server.start_main
     Sanic.serve(primary=app, app_loader=loader)
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 import zstandard
 
+
 class InvalidPayload(Exception):
     """Compressed bytes that do not decode."""
 

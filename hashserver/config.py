@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NoReturn
 
 LAYOUTS = ("prefix", "flat", "vault")
 VERIFY_MODES = ("once", "always", "never")
@@ -32,6 +32,7 @@ DEFAULT_LOCK_TIMEOUT = 120.0
 DEFAULT_MAX_BODY_SIZE = 64 * 1024**3
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+DEFAULT_MAX_BATCH = 1_000_000
 
 FLAG_SPELLINGS = "1, true, 0, false or empty"
 
@@ -217,6 +218,56 @@ class Config:
     timeout: float | None = setting(
         NUMBER, "exit with status 0 after this long without requests (any request resets "
         "it, /healthcheck too)", default=None, metavar="SECONDS")
+    max_batch: int = setting(
+        WHOLE, "most checksums in one /has, /has-now or /buffer-length request; its body may "
+        "have at most 70 × N + 1024 bytes; a larger one gets 413", default=DEFAULT_MAX_BATCH,
+        metavar="N")
+    write_token_file: str | None = setting(
+        TEXT, "bearer tokens, one per line, one of which PUT requests (buffers and promises) "
+        "must send as 'Authorization: Bearer TOKEN'; reread when the file changes",
+        default=None, metavar="FILE")
+    read_token_file: str | None = setting(
+        TEXT, "bearer tokens that every other request must send, but for /healthcheck, "
+        "preflight OPTIONS and the API description (/openapi.json, /docs, /redoc)",
+        default=None, metavar="FILE")
+    access_log: bool = setting(
+        FLAG, "log one line per request: client address, method, path, status, bytes, seconds",
+        default=False, shown_default="off")
+    proxies_count: int | None = setting(
+        WHOLE, "the number of proxies in front whose X-Forwarded-For entries are trusted for "
+        "the client address (Sanic's PROXIES_COUNT)", default=None, metavar="N")
+    real_ip_header: str | None = setting(
+        TEXT, "a header that a trusted proxy sets to the client address, e.g. X-Real-IP "
+        "(Sanic's REAL_IP_HEADER)", default=None, metavar="HEADER")
+    forwarded_secret: str | None = setting(
+        TEXT, "trust the Forwarded header entries that carry secret=SECRET (Sanic's "
+        "FORWARDED_SECRET)", default=None, metavar="SECRET")
+    tls_cert: str | None = setting(
+        TEXT, "serve HTTPS with this certificate (PEM; with --tls-key)", default=None, metavar="FILE")
+    tls_key: str | None = setting(
+        TEXT, "the private key of --tls-cert (PEM)", default=None, metavar="FILE")
+    wait_timeout: float = setting(
+        NUMBER, "longest a GET waits for a buffer being written (a fresh lock) or promised; then "
+        "it answers from what is on disk, or 503 with Retry-After", default=30.0, metavar="SECONDS")
+    body_idle_timeout: float = setting(
+        NUMBER, "an upload from which no byte arrived for this long is aborted (408; nothing "
+        "stored)", default=30.0, metavar="SECONDS")
+    min_body_rate: int = setting(
+        WHOLE, "after its first 30 s, an upload slower than this many bytes a second is "
+        "aborted (408; nothing stored); 0: no minimum", default=64 * 1024, metavar="BYTES")
+    keep_alive_timeout: float = setting(
+        NUMBER, "an idle keep-alive connection is closed after this long", default=75.0,
+        metavar="SECONDS")
+    header_timeout: float = setting(
+        NUMBER, "a connection whose request headers have not all arrived after this long is "
+        "closed (slow clients, slow-loris)", default=60.0, metavar="SECONDS")
+    hot_path: bool = setting(
+        FLAG, "answer simple GETs and HEADs of small buffers held in memory, and of absent ones, "
+        "inside Sanic's protocol, byte for byte as the regular route (off: --no-hot-path; always off "
+        "with --read-token-file or --access-log)", default=True, shown_default="on")
+    shutdown_grace: float = setting(
+        NUMBER, "on SIGTERM or SIGINT, requests in flight (uploads too) have this long to "
+        "finish; /healthcheck answers 503 meanwhile", default=30.0, metavar="SECONDS")
     # Where each setting came from, so that errors name it as the user wrote it.
     names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -267,43 +318,88 @@ class Config:
 
         Returns a normalised copy (absolute directories).
         """
-
-        def fail(attr: str, value: object, why: str) -> None:
-            raise ConfigError(f"{self.name(attr)}={value!r}: {why}")
-
-        directory = self.directory
-        if not os.path.exists(directory):
-            fail("directory", directory, "directory does not exist")
-        if not os.path.isdir(directory):
-            fail("directory", directory, "not a directory")
-        if self.layout not in LAYOUTS:
-            fail("layout", self.layout, "unknown layout; choose one of " + ", ".join(LAYOUTS))
-        if self.writable and self.layout == "vault":
-            fail("layout", self.layout, "a vault is read-only; it cannot be served writable")
-        if self.writable and not os.access(directory, os.W_OK | os.X_OK):
-            fail("directory", directory, "writable server, but the directory is not writable")
-        if not (self.lock_timeout > 0):
-            fail("lock_timeout", self.lock_timeout, "must be a positive number of seconds")
-        if not (0 < self.port < 65536):
-            fail("port", self.port, "must be between 1 and 65535")
-        if self.workers < 1:
-            fail("workers", self.workers, "must be at least 1")
-        if self.verify not in VERIFY_MODES:
-            fail("verify", self.verify, "choose one of " + ", ".join(VERIFY_MODES))
-        if self.hash_algorithm not in HASH_ALGORITHMS:
-            fail("hash_algorithm", self.hash_algorithm, "choose one of " + ", ".join(HASH_ALGORITHMS))
-        if self.timeout is not None and not (self.timeout > 0):
-            fail("timeout", self.timeout, "must be a positive number of seconds")
-        if self.max_body_size < 1:
-            fail("max_body_size", self.max_body_size, "must be a positive number of bytes")
-        for extra in self.extra_dirs:
-            if not os.path.isdir(extra):
-                fail("extra_dirs", extra, "extra directory does not exist or is not a directory")
+        self._check_directories()
+        self._check_choices()
+        self._check_numbers()
+        self._check_files()
         return replace(
             self,
-            directory=os.path.abspath(directory),
+            directory=os.path.abspath(self.directory),
             extra_dirs=tuple(os.path.abspath(d) for d in self.extra_dirs),
         )
+
+    def _fail(self, attr: str, value: object, why: str) -> NoReturn:
+        raise ConfigError(f"{self.name(attr)}={value!r}: {why}")
+
+    def _check_directories(self) -> None:
+        directory = self.directory
+        if not os.path.exists(directory):
+            self._fail("directory", directory, "directory does not exist")
+        if not os.path.isdir(directory):
+            self._fail("directory", directory, "not a directory")
+        if self.writable and not os.access(directory, os.W_OK | os.X_OK):
+            self._fail("directory", directory, "writable server, but the directory is not writable")
+        for extra in self.extra_dirs:
+            if not os.path.isdir(extra):
+                self._fail("extra_dirs", extra, "extra directory does not exist or is not a directory")
+
+    def _check_choices(self) -> None:
+        if self.layout not in LAYOUTS:
+            self._fail("layout", self.layout, "unknown layout; choose one of " + ", ".join(LAYOUTS))
+        if self.writable and self.layout == "vault":
+            self._fail("layout", self.layout, "a vault is read-only; it cannot be served writable")
+        if self.verify not in VERIFY_MODES:
+            self._fail("verify", self.verify, "choose one of " + ", ".join(VERIFY_MODES))
+        if self.hash_algorithm not in HASH_ALGORITHMS:
+            self._fail("hash_algorithm", self.hash_algorithm, "choose one of " + ", ".join(HASH_ALGORITHMS))
+
+    def _check_numbers(self) -> None:
+        if not (self.lock_timeout > 0):
+            self._fail("lock_timeout", self.lock_timeout, "must be a positive number of seconds")
+        if not (0 < self.port < 65536):
+            self._fail("port", self.port, "must be between 1 and 65535")
+        if self.workers < 1:
+            self._fail("workers", self.workers, "must be at least 1")
+        if self.timeout is not None and not (self.timeout > 0):
+            self._fail("timeout", self.timeout, "must be a positive number of seconds")
+        if self.max_body_size < 1:
+            self._fail("max_body_size", self.max_body_size, "must be a positive number of bytes")
+        if self.max_batch < 1:
+            self._fail("max_batch", self.max_batch, "must be at least 1")
+        if self.proxies_count is not None and self.proxies_count < 0:
+            self._fail("proxies_count", self.proxies_count, "must be 0 or more")
+        for attr in ("wait_timeout", "body_idle_timeout", "keep_alive_timeout", "header_timeout"):
+            if not (getattr(self, attr) > 0):
+                self._fail(attr, getattr(self, attr), "must be a positive number of seconds")
+        if not (self.shutdown_grace >= 0):
+            self._fail("shutdown_grace", self.shutdown_grace, "must be 0 or more seconds")
+        if self.min_body_rate < 0:
+            self._fail("min_body_rate", self.min_body_rate, "must be 0 or more bytes a second")
+
+    def _check_files(self) -> None:
+        for attr in ("write_token_file", "read_token_file", "tls_cert", "tls_key"):
+            path = getattr(self, attr)
+            if path is not None and not os.access(path, os.R_OK):
+                self._fail(attr, path, "cannot read this file")
+        for attr in ("write_token_file", "read_token_file"):
+            path = getattr(self, attr)
+            if path is not None and not read_tokens(path):
+                self._fail(attr, path, "holds no token (one per line; blank lines and # comments are ignored)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            attr = "tls_key" if self.tls_key is None else "tls_cert"
+            self._fail(attr, None, "HTTPS needs both --tls-cert and --tls-key")
+
+    @property
+    def loopback_only(self) -> bool:
+        """Does the server listen on this machine's loopback address only?"""
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+
+def read_tokens(path: str) -> frozenset[str]:
+    """The tokens of a token file: one per line; blank lines and ``#`` comments ignored."""
+    with open(path, encoding="utf-8") as f:
+        lines = (line.strip() for line in f)
+        return frozenset(line for line in lines if line and not line.startswith("#"))
 
 
 SETTINGS: tuple[Setting, ...] = tuple(

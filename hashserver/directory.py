@@ -7,7 +7,11 @@ One per worker.  It puts together the exact lookups over the shared index
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+import errno
+import os
+import time
+from contextlib import contextmanager
+from typing import AsyncIterator, Iterator
 
 from .checksum import Hasher
 from .compression import for_content_encoding
@@ -16,10 +20,34 @@ from .index import IndexReader
 from .layout import SearchPath
 from .locks import LockProtocol
 from .lookup import ExactIndex
+from .metrics import Metrics
 from .promises import Promises
 from .reader import BufferReader
-from .storage import Fast, PutOutcome, Readable, ReadOnly
-from .writer import BufferWriter
+from .storage import DiskFull, Fast, PutOutcome, Readable, ReadOnly, StorageUnavailable
+from .writer import BodyPace, BufferWriter
+
+HEALTH_EVERY = 1.0  # seconds between two checks of the main directory
+
+
+@contextmanager
+def storage_errors(metrics: Metrics) -> Iterator[None]:
+    """An ``OSError`` of the buffer directory is a storage failure (503), or
+    a full disk (507): never an answer that a buffer is absent."""
+    try:
+        yield
+    except ConnectionError:
+        raise  # the client's connection, not the storage
+    except OSError as exc:
+        metrics.storage_error(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull() from exc
+        raise StorageUnavailable(describe(exc)) from exc
+
+
+def describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"Storage unavailable: {exc.strerror or exc} ({name}){where}"
 
 
 class DirectoryStore:
@@ -27,56 +55,104 @@ class DirectoryStore:
     other programs add and remove them."""
 
     def __init__(self, search_path: SearchPath, index: IndexReader, hasher: Hasher, locks: LockProtocol,
-                 verify: str = "once", writable: bool = False, max_body_size: int = 1 << 36):
+                 verify: str = "once", writable: bool = False, max_body_size: int = 1 << 36,
+                 wait_timeout: float = 30.0, pace: BodyPace | None = None, metrics: Metrics | None = None):
+        self.metrics = metrics = metrics or Metrics.unobserved()
         self.writable = writable
         self.search_path = search_path
         self.locks = locks
         self.promises = Promises(search_path) if writable else None
-        self.lookups = ExactIndex(search_path, index, self.promises)
-        self.reader = BufferReader(self.lookups, hasher, locks, verify)
+        self.lookups = ExactIndex(search_path, index, self.promises, metrics)
+        self.reader = BufferReader(self.lookups, hasher, locks, verify, wait_timeout, metrics)
         self.writer = BufferWriter(search_path, hasher, locks, self.promises, max_body_size,
                                    exists=lambda checksum: self.lookups.find(checksum) is not None,
-                                   published=self.reader.mark_verified) if writable else None
+                                   published=self.reader.mark_verified, pace=pace) if writable else None
+        self._health: tuple[float, str | None] = (float("-inf"), None)
 
     @classmethod
-    def from_config(cls, config: Config, index: IndexReader) -> "DirectoryStore":
+    def from_config(cls, config: Config, index: IndexReader, metrics: Metrics | None = None) -> "DirectoryStore":
         return cls(SearchPath.from_config(config), index, Hasher(config.hash_algorithm),
-                   LockProtocol(config.lock_timeout), config.verify, config.writable, config.max_body_size)
+                   LockProtocol(config.lock_timeout), config.verify, config.writable, config.max_body_size,
+                   config.wait_timeout, BodyPace(config.body_idle_timeout, config.min_body_rate), metrics)
+
+    def _main_is_there(self) -> None:
+        """Before saying "absent": the main directory is still there (else 503)."""
+        os.stat(self.search_path.main.root)
 
     def peek(self, checksum: bytes) -> bytes | Fast:
-        buffer = self.lookups.find(checksum)
-        if buffer is not None:
-            content = self.reader.cached(buffer)
-            return Fast.REGULAR if content is None else content
-        checksum_hex = checksum.hex()
-        if self.lookups.is_promised(checksum_hex) or self.locks.any_fresh(self.search_path.read_locks(checksum_hex)):
-            return Fast.REGULAR
-        return Fast.ABSENT
+        with storage_errors(self.metrics):
+            buffer = self.lookups.find(checksum)
+            if buffer is not None:
+                content = self.reader.cached(buffer)
+                if content is None:
+                    return Fast.REGULAR
+                self.metrics.small_buffer(True)
+                return content
+            checksum_hex = checksum.hex()
+            locks = self.search_path.read_locks(checksum_hex)
+            if self.lookups.is_promised(checksum_hex) or self.locks.any_fresh(locks):
+                return Fast.REGULAR
+            self._main_is_there()
+            return Fast.ABSENT
 
     async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
-        return self.lookups.lookup(checksums, promised, with_lengths=False).present.tolist()
+        with storage_errors(self.metrics):
+            present = self.lookups.lookup(checksums, promised, with_lengths=False).present
+            if not present.all():
+                self._main_is_there()
+            return present.tolist()
 
     async def lengths(self, checksums: bytes) -> list[int]:
-        found = self.lookups.lookup(checksums)
-        for i, buffer in found.unmeasured.items():
-            found.sizes[i] = await self.reader.decoded_length(buffer)
-        return found.sizes.tolist()
+        with storage_errors(self.metrics):
+            found = self.lookups.lookup(checksums)
+            for i, buffer in found.unmeasured.items():
+                found.sizes[i] = await self.reader.decoded_length(buffer)
+            if not found.present.all():
+                self._main_is_there()
+            return found.sizes.tolist()
 
     async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset()) -> Readable | None:
-        return await self.reader.open(checksum, accepted)
+        with storage_errors(self.metrics):
+            readable = await self.reader.open(checksum, accepted)
+            if readable is None:
+                self._main_is_there()
+            return readable
 
     async def put(self, checksum: bytes, body: AsyncIterator[bytes],
                   content_encoding: str | None = None) -> PutOutcome:
         if self.writer is None:
             raise ReadOnly.put()
-        return await self.writer.put(checksum, body, for_content_encoding(content_encoding))
+        try:
+            with storage_errors(self.metrics):
+                outcome = await self.writer.put(checksum, body, for_content_encoding(content_encoding))
+        except Exception as exc:
+            self.metrics.put_failed(exc)
+            raise
+        self.metrics.put(outcome.value)
+        return outcome
 
     async def promise(self, checksum: bytes) -> int:
         if self.promises is None:
             raise ReadOnly.promise()
-        if self.lookups.find(checksum) is None:
-            self.promises.promise(checksum.hex())
+        with storage_errors(self.metrics):
+            if self.lookups.find(checksum) is None:
+                self.promises.promise(checksum.hex())
+                self.metrics.promised()
         return int(self.promises.ttl)
+
+    def health(self) -> str | None:
+        checked, problem = self._health
+        if time.monotonic() - checked < HEALTH_EVERY:
+            return problem
+        try:
+            with os.scandir(self.search_path.main.root) as entries:
+                next(entries, None)
+            problem = None
+        except OSError as exc:
+            problem = describe(exc)
+        self._health = (time.monotonic(), problem)
+        self.metrics.health(problem is None)
+        return problem
 
     def close(self) -> None:
         self.lookups.close()

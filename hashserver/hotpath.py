@@ -49,7 +49,6 @@ guarded by a token, runs with the hot path off (and says so once in its log).
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from binascii import unhexlify
@@ -64,13 +63,11 @@ from sanic.response import HTTPResponse
 from sanic.server.protocols.http_protocol import HttpProtocol
 
 from . import caching, responses
-from .config import parse_bool
 from .storage import Fast, Storage
 
-__all__ = ["HOT_PATH_ENV", "HotPath", "HotPathProtocol", "select_protocol"]
+__all__ = ["HotPath", "HotPathProtocol"]
 
 # Until the settings table has a ``hot_path`` row, the switch is this variable.
-HOT_PATH_ENV = "HASHSERVER_HOT_PATH"
 MAX_HEAD = 4096  # a longer request head is Sanic's (it has its own limit)
 FLUSH_BYTES = 65536  # Sanic's write buffer high-water mark: write, then check for a pause
 REQUEST_STARTS = (b"GET /", b"HEAD /")
@@ -99,23 +96,9 @@ _LENGTH_MARK = "\x00length\x00"
 
 
 def hot_path_wanted(config) -> bool:
-    """The ``hot_path`` setting; until the settings table has it, ``HASHSERVER_HOT_PATH``
-    (read once per worker).  Off whenever reads need a token: the hot path checks none."""
-    if getattr(config, "read_token_file", None):
-        return False
-    wanted = getattr(config, "hot_path", None)
-    if wanted is None:
-        wanted = parse_bool(HOT_PATH_ENV, os.environ.get(HOT_PATH_ENV, "1"))
-    return wanted
-
-
-def select_protocol(app: Sanic) -> None:
-    """Make every server of the app run :class:`HotPathProtocol`; for a
-    ``main_process_start`` listener, which runs before Sanic hands the
-    server settings to its workers (how ``sanic hashserver.app`` gets it:
-    Sanic's command line has no option for a protocol class)."""
-    for info in app.state.server_info:
-        info.settings["protocol"] = HotPathProtocol
+    """The ``hot_path`` setting (``--hot-path``/``--no-hot-path``).  Off whenever
+    reads need a token: the hot path checks none."""
+    return config.hot_path and config.read_token_file is None
 
 
 def render_head(response: HTTPResponse, length: int | str) -> bytes:
@@ -342,7 +325,11 @@ class HotPathProtocol(HttpProtocol):
         """A request held here past Sanic's request timeout goes to Sanic, which
         answers 408 as it would have, had it held the request itself."""
         if self._pending and time.monotonic() - self._time > self.request_timeout:
-            self.recv_buffer += self._pending
-            self._pending = b""
-            self._data_received.set()
+            self.hand_over_pending()
         super().check_timeouts()
+
+    def hand_over_pending(self) -> None:
+        """Give Sanic the start of a request held here (Sanic then answers it, or times it out)."""
+        self.recv_buffer += self._pending
+        self._pending = b""
+        self._data_received.set()

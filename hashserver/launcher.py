@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from .config import ConfigError
 
 STATUS_FILE_WAIT = 20.0  # the launcher writes the file just after starting the server
 POLL = 0.1
+WORKERS_POLL = 0.5
 
 
 def pick_free_port(host: str, start: int, end: int) -> int:
@@ -80,31 +82,49 @@ class StatusFile:
             print(f"hashserver: cannot write the status file: {exc}", file=sys.stderr)
 
     def report_running_when_ready(self, host: str, port: int, ready_workers: Callable[[], list[int] | None],
-                                  facts: dict, timeout: float = 120.0) -> None:
+                                  facts: dict, tls: bool = False, timeout: float = 120.0) -> None:
         """In a thread: once every worker has acknowledged (``ready_workers``
         gives their pids) and /healthcheck answers, write the port, ``"running"``,
-        the pids and ``facts``; ``"failed"`` if that does not happen in time."""
+        the pids and ``facts``; ``"failed"`` if that does not happen in time.
+        Then keep ``"workers"`` up to date when a worker is replaced."""
 
         def run() -> None:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 workers = ready_workers()
-                if workers is not None and _answers(host, port):
+                if workers is not None and _answers(host, port, tls):
                     self.update(port=port, status="running", pid=os.getpid(), workers=workers, **facts)
+                    self._follow_workers(ready_workers, workers)
                     return
                 time.sleep(POLL)
             self.failed()
 
         threading.Thread(target=run, name="hashserver-status", daemon=True).start()
 
+    def _follow_workers(self, ready_workers: Callable[[], list[int] | None], reported: list[int]) -> None:
+        """For the server's life: rewrite ``"workers"`` once a replacement for a
+        dead worker serves (while one is missing, the last full list stays)."""
+        while True:
+            time.sleep(WORKERS_POLL)
+            workers = ready_workers()
+            if workers is not None and sorted(workers) != sorted(reported):
+                try:
+                    self.update(workers=workers)
+                except OSError:
+                    continue
+                reported = workers
 
-def _answers(host: str, port: int) -> bool:
-    """Does /healthcheck answer 200 on this address?"""
+
+def _answers(host: str, port: int, tls: bool) -> bool:
+    """Does /healthcheck answer 200 on this address?  (Over TLS the server's
+    own certificate is not checked: this asks our own server.)"""
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     if ":" in probe_host:
         probe_host = f"[{probe_host}]"
+    context = ssl._create_unverified_context() if tls else None
+    url = f"{'https' if tls else 'http'}://{probe_host}:{port}/healthcheck"
     try:
-        with urllib.request.urlopen(f"http://{probe_host}:{port}/healthcheck", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
             return response.status == 200
     except OSError:
         return False

@@ -160,7 +160,7 @@ class SearchPath:
         self._candidates: tuple[tuple[int, ...], ...] = tuple(
             tuple(
                 offset + number
-                for layout, offset in zip(self.layouts, offsets)
+                for layout, offset in zip(self.layouts, offsets, strict=True)
                 for number in layout.dir_numbers(first_byte)
             )
             for first_byte in range(256)

@@ -7,6 +7,12 @@
 A lock whose modification time is older than the lock timeout is stale: its
 writer is taken to be dead and the lock is ignored.  Writers that run longer
 than that refresh their lock's modification time.
+
+Clocks: file times are written by other hosts' clocks, so a lock's age is
+wall time; but a lock dated in the future (a clock ahead of ours) would stay
+fresh for as long as that clock is ahead, so it counts as fresh for at most
+the lock timeout from when this process first saw it (:class:`FileAges`).
+Local waits are measured on the monotonic clock.
 """
 
 from __future__ import annotations
@@ -22,30 +28,51 @@ POLL_MAX = 0.5
 REFRESH_EVERY = 5.0
 
 
+FUTURE_SLACK = 2.0  # seconds a file may be dated ahead of our clock and still count as dated now
+SEEN_MAX = 100_000  # future-dated file versions remembered, at most
+
+
+class FileAges:
+    """The age of a file from its modification time, in seconds; a file
+    dated in the future ages from when this process first saw that version."""
+
+    def __init__(self):
+        self._first_seen: dict[tuple[str, int], float] = {}
+
+    def age(self, path: str, st: os.stat_result) -> float:
+        age = time.time() - st.st_mtime
+        if age >= -FUTURE_SLACK:
+            return max(age, 0.0)
+        if len(self._first_seen) >= SEEN_MAX:
+            self._first_seen.clear()
+        first = self._first_seen.setdefault((path, st.st_mtime_ns), time.monotonic())
+        return time.monotonic() - first
+
+
 class LockProtocol:
     def __init__(self, timeout: float):
         self.timeout = timeout
+        self.ages = FileAges()
 
     def is_fresh(self, path: str) -> bool:
         try:
-            mtime = os.stat(path).st_mtime
+            st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             return False
-        return time.time() - mtime < self.timeout
+        return self.ages.age(path, st) < self.timeout
 
     def any_fresh(self, paths) -> bool:
         return any(self.is_fresh(p) for p in paths)
 
-    async def wait_until_free(self, paths) -> bool:
-        """Wait while any of ``paths`` is a fresh lock; True if there was one.
-
-        Polls with a growing interval; other requests are served meanwhile.
-        """
+    async def wait_until_free(self, paths, deadline: float = float("inf")) -> bool:
+        """Wait while any of ``paths`` is a fresh lock, until ``deadline``
+        (monotonic); True if there was one.  Polls with a growing interval;
+        other requests are served meanwhile."""
         waited = False
         interval = POLL_FIRST
-        while self.any_fresh(paths):
+        while self.any_fresh(paths) and time.monotonic() < deadline:
             waited = True
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(POLL_MAX, interval * 2)
         return waited
 

@@ -13,15 +13,18 @@ comes back.
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
-import os
 
 from .bufferfile import BufferFile
 from .compression import SUFFIXES, for_suffix
 from .index import ABSENT, KEY_DTYPE, PROMISE, UNKNOWN_SIZE, IndexData, IndexReader
 from .layout import SearchPath
+from .locks import FUTURE_SLACK
+from .metrics import Metrics
 from .promises import Promises
 from .watch import DirectoryWatch
 
@@ -37,7 +40,9 @@ class BatchLookup:
 
 
 class ExactIndex:
-    def __init__(self, search_path: SearchPath, index: IndexReader, promises: Promises | None):
+    def __init__(self, search_path: SearchPath, index: IndexReader, promises: Promises | None,
+                 metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics.unobserved()
         self.search_path = search_path
         self.index = index
         self.promises = promises
@@ -47,7 +52,8 @@ class ExactIndex:
         self.watch.close()
 
     def _clean_dirs(self, data: IndexData, numbers) -> np.ndarray:
-        """Per directory number: True where the index is exact for it right now.
+        """Per directory number: True where the index is exact for it right now
+        (and ``self._stat_needed``: True where that took a stat).
 
         Directories the inotify watch vouches for need no system call; the
         others are stat'ed, and vouched for when found unchanged.
@@ -57,6 +63,8 @@ class ExactIndex:
         self.watch.drain()
         vouched = self.watch.vouched[numbers]
         clean[numbers[vouched]] = True
+        self._stat_needed = np.zeros(len(self.search_path.dirs), np.bool_)
+        self._stat_needed[numbers[~vouched]] = True
         confirmed = []
         for number in numbers[~vouched].tolist():
             try:
@@ -75,7 +83,12 @@ class ExactIndex:
         is_promise = data.encodings[positions] == PROMISE
         if self.promises is None:
             return np.zeros(len(positions), np.bool_)
-        return is_promise & (data.promised_at[positions] > self.promises.oldest_fresh_s())
+        made = data.promised_at[positions]
+        in_force = is_promise & (made > self.promises.oldest_fresh_s())
+        # dated in the future (another host's clock ahead): its file says how long it holds
+        for i in np.flatnonzero(is_promise & (made > time.time() + FUTURE_SLACK)).tolist():
+            in_force[i] = self.promises.is_promised(data.keys[positions[i]:positions[i] + 1].tobytes().hex())
+        return in_force
 
     def lookup(self, checksums: bytes, promised: bool = True, with_lengths: bool = True) -> BatchLookup:
         """Presence and length of each checksum (32 bytes each), exactly.
@@ -93,10 +106,16 @@ class ExactIndex:
         if len(data):
             self._from_index(data, positions, found & clean[data.dirs[positions]], promised, with_lengths, result)
         changed_for = np.zeros(256, np.bool_)
+        stat_for = np.zeros(256, np.bool_)
         for fb in used_first_bytes:
             changed_for[fb] = not all(clean[n] for n in candidates(fb))
-        for i in np.flatnonzero(~result.present & changed_for[first_bytes]).tolist():
+            stat_for[fb] = any(self._stat_needed[n] for n in candidates(fb))
+        on_disk = np.flatnonzero(~result.present & changed_for[first_bytes])
+        for i in on_disk.tolist():
             self._from_disk(checksums[32 * i: 32 * i + 32].hex(), i, clean, promised, result)
+        stat_confirmed = int(np.count_nonzero(stat_for[first_bytes])) - len(on_disk)
+        self.metrics.lookups(index=len(queries) - len(on_disk) - stat_confirmed,
+                             directory=stat_confirmed, disk=len(on_disk))
         return result
 
     def _from_index(self, data: IndexData, positions: np.ndarray, trusted: np.ndarray, promised: bool,

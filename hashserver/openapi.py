@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .checksum import HASH_DISPLAY_NAMES, Hasher
-from .config import DEFAULT_MAX_BODY_SIZE, Config
+from .config import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_SIZE, Config
 from .promises import PROMISE_TTL
 
 OPENAPI_VERSION = "3.1.0"
-DEFAULT_MAX_BATCH = 1_000_000
 IMMUTABLE = "public, max-age=31536000, immutable"
 JSON = "application/json"
 TEXT = "text/plain"
@@ -44,18 +43,19 @@ class ApiFacts:
     write_tokens: bool = False
     read_tokens: bool = False
     promise_ttl: int = PROMISE_TTL
+    wait_timeout: float = 30.0
 
     @classmethod
     def from_config(cls, config: Config) -> "ApiFacts":
-        """The facts of a :class:`hashserver.Config` (settings that a Config
-        does not have yet take their defaults)."""
+        """The facts of a :class:`hashserver.Config`."""
         return cls(
             writable=config.writable,
             hash_algorithm=config.hash_algorithm,
-            max_batch=getattr(config, "max_batch", None) or DEFAULT_MAX_BATCH,
+            max_batch=config.max_batch,
             max_body_size=config.max_body_size,
-            write_tokens=bool(getattr(config, "write_token_file", None)),
-            read_tokens=bool(getattr(config, "read_token_file", None)),
+            write_tokens=config.write_token_file is not None,
+            read_tokens=config.read_token_file is not None,
+            wait_timeout=config.wait_timeout,
         )
 
     @property
@@ -115,8 +115,8 @@ def _info(facts: ApiFacts) -> dict:
             "(`{\"message\": \"Invalid data\", \"exception\": {...}}`), except the plain-text "
             "`Not found`, `Incorrect checksum` and `Invalid compressed payload` that "
             "existing clients compare against. Any route may answer 500 (an unexpected "
-            "failure, logged) or 503 (a storage failure, or the response took longer "
-            "than Sanic's response timeout)."
+            "failure, logged) or 503 (a storage failure, or no response within Sanic's "
+            "response timeout)."
         ),
         "license": {"name": "MIT", "identifier": "MIT"},
     }
@@ -357,9 +357,14 @@ RESPONSES = {
                  "headers": _headers(*_NOT_CACHED), "content": _json("Message")},
     "DiskFull": {"description": "The disk is full; nothing was stored.", "headers": _headers(*_NOT_CACHED),
                  "content": _json("Message")},
+    "Stalled": {"description": "The body stopped arriving (--body-idle-timeout) or crawled below "
+                               "--min-body-rate; nothing was stored.",
+                "headers": _headers(*_NOT_CACHED, "Connection"), "content": _json("Message")},
     "ServerError": {"description": "An unexpected failure (logged).", "headers": _headers(*_NOT_CACHED),
                     "content": _json("Message")},
-    "Unavailable": {"description": "A storage failure, or no response within Sanic's response timeout.",
+    "Unavailable": {"description": "A storage failure (named in the message); a buffer still being "
+                                   "written or promised after the longest wait (with Retry-After); or "
+                                   "no response within Sanic's response timeout.",
                     "headers": _headers(*_NOT_CACHED, "Retry-After"), "content": _json("Message")},
     "Metrics": {"description": "Prometheus text exposition format, all workers together.",
                 "headers": _headers(*_NOT_CACHED), "content": _content(TEXT, {"type": "string"})},
@@ -414,15 +419,16 @@ def _write_statuses(facts: ApiFacts, stored: dict[str, str], rejected: str) -> d
 
 def _buffer_paths(facts: ApiFacts) -> dict:
     reads = {"guarded": facts.read_tokens, "parameters": _READ_HEADERS}
-    put = _write_statuses(facts, {"200": "OK", "507": "DiskFull"}, "PutRejected")
+    put = _write_statuses(facts, {"200": "OK", "507": "DiskFull", "408": "Stalled"}, "PutRejected")
     promise = _write_statuses(facts, {"202": "PromiseMade"}, "InvalidData")
     return {
         "/{checksum}": {
             "parameters": [_ref("parameters", "Checksum")],
             "get": _operation("getBuffer", "Get a buffer", "buffers", _READ_STATUSES, **reads,
-                              description="A promised buffer is waited for: 200 when it arrives, 404 "
-                                          "when the promise lapses, 503 when Sanic's response "
-                                          "timeout comes first."),
+                              description="A buffer being written (a fresh lock) or promised is "
+                                          f"waited for, {facts.wait_timeout:g} s at most: 200 when it "
+                                          "arrives, 404 when the lock or promise lapses, else 503 with "
+                                          "Retry-After."),
             "head": _operation("headBuffer", "A buffer's headers", "buffers", _READ_STATUSES, **reads),
             "put": _operation("putBuffer", "Store a buffer", "buffers", put, guarded=facts.write_tokens,
                               parameters=("ContentEncoding",), body="Buffer",

@@ -13,6 +13,7 @@ import time
 
 from .files import make_group_dir, unlink_quietly, write_small_file
 from .layout import SearchPath, temp_path
+from .locks import FileAges
 
 PROMISE_TTL = 600
 
@@ -21,17 +22,20 @@ class Promises:
     def __init__(self, search_path: SearchPath, ttl: float = PROMISE_TTL):
         self.search_path = search_path
         self.ttl = ttl
+        self.ages = FileAges()
 
     def oldest_fresh_s(self) -> int:
-        """Promises made after this time (whole seconds since the epoch) are still in force."""
+        """Promises made after this time (whole seconds since the epoch) are still in force
+        (the index dates a promise made in the future as made when scanned)."""
         return int(time.time() - self.ttl)
 
     def is_promised(self, checksum_hex: str) -> bool:
+        path = self.search_path.promise_path(checksum_hex)
         try:
-            mtime = os.stat(self.search_path.promise_path(checksum_hex)).st_mtime
+            st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             return False
-        return int(mtime) > self.oldest_fresh_s()
+        return self.ages.age(path, st) < self.ttl
 
     def promise(self, checksum_hex: str) -> None:
         """Make or renew a promise.  Replaced, not touched, so that the

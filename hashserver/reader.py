@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import OrderedDict
 from typing import AsyncIterator
 
@@ -18,7 +19,8 @@ from .bufferfile import BufferFile, FileIdentity, identity_of
 from .checksum import Hasher
 from .locks import POLL_MAX, LockProtocol
 from .lookup import ExactIndex
-from .storage import CorruptBuffer, Readable
+from .metrics import Metrics
+from .storage import CorruptBuffer, Readable, StillWriting
 
 SMALL_BUFFER = 1 << 20  # read whole into memory (and cacheable) up to this size
 CACHE_BYTES = 64 << 20  # per worker: recently served small buffers
@@ -70,11 +72,14 @@ class ContentCache:
 
 
 class BufferReader:
-    def __init__(self, lookups: ExactIndex, hasher: Hasher, locks: LockProtocol, verify: str = "once"):
+    def __init__(self, lookups: ExactIndex, hasher: Hasher, locks: LockProtocol, verify: str = "once",
+                 wait_timeout: float = 30.0, metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics.unobserved()
         self.lookups = lookups
         self.hasher = hasher
         self.locks = locks
         self.verify = verify
+        self.wait_timeout = wait_timeout
         self.verified = VerifiedFiles()
         self.cache = ContentCache()
         self._lengths: dict[FileIdentity, int] = {}  # compressed file version -> decoded length
@@ -88,30 +93,37 @@ class BufferReader:
     def _read_locks(self, checksum: bytes) -> list[str]:
         return self.lookups.search_path.read_locks(checksum.hex())
 
-    async def find_for_reading(self, checksum: bytes) -> BufferFile | None:
-        """The buffer's file once no writer holds it and no promise is pending; None if absent."""
+    async def find_for_reading(self, checksum: bytes, deadline: float) -> BufferFile | None:
+        """The buffer's file once no writer holds it and no promise is pending
+        (waiting until ``deadline`` at most); None if absent.  Raises
+        :class:`StillWriting` if it is absent and still locked or promised then."""
         buffer = self.lookups.find(checksum)
         if buffer is not None:
             return buffer
-        if await self.locks.wait_until_free(self._read_locks(checksum)):
+        locks = self._read_locks(checksum)
+        if await self.locks.wait_until_free(locks, deadline):
             buffer = self.lookups.find(checksum)
         if buffer is None:
-            buffer = await self._wait_for_promise(checksum)
+            buffer = await self._wait_for_promise(checksum, deadline)
+        if buffer is None and (self.locks.any_fresh(locks) or self.lookups.is_promised(checksum.hex())):
+            raise StillWriting(max(1, round(self.wait_timeout / 3)))
         return buffer
 
     async def open(self, checksum: bytes, accepted: frozenset[str]) -> Readable | None:
         """Find a buffer for reading, honouring locks and promises and checking its integrity.
 
-        Raises :class:`CorruptBuffer` for a wrong file that no lock explains.
+        Raises :class:`CorruptBuffer` for a wrong file that no lock explains,
+        :class:`StillWriting` when the wait for a writer or a promise ran out.
         """
-        buffer = await self.find_for_reading(checksum)
+        deadline = time.monotonic() + self.wait_timeout
+        buffer = await self.find_for_reading(checksum, deadline)
         for attempt in range(2):
             if buffer is None:
                 return None
             readable = await self._open_verified(checksum, buffer, accepted)
             if readable is not None:
                 return readable
-            if attempt or not await self.locks.wait_until_free(self._read_locks(checksum)):
+            if attempt or not await self.locks.wait_until_free(self._read_locks(checksum), deadline):
                 break
             buffer = self.lookups.find(checksum)
         raise CorruptBuffer(
@@ -119,10 +131,10 @@ class BufferReader:
             f"{self.hasher.display_name} checksum."
         )
 
-    async def _wait_for_promise(self, checksum: bytes) -> BufferFile | None:
-        """While the buffer is promised, wait for it to arrive."""
+    async def _wait_for_promise(self, checksum: bytes, deadline: float) -> BufferFile | None:
+        """While the buffer is promised, wait (until ``deadline``) for it to arrive."""
         checksum_hex = checksum.hex()
-        while self.lookups.is_promised(checksum_hex):
+        while self.lookups.is_promised(checksum_hex) and time.monotonic() < deadline:
             await asyncio.sleep(POLL_MAX / 5)
             buffer = self.lookups.find(checksum)
             if buffer is not None:
@@ -156,8 +168,12 @@ class BufferReader:
                 content = f.read()
         except FileNotFoundError:
             return None
-        if self.verify != "never" and self.hasher.digest(content) != checksum:
-            return None
+        self.metrics.small_buffer(False)
+        if self.verify != "never":
+            correct = self.hasher.digest(content) == checksum
+            self.metrics.verified(correct)
+            if not correct:
+                return None
         self.cache.put(identity, content)
         return content
 
@@ -166,6 +182,7 @@ class BufferReader:
         if self.verify == "never" or (self.verify == "once" and buffer.identity in self.verified):
             return True
         digest, length = await asyncio.get_running_loop().run_in_executor(None, buffer.digest, self.hasher)
+        self.metrics.verified(digest == checksum)
         if digest != checksum:
             return False
         if buffer.encoding is not None:

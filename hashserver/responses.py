@@ -57,6 +57,19 @@ def unsatisfiable(size: int) -> HTTPResponse:
     return response
 
 
+def unauthorized(needed: str) -> HTTPResponse:
+    response = message(401, f"Unauthorized: this request needs a {needed} token "
+                             "(Authorization: Bearer <token>)")
+    response.headers["www-authenticate"] = "Bearer"
+    return response
+
+
+def retry_later(text: str, seconds: int) -> HTTPResponse:
+    response = message(503, text)
+    response.headers["retry-after"] = str(seconds)
+    return response
+
+
 def preflight() -> HTTPResponse:
     return HTTPResponse(status=204, headers=PREFLIGHT)
 

@@ -18,13 +18,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, ConfigError
+from . import lifecycle
+from .config import Config
 from .directory import DirectoryStore
 from .index import GenerationStore, IndexPublisher, IndexReader
 from .integrity import check_hash_algorithm
 from .launcher import InactivityWatch, StatusFile
 from .layout import SearchPath
+from .metrics import Metrics, index_facts, prepare_directory, remove_directory
 from .storage import Storage
+from .tokens import Guard
 from .writer import remove_leftovers, write_prefix_marker
 
 log = logging.getLogger("hashserver")
@@ -49,6 +52,7 @@ class MainProcess:
     generations: GenerationStore
     publisher: IndexPublisher
     build_seconds: float
+    metrics_dir: str  # prometheus_client's multiprocess directory, shared with the workers
 
     @classmethod
     def start(cls, config: Config) -> "MainProcess":
@@ -65,17 +69,21 @@ class MainProcess:
             if removed:
                 log.info("removed %d leftovers of interrupted writers", removed)
         generations = GenerationStore.create()
+        lifecycle.on_startup_exit(generations.remove)
         publisher = IndexPublisher(search_path, generations)
         try:
             elapsed = publisher.build()
             check_hash_algorithm(publisher.data, search_path, config.hash_algorithm,
                                  config.name("hash_algorithm"))
-        except ConfigError:
+        except BaseException:
             generations.remove()
             raise
         publisher.log_built(elapsed)
         publisher.start()
-        return cls(config, generations, publisher, elapsed)
+        if config.writable and config.write_token_file is None and not config.loopback_only:
+            log.warning("writable on %s without --write-token-file: anyone who reaches it can write",
+                        config.host)
+        return cls(config, generations, publisher, elapsed, prepare_directory(None))
 
     def index_facts(self) -> dict:
         """What the status file reports of the index (read by ``python -m bench``)."""
@@ -84,6 +92,7 @@ class MainProcess:
     def stop(self) -> None:
         self.publisher.stop()
         self.generations.remove()
+        remove_directory(self.metrics_dir)
 
 
 @dataclass
@@ -93,6 +102,7 @@ class Shared:
     index_directory: Any  # multiprocessing RawArray of chars
     ready: Any  # multiprocessing Array of worker pids, 0 where free
     last_request: Any = None  # multiprocessing RawValue: monotonic time of the last request
+    sanic_manager: Any = None  # multiprocessing RawValue: pid of Sanic's state manager, 0 if none
 
     @classmethod
     def create(cls, main: MainProcess) -> "Shared":
@@ -100,15 +110,31 @@ class Shared:
             multiprocessing.RawArray("c", main.generations.directory.encode()),
             multiprocessing.Array("q", MAX_WORKER_SLOTS),
             multiprocessing.RawValue("d", time.monotonic()) if main.config.timeout else None,
+            multiprocessing.RawValue("q", lifecycle.sanic_state_manager_pid()),
         )
 
     def acknowledge(self, pid: int) -> None:
-        """A worker is serving (a restarted one takes the slot of a dead one)."""
+        """A worker is serving (a restarted one takes the slot of a dead one).
+        With ``--timeout``, time without requests counts from here: a slow
+        start is not idleness."""
+        if self.last_request is not None:
+            self.last_request.value = time.monotonic()
         with self.ready.get_lock():
             for slot, value in enumerate(self.ready):
                 if value == 0 or not _alive(value):
                     self.ready[slot] = pid
                     return
+
+    def leave(self, pid: int) -> bool:
+        """A worker is ending; True if no other worker is alive (it was the last)."""
+        with self.ready.get_lock():
+            others = False
+            for slot, value in enumerate(self.ready):
+                if value == pid:
+                    self.ready[slot] = 0
+                elif value and _alive(value):
+                    others = True
+            return not others
 
     def ready_workers(self, expected: int) -> list[int] | None:
         """The pids of the serving workers once there are ``expected`` of them."""
@@ -136,6 +162,11 @@ class AppContext:
     main: MainProcess | None = None  # in the main process
     shared: Shared | None = None
     storage: Storage | None = None  # in each worker
+    metrics: Metrics | None = None  # in each worker
+    guard: Guard | None = None  # in each worker, when token files are given
+    stopping: bool = False  # in each worker, from the start of its shutdown: /healthcheck answers 503
+    connections: set | None = None  # in each worker: its open connections (set by the protocol)
+    lifecycle: Any = None  # in each worker: its lifecycle.WorkerLifecycle
 
 
 def resolve_config(ctx: AppContext) -> Config:
@@ -153,21 +184,26 @@ def attach_main(app, main: MainProcess, host: str, port: int, workers: int) -> N
     app.ctx.main, app.ctx.shared = main, shared
     app.shared_ctx.index_directory = shared.index_directory
     app.shared_ctx.ready = shared.ready
+    app.shared_ctx.sanic_manager = shared.sanic_manager
     if shared.last_request is not None:
         app.shared_ctx.last_request = shared.last_request
         InactivityWatch(main.config.timeout, shared.last_request).start()
     if main.config.status_file:
         StatusFile(main.config.status_file).report_running_when_ready(
-            host, port, lambda: shared.ready_workers(max(1, workers)), {"index": main.index_facts()})
+            host, port, lambda: shared.ready_workers(max(1, workers)), {"index": main.index_facts()},
+            tls=main.config.tls_cert is not None)
 
 
 def shared_of(app) -> Shared:
     """In a worker: what the main process shared (see :func:`attach_main`)."""
     ctx = app.shared_ctx
-    return Shared(ctx.index_directory, ctx.ready, getattr(ctx, "last_request", None))
+    return Shared(ctx.index_directory, ctx.ready, getattr(ctx, "last_request", None),
+                  getattr(ctx, "sanic_manager", None))
 
 
-def open_storage(config: Config, shared: Shared) -> Storage:
+def open_storage(config: Config, shared: Shared, metrics: Metrics | None = None) -> Storage:
     """A worker's storage over the index the main process publishes."""
-    generations = GenerationStore(shared.index_directory.value.decode())
-    return DirectoryStore.from_config(config, IndexReader(generations))
+    reader = IndexReader(GenerationStore(shared.index_directory.value.decode()))
+    metrics = metrics or Metrics.unobserved()
+    metrics.observe_index(lambda: index_facts(reader))
+    return DirectoryStore.from_config(config, reader, metrics)

@@ -1,11 +1,18 @@
 """Sending a buffer's bytes: in memory, zero-copy from a file, or streamed.
 
 This is the only module that touches Sanic's internals (checked against
-Sanic 25.12.1; ``tests/test_sending.py`` fails if they change).  A response
-with a ``Content-Length`` keeps count of the body bytes still due in
-``request.stream.response_bytes_left`` (a slot of ``sanic.http.Http``);
-bytes sent with ``os.sendfile`` bypass Sanic, so the count is lowered by as
-much, and the last byte goes through Sanic to end the response.
+Sanic 25.12.1; ``tests/test_sending.py`` fails if they change):
+
+- A response with a ``Content-Length`` keeps count of the body bytes still
+  due in ``request.stream.response_bytes_left`` (a slot of
+  ``sanic.http.Http``); bytes sent with ``os.sendfile`` bypass Sanic, so the
+  count is lowered by as much, and the last byte goes through Sanic to end
+  the response.
+- After a response, Sanic reads and discards what is left of the request's
+  body (while ``request.stream.request_body``), within
+  ``request.stream.request_max_size``, and keeps the connection only while
+  ``request.stream.keep_alive``: :func:`refuse_body` sets these so that a
+  refused upload is not read.
 """
 
 from __future__ import annotations
@@ -24,7 +31,31 @@ from .storage import Readable
 STREAM_CHUNK = 1 << 20
 SENDFILE_MIN = 256 << 10
 SEND_STALL_TIMEOUT = 60.0  # a client that takes nothing for this long is dropped
+LINGER_SECONDS = 1.0  # the longest a refused body is drained before the connection closes
 SANIC_BYTES_LEFT = "response_bytes_left"  # the Http slot zero-copy sending adjusts
+SANIC_REQUEST_MAX_SIZE = "request_max_size"  # the body bound Sanic drains a request's rest within
+SANIC_REQUEST_BODY = "request_body"  # true while a request's body is still to be read
+
+
+def refuse_body(request: Request, linger: int = 0) -> None:
+    """Answer without reading the rest of the request's body.
+
+    Sanic would read all of it after the answer (to reach the next request on
+    the connection); instead at most ``linger`` more bytes, for at most
+    LINGER_SECONDS, are read and discarded, then the connection closes (the
+    answer says ``Connection: close``).  Lingering a little lets a client that
+    is still sending read the answer: closing with unread bytes makes the
+    kernel reset the connection, and the client may lose the answer.
+    """
+    http = request.stream
+    if http is None or not hasattr(http, SANIC_REQUEST_MAX_SIZE):
+        return
+    http.keep_alive = False
+    if linger:
+        setattr(http, SANIC_REQUEST_MAX_SIZE, getattr(http, "request_bytes", 0) + linger)
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, request.transport.close)
+    else:  # nothing to drain: the connection ends with the answer
+        setattr(http, SANIC_REQUEST_BODY, None)
 
 
 async def send(request: Request, readable: Readable, checksum_hex: str, head: bool) -> HTTPResponse | None:

@@ -18,8 +18,9 @@ from typing import AsyncIterator, BinaryIO, Callable, Protocol
 
 from .compression import InvalidPayload
 
-__all__ = ["BodyTooLarge", "ChecksumMismatch", "CorruptBuffer", "DiskFull", "Fast", "InvalidPayload",
-           "PutOutcome", "Readable", "ReadOnly", "Storage"]
+__all__ = ["BodyStalled", "BodyTooLarge", "ChecksumMismatch", "CorruptBuffer", "DiskFull", "Fast",
+           "InvalidPayload", "PutOutcome", "Readable", "ReadOnly", "StillWriting", "Storage",
+           "StorageUnavailable"]
 
 
 class CorruptBuffer(Exception):
@@ -41,6 +42,26 @@ class BodyTooLarge(Exception):
 
 class DiskFull(Exception):
     """No space (or quota) left to store the buffer; nothing was stored."""
+
+
+class StorageUnavailable(Exception):
+    """The storage failed (an I/O error, a vanished or unreachable directory,
+    a refused permission): the buffer may well exist, so the answer is 503,
+    never "absent".  ``str()`` names the problem."""
+
+
+class StillWriting(Exception):
+    """The buffer is still being written or promised after the longest wait
+    (``--wait-timeout``): the client may ask again (503 with Retry-After)."""
+
+    def __init__(self, retry_after: int):
+        super().__init__("The buffer is still being written or is promised; ask again later")
+        self.retry_after = retry_after
+
+
+class BodyStalled(Exception):
+    """An upload that stopped or crawled (``--body-idle-timeout``,
+    ``--min-body-rate``); nothing was stored."""
 
 
 class ReadOnly(Exception):
@@ -97,7 +118,10 @@ class Readable:
 
 
 class Storage(Protocol):
-    """Buffers by checksum (32 raw bytes; batches are the checksums concatenated)."""
+    """Buffers by checksum (32 raw bytes; batches are the checksums concatenated).
+
+    Every method raises :class:`StorageUnavailable` when the storage itself
+    fails, and :class:`DiskFull` when it has no room."""
 
     writable: bool
 
@@ -115,18 +139,23 @@ class Storage(Protocol):
         """The buffer for sending, or None if absent.  ``accepted``: the
         content-codings the client accepts (a buffer stored compressed in one
         of them is sent as it is stored).  Waits while the buffer is being
-        written or is promised.  Raises :class:`CorruptBuffer`."""
+        written or is promised, at most ``--wait-timeout``.  Raises
+        :class:`CorruptBuffer`, :class:`StillWriting`."""
 
     async def put(self, checksum: bytes, body: AsyncIterator[bytes],
                   content_encoding: str | None = None) -> PutOutcome:
         """Store ``body`` if it hashes to ``checksum`` (decoded, if it has a
         ``content_encoding``).  Raises :class:`ReadOnly`, :class:`ChecksumMismatch`,
-        :class:`InvalidPayload`, :class:`BodyTooLarge` or :class:`DiskFull`;
-        whatever the outcome, nothing partial is left behind."""
+        :class:`InvalidPayload`, :class:`BodyTooLarge`, :class:`BodyStalled` or
+        :class:`DiskFull`; whatever the outcome, nothing partial is left behind."""
 
     async def promise(self, checksum: bytes) -> int:
         """Announce that this buffer is about to be stored, unless it is
         present; returns how long the promise holds (s).  Raises :class:`ReadOnly`."""
+
+    def health(self) -> str | None:
+        """None while the storage works; else what is wrong (checked cheaply:
+        at most about once a second, not on every call)."""
 
     def close(self) -> None:
         """Release what the storage holds (watches, files)."""

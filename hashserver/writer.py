@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import sys
 import time
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from .bufferfile import DecodingHash
@@ -23,9 +25,51 @@ from .layout import LOCK_SUFFIX, SearchPath, is_buffer_name, sidecar_path, temp_
 from .locks import HeldLock, LockProtocol
 from .owner import pid_is_dead
 from .promises import Promises
-from .storage import BodyTooLarge, ChecksumMismatch, DiskFull, PutOutcome
+from .storage import BodyStalled, BodyTooLarge, ChecksumMismatch, DiskFull, PutOutcome
 
 BATCH = 1 << 20  # bytes handed to the hashing/writing thread at a time
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How slow an upload may be before it is aborted: no byte for
+    ``idle_timeout`` seconds, or (after its first ``grace`` seconds) fewer
+    than ``min_rate`` bytes a second on average.  Otherwise a stalled
+    client would hold the buffer's lock, and every reader waiting on it,
+    for as long as it likes."""
+
+    idle_timeout: float = 30.0
+    min_rate: int = 64 * 1024
+    grace: float = 30.0
+
+    async def paced(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        chunks = body.__aiter__()
+        started = time.monotonic()
+        total = 0
+        while True:
+            try:
+                chunk = await _within(self.idle_timeout, chunks.__anext__())
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise BodyStalled(f"Request Timeout: no byte of the body arrived for "
+                                  f"{self.idle_timeout:g} s; nothing was stored") from None
+            total += len(chunk)
+            elapsed = time.monotonic() - started
+            if self.min_rate and elapsed > self.grace and total < self.min_rate * elapsed:
+                raise BodyStalled(f"Request Timeout: the body arrived at {total / elapsed:.0f} bytes/s, "
+                                  f"below the minimum of {self.min_rate}; nothing was stored")
+            yield chunk
+
+
+async def _within(seconds: float, awaitable):
+    """``awaitable``'s result, or TimeoutError after ``seconds``.  In this
+    task (``asyncio.timeout``): a ``wait_for`` task reading the request body
+    would not end when Sanic cancels the handler at a cut connection."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)  # Python 3.10
 
 
 class BufferWriter:
@@ -37,12 +81,14 @@ class BufferWriter:
 
     def __init__(self, search_path: SearchPath, hasher: Hasher, locks: LockProtocol,
                  promises: Promises | None, max_body_size: int,
-                 exists: Callable[[bytes], bool], published: Callable[[str], None]):
+                 exists: Callable[[bytes], bool], published: Callable[[str], None],
+                 pace: BodyPace | None = None):
         self.search_path = search_path
         self.hasher = hasher
         self.locks = locks
         self.promises = promises
         self.max_body_size = max_body_size
+        self.pace = pace or BodyPace()
         self.exists = exists
         self.published = published
 
@@ -122,7 +168,7 @@ class BufferWriter:
         """The body in batches of about BATCH bytes, enforcing the maximum size."""
         pending: list[bytes] = []
         pending_size = total = 0
-        async for chunk in body:
+        async for chunk in self.pace.paced(body):
             total += len(chunk)
             if total > self.max_body_size:
                 raise BodyTooLarge(self.max_body_size)

@@ -226,3 +226,18 @@ def test_non_buffer_files_are_never_served(client, directory):
     assert request(client, "GET", "/" + cs + ".LOCK").status == 400
     response = request(client, "POST", "/has", json.dumps([cs]))
     assert json.loads(response.body) == [True]
+
+
+@pytest.mark.parametrize("body", [b"[" * 100000 + b"]" * 100000, b"[1e999]", b"[NaN]", b'{"a": -Infinity}'])
+def test_batch_bodies_that_are_not_json_are_400(client, body):
+    for path in ("/has", "/has-now", "/buffer-length"):
+        response = request(client, "POST", path, body)
+        assert response.status == 400
+        payload = json.loads(response.body)  # the answer itself is valid JSON
+        assert payload["exception"]["type"] == "json_invalid"
+
+
+def test_percent_encoded_path_is_reported_decoded(client):
+    response = request(client, "GET", "/%C3%A9")
+    assert response.status == 400
+    assert json.loads(response.body)["exception"]["input"] == "é"

@@ -4,7 +4,6 @@ document validated (openapi-spec-validator), held against a live server
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
@@ -12,9 +11,8 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -22,16 +20,11 @@ import pytest
 import requests
 import zstandard
 from openapi_spec_validator import validate
-from sanic import Sanic
-from sanic_testing.reusable import ReusableClient
 from websockets.sync.client import connect
 
-import hashserver.docs
 from hashserver import Config, create_app
-from hashserver.cli import config_from_args
-from hashserver.runtime import MainProcess, attach_main
 
-from conftest import BIN, add_buffer, free_port, sha3
+from conftest import BIN, add_buffer, sha3
 
 CHROMIUM = "/usr/bin/chromium"
 SEED = 20251125
@@ -46,54 +39,19 @@ _names = itertools.count()
 
 # ---------------------------------------------------------------- servers
 
-def with_docs(app: Sanic) -> Sanic:
-    """The app with the docs blueprint (which create_app may register itself)."""
-    if hashserver.docs.blueprint.name not in app.blueprints:
-        app.blueprint(hashserver.docs.blueprint)
-    return app
-
-
-@contextmanager
-def in_process_server(config: Config) -> Iterator[str]:
-    """The app with the docs blueprint, listening on 127.0.0.1, its event loop
-    running in a thread of this process so that other processes can use it."""
-    config = config.validate()
-    app = with_docs(create_app(config, name=f"docs_{next(_names)}"))
-    main = MainProcess.start(config)
-    port = free_port()
-    attach_main(app, main, "127.0.0.1", port, workers=1)
-    loop = asyncio.new_event_loop()
-    client = ReusableClient(app, port=port, loop=loop)
-    client.run()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        client.stop()
-        loop.close()
-        main.stop()
-
-
 @pytest.fixture
 def start_server(tmp_path, serve):
     """``start_server(*options)``: the base URL of a server on a fresh directory,
     started with these command-line options."""
-    with ExitStack() as stack:
 
-        def start(*options: str) -> str:
-            directory = tmp_path / f"buffers{next(_names)}"
-            directory.mkdir()
-            # The documents' example checksum, stored compressed: both representations.
-            add_buffer(directory, zstandard.compress(b"hello"), checksum=sha3(b"hello"), suffix=".zst")
-            # Once create_app registers hashserver.docs.blueprint, a real server is this one line:
-            #   return serve(directory, *options).url
-            config = config_from_args([str(directory), *options], environ={})
-            return stack.enter_context(in_process_server(config))
+    def start(*options: str) -> str:
+        directory = tmp_path / f"buffers{next(_names)}"
+        directory.mkdir()
+        # The documents' example checksum, stored compressed: both representations.
+        add_buffer(directory, zstandard.compress(b"hello"), checksum=sha3(b"hello"), suffix=".zst")
+        return serve(directory, *options).url
 
-        yield start
+    return start
 
 
 def get_document(url: str) -> dict:
@@ -113,7 +71,7 @@ def operations(document: dict) -> set[tuple[str, str]]:
 
 def app_routes() -> set[tuple[str, str]]:
     """Every (method, path) the app answers, from Sanic's router."""
-    app = with_docs(create_app(Config("/tmp", writable=True), name=f"routes_{next(_names)}"))
+    app = create_app(Config("/tmp", writable=True), name=f"routes_{next(_names)}")
     routes = set()
     for route in app.router.routes:
         path = "/" + re.sub(r"<(\w+)(:\w+)?>", r"{\1}", route.path)

@@ -35,7 +35,7 @@ from sanic.server.protocols.http_protocol import HttpProtocol
 
 from hashserver import create_app
 from hashserver.config import Config
-from hashserver.hotpath import FLUSH_BYTES, SIMPLE_REQUEST, HotPath, HotPathProtocol, select_protocol
+from hashserver.hotpath import FLUSH_BYTES, SIMPLE_REQUEST, HotPath, HotPathProtocol
 from hashserver.reader import SMALL_BUFFER
 from hashserver.runtime import MainProcess, attach_main
 from hashserver.testing import ServerProcess, free_port
@@ -578,7 +578,7 @@ def test_a_client_pipelining_10000_requests_without_reading(pair):
 
 def test_a_request_held_in_pieces_past_the_request_timeout_gets_408(tmp_path):
     """A request start held by the hot path times out as Sanic's own would."""
-    timed = start_pair(tmp_path, env={"SANIC_REQUEST_TIMEOUT": "1"})
+    timed = start_pair(tmp_path, "--header-timeout", "1")
     try:
         def exchange(side: Side) -> list:
             connection = side.connect()
@@ -610,7 +610,6 @@ def test_hot_answers_are_activity_for_the_inactivity_timeout(serve, tmp_path):
     assert server.exit_code() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs hotpath.select_protocol(app) in server.start_main (see the report)")
 def test_sanic_command_line_runs_the_hot_path(serve_sanic, tmp_path):
     add_buffer(tmp_path, SMALL)
     server = serve_sanic({"HASHSERVER_DIRECTORY": str(tmp_path)}, workers=2)
@@ -627,11 +626,9 @@ class InProcess:
 
     _names = iter(range(1_000_000))
 
-    def __init__(self, config: Config, keep_alive_timeout: float | None = None, metrics=None,
-                 middleware: tuple = ()):
+    def __init__(self, config: Config, keep_alive_timeout: float | None = None, middleware: tuple = ()):
         Sanic.test_mode = True  # so that each app's start touches up Sanic's original methods (as sanic-testing does)
         self.app = create_app(config, name=f"hotpath_test_{next(self._names)}")
-        self.app.ctx.metrics = metrics
         for function, where in middleware:
             self.app.register_middleware(function, where)
         if keep_alive_timeout is not None:
@@ -820,13 +817,9 @@ def test_hot_answers_are_counted_in_the_metrics(tmp_path):
     stays on, and its running totals reach the worker's metrics at each fold."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from hashserver.metrics import Metrics, record_response, stamp_request
-
     populate(tmp_path / "buffers")
-    (tmp_path / "metrics").mkdir()
-    metrics = Metrics(str(tmp_path / "metrics"))
-    served = InProcess(Config(str(tmp_path / "buffers")).validate(), metrics=metrics,
-                       middleware=((stamp_request, "request"), (record_response, "response")))
+    served = InProcess(Config(str(tmp_path / "buffers")).validate())  # the app's own metrics and middleware
+    metrics = served.app.ctx.metrics
     try:
         hold_in_memory(served.port)  # two GETs the regular route answers
         assert answered_after(served, *[("GET", request("GET", SMALL_CS))] * 3, ("GET", request("GET", ABSENT_CS)),
@@ -867,11 +860,14 @@ def test_other_middleware_turns_the_hot_path_off(tmp_path):
         served.stop()
 
 
-def test_select_protocol_for_the_sanic_command_line(tmp_path):
+def test_the_protocol_is_chosen_for_the_sanic_command_line(tmp_path):
+    from hashserver.lifecycle import use_protocol
+    from hashserver.server import ServerProtocol
+
     app = create_app(Config(str(tmp_path)), name="hotpath_select")
     app.state.server_info.append(ApplicationServerInfo(settings={"protocol": HttpProtocol}))
-    select_protocol(app)
-    assert app.state.server_info[0].settings["protocol"] is HotPathProtocol
+    use_protocol(app, ServerProtocol)
+    assert app.state.server_info[0].settings["protocol"] is ServerProtocol
 
 
 @pytest.mark.parametrize("head, simple", [

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from hashserver.testing import ServerProcess
 from hashserver.caching import IMMUTABLE
 from hashserver.reader import SMALL_BUFFER
+from hashserver.testing import ServerProcess
 
 from conftest import add_buffer, buffer_path, sha3
 

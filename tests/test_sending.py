@@ -9,6 +9,7 @@ import os
 import pytest
 import sanic
 from sanic.http import Http
+from sanic.http.stream import Stream
 
 from hashserver import Config, sending
 from hashserver.reader import SMALL_BUFFER
@@ -24,6 +25,13 @@ def test_the_response_byte_count_slot_exists():
     """Zero-copy sending lowers Sanic's count of body bytes still due; if
     Sanic renamed or dropped it, responses would be cut or hang."""
     assert sending.SANIC_BYTES_LEFT in Http.__slots__
+
+
+def test_the_slots_a_refused_body_relies_on_exist():
+    """A refused upload ends the connection (keep_alive), unread (request_body),
+    or after a bounded drain (request_max_size)."""
+    assert {"keep_alive", sending.SANIC_REQUEST_BODY, "request_bytes"} <= set(Http.__slots__)
+    assert sending.SANIC_REQUEST_MAX_SIZE in Stream.__slots__
 
 
 @pytest.mark.parametrize("size", [SMALL_BUFFER + 1, 3 << 20])  # smaller ones are served from memory

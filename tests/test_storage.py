@@ -147,7 +147,7 @@ def test_read_only_storage_refuses_writes(open_store, tmp_path):
 
 
 HTTP_SIDE = ("routes.py", "sending.py", "responses.py", "caching.py")
-ALLOWED = {"storage", "responses", "sending", "caching", "checksum"}
+ALLOWED = {"storage", "responses", "sending", "caching", "checksum", "docs", "metrics"}
 
 
 @pytest.mark.parametrize("module", HTTP_SIDE)

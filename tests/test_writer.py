@@ -17,20 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import add_buffer, buffer_path, sha3
+from conftest import add_buffer, buffer_path, leftovers, sha3
 
 LOCK_TIMEOUT = "2"
-
-
-def leftovers(directory) -> list[str]:
-    """Files that are neither buffers nor the prefix marker."""
-    found = []
-    for dirpath, _, files in os.walk(directory):
-        for name in files:
-            if name == ".HASHSERVER_PREFIX" or (len(name) == 64 and "." not in name):
-                continue
-            found.append(os.path.join(dirpath, name))
-    return found
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:
@@ -151,7 +140,7 @@ def test_many_concurrent_puts_and_gets_lose_nothing(writable):
         list(pool.map(work, range(3 * len(buffers))))
     hexes = [sha3(b) for b in buffers]
     assert requests.post(f"{server.url}/has", json=hexes, timeout=30).json() == [True] * len(buffers)
-    for data, cs in zip(buffers, hexes):
+    for data, cs in zip(buffers, hexes, strict=True):
         assert buffer_path(directory, cs).read_bytes() == data
     assert wait_for(lambda: leftovers(directory) == [])
 
@@ -344,7 +333,7 @@ def test_simulated_save_vault_never_serves_wrong_bytes(writable):
 
     def save_vault():
         global_lock.write_bytes(b"")
-        for data, cs in zip(buffers, hexes):
+        for data, cs in zip(buffers, hexes, strict=True):
             path = buffer_path(directory, cs)
             path.parent.mkdir(exist_ok=True)
             with open(path, "wb") as f:  # in place, in two steps
@@ -360,7 +349,7 @@ def test_simulated_save_vault_never_serves_wrong_bytes(writable):
     served = 0
     with requests.Session() as s:
         for _ in range(200):
-            for data, cs in zip(buffers[::3], hexes[::3]):
+            for data, cs in zip(buffers[::3], hexes[::3], strict=True):
                 r = s.get(f"{server.url}/{cs}", timeout=30)
                 assert r.status_code in (200, 404)
                 if r.status_code == 200:
@@ -370,7 +359,7 @@ def test_simulated_save_vault_never_serves_wrong_bytes(writable):
                 break
     thread.join()
     assert served > 0
-    for data, cs in zip(buffers, hexes):
+    for data, cs in zip(buffers, hexes, strict=True):
         assert requests.get(f"{server.url}/{cs}", timeout=30).content == data
 
 

@@ -9,6 +9,8 @@ workers map the newest generation (:class:`IndexReader`).
 
 from __future__ import annotations
 
+import errno
+import logging
 import mmap
 import os
 import shutil
@@ -22,6 +24,8 @@ from .records import IndexData
 
 if TYPE_CHECKING:
     from .merge import Merge
+
+log = logging.getLogger("hashserver.index")
 
 
 class GenerationStore:
@@ -46,12 +50,40 @@ class GenerationStore:
 
     PREFIX = "hashserver-index-"
 
+    SHM = "/dev/shm"
+    _elsewhere: str | None = None  # where generations go once /dev/shm was full (publish)
+
     @classmethod
     def create(cls) -> "GenerationStore":
-        """A new directory, named after this process; those of dead servers go."""
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-        cls.remove_orphans(base)
-        return cls(tempfile.mkdtemp(prefix=f"{cls.PREFIX}{owner_tag()}-", dir=base))
+        """A new directory, named after this process, on /dev/shm, else in the
+        temporary directory; those of dead servers go."""
+        fallback = tempfile.gettempdir()
+        if os.access(cls.SHM, os.W_OK):
+            cls.remove_orphans(cls.SHM)
+            try:
+                return cls(cls._new_directory(cls.SHM))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                _log_full(exc, fallback)
+        cls.remove_orphans(fallback)
+        return cls(cls._new_directory(fallback))
+
+    @classmethod
+    def _new_directory(cls, base: str) -> str:
+        """A directory with the counter's page allocated: on a full tmpfs this is
+        ENOSPC now, where a first write through the mapping would be SIGBUS."""
+        directory = tempfile.mkdtemp(prefix=f"{cls.PREFIX}{owner_tag()}-", dir=base)
+        try:
+            fd = os.open(os.path.join(directory, cls.COUNTER), os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, bytes(8))
+            finally:
+                os.close(fd)
+        except OSError:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return directory
 
     @classmethod
     def remove_orphans(cls, base: str) -> int:
@@ -82,16 +114,52 @@ class GenerationStore:
     def publish(self, data: IndexData | Merge) -> int:
         """Write a new generation (anything with ``write(path)``) and make it the newest."""
         generation = self.generation + 1
-        data.write(self.path(generation))
+        self._write(data, generation)
         np.frombuffer(self._counter, np.uint64, 1)[0] = generation
         # Older generations may still be mapped by workers; unlinking is safe.
         for name in os.listdir(self.directory):
             if name.startswith("index-") and name != f"index-{generation}":
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                except FileNotFoundError:
-                    pass
+                self._unlink(os.path.join(self.directory, name))
         return generation
+
+    def _write(self, data: IndexData, generation: int) -> None:
+        """Write a generation under :meth:`path`.  Once /dev/shm has been full,
+        the file goes to a directory in the temporary directory, and a symbolic
+        link (no data page on tmpfs, for a short target) stands at :meth:`path`, so that
+        readers open it as before."""
+        if self._elsewhere is None:
+            try:
+                data.write(self.path(generation))
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                self._go_elsewhere(exc, generation)
+        target = os.path.join(self._elsewhere, f"index-{generation}")
+        data.write(target)
+        os.symlink(target, self.path(generation))
+
+    def _go_elsewhere(self, exc: OSError, generation: int) -> None:
+        for name in os.listdir(self.directory):  # what the failed write left
+            if name.startswith(f"index-{generation}."):
+                self._unlink(os.path.join(self.directory, name))
+        base = tempfile.gettempdir()
+        self.remove_orphans(base)
+        self._elsewhere = tempfile.mkdtemp(prefix=f"{self.PREFIX}{owner_tag()}-", dir=base)
+        _log_full(exc, self._elsewhere)
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        """Remove a generation file, and its target if it is a symbolic link."""
+        try:
+            if os.path.islink(path):
+                target = os.readlink(path)
+                os.unlink(path)
+                os.unlink(target)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def open_current(self) -> tuple[int, IndexData]:
         while True:
@@ -103,6 +171,13 @@ class GenerationStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self._elsewhere is not None:
+            shutil.rmtree(self._elsewhere, ignore_errors=True)
+
+
+def _log_full(exc: OSError, elsewhere: str) -> None:
+    log.warning("index: %s is full (%s): index generations go to %s instead, shared through the page cache",
+                GenerationStore.SHM, exc.strerror, elsewhere)
 
 
 class IndexReader:
