@@ -49,8 +49,8 @@ from hashserver.testing import free_port
 
 __all__ = [
     "ACCESS_KEY", "MOUNT_OPTIONS", "REGION", "SECRET_KEY", "Mount", "MountPair", "Ports", "SeaweedFS",
-    "SharedDir", "fuse_unavailable", "is_mounted", "s3_bucket", "seaweedfs", "seaweedfs_mounts",
-    "shared_dir", "stop_all", "unmount", "weed_binary",
+    "SharedDir", "WeedProcess", "fuse_unavailable", "is_mounted", "mount_pair", "s3_bucket", "seaweedfs",
+    "seaweedfs_mounts", "shared_dir", "stop_all", "unmount", "wait_visible", "weed_binary",
 ]
 
 ACCESS_KEY = "hashserver-test"
