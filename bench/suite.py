@@ -298,17 +298,7 @@ class Suite:
             except RuntimeError as exc:
                 run.problems.append(f"nginx: {exc}")
                 return
-            for case in cases:
-                result, cpu, _ = self._load(case, scenarios, nginx)
-                fig = run.figures.get(case.key)
-                if fig is None:
-                    continue
-                fig.ceiling_value = self._value(case, result, dataset.spec.large_size)
-                fig.ceiling_load = result
-                fig.ceiling_cpu_s = cpu
-                bad = result.problems(scenarios.get(case.key).expect_success)
-                fig.problems += [f"nginx: {p}" for p in bad]
-                say(f"bench: [{tag}] nginx {case.label}: {fig.ceiling_value:,.1f} {case.unit}")
+            self._beside(nginx, "ceiling", "nginx", run, cases, dataset, scenarios, tag)
 
     def _framework_ceilings(self, run: ServerRun, cases: list[Case], dataset: Dataset,
                             scenarios: Scenarios, tag: str) -> None:
@@ -321,18 +311,24 @@ class Suite:
             run.problems.append(f"the framework ceiling (Sanic) did not start: {exc}")
             return
         with server:
-            for case in cases:
-                result, cpu, _ = self._load(case, scenarios, server)
-                fig = run.figures.get(case.key)
-                if fig is None:
-                    continue
-                fig.framework_value = self._value(case, result, dataset.spec.large_size)
-                fig.framework_load = result
-                fig.framework_cpu_s = cpu
-                bad = result.problems(scenarios.get(case.key).expect_success)
-                fig.problems += [f"sanic-constant: {p}" for p in bad]
-                say(f"bench: [{tag}] Sanic, constant body, {case.label}: "
-                    f"{fig.framework_value:,.1f} {case.unit}")
+            self._beside(server, "framework", "sanic-constant", run, cases, dataset, scenarios, tag)
+
+    def _beside(self, server, field: str, name: str, run: ServerRun, cases: list[Case], dataset: Dataset,
+                scenarios: Scenarios, tag: str) -> None:
+        """The cases against another server (a ceiling), into each figure's
+        ``<field>_value``, ``<field>_load`` and ``<field>_cpu_s``."""
+        for case in cases:
+            result, cpu, _ = self._load(case, scenarios, server)
+            fig = run.figures.get(case.key)
+            if fig is None:
+                continue
+            value = self._value(case, result, dataset.spec.large_size)
+            setattr(fig, f"{field}_value", value)
+            setattr(fig, f"{field}_load", result)
+            setattr(fig, f"{field}_cpu_s", cpu)
+            bad = result.problems(scenarios.get(case.key).expect_success)
+            fig.problems += [f"{name}: {p}" for p in bad]
+            say(f"bench: [{tag}] {name} {case.label}: {value:,.1f} {case.unit}")
 
     def _write_cases(self, run: ServerRun, cases: list[Case], dataset: Dataset,
                      scenarios: Scenarios, tag: str) -> None:
