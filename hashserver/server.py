@@ -31,12 +31,9 @@ class ServerProtocol(HeaderDeadlineMixin, HotPathProtocol):
         return bool(self._pending) or super()._header_pending()
 
     def _hand_over_header(self) -> bool:
-        """The hot path's own hand-over of a request start it held too long."""
         if not self._pending:
             return False
-        self.recv_buffer += self._pending
-        self._pending = b""
-        self._data_received.set()
+        self.hand_over_pending()
         return True
 
     def _end_slow_header(self) -> None:
