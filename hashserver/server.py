@@ -36,13 +36,6 @@ class ServerProtocol(HeaderDeadlineMixin, HotPathProtocol):
         self.hand_over_pending()
         return True
 
-    def _end_slow_header(self) -> None:
-        if self._pending:  # held by the hot path: Sanic takes it first, to answer 408 as its own
-            self.hand_over_pending()
-            self.loop.call_later(0.01, self._end_slow_header)
-            return
-        super()._end_slow_header()
-
 
 def create_app(config: Config | None = None, name: str = "hashserver") -> Sanic:
     """A hashserver app.  With ``config=None`` it is configured from the
