@@ -88,8 +88,9 @@ def serve(config: Config) -> None:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
-    from . import create_app
+    from . import create_app, lifecycle
 
+    lifecycle.guard_startup()  # before Sanic starts its state manager: a stop signal must not orphan it
     loader = AppLoader(factory=partial(create_app, config))
     app = loader.load()
     tls = {"cert": config.tls_cert, "key": config.tls_key} if config.tls_cert else None

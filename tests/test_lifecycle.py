@@ -119,8 +119,21 @@ def _moment_index(server: ServerProcess) -> None:
     wait_for(lambda: index_dirs(server.pid), "the index directory appears")
 
 
+def _moment_state_manager(server: ServerProcess) -> None:
+    """Sanic has started its state manager, a child of the main process."""
+    wait_for(lambda: children_of(server.pid), "Sanic's state manager starts", STOP_BOUND)
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 MOMENTS = {
     "at once": lambda server: None,
+    "state manager": _moment_state_manager,
     "index": _moment_index,
     "index+0.2s": lambda server: (_moment_index(server), time.sleep(0.2)),
     "index+0.6s": lambda server: (_moment_index(server), time.sleep(0.6)),
