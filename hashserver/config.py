@@ -20,6 +20,7 @@ Nothing here runs at import time and nothing else in the package reads
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, NoReturn
@@ -33,6 +34,10 @@ DEFAULT_MAX_BODY_SIZE = 64 * 1024**3
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 1_000_000
+DEFAULT_CACHE_SIZE = 10 * 1024**3
+S3_SCHEME = "s3://"
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+ENDPOINT_ALIAS = "AWS_ENDPOINT_URL"
 
 FLAG_SPELLINGS = "1, true, 0, false or empty"
 
@@ -72,6 +77,34 @@ def parse_float(name: str, raw: str) -> float:
 
 def parse_text(name: str, raw: str) -> str:
     return raw
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+
+
+def size_in_bytes(raw: str) -> int:
+    """``"10G"`` -> 10 GiB: a number of bytes, with an optional K, M, G or T
+    suffix (powers of 1024; ``KiB``/``KB`` spellings too).  Raises ValueError,
+    so that argparse says which option is wrong."""
+    found = _SIZE.fullmatch(raw.strip())
+    if found is None:
+        raise ValueError(raw)
+    return int(float(found[1]) * SIZE_UNITS[found[2].upper()])
+
+
+def parse_size(name: str, raw: str) -> int:
+    try:
+        return size_in_bytes(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a size (bytes, or with a K, M, G or T suffix)") from None
+
+
+def format_size(value: int) -> str:
+    """The largest suffix that writes ``value`` exactly (``10G``), for help texts and :meth:`Config.to_env`."""
+    for suffix, unit in reversed(SIZE_UNITS.items()):
+        if value and value % unit == 0:
+            return f"{value // unit}{suffix}"
+    return str(value)
 
 
 def parse_choice(name: str, raw: str) -> str:
@@ -115,6 +148,40 @@ WHOLE = Kind(parse_int, str, int)
 NUMBER = Kind(parse_float, repr, float)
 CHOICE = Kind(parse_choice, str, str)
 DIRS = Kind(parse_dirs, ";".join, split_dirs)
+SIZE = Kind(parse_size, format_size, size_in_bytes, "bytes, or with a K, M, G or T suffix (powers of 1024)")
+
+
+# ------------------------------------------------------------ s3:// locations
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def is_s3_url(directory: str) -> bool:
+    return directory.startswith(S3_SCHEME)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://BUCKET[/PREFIX]`` -> ``(bucket, prefix)``, the prefix without
+    slashes at either end (``""``: the whole bucket).  Raises ValueError saying
+    what is wrong."""
+    bucket, _, prefix = url[len(S3_SCHEME):].partition("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ValueError("not an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)")
+    prefix = prefix.strip("/")
+    parts = prefix.split("/") if prefix else []
+    if any(part in ("", ".", "..") for part in parts) or any(c in prefix for c in "?#\\"):
+        raise ValueError("the prefix must be names separated by single slashes")
+    return bucket, prefix
+
+
+def default_cache_dir(url: str, endpoint: str | None, environ: Mapping[str, str]) -> str:
+    """``$XDG_CACHE_HOME/hashserver/<name>`` (``~/.cache`` if unset), one per
+    store: the name is the endpoint's host (when given), the bucket and the
+    prefix, slashes escaped, so that no store's tier lies inside another's."""
+    bucket, prefix = parse_s3_url(url)
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0] if endpoint else ""
+    name = "/".join(part for part in (host, bucket, prefix) if part).replace("%", "%25").replace("/", "%2F")
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hashserver", name)
 
 
 # ------------------------------------------------------------------ the table
@@ -182,7 +249,9 @@ def setting(kind: Kind, help: str, *, default: Any = MISSING, **row: Any) -> Any
 class Config:
     """The settings of one server: each field is a row of the settings table."""
 
-    directory: str = setting(TEXT, "the buffer directory", positional=True)
+    directory: str = setting(
+        TEXT, "the buffer directory, or s3://BUCKET[/PREFIX]: the buffers in an S3 bucket, with a "
+        "local directory as a cache tier (--cache-dir, --cache-size, --s3-endpoint)", positional=True)
     writable: bool = setting(
         FLAG, "accept PUT requests that store buffers, and promises", default=False,
         shown_default="read-only", aliases=("HASHSERVER_WRITEABLE",))
@@ -268,6 +337,17 @@ class Config:
     shutdown_grace: float = setting(
         NUMBER, "on SIGTERM or SIGINT, requests in flight (uploads too) have this long to "
         "finish; /healthcheck answers 503 meanwhile", default=30.0, metavar="SECONDS")
+    s3_endpoint: str | None = setting(
+        TEXT, "the S3 service of an s3:// DIRECTORY, e.g. http://127.0.0.1:8333 (none: AWS S3); "
+        "credentials and region come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION...",
+        default=None, metavar="URL", aliases=(ENDPOINT_ALIAS,))
+    cache_dir: str | None = setting(
+        TEXT, "the local cache tier of an s3:// DIRECTORY: buffers read or written through this "
+        "host, kept across restarts", default=None, metavar="DIR",
+        shown_default="one per bucket and prefix under $XDG_CACHE_HOME/hashserver")
+    cache_size: int = setting(
+        SIZE, "most bytes the local cache tier holds (least recently used out first); 0: no tier",
+        default=DEFAULT_CACHE_SIZE, metavar="BYTES", shown_default="10G")
     # Where each setting came from, so that errors name it as the user wrote it.
     names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -316,22 +396,41 @@ class Config:
     def validate(self) -> Config:
         """Check every setting; raise :class:`ConfigError` on the first bad one.
 
-        Returns a normalised copy (absolute directories).
+        Returns a normalised copy (absolute directories; for an s3:// DIRECTORY,
+        the URL without trailing slashes and the cache directory resolved).
         """
-        self._check_directories()
+        if self.object_store:
+            self._check_object_store()
+        else:
+            self._check_directories()
+        self._check_extra_dirs()
         self._check_choices()
         self._check_numbers()
         self._check_files()
-        return replace(
-            self,
-            directory=os.path.abspath(self.directory),
-            extra_dirs=tuple(os.path.abspath(d) for d in self.extra_dirs),
-        )
+        return replace(self, directory=self._normal_directory(),
+                       extra_dirs=tuple(os.path.abspath(d) for d in self.extra_dirs),
+                       cache_dir=self._normal_cache_dir())
+
+    def _normal_directory(self) -> str:
+        if not self.object_store:
+            return os.path.abspath(self.directory)
+        bucket, prefix = parse_s3_url(self.directory)
+        return f"{S3_SCHEME}{bucket}/{prefix}" if prefix else f"{S3_SCHEME}{bucket}"
+
+    def _normal_cache_dir(self) -> str | None:
+        if self.cache_dir is not None:
+            return os.path.abspath(self.cache_dir)
+        if self.object_store:
+            return default_cache_dir(self.directory, self.s3_endpoint, os.environ)
+        return None
 
     def _fail(self, attr: str, value: object, why: str) -> NoReturn:
         raise ConfigError(f"{self.name(attr)}={value!r}: {why}")
 
     def _check_directories(self) -> None:
+        """A buffer directory.  The settings of an s3:// store given for it are
+        a mistake, except an endpoint from ``AWS_ENDPOINT_URL``, which is
+        meant for every S3 client of the environment."""
         directory = self.directory
         if not os.path.exists(directory):
             self._fail("directory", directory, "directory does not exist")
@@ -339,6 +438,27 @@ class Config:
             self._fail("directory", directory, "not a directory")
         if self.writable and not os.access(directory, os.W_OK | os.X_OK):
             self._fail("directory", directory, "writable server, but the directory is not writable")
+        if self.s3_endpoint is not None and self.name("s3_endpoint") == ENDPOINT_ALIAS:
+            return
+        for attr, value in (("s3_endpoint", self.s3_endpoint), ("cache_dir", self.cache_dir)):
+            if value is not None:
+                self._fail(attr, value, "applies to an s3://BUCKET[/PREFIX] directory only")
+        if self.cache_size != DEFAULT_CACHE_SIZE:
+            self._fail("cache_size", self.cache_size, "applies to an s3://BUCKET[/PREFIX] directory only")
+
+    def _check_object_store(self) -> None:
+        try:
+            parse_s3_url(self.directory)
+        except ValueError as exc:
+            self._fail("directory", self.directory, str(exc))
+        if self.layout == "vault":
+            self._fail("layout", self.layout, "a vault is a directory; a bucket holds the prefix or flat layout")
+        if self.s3_endpoint is not None and not re.match(r"https?://[^/]", self.s3_endpoint):
+            self._fail("s3_endpoint", self.s3_endpoint, "not an http:// or https:// URL")
+        if self.cache_size < 0:
+            self._fail("cache_size", self.cache_size, "must be 0 (no local tier) or more bytes")
+
+    def _check_extra_dirs(self) -> None:
         for extra in self.extra_dirs:
             if not os.path.isdir(extra):
                 self._fail("extra_dirs", extra, "extra directory does not exist or is not a directory")
@@ -388,6 +508,11 @@ class Config:
         if (self.tls_cert is None) != (self.tls_key is None):
             attr = "tls_key" if self.tls_key is None else "tls_cert"
             self._fail(attr, None, "HTTPS needs both --tls-cert and --tls-key")
+
+    @property
+    def object_store(self) -> bool:
+        """Are the buffers in an S3 bucket (``s3://BUCKET[/PREFIX]``) rather than a directory?"""
+        return is_s3_url(self.directory)
 
     @property
     def loopback_only(self) -> bool:

@@ -2,7 +2,9 @@
 
 The main process cleans up after dead writers, builds and publishes the
 index and keeps it fresh, reports to the status file, and watches for
-inactivity.  Each worker opens its storage over the published index.  What
+inactivity.  For an ``s3://`` store it first checks the bucket, and the
+index is that of the local cache tier, whose size the main process bounds
+(:mod:`hashserver.eviction`).  Each worker opens its storage over the published index.  What
 the main process shares with its workers lives in shared memory
 (:class:`Shared`), the only state that crosses processes.  Sanic's
 listeners (:mod:`hashserver.server`) call these few functions; an in-process
@@ -11,15 +13,19 @@ test calls the same ones (:func:`attach_main`), so it runs the same assembly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import lifecycle
-from .config import Config
+from .config import Config, ConfigError
 from .directory import DirectoryStore
 from .index import GenerationStore, IndexPublisher, IndexReader
 from .integrity import check_hash_algorithm
@@ -46,24 +52,46 @@ def configure_logging() -> None:
 
 @dataclass
 class MainProcess:
-    """The main process's parts: the published index and its publisher."""
+    """The main process's parts: the published index and its publisher (and
+    for an ``s3://`` store, the local tier and its evictor)."""
 
     config: Config
     generations: GenerationStore
     publisher: IndexPublisher
     build_seconds: float
     metrics_dir: str  # prometheus_client's multiprocess directory, shared with the workers
+    tier: "LocalTier | None" = None
 
     @classmethod
     def start(cls, config: Config) -> "MainProcess":
         """Clean up, build and publish the index, check the hash algorithm.
 
         Raises :class:`ConfigError` (nothing left behind) when the buffers
-        are named by another algorithm than the configured one.
+        are named by another algorithm than the configured one, and for an
+        ``s3://`` store when the bucket is missing or refuses the credentials.
         """
         configure_logging()
-        search_path = SearchPath.from_config(config)
-        if config.writable:
+        tier = LocalTier.prepare(config) if config.object_store else None
+        try:
+            main = cls._index(config, tier.config if tier else config)
+        except BaseException:
+            if tier is not None:
+                tier.remove()
+            raise
+        main.tier = tier
+        if tier is not None:
+            tier.start_evictor(main.metrics_dir)
+        if config.writable and config.write_token_file is None and not config.loopback_only:
+            log.warning("writable on %s without --write-token-file: anyone who reaches it can write",
+                        config.host)
+        return main
+
+    @classmethod
+    def _index(cls, config: Config, directory: Config) -> "MainProcess":
+        """Clean up after dead writers of ``directory`` (the buffer directory,
+        or the local tier), then build and publish its index."""
+        search_path = SearchPath.from_config(directory)
+        if directory.writable:
             write_prefix_marker(search_path)
             removed = remove_leftovers(search_path, config.lock_timeout)
             if removed:
@@ -80,9 +108,6 @@ class MainProcess:
             raise
         publisher.log_built(elapsed)
         publisher.start()
-        if config.writable and config.write_token_file is None and not config.loopback_only:
-            log.warning("writable on %s without --write-token-file: anyone who reaches it can write",
-                        config.host)
         return cls(config, generations, publisher, elapsed, prepare_directory(None))
 
     def index_facts(self) -> dict:
@@ -90,9 +115,99 @@ class MainProcess:
         return {"entries": len(self.publisher.data), "build_seconds": round(self.build_seconds, 4)}
 
     def stop(self) -> None:
+        if self.tier is not None:
+            self.tier.stop()
         self.publisher.stop()
         self.generations.remove()
         remove_directory(self.metrics_dir)
+
+
+def tier_config(config: Config, directory: str) -> Config:
+    """The local tier of an ``s3://`` store as a buffer directory: always
+    writable (a read-only server fills it too), in the prefix layout, with
+    the extra directories searched after it."""
+    return replace(config, directory=directory, layout="prefix", writable=True)
+
+
+def object_store_class(config: Config):
+    """:class:`hashserver.objectstore.ObjectStore`, imported only for an
+    ``s3://`` store (its client library is the optional ``s3`` extra)."""
+    try:
+        from .objectstore import ObjectStore
+    except ImportError as exc:
+        raise ConfigError(f"{config.name('directory')}={config.directory!r}: an S3 store needs the s3 "
+                          f"extra (pip install 'hashserver-sanic[s3]'): {exc}") from None
+    return ObjectStore
+
+
+def check_object_store(config: Config) -> None:
+    """At startup: the bucket exists and takes the credentials (else
+    :class:`ConfigError`), and a writable server aborts the multipart uploads
+    that writers left incomplete more than ``--lock-timeout`` ago.  In a
+    thread with its own event loop: Sanic's main process calls
+    :meth:`MainProcess.start` from its running loop."""
+    store_class = object_store_class(config)
+
+    async def check() -> None:
+        store = store_class.from_config(config)
+        try:
+            await store.check()
+            if config.writable:
+                aborted = await store.abort_stale_uploads(config.lock_timeout)
+                if aborted:
+                    log.info("aborted %d incomplete uploads of interrupted writers", aborted)
+        finally:
+            store.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="hashserver-s3-check") as pool:
+        pool.submit(asyncio.run, check()).result()
+
+
+@dataclass
+class LocalTier:
+    """The local cache tier of an ``s3://`` store, in the main process: its
+    directory (``--cache-dir``; with ``--cache-size 0`` a private empty one,
+    removed at the stop) and the evictor that bounds it."""
+
+    config: Config  # the tier as a buffer directory (tier_config)
+    private: bool  # a temporary directory of this server's
+    added: Any  # multiprocessing Value: bytes the workers stored in the tier
+    evictor: Any = None  # eviction.TierEvictor, with --cache-size > 0
+
+    @classmethod
+    def prepare(cls, config: Config) -> "LocalTier":
+        check_object_store(config)
+        private = config.cache_size == 0
+        if private:
+            directory = tempfile.mkdtemp(prefix="hashserver-tier-")
+        else:
+            directory = config.cache_dir
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"{config.name('cache_dir')}={directory!r}: cannot create it: "
+                                  f"{exc.strerror or exc}") from None
+        tier = cls(tier_config(config, directory), private, multiprocessing.Value("q", 0))
+        lifecycle.on_startup_exit(tier.remove)
+        return tier
+
+    def start_evictor(self, metrics_dir: str) -> None:
+        if self.private:
+            return
+        from .eviction import TierEvictor
+
+        self.evictor = TierEvictor(SearchPath.from_config(self.config).main, self.config.cache_size,
+                                   self.added, Metrics(metrics_dir))
+        self.evictor.start()
+
+    def stop(self) -> None:
+        if self.evictor is not None:
+            self.evictor.stop()
+        self.remove()
+
+    def remove(self) -> None:
+        if self.private:
+            shutil.rmtree(self.config.directory, ignore_errors=True)
 
 
 @dataclass
@@ -103,14 +218,19 @@ class Shared:
     ready: Any  # multiprocessing Array of worker pids, 0 where free
     last_request: Any = None  # multiprocessing RawValue: monotonic time of the last request
     sanic_manager: Any = None  # multiprocessing RawValue: pid of Sanic's state manager, 0 if none
+    tier_directory: Any = None  # multiprocessing RawArray of chars: the local tier (s3:// stores)
+    tier_added: Any = None  # multiprocessing Value: bytes stored in the local tier (LocalTier.added)
 
     @classmethod
     def create(cls, main: MainProcess) -> "Shared":
+        tier = main.tier
         return cls(
             multiprocessing.RawArray("c", main.generations.directory.encode()),
             multiprocessing.Array("q", MAX_WORKER_SLOTS),
             multiprocessing.RawValue("d", time.monotonic()) if main.config.timeout else None,
             multiprocessing.RawValue("q", lifecycle.sanic_state_manager_pid()),
+            multiprocessing.RawArray("c", tier.config.directory.encode()) if tier else None,
+            tier.added if tier else None,
         )
 
     def acknowledge(self, pid: int) -> None:
@@ -185,6 +305,9 @@ def attach_main(app, main: MainProcess, host: str, port: int, workers: int) -> N
     app.shared_ctx.index_directory = shared.index_directory
     app.shared_ctx.ready = shared.ready
     app.shared_ctx.sanic_manager = shared.sanic_manager
+    if shared.tier_directory is not None:
+        app.shared_ctx.tier_directory = shared.tier_directory
+        app.shared_ctx.tier_added = shared.tier_added
     if shared.last_request is not None:
         app.shared_ctx.last_request = shared.last_request
         InactivityWatch(main.config.timeout, shared.last_request).start()
@@ -198,12 +321,29 @@ def shared_of(app) -> Shared:
     """In a worker: what the main process shared (see :func:`attach_main`)."""
     ctx = app.shared_ctx
     return Shared(ctx.index_directory, ctx.ready, getattr(ctx, "last_request", None),
-                  getattr(ctx, "sanic_manager", None))
+                  getattr(ctx, "sanic_manager", None), getattr(ctx, "tier_directory", None),
+                  getattr(ctx, "tier_added", None))
 
 
 def open_storage(config: Config, shared: Shared, metrics: Metrics | None = None) -> Storage:
-    """A worker's storage over the index the main process publishes."""
+    """A worker's storage over the index the main process publishes: the
+    buffer directory; or for an ``s3://`` store, the bucket behind the local
+    tier (the bare bucket with ``--cache-size 0`` and no extra directories)."""
     reader = IndexReader(GenerationStore(shared.index_directory.value.decode()))
     metrics = metrics or Metrics.unobserved()
     metrics.observe_index(lambda: index_facts(reader))
-    return DirectoryStore.from_config(config, reader, metrics)
+    if not config.object_store:
+        return DirectoryStore.from_config(config, reader, metrics)
+    back = object_store_class(config).from_config(config, metrics)
+    if config.cache_size == 0 and not config.extra_dirs:
+        return back
+    from .tiered import TieredStore
+
+    local = DirectoryStore.from_config(tier_config(config, shared.tier_directory.value.decode()), reader, metrics)
+    added = shared.tier_added
+
+    def stored(size: int) -> None:
+        with added.get_lock():
+            added.value += size
+
+    return TieredStore(local, back, metrics, fill=config.cache_size > 0, stored=stored)
