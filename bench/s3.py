@@ -1,0 +1,499 @@
+"""``python -m bench.s3`` (``python -m bench --store s3``): hashserver on an S3 bucket,
+against the raw S3 client on the same object store, and its local tier against the
+directory store.
+
+One run on this machine: a SeaweedFS (``weed server`` with its S3 gateway, the tests'
+own harness) gets a bucket filled key-for-key from a bench dataset (as ``aws s3 sync``
+would), and fresh objects nobody has read yet.  Then, side by side:
+
+- local-tier hits (GET 1 KiB, GET large, /has x1000 of buffers in the tier) against a
+  directory server on the dataset itself: the same work without the bucket;
+- misses (GET 1 KiB and large of objects never read), /has x1000 with half of the
+  checksums in the bucket and nothing in the local tier, PUT 1 KiB and large, against
+  the raw client (obstore, the library the server uses) doing the same calls to the
+  same SeaweedFS at its best concurrency: the ceiling.  For /has, the best of one HEAD
+  per checksum and a LIST of the prefixes involved.
+
+Each figure is reported as a ratio to its ceiling, in the table format of
+:mod:`bench.report`.  Every object a case reads is fresh where it must be (a miss is
+read once; a /has body names checksums never asked before), so a case that would run
+out of fresh objects says so as a problem instead of measuring hits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import importlib.util
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hashserver.layout import PREFIX_MARKER
+
+from .cases import Case
+from .dataset import Dataset, DatasetSpec, checksum_hex, ensure_dataset, random_checksums
+from .generators import choose_generator
+from .load import LoadGenerator, Scenario, write_scenario
+from .machine import load_average
+from .report import _figure_row, _ratio
+from .results import Figure
+from .servers import REPO, HashServer
+
+BUCKET = "bench"
+HAS_SIZE = 1000
+RAW_CONCURRENCIES = (8, 32, 128)  # the raw client's sweep for small objects (best counts)
+HEAD_CONCURRENCIES = (16, 64, 256)
+LARGE_CONCURRENCY = 1  # large objects one at a time, by the server and by the raw client
+HTTP_TIMEOUT = 120.0
+FRESH_MARGIN = 2.0  # fresh objects prepared per expected request (counted afterwards)
+
+CASES_S3: dict[str, Case] = {c.key: c for c in (
+    Case("hit_get_small", "GET 1 KiB, local tier", "req/s", "read", "directory", 0.9),
+    Case("hit_get_large", "GET large, local tier", "MB/s", "read", "directory", 0.9, payload="large"),
+    Case("hit_has_1000", "/has x1000, local tier", "checksums/s", "read", "directory", 0.9,
+         per_request=HAS_SIZE),
+    Case("miss_get_small", "GET 1 KiB, miss", "req/s", "read", "raw_get", 0.7),
+    Case("miss_get_large", "GET large, miss", "MB/s", "read", "raw_get", 0.7, payload="large"),
+    Case("remote_has_1000", "/has x1000, half in bucket", "checksums/s", "read", "raw_has", 0.8,
+         per_request=HAS_SIZE),
+    Case("put_small", "PUT 1 KiB, new", "req/s", "write", "raw_put", 0.7),
+    Case("put_large", "PUT large, new", "MB/s", "write", "raw_put", 0.7, payload="large"),
+)}
+CEILINGS = {"directory": "directory store", "raw_get": "obstore GET", "raw_has": "obstore HEAD/LIST",
+            "raw_put": "obstore PUT"}
+
+
+@dataclass
+class S3Options:
+    buffers: int = 5000
+    large_size: int = 16 << 20
+    large_count: int = 6  # fresh large objects per large case
+    workers: int = 2
+    duration: float = 3.0
+    connections: int = 32
+    cache_dir: str = "~/.cache/hashserver-bench"
+    out: str = "bench-results-s3"
+    seed: int = 1
+    client: str = "auto"
+
+
+@dataclass
+class S3Document:
+    started: str
+    command: list[str]
+    options: S3Options
+    load_average_at_start: list[float]
+    load_generator: str
+    figures: dict[str, Figure] = field(default_factory=dict)
+    ceiling_detail: dict[str, str] = field(default_factory=dict)  # how each ceiling was reached
+    problems: list[str] = field(default_factory=list)
+    load_average_at_end: list[float] | None = None
+
+
+# ------------------------------------------------------------------ SeaweedFS
+def seaweedfs_module():
+    """The tests' SeaweedFS harness (tests/seaweedfs.py), loaded from the checkout: one
+    copy of how weed is started, on which ports, and stopped."""
+    path = Path(REPO) / "tests" / "seaweedfs.py"
+    spec = importlib.util.spec_from_file_location("bench_seaweedfs", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def fresh_bodies(count: int, size: int, seed: int, stream: int) -> dict[str, bytes]:
+    """``count`` new random buffers by checksum (seeded: the same run makes the same ones)."""
+    blob = np.random.Generator(np.random.PCG64([seed, stream])).bytes(count * size)
+    bodies = (blob[i * size:(i + 1) * size] for i in range(count))
+    return {checksum_hex(b): b for b in bodies}
+
+
+def key(checksum: str) -> str:
+    """The object key of a buffer in the prefix layout (``aws s3 sync`` of a directory)."""
+    return f"{checksum[:2]}/{checksum}"
+
+
+async def bounded(items: Sequence, call: Callable[[object], Awaitable], concurrency: int) -> float:
+    """Run ``call`` on every item, at most ``concurrency`` at once; the seconds it took."""
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            await call(item)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+async def upload(store, objects: dict[str, bytes], concurrency: int = 64) -> None:
+    import obstore
+
+    await bounded(list(objects.items()), lambda kv: obstore.put_async(store, kv[0], kv[1]), concurrency)
+
+
+def upload_directory(store, directory: str) -> int:
+    """Every file under ``directory`` as the object of the same relative path."""
+    objects = {}
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                objects[os.path.relpath(path, directory)] = f.read()
+    asyncio.run(upload(store, objects))
+    return len(objects)
+
+
+# -------------------------------------------------------------- raw ceilings
+async def _best(items: Sequence, call, concurrencies: Sequence[int]) -> tuple[float, int]:
+    """(operations per second, concurrency) of the best of ``concurrencies``."""
+    best = (0.0, 0)
+    for concurrency in concurrencies:
+        seconds = await bounded(items, call, concurrency)
+        best = max(best, (len(items) / seconds, concurrency))
+    return best
+
+
+def raw_get(store, keys: Sequence[str], concurrencies: Sequence[int]) -> tuple[float, int]:
+    import obstore
+
+    async def get(k: str) -> None:
+        await (await obstore.get_async(store, k)).bytes_async()
+
+    return asyncio.run(_best(keys, get, concurrencies))
+
+
+def raw_put(store, objects: Sequence[dict[str, bytes]], concurrencies: Sequence[int]) -> tuple[float, int]:
+    """PUTs of new objects, created only if absent as the server creates them; one fresh
+    set of objects per concurrency."""
+    import obstore
+
+    best = (0.0, 0)
+    for batch, concurrency in zip(objects, concurrencies, strict=True):
+        seconds = asyncio.run(bounded(
+            list(batch.items()), lambda kv: obstore.put_async(store, key(kv[0]), kv[1], mode="create"),
+            concurrency))
+        best = max(best, (len(batch) / seconds, concurrency))
+    return best
+
+
+def raw_has(store, batches: Sequence[list[str]]) -> tuple[float, str]:
+    """Checksums answered per second: the best of one HEAD each (at the best concurrency)
+    and a LIST of every prefix the batch involves."""
+    import obstore
+
+    checksums = [c for batch in batches for c in batch]
+    heads, concurrency = asyncio.run(_best(checksums, lambda c: _exists(store, c), HEAD_CONCURRENCIES))
+
+    async def listed(batch: list[str]) -> list[bool]:
+        prefixes = sorted({c[:2] for c in batch})
+        names = set()
+        for chunk in await asyncio.gather(*(obstore.list(store, prefix=p + "/").collect_async() for p in prefixes)):
+            names.update(entry["path"].rsplit("/", 1)[-1] for entry in chunk)
+        return [c in names for c in batch]
+
+    seconds = asyncio.run(bounded(batches, listed, 1))
+    lists = len(checksums) / seconds
+    if lists > heads:
+        return lists, "LIST of the prefixes involved"
+    return heads, f"HEAD each, concurrency {concurrency}"
+
+
+async def _exists(store, checksum: str) -> bool:
+    import obstore
+    from obstore.exceptions import NotFoundError
+
+    try:
+        await obstore.head_async(store, key(checksum))
+    except (NotFoundError, FileNotFoundError):
+        return False
+    return True
+
+
+# ------------------------------------------------------------ server side
+class S3HashServer(HashServer):
+    """``hashserver s3://BUCKET --s3-endpoint URL --cache-dir DIR``, credentials from the
+    standard environment."""
+
+    name = "hashserver-s3"
+
+    def __init__(self, workdir: str, url: str, endpoint: str, cache_dir: str, env: dict, workers: int):
+        super().__init__(workdir, url, "prefix", workers, writable=True)
+        self.extra = ["--s3-endpoint", endpoint, "--cache-dir", cache_dir, "--cache-size", "10G"]
+        self.env = env
+
+    def make_process(self):
+        process = super().make_process()
+        process.argv += self.extra
+        process.env.update(self.env)
+        return process
+
+
+def http_all(port: int, method: str, items: Sequence[tuple[str, bytes | None]], concurrency: int,
+             expect: int = 200) -> tuple[float, list[str]]:
+    """Each (path, body) once, over ``concurrency`` keep-alive connections; (seconds, problems)."""
+    queue = iter(items)
+    problems: list[str] = []
+
+    def connection() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
+        try:
+            for path, body in queue:
+                conn.request(method, path, body=body)
+                response = conn.getresponse()
+                response.read()
+                if response.status != expect:
+                    problems.append(f"{method} {path[:20]}...: {response.status}")
+        finally:
+            conn.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(connection) for _ in range(concurrency)]:
+            future.result()
+    return time.perf_counter() - started, problems
+
+
+# ------------------------------------------------------------------ the run
+class S3Bench:
+    """One run: SeaweedFS, the bucket, the raw client's ceilings, the servers' figures."""
+
+    def __init__(self, options: S3Options, generator: LoadGenerator, workdir: str):
+        self.o = options
+        self.generator = generator
+        self.workdir = workdir
+        self.weed = seaweedfs_module()
+        self.seaweedfs = None
+        self.store = None
+        self.dataset: Dataset | None = None
+        self.raw: dict[str, tuple[float, str]] = {}
+        self.fresh: dict[str, dict[str, bytes]] = {}
+        self.has_batches: list[list[str]] = []
+        self.found: list[str] = []  # problems of the measurements
+
+    # ------------------------------------------------------------ prepare
+    def prepare(self) -> None:
+        o = self.o
+        self.dataset = ensure_dataset(o.cache_dir, DatasetSpec(o.buffers, "prefix", 1024, o.large_size, o.seed))
+        self.seaweedfs = self.weed.SeaweedFS(os.path.join(self.workdir, "seaweedfs")).start()
+        self.store = self.seaweedfs.s3_store(self.seaweedfs.create_bucket(BUCKET))
+        say(f"bench.s3: SeaweedFS on {self.seaweedfs.s3_endpoint}; uploading {self.dataset.directory}")
+        upload_directory(self.store, self.dataset.directory)
+        asyncio.run(upload(self.store, {PREFIX_MARKER: b""}))
+        small = max(1000, int(o.duration * 1500 * FRESH_MARGIN))
+        self.fresh = {
+            "miss_small": fresh_bodies(small, 1024, o.seed, 0x5301),
+            "miss_large": fresh_bodies(o.large_count, o.large_size, o.seed, 0x5302),
+            "has_present": fresh_bodies(12 * HAS_SIZE // 2, 1024, o.seed, 0x5303),
+            "put_small": fresh_bodies(small, 1024, o.seed, 0x5304),
+            "put_large": fresh_bodies(o.large_count, o.large_size, o.seed, 0x5305),
+        }
+        for name in ("miss_small", "miss_large", "has_present"):
+            asyncio.run(upload(self.store, {key(c): b for c, b in self.fresh[name].items()}))
+        absent = iter(random_checksums(len(self.fresh["has_present"]), o.seed + 0x53))
+        present = list(self.fresh["has_present"])
+        for i in range(0, len(present), HAS_SIZE // 2):
+            batch = present[i:i + HAS_SIZE // 2] + [next(absent) for _ in range(HAS_SIZE // 2)]
+            random.Random(i).shuffle(batch)
+            self.has_batches.append(batch)
+
+    # ------------------------------------------------------------ ceilings
+    def ceilings(self) -> None:
+        o = self.o
+        small_keys = [key(c) for c in self.dataset.checksums()]
+        rate, c = raw_get(self.store, small_keys, RAW_CONCURRENCIES)
+        self.raw["miss_get_small"] = (rate, f"concurrency {c}")
+        rate, c = raw_get(self.store, [key(k) for k in self.fresh["miss_large"]], (LARGE_CONCURRENCY,))
+        self.raw["miss_get_large"] = (rate * o.large_size / 1e6, f"concurrency {c}")
+        self.raw["remote_has_1000"] = raw_has(self.store, self.has_batches)
+        sets = [fresh_bodies(2000, 1024, o.seed, 0x5400 + n) for n in range(len(RAW_CONCURRENCIES))]
+        rate, c = raw_put(self.store, sets, RAW_CONCURRENCIES)
+        self.raw["put_small"] = (rate, f"concurrency {c}")
+        rate, c = raw_put(self.store, [fresh_bodies(o.large_count, o.large_size, o.seed, 0x5500)],
+                          (LARGE_CONCURRENCY,))
+        self.raw["put_large"] = (rate * o.large_size / 1e6, f"concurrency {c}")
+        for name, (value, how) in self.raw.items():
+            say(f"bench.s3: raw {name}: {value:,.1f} ({how})")
+
+    # ------------------------------------------------------------ servers
+    def s3_server(self) -> S3HashServer:
+        env = self.seaweedfs.s3_env()
+        return S3HashServer(self.workdir, f"s3://{BUCKET}", self.seaweedfs.s3_endpoint,
+                            os.path.join(self.workdir, "local-tier"), env, self.o.workers)
+
+    def hits(self, server: HashServer, tag: str) -> dict[str, float]:
+        """The local-tier cases (after one read of every buffer: the warm-up that fills the tier)."""
+        d = self.dataset
+        warm = [("/" + c, None) for c in [*d.checksums(), d.large_checksum]]
+        _, problems = http_all(server.port, "GET", warm, 8)
+        self.problems(f"{tag} warm-up", problems)
+        scenarios = {
+            "hit_get_small": Scenario("hit_get_small", "GET", d.checksums_file, connections=self.o.connections),
+            "hit_get_large": write_scenario(self.workdir, f"{tag}-large", "GET", [d.large_checksum],
+                                            connections=4),
+            "hit_has_1000": self._has_scenario(tag, d.checksums()),
+        }
+        return {k: self.load(k, s, server.port, tag) for k, s in scenarios.items()}
+
+    def _has_scenario(self, tag: str, present: list[str]) -> Scenario:
+        rng = random.Random(self.o.seed)
+        bodies = [json.dumps(rng.sample(present, HAS_SIZE)).encode() for _ in range(16)]
+        return write_scenario(self.workdir, f"{tag}-has", "POST", ["has"] * len(bodies), bodies=bodies,
+                              random_order=False, connections=self.o.connections)
+
+    def misses_and_puts(self, server: HashServer) -> dict[str, float]:
+        o = self.o
+        values = {}
+        fresh = list(self.fresh["miss_small"])
+        scenario = write_scenario(self.workdir, "miss-small", "GET", fresh, random_order=False,
+                                  connections=o.connections)
+        values["miss_get_small"] = self.load("miss_get_small", scenario, server.port, "s3", fresh=len(fresh))
+        values["miss_get_large"] = self.counted("miss_get_large", server.port, "GET",
+                                                [("/" + c, None) for c in self.fresh["miss_large"]],
+                                                LARGE_CONCURRENCY)
+        values["remote_has_1000"] = self.counted(
+            "remote_has_1000", server.port, "POST", [("/has", json.dumps(b).encode()) for b in self.has_batches], 4)
+        puts = self.fresh["put_small"]
+        scenario = write_scenario(self.workdir, "put-small", "PUT", list(puts), bodies=list(puts.values()),
+                                  random_order=False, connections=o.connections)
+        values["put_small"] = self.load("put_small", scenario, server.port, "s3", fresh=len(puts))
+        values["put_large"] = self.counted("put_large", server.port, "PUT",
+                                           [("/" + c, b) for c, b in self.fresh["put_large"].items()],
+                                           LARGE_CONCURRENCY)
+        return values
+
+    # ------------------------------------------------------------ measuring
+    def load(self, name: str, scenario: Scenario, port: int, tag: str, fresh: int | None = None) -> float:
+        """A duration-bound case through the load generator; with ``fresh``, how many of its
+        targets are new (a run that used more measured some twice)."""
+        case = CASES_S3[name]
+        result = self.generator.run(scenario, port, self.o.duration)
+        self.problems(f"{tag} {name}", result.problems(True))
+        if fresh is not None and result.requests > fresh:
+            self.problems(f"{tag} {name}", [f"{result.requests} requests for {fresh} fresh targets"])
+        value = result.rate * (self.o.large_size / 1e6 if case.payload else case.per_request)
+        say(f"bench.s3: [{tag}] {case.label}: {value:,.1f} {case.unit}")
+        return value
+
+    def counted(self, name: str, port: int, method: str, items: list, concurrency: int) -> float:
+        """A case of a fixed set of requests, each made once (large bodies, fresh /has batches)."""
+        case = CASES_S3[name]
+        seconds, problems = http_all(port, method, items, concurrency)
+        self.problems(f"s3 {name}", problems[:5])
+        value = len(items) / seconds * (self.o.large_size / 1e6 if case.payload else case.per_request)
+        say(f"bench.s3: [s3] {case.label}: {value:,.1f} {case.unit}")
+        return value
+
+    def problems(self, where: str, found: list[str]) -> None:
+        self.found += [f"{where}: {p}" for p in found]
+
+    def stop(self) -> None:
+        if self.seaweedfs is not None:
+            self.seaweedfs.stop()
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(options: S3Options) -> S3Document:
+    """The whole run; every process it starts is stopped, whatever happens."""
+    generator, note = choose_generator(options.client, None)
+    doc = S3Document(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), sys.argv, options, load_average(),
+                     generator.describe())
+    if note:
+        doc.problems.append(note)
+    with tempfile.TemporaryDirectory(prefix="bench-s3-") as workdir:
+        bench = S3Bench(options, generator, workdir)
+        try:
+            bench.prepare()
+            bench.ceilings()
+            with bench.s3_server() as server:
+                values = bench.hits(server, "s3")
+                values.update(bench.misses_and_puts(server))
+            with HashServer(workdir, bench.dataset.directory, "prefix", options.workers) as directory:
+                ceilings = bench.hits(directory, "directory")
+        finally:
+            bench.stop()
+    ceilings.update({k: v for k, (v, _) in bench.raw.items()})
+    doc.ceiling_detail = {k: how for k, (_, how) in bench.raw.items()}
+    doc.figures = {k: figure(CASES_S3[k], values[k], ceilings[k]) for k in CASES_S3}
+    doc.problems += bench.found
+    doc.load_average_at_end = load_average()
+    return doc
+
+
+def figure(case: Case, value: float, ceiling: float) -> Figure:
+    fig = Figure(label=case.label, unit=case.unit, value=value, ceiling=CEILINGS[case.ceiling],
+                 ceiling_value=ceiling, target=case.target)
+    fig.ratio = value / ceiling if value and ceiling else None
+    fig.met = fig.ratio is not None and fig.ratio >= case.target
+    return fig
+
+
+def table(doc: S3Document) -> str:
+    """The figures in :mod:`bench.report`'s row format, then how each raw ceiling was reached."""
+    o = doc.options
+    header = (f"{'figure':<28} {'hashserver':>28}   {'ceiling':<40} {'ratio':>6}  {'target':<13}")
+    lines = [f"hashserver on S3 (SeaweedFS), workers={o.workers}, {o.buffers:,} buffers of 1 KiB, large "
+             f"{o.large_size >> 20} MiB -- load: {doc.load_generator}, {o.connections} connections, "
+             f"{o.duration:g} s per case; load average at start {doc.load_average_at_start}, "
+             f"at end {doc.load_average_at_end}", header, "-" * len(header)]
+    lines += [_figure_row(fig) for fig in doc.figures.values()]
+    lines += [f"  {CASES_S3[k].label}: ceiling by {how}" for k, how in doc.ceiling_detail.items()]
+    worst = min((f.ratio for f in doc.figures.values() if f.ratio is not None), default=None)
+    lines.append(f"lowest ratio {_ratio(worst)}")
+    lines += [f"problem: {p}" for p in doc.problems]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.s3", description=__doc__.split("\n\n")[0])
+    p.add_argument("--buffers", type=int, default=S3Options.buffers, help="small buffers (default %(default)s)")
+    p.add_argument("--large-mib", type=int, default=S3Options.large_size >> 20,
+                   help="size of each large buffer in MiB (default %(default)s)")
+    p.add_argument("--large-count", type=int, default=S3Options.large_count,
+                   help="fresh large objects per large case (default %(default)s)")
+    p.add_argument("--workers", type=int, default=S3Options.workers, help="Sanic workers (default %(default)s)")
+    p.add_argument("--duration", type=float, default=S3Options.duration,
+                   help="seconds per load-generator case (default %(default)s)")
+    p.add_argument("--connections", type=int, default=S3Options.connections)
+    p.add_argument("--cache-dir", default=S3Options.cache_dir, help="where bench datasets are kept")
+    p.add_argument("--out", default=S3Options.out, help="where bench-s3.json and table-s3.txt go")
+    p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--seed", type=int, default=S3Options.seed)
+    p.add_argument("--quick", action="store_true", help="a smoke run: 1,000 buffers, 4 MiB, 1 s per case")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = S3Options(args.buffers, args.large_mib << 20, args.large_count, args.workers, args.duration,
+                        args.connections, args.cache_dir, args.out, args.seed, args.client)
+    if args.quick:
+        options.buffers, options.large_size, options.large_count, options.duration = 1000, 4 << 20, 3, 1.0
+    doc = run(options)
+    os.makedirs(options.out, exist_ok=True)
+    text = table(doc)
+    with open(os.path.join(options.out, "table-s3.txt"), "w") as f:
+        f.write(text)
+    with open(os.path.join(options.out, "bench-s3.json"), "w") as f:
+        json.dump(asdict(doc), f, indent=1)
+    sys.stdout.write(text)
+    return 1 if doc.problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
