@@ -9,6 +9,7 @@ import sys
 from .cases import CASES
 from .report import full_table, write_charts, write_json
 from .results import Options, Outputs
+from .soak import SoakOptions, run_soak
 from .suite import Suite
 
 SCALING_SIZES = [10_000, 100_000, 1_000_000]
@@ -85,7 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="record a py-spy flame graph of the server during each case (slows it)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated buffers (default 1)")
+    soak = p.add_argument_group("soak", "instead of the suite: two writable servers on one directory under a "
+                                "mixed load with cut uploads, every answer checked (bench/soak.py)")
+    soak.add_argument("--soak", type=_positive_float, default=None, metavar="MINUTES",
+                      help="run the soak for MINUTES; exit status 1 if any answer was wrong")
+    soak.add_argument("--soak-report", default=None, metavar="PATH",
+                      help="the soak's JSON report (default OUT/soak.json)")
+    soak.add_argument("--soak-rate", type=_positive_float, default=100.0, metavar="REQUESTS_PER_S",
+                      help="requests per second of all client tasks together (default %(default)g)")
+    soak.add_argument("--soak-connections", type=int, default=8, metavar="N",
+                      help="client tasks, each with a keep-alive connection to each server (default 8)")
+    soak.add_argument("--soak-dir", default=None, metavar="DIR",
+                      help="where the shared directory and the server logs go, kept "
+                      "(default: a temporary directory, removed unless an answer was wrong)")
     return p
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+    return value
+
+
+def soak_options(args: argparse.Namespace) -> SoakOptions:
+    return SoakOptions(minutes=args.soak, report=args.soak_report or os.path.join(args.out, "soak.json"),
+                       connections=args.soak_connections, rate=args.soak_rate, seed=args.seed,
+                       workdir=args.soak_dir)
 
 
 def options_from_args(argv: list[str] | None) -> Options:
@@ -125,6 +155,15 @@ def options_from_args(argv: list[str] | None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.soak is not None:
+        options = soak_options(args)
+        os.makedirs(os.path.dirname(os.path.abspath(options.report)), exist_ok=True)
+        try:
+            return run_soak(options)
+        except KeyboardInterrupt:
+            print("bench: interrupted", file=sys.stderr)
+            return 130
     options = options_from_args(argv)
     os.makedirs(options.out, exist_ok=True)
     suite = Suite(options)
