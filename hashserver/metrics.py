@@ -45,6 +45,7 @@ from sanic.response import HTTPResponse
 
 from . import responses
 from .index import IndexReader
+from .index.shm import remove_orphans
 from .owner import owner_tag, pid_is_dead
 from .storage import BodyTooLarge, ChecksumMismatch, DiskFull, InvalidPayload, ReadOnly
 
@@ -443,7 +444,7 @@ def prepare_directory(path: str | None = None) -> str:
     value inherited from our own environment is replaced."""
     if path is None:
         base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-        _remove_orphans(base)
+        remove_orphans(base, DIRECTORY_PREFIX)  # of servers on this host killed with -9
         path = tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{owner_tag()}-", dir=base)
     else:
         path = os.path.abspath(path)
@@ -472,14 +473,6 @@ def remove_directory(path: str) -> None:
             del os.environ[ENV]
         else:
             os.environ[ENV] = previous
-
-
-def _remove_orphans(base: str) -> None:
-    """Directories of servers on this host that died without removing theirs (``kill -9``)."""
-    for path in glob.glob(os.path.join(base, f"{DIRECTORY_PREFIX}*")):
-        tag = os.path.basename(path)[len(DIRECTORY_PREFIX):].rpartition("-")[0]
-        if tag and pid_is_dead(tag):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def worker_stopped(pid: int, directory: str | None = None) -> None:

@@ -90,19 +90,7 @@ class GenerationStore:
         """Remove the index directories of servers on this host that died
         without cleaning up (``kill -9``): they would hold shared memory until
         the next reboot."""
-        removed = 0
-        try:
-            names = os.listdir(base)
-        except OSError:
-            return 0
-        for name in names:
-            if not name.startswith(cls.PREFIX):
-                continue
-            tag = name[len(cls.PREFIX):].rpartition("-")[0]
-            if tag and pid_is_dead(tag):
-                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-                removed += 1
-        return removed
+        return remove_orphans(base, cls.PREFIX)
 
     @property
     def generation(self) -> int:
@@ -173,6 +161,25 @@ class GenerationStore:
         shutil.rmtree(self.directory, ignore_errors=True)
         if self._elsewhere is not None:
             shutil.rmtree(self._elsewhere, ignore_errors=True)
+
+
+def remove_orphans(base: str, prefix: str) -> int:
+    """Remove the directories in ``base`` named ``<prefix><owner tag>-<random>``
+    (as :func:`tempfile.mkdtemp` names them after :func:`owner_tag`) whose
+    owner, a process on this host, is dead; returns how many went."""
+    removed = 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        tag = name[len(prefix):].rpartition("-")[0]
+        if tag and pid_is_dead(tag):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _log_full(exc: OSError, elsewhere: str) -> None:
