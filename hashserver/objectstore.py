@@ -1,0 +1,660 @@
+"""Buffers in an S3 bucket as a :class:`~hashserver.storage.Storage` (through obstore).
+
+The bucket prefix holds what a buffer directory holds (:mod:`.s3keys`).  What a
+directory gets from the file system, this store gets from S3's own rules:
+
+- an object appears whole or not at all: a small body is buffered, hashed and
+  stored with one conditional PUT (``If-None-Match: *``: "already exists" means
+  another writer stored it first); a larger one goes up in a multipart upload
+  fed through a bounded queue and completed only once the body hashed right,
+  else aborted (also when the request is cut or the task cancelled);
+- nothing read is sent unverified: an object up to ``whole_get`` bytes is
+  fetched and hashed before :meth:`ObjectStore.open` returns, a larger one is
+  streamed with its last chunk held back until the hash is known, so a wrong
+  object ends the response early instead of completing it;
+- any failure of the object store is :class:`StorageUnavailable` (503), never
+  "absent"; calls have bounded timeouts and idempotent ones are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, AsyncIterator, Awaitable, Iterator
+
+import obstore
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+)
+from obstore.store import S3Store
+
+from . import s3uploads
+from .bufferfile import DecodingHash
+from .checksum import Hasher
+from .compression import ENCODINGS, Decoder, Encoding, InvalidPayload, for_content_encoding
+from .config import Config, ConfigError
+from .locks import POLL_MAX
+from .metrics import Metrics
+from .promises import PROMISE_TTL
+from .s3keys import BucketKeys
+from .storage import (
+    ChecksumMismatch,
+    CorruptBuffer,
+    Fast,
+    PutOutcome,
+    Readable,
+    ReadOnly,
+    StillWriting,
+    StorageUnavailable,
+)
+from .writer import BodyPace, BufferWriter
+
+log = logging.getLogger("hashserver.objectstore")
+
+SMALL_PUT = 8 << 20  # bodies up to this size: buffered, then one conditional PUT
+PART_SIZE = 8 << 20  # multipart part size (S3's minimum is 5 MiB)
+UPLOAD_CONCURRENCY = 4  # parts in flight per upload: memory is about this times PART_SIZE
+QUEUE_DEPTH = 4  # body batches (about 1 MiB each) waiting for the uploader
+WHOLE_GET = 64 << 20  # objects up to this size are fetched whole and verified before open() returns
+STREAM_CHUNK = 1 << 20
+HASH_INLINE = 1 << 20  # hash smaller pieces on the event loop, larger ones in a thread
+HEAD_CONCURRENCY = 64  # object-store calls in flight for one batch of /has or /buffer-length
+HEALTH_EVERY = 1.0
+ABORT_WAIT = 10.0  # the longest a failed upload waits for its abort
+CONNECT_TIMEOUT = "3s"
+READ_TIMEOUT = "10s"  # no byte for this long: the call fails (it bounds every call but a long stream)
+REQUEST_TIMEOUT = "3600s"  # a whole call, a streamed large object included
+RETRIES = {"max_retries": 3, "retry_timeout": timedelta(seconds=10),
+           "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=2), "base": 2}}
+NOT_FOUND = (NotFoundError, FileNotFoundError)
+CONFLICT = (AlreadyExistsError, PreconditionError)
+REFUSED = (PermissionDeniedError, UnauthenticatedError)
+NO_BUCKET = "<Code>NoSuchBucket</Code>"  # S3's answer to a list; a HEAD of a key only says 404
+_DONE, _ABANDON = object(), object()
+
+
+class _Abandoned(Exception):
+    """Raised into obstore's multipart upload so that it aborts instead of completing."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def build_store(bucket: str, endpoint: str | None):
+    """An obstore S3Store: credentials and region from the standard environment,
+    bounded timeouts, retries with backoff (obstore retries what is safe to retry)."""
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    client = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT, "timeout": REQUEST_TIMEOUT}
+    if endpoint and endpoint.startswith("http://"):
+        client["allow_http"] = True
+    extra = {"endpoint": endpoint} if endpoint else {}
+    return S3Store(bucket, client_options=client, retry_config=RETRIES, **extra)
+
+
+class ObjectStore:
+    """Buffers under one ``s3://bucket/prefix``, exactly, shared by every host on it."""
+
+    def __init__(self, url: str, *, endpoint: str | None, layout: str, hasher: Hasher, writable: bool,
+                 max_body_size: int, wait_timeout: float, lock_timeout: float, pace: BodyPace | None = None,
+                 metrics: Metrics | None = None, store=None, whole_get: int = WHOLE_GET,
+                 small_put: int = SMALL_PUT, part_size: int = PART_SIZE,
+                 setting_names: tuple[str, str] = ("directory", "s3_endpoint")):
+        self.keys = BucketKeys.parse(url, layout)
+        self.url = self.keys.url
+        self.endpoint = endpoint
+        self.writable = writable
+        self.hasher = hasher
+        self.max_body_size = max_body_size
+        self.wait_timeout = wait_timeout
+        self.lock_timeout = lock_timeout
+        self.pace = pace or BodyPace()
+        self.metrics = metrics or Metrics.unobserved()
+        self.store = store if store is not None else build_store(self.keys.bucket, endpoint)
+        self.whole_get, self.small_put, self.part_size = whole_get, small_put, part_size
+        self.setting_names = setting_names
+        self._health: tuple[float, str | None] = (float("-inf"), None)
+        self._health_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+
+    @classmethod
+    def from_config(cls, config: Config, metrics: Metrics | None = None) -> "ObjectStore":
+        endpoint = getattr(config, "s3_endpoint", None)
+        names = (config.name("directory"), _setting_name(config, "s3_endpoint"))
+        return cls(config.directory, endpoint=endpoint, layout=config.layout,
+                   hasher=Hasher(config.hash_algorithm), writable=config.writable,
+                   max_body_size=config.max_body_size, wait_timeout=config.wait_timeout,
+                   lock_timeout=config.lock_timeout,
+                   pace=BodyPace(config.body_idle_timeout, config.min_body_rate), metrics=metrics,
+                   setting_names=names)
+
+    # ------------------------------------------------------------- calls
+    async def _call(self, operation: str, key: str, awaitable: Awaitable) -> Any:
+        """One object-store call, timed and counted by its outcome."""
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            with self._failures(operation, key):
+                result = await awaitable
+            outcome = "ok"
+            return result
+        except NOT_FOUND:
+            outcome = "absent"
+            raise
+        except CONFLICT:
+            outcome = "conflict"
+            raise
+        except StorageUnavailable:
+            raise
+        except Exception:
+            outcome = "aborted"  # the body or its hash ended the call
+            raise
+        finally:
+            self.metrics.object_store_call(operation, outcome, time.monotonic() - started)
+
+    @contextmanager
+    def _failures(self, operation: str, key: str) -> Iterator[None]:
+        """A failure of the object store is StorageUnavailable; not-found and
+        already-exists are answers, which the caller decides about."""
+        try:
+            yield
+        except (*NOT_FOUND, *CONFLICT):
+            raise
+        except (BaseError, OSError) as exc:
+            if NO_BUCKET in str(exc):
+                raise StorageUnavailable(f"Storage unavailable: the bucket of {self.url} does not exist") from exc
+            raise StorageUnavailable(f"Storage unavailable: object store {operation} of "
+                                     f"{self.keys.where(key)} failed: {_first_line(exc)}") from exc
+
+    async def _head(self, key: str) -> int | None:
+        """The object's size, or None if there is none."""
+        try:
+            meta = await self._call("head", key, obstore.head_async(self.store, key))
+        except NOT_FOUND:
+            return None
+        return meta["size"]
+
+    async def _get(self, key: str):
+        """The object's GetResult (body not yet read), or None if there is none."""
+        try:
+            return await self._call("get", key, obstore.get_async(self.store, key))
+        except NOT_FOUND:
+            return None
+
+    async def _read(self, key: str, result) -> bytes:
+        return bytes(await self._call("read", key, result.bytes_async()))
+
+    async def _small_object(self, key: str) -> bytes | None:
+        result = await self._get(key)
+        return None if result is None else await self._read(key, result)
+
+    # ------------------------------------------------------------- lookups
+    async def _find(self, checksum_hex: str) -> tuple[Encoding | None, int] | None:
+        """Which representation of the buffer the bucket holds (plain first), and its size."""
+        size = await self._head(self.keys.buffer(checksum_hex))
+        if size is not None:
+            return None, size
+        sizes = await asyncio.gather(*(self._head(self.keys.buffer(checksum_hex, e)) for e in ENCODINGS))
+        for encoding, size in zip(ENCODINGS, sizes, strict=True):
+            if size is not None:
+                return encoding, size
+        return None
+
+    async def _promised(self, checksum_hex: str) -> bool:
+        content = await self._small_object(self.keys.promise(checksum_hex))
+        try:
+            return content is not None and float(content) > time.time()
+        except ValueError:
+            return False
+
+    async def _bounded(self, checksums: bytes, one) -> list:
+        """``one(checksum_hex)`` for each checksum of a batch, at most HEAD_CONCURRENCY at once."""
+        limit = asyncio.Semaphore(HEAD_CONCURRENCY)
+
+        async def bounded(checksum_hex: str):
+            async with limit:
+                return await one(checksum_hex)
+
+        hexes = [checksums[i:i + 32].hex() for i in range(0, len(checksums), 32)]
+        return list(await asyncio.gather(*(bounded(h) for h in hexes)))
+
+    def peek(self, checksum: bytes) -> bytes | Fast:
+        return Fast.REGULAR  # only a call to the object store could tell
+
+    async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
+        async def one(checksum_hex: str) -> bool:
+            if await self._find(checksum_hex) is not None:
+                return True
+            return promised and await self._promised(checksum_hex)
+
+        present = await self._bounded(checksums, one)
+        if not all(present):
+            await self._bucket_is_there()
+        return present
+
+    async def lengths(self, checksums: bytes) -> list[int]:
+        async def one(checksum_hex: str) -> int:
+            found = await self._find(checksum_hex)
+            if found is None:
+                return 1 if await self._promised(checksum_hex) else 0
+            encoding, size = found
+            return size if encoding is None else await self._decoded_length(checksum_hex, encoding)
+
+        lengths = await self._bounded(checksums, one)
+        if not all(lengths):
+            await self._bucket_is_there()
+        return lengths
+
+    async def _decoded_length(self, checksum_hex: str, encoding: Encoding) -> int:
+        """A compressed buffer's length: its sidecar, else decoded once to count."""
+        sidecar = await self._small_object(self.keys.sidecar(checksum_hex))
+        try:
+            return int(sidecar.strip()) if sidecar is not None else await self._count_decoded(checksum_hex, encoding)
+        except ValueError:
+            return await self._count_decoded(checksum_hex, encoding)
+
+    async def _count_decoded(self, checksum_hex: str, encoding: Encoding) -> int:
+        key = self.keys.buffer(checksum_hex, encoding)
+        result = await self._get(key)
+        if result is None:
+            return 0
+        decoder = Decoder(encoding)
+        try:
+            async for chunk in self._chunks(key, result):
+                decoder.feed(bytes(chunk))
+            decoder.finish()
+        except InvalidPayload:
+            raise CorruptBuffer(self._corruption(key)) from None
+        return decoder.length
+
+    # ------------------------------------------------------------- reading
+    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset()) -> Readable | None:
+        checksum_hex = checksum.hex()
+        deadline = time.monotonic() + self.wait_timeout
+        fetched = await self._fetch(checksum_hex)
+        while fetched is None and await self._promised(checksum_hex):
+            if time.monotonic() >= deadline:
+                raise StillWriting(max(1, round(self.wait_timeout / 3)))
+            await asyncio.sleep(POLL_MAX / 5)
+            fetched = await self._fetch(checksum_hex)
+        if fetched is None:
+            await self._bucket_is_there()
+            return None
+        key, encoding, result = fetched
+        if result.meta["size"] <= self.whole_get:
+            return await self._whole(checksum, key, encoding, await self._read(key, result), accepted)
+        return await self._streamed(checksum, key, encoding, result, accepted)
+
+    async def _fetch(self, checksum_hex: str) -> tuple[str, Encoding | None, Any] | None:
+        """The first representation present, as (key, encoding, GetResult)."""
+        for encoding in (None, *ENCODINGS):
+            key = self.keys.buffer(checksum_hex, encoding)
+            result = await self._get(key)
+            if result is not None:
+                return key, encoding, result
+        return None
+
+    async def _hash(self, digest: DecodingHash, data: bytes) -> None:
+        if len(data) <= HASH_INLINE:
+            digest.update(data)
+        else:
+            await asyncio.get_running_loop().run_in_executor(None, digest.update, data)
+
+    def _corruption(self, key: str) -> str:
+        return (f"File corruption: file at path {self.keys.where(key)} does not have the correct "
+                f"{self.hasher.display_name} checksum.")
+
+    def _check(self, checksum: bytes, digest: DecodingHash, key: str) -> int:
+        """The decoded length, if the content hashed to ``checksum``; else CorruptBuffer."""
+        try:
+            result, length = digest.finish()
+        except InvalidPayload:
+            result, length = None, 0
+        self.metrics.verified(result == checksum)
+        if result != checksum:
+            log.error("%s", self._corruption(key))
+            raise CorruptBuffer(self._corruption(key))
+        return length
+
+    async def _whole(self, checksum: bytes, key: str, encoding: Encoding | None, data: bytes,
+                     accepted: frozenset[str]) -> Readable:
+        """A small object, verified before anything is sent."""
+        digest = DecodingHash(self.hasher, encoding)
+        try:
+            await self._hash(digest, data)
+        except InvalidPayload:
+            raise CorruptBuffer(self._corruption(key)) from None
+        length = self._check(checksum, digest, key)
+        if encoding is None:
+            return Readable(length, content=data)
+        if encoding.accepted_by(accepted):
+            return Readable(len(data), encoding.name, content=data, variant=encoding.suffix[1:], varies=True)
+        return Readable(length, chunks=lambda: _decoded(encoding, data), varies=True)
+
+    async def _streamed(self, checksum: bytes, key: str, encoding: Encoding | None, result,
+                        accepted: frozenset[str]) -> Readable:
+        """A large object, hashed while it is sent; the last chunk waits for the verdict."""
+        held = [result]
+        decode = None if encoding is None or encoding.accepted_by(accepted) else encoding
+
+        def source() -> AsyncIterator[bytes]:
+            return self._verified(checksum, key, held.pop() if held else None, encoding, decode)
+
+        if encoding is None:
+            return Readable(result.meta["size"], chunks=source)
+        if decode is None:
+            return Readable(result.meta["size"], encoding.name, chunks=source, variant=encoding.suffix[1:],
+                            varies=True)
+        length = await self._decoded_length(checksum.hex(), encoding)
+        return Readable(length, chunks=source, varies=True)
+
+    async def _chunks(self, key: str, result) -> AsyncIterator[bytes]:
+        stream = result.stream(min_chunk_size=STREAM_CHUNK)
+        while True:
+            try:
+                with self._failures("read", key):
+                    chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            yield bytes(chunk)
+
+    async def _verified(self, checksum: bytes, key: str, result, encoding: Encoding | None,
+                        decode: Encoding | None) -> AsyncIterator[bytes]:
+        """The object's bytes (decoded if ``decode``), each chunk sent once the next one
+        arrived, the last one only if the whole hashed to ``checksum``."""
+        if result is None:
+            result = await self._get(key)
+            if result is None:
+                raise StorageUnavailable(f"Storage unavailable: {self.keys.where(key)} vanished while read")
+        decoder = Decoder(decode) if decode else None
+        digest = DecodingHash(self.hasher, None if decode else encoding)
+        pending = b""
+        try:
+            async for chunk in self._chunks(key, result):
+                out = decoder.feed(chunk) if decoder else chunk
+                await self._hash(digest, out)
+                if pending:
+                    yield pending
+                pending = out
+            if decoder is not None:
+                tail = decoder.finish()
+                digest.update(tail)
+                pending += tail
+        except InvalidPayload:
+            raise CorruptBuffer(self._corruption(key)) from None
+        self._check(checksum, digest, key)
+        if pending:
+            yield pending
+
+    # ------------------------------------------------------------- writing
+    async def put(self, checksum: bytes, body: AsyncIterator[bytes],
+                  content_encoding: str | None = None) -> PutOutcome:
+        if not self.writable:
+            raise ReadOnly.put()
+        try:
+            outcome = await self._put(checksum, body, for_content_encoding(content_encoding))
+        except Exception as exc:
+            self.metrics.put_failed(exc)
+            raise
+        self.metrics.put(outcome.value)
+        self._in_background(self._resolve(checksum.hex()))
+        return outcome
+
+    async def _put(self, checksum: bytes, body: AsyncIterator[bytes], encoding: Encoding | None) -> PutOutcome:
+        checksum_hex = checksum.hex()
+        key = self.keys.buffer(checksum_hex, encoding)
+        digest = DecodingHash(self.hasher, encoding)
+        batches = BufferWriter._batches(self, body)  # paced, bounded by max_body_size (uses .pace and .max_body_size)
+        first, ended = await _read_up_to(batches, self.small_put)
+        if ended:
+            data = b"".join(first)
+            await self._hash(digest, data)
+            return await self._put_small(checksum, key, encoding, digest, data)
+        if await self._find(checksum_hex) is not None:
+            for batch in first:
+                await self._hash(digest, batch)
+            async for batch in batches:
+                await self._hash(digest, batch)
+            self._verify_body(checksum, digest)
+            return PutOutcome.PRESENT
+        return await self._put_multipart(checksum, key, encoding, digest, first, batches)
+
+    def _verify_body(self, checksum: bytes, digest: DecodingHash) -> int:
+        result, length = digest.finish()
+        if result != checksum:
+            raise ChecksumMismatch()
+        return length
+
+    async def _put_small(self, checksum: bytes, key: str, encoding: Encoding | None, digest: DecodingHash,
+                         data: bytes) -> PutOutcome:
+        length = self._verify_body(checksum, digest)
+        if encoding is not None:
+            await self._put_sidecar(checksum.hex(), length)
+        try:
+            await self._call("put", key, obstore.put_async(self.store, key, data, mode="create"))
+        except CONFLICT:
+            return PutOutcome.PRESENT
+        return PutOutcome.STORED
+
+    async def _put_sidecar(self, checksum_hex: str, length: int) -> None:
+        key = self.keys.sidecar(checksum_hex)
+        await self._call("put", key, obstore.put_async(self.store, key, str(length).encode()))
+
+    async def _put_multipart(self, checksum: bytes, key: str, encoding: Encoding | None, digest: DecodingHash,
+                             first: list[bytes], batches: AsyncIterator[bytes]) -> PutOutcome:
+        """Upload while hashing; complete only once the body hashed right, else abort."""
+        queue: asyncio.Queue = asyncio.Queue(QUEUE_DEPTH)
+        upload = asyncio.ensure_future(self._call("multipart put", key, obstore.put_async(
+            self.store, key, _drain(queue), use_multipart=True, chunk_size=self.part_size,
+            max_concurrency=UPLOAD_CONCURRENCY)))
+        try:
+            for batch in first:
+                await self._feed(queue, upload, digest, batch)
+            async for batch in batches:
+                await self._feed(queue, upload, digest, batch)
+            length = self._verify_body(checksum, digest)
+            if encoding is not None:
+                await self._put_sidecar(checksum.hex(), length)
+            await self._feed(queue, upload, None, _DONE)
+            await asyncio.shield(upload)
+        except BaseException:
+            await _abandon(queue, upload)
+            raise
+        return PutOutcome.STORED
+
+    async def _feed(self, queue: asyncio.Queue, upload: asyncio.Future, digest: DecodingHash | None,
+                    item: Any) -> None:
+        """Hash a batch and hand it to the uploader (unless the upload failed meanwhile)."""
+        hashing = None
+        if digest is not None:
+            hashing = asyncio.ensure_future(self._hash(digest, item))
+        putting = asyncio.ensure_future(queue.put(item))
+        try:
+            await asyncio.wait({putting, upload}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not putting.done():
+                putting.cancel()
+            if hashing is not None:
+                await hashing
+        if not putting.done() or putting.cancelled():
+            upload.result()  # raises the upload's error
+            raise StorageUnavailable(f"Storage unavailable: an upload to {self.url} ended before its body")
+
+    async def promise(self, checksum: bytes) -> int:
+        if not self.writable:
+            raise ReadOnly.promise()
+        checksum_hex = checksum.hex()
+        if await self._find(checksum_hex) is None:
+            key = self.keys.promise(checksum_hex)
+            expiry = f"{time.time() + PROMISE_TTL:.3f}".encode()
+            await self._call("put", key, obstore.put_async(self.store, key, expiry))
+            self.metrics.promised()
+        return PROMISE_TTL
+
+    async def _resolve(self, checksum_hex: str) -> None:
+        """A stored buffer's promise is kept no longer (after the PUT: the object is there first)."""
+        key = self.keys.promise(checksum_hex)
+        try:
+            await self._call("delete", key, obstore.delete_async(self.store, key))
+        except (StorageUnavailable, *NOT_FOUND) as exc:
+            log.warning("could not remove the promise %s: %s", self.keys.where(key), exc)
+
+    def _in_background(self, coroutine) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coroutine)
+        except RuntimeError:
+            coroutine.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------- health and startup
+    async def _list_one(self) -> None:
+        """The cheapest call that needs the bucket and the credentials: one key of a listing."""
+        prefix = self.keys.prefix or None
+        stream = obstore.list(self.store, prefix=prefix, chunk_size=1)
+        try:
+            await self._call("list", self.keys.prefix, stream.__anext__())
+        except StopAsyncIteration:
+            pass
+
+    def health(self) -> str | None:
+        checked, problem = self._health
+        if time.monotonic() - checked >= HEALTH_EVERY and self._health_task is None:
+            try:
+                self._health_task = asyncio.get_running_loop().create_task(self._check_health())
+            except RuntimeError:
+                pass  # no event loop: the last result stands
+        return problem
+
+    async def _check_health(self) -> None:
+        try:
+            await self._list_one()
+            problem = None
+        except StorageUnavailable as exc:
+            problem = str(exc)
+        self._health = (time.monotonic(), problem)
+        self._health_task = None
+        self.metrics.health(problem is None)
+
+    async def _bucket_is_there(self) -> None:
+        """Before an answer "absent": the bucket still exists and answers (a HEAD of a key
+        in a deleted bucket is a plain 404), checked at most once a second."""
+        checked, problem = self._health
+        if time.monotonic() - checked >= HEALTH_EVERY:
+            await self._check_health()
+            checked, problem = self._health
+        if problem is not None:
+            raise StorageUnavailable(problem)
+
+    async def check(self) -> None:
+        """At startup: the bucket exists and takes the credentials, else ConfigError (one line)."""
+        directory, endpoint = self.setting_names
+        try:
+            await self._list_one()
+        except StorageUnavailable as exc:
+            if NO_BUCKET in str(exc.__cause__):
+                raise ConfigError(f"{directory}={self.url!r}: the bucket does not exist") from None
+            if _refused(exc.__cause__):
+                raise ConfigError(f"{directory}={self.url!r}: the object store refused the credentials "
+                                  f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): {_first_line(exc.__cause__)}") from None
+            raise ConfigError(f"{endpoint}={self.endpoint or 'default'!r}: the object store does not answer "
+                              f"for {self.url}: {_first_line(exc.__cause__ or exc)}") from None
+        self._health = (time.monotonic(), None)
+        if self.writable and self.keys.layout == "prefix":
+            await self._write_marker()
+
+    async def _write_marker(self) -> None:
+        """As a writable prefix-layout directory holds one (empty, as layout's marker is)."""
+        key = self.keys.marker()
+        if await self._head(key) is None:
+            try:
+                await self._call("put", key, obstore.put_async(self.store, key, b"", mode="create"))
+            except CONFLICT:
+                pass
+
+    async def abort_stale_uploads(self, older_than: float) -> int:
+        """Abort this prefix's incomplete multipart uploads started more than ``older_than`` s ago."""
+        config = dict(getattr(self.store, "config", None) or {})
+        signer = s3uploads.Signer.from_settings(self.keys.bucket, self.endpoint, config)
+        started = time.monotonic()
+        try:
+            count = await s3uploads.abort_older(signer, self.keys.bucket, self.keys.upload_prefix(), older_than)
+        except s3uploads.S3RequestError as exc:
+            self.metrics.object_store_call("abort stale uploads", "error", time.monotonic() - started)
+            raise StorageUnavailable(f"Storage unavailable: listing the uploads of {self.url} failed: {exc}") from exc
+        self.metrics.object_store_call("abort stale uploads", "ok", time.monotonic() - started)
+        return count
+
+    def close(self) -> None:
+        for task in (*self._background, self._health_task):
+            if task is not None:
+                task.cancel()
+
+
+def _refused(exc: BaseException | None) -> bool:
+    """Credentials refused (a listing's refusal comes as a generic error with its status)."""
+    return isinstance(exc, REFUSED) or re.search(r"status code: 40[13]\b", str(exc)) is not None
+
+
+def _setting_name(config: Config, attr: str) -> str:
+    try:
+        return config.name(attr)
+    except KeyError:
+        return "--" + attr.replace("_", "-")
+
+
+async def _read_up_to(batches: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The first batches of a body, until more than ``limit`` bytes; and whether it ended."""
+    first: list[bytes] = []
+    total = 0
+    async for batch in batches:
+        first.append(batch)
+        total += len(batch)
+        if total > limit:
+            return first, False
+    return first, True
+
+
+async def _drain(queue: asyncio.Queue) -> AsyncIterator[bytes]:
+    """What obstore uploads: the queue's batches until _DONE; _ABANDON aborts the upload."""
+    while True:
+        item = await queue.get()
+        if item is _DONE:
+            return
+        if item is _ABANDON:
+            raise _Abandoned()
+        yield item
+
+
+async def _abandon(queue: asyncio.Queue, upload: asyncio.Future) -> None:
+    """Make the upload abort (it takes _ABANDON next) and wait, bounded, until it has."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(_ABANDON)
+    await asyncio.wait({upload}, timeout=ABORT_WAIT)
+    if upload.done() and not upload.cancelled():
+        upload.exception()  # retrieved: the upload's own error is not the one to report
+
+
+async def _decoded(encoding: Encoding, data: bytes) -> AsyncIterator[bytes]:
+    """A small compressed object's content, decoded piece by piece."""
+    decoder = Decoder(encoding)
+    for start in range(0, len(data), STREAM_CHUNK):
+        out = decoder.feed(data[start:start + STREAM_CHUNK])
+        if out:
+            yield out
+    tail = decoder.finish()
+    if tail:
+        yield tail

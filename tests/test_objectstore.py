@@ -1,0 +1,427 @@
+"""The object store (hashserver.objectstore) against a real S3: the session's SeaweedFS.
+
+Each test drives an ObjectStore in this process on a new bucket, and looks at the
+bucket with a plain obstore client: which objects exist, and which multipart uploads
+are left incomplete.  The thresholds (whole GET, small PUT, part size) are lowered so
+that multipart uploads and streamed reads happen with a few MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import os
+import time
+
+import pytest
+import zstandard
+from seaweedfs import (
+    SeaweedFS,
+    s3_bucket,  # noqa: F401  (fixtures)
+    seaweedfs,  # noqa: F401
+)
+
+from hashserver import s3uploads
+from hashserver.checksum import Hasher
+from hashserver.config import ConfigError
+from hashserver.objectstore import ObjectStore
+from hashserver.storage import ChecksumMismatch, CorruptBuffer, PutOutcome, ReadOnly, StillWriting, StorageUnavailable
+from hashserver.testing import free_port
+
+obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+
+MiB = 1 << 20
+BOUND = 60.0  # seconds: a bound against hangs, not a speed requirement
+
+
+def sha3(data: bytes) -> bytes:
+    return hashlib.sha3_256(data).digest()
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, BOUND))
+
+
+@pytest.fixture
+def s3_env(seaweedfs: SeaweedFS, monkeypatch):  # noqa: F811
+    """The standard AWS variables, as a deployment would set them."""
+    for name, value in seaweedfs.s3_env().items():
+        monkeypatch.setenv(name, value)
+    return seaweedfs
+
+
+def make_store(seaweedfs: SeaweedFS, bucket: str, prefix: str = "buffers", **options) -> ObjectStore:  # noqa: F811
+    settings = dict(endpoint=seaweedfs.s3_endpoint, layout="prefix", hasher=Hasher(), writable=True,
+                    max_body_size=1 << 34, wait_timeout=10.0, lock_timeout=120.0,
+                    whole_get=2 * MiB, small_put=1 * MiB, part_size=5 * MiB)
+    settings.update(options)
+    return ObjectStore(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}", **settings)
+
+
+@pytest.fixture
+def bucket_store(s3_env, s3_bucket):  # noqa: F811
+    """(ObjectStore on s3://bucket/buffers, a raw obstore client on the bucket, the bucket)."""
+    store = make_store(s3_env, s3_bucket)
+    yield store, s3_env.s3_store(s3_bucket), s3_bucket
+    store.close()
+
+
+def keys(raw) -> set[str]:
+    return {entry["path"] for batch in obstore.list(raw) for entry in batch}
+
+
+def incomplete_uploads(seaweedfs: SeaweedFS, bucket: str) -> list:  # noqa: F811
+    signer = s3uploads.Signer.from_settings(bucket, seaweedfs.s3_endpoint, {})
+    return s3uploads.list_uploads(signer, bucket, "")
+
+
+async def body_of(data: bytes, piece: int = 256 << 10, fail_after: int | None = None):
+    """A request body: ``data`` in pieces; raising ConnectionResetError after ``fail_after`` bytes."""
+    for start in range(0, len(data), piece):
+        if fail_after is not None and start >= fail_after:
+            raise ConnectionResetError("the client went away")
+        yield data[start:start + piece]
+        await asyncio.sleep(0)
+
+
+async def read_all(readable) -> bytes:
+    if readable.content is not None:
+        return readable.content
+    return b"".join([chunk async for chunk in readable.chunks()])
+
+
+def key_of(checksum: bytes, suffix: str = "", prefix: str = "buffers") -> str:
+    return f"{prefix}/{checksum.hex()[:2]}/{checksum.hex()}{suffix}"
+
+
+# ------------------------------------------------------------------ round trips
+def test_small_buffer_round_trip(bucket_store):
+    store, raw, _ = bucket_store
+    data = os.urandom(1000)
+    checksum, absent = sha3(data), sha3(b"absent")
+
+    async def scenario():
+        assert await store.put(checksum, body_of(data)) is PutOutcome.STORED
+        assert await store.has(checksum + absent) == [True, False]
+        assert await store.lengths(checksum + absent) == [1000, 0]
+        assert await read_all(await store.open(checksum)) == data
+        assert await store.open(absent) is None
+        assert await store.put(checksum, body_of(data)) is PutOutcome.PRESENT
+
+    run(scenario())
+    assert keys(raw) == {key_of(checksum)}  # exactly where a prefix-layout directory holds it
+
+
+def test_large_buffer_goes_up_in_parts_and_is_streamed(bucket_store, seaweedfs):  # noqa: F811
+    store, raw, bucket = bucket_store
+    data = os.urandom(12 * MiB)
+    checksum = sha3(data)
+
+    async def scenario():
+        assert await store.put(checksum, body_of(data, MiB)) is PutOutcome.STORED
+        readable = await store.open(checksum)
+        assert readable.content is None and readable.length == len(data)
+        assert await read_all(readable) == data
+        assert await store.lengths(checksum) == [len(data)]
+        assert await store.put(checksum, body_of(data, MiB)) is PutOutcome.PRESENT
+
+    run(scenario())
+    assert obstore.head(raw, key_of(checksum))["e_tag"].endswith('-3"')  # a multipart object: 5+5+2 MiB
+    assert incomplete_uploads(seaweedfs, bucket) == []
+
+
+def test_flat_layout_and_whole_bucket(s3_env, s3_bucket):  # noqa: F811
+    store = make_store(s3_env, s3_bucket, prefix="", layout="flat")
+    data = b"flat"
+    run(store.put(sha3(data), body_of(data)))
+    assert keys(s3_env.s3_store(s3_bucket)) == {sha3(data).hex()}
+
+
+def test_a_read_only_store_refuses_writes(s3_env, s3_bucket):  # noqa: F811
+    store = make_store(s3_env, s3_bucket, writable=False)
+    with pytest.raises(ReadOnly):
+        run(store.put(sha3(b"x"), body_of(b"x")))
+    with pytest.raises(ReadOnly):
+        run(store.promise(sha3(b"x")))
+
+
+# ------------------------------------------------------------ refused and cut uploads
+@pytest.mark.parametrize("size", [1000, 8 * MiB], ids=["small", "multipart"])
+def test_wrong_checksum_leaves_nothing(bucket_store, seaweedfs, size):  # noqa: F811
+    store, raw, bucket = bucket_store
+    with pytest.raises(ChecksumMismatch):
+        run(store.put(sha3(b"something else"), body_of(os.urandom(size))))
+    assert keys(raw) == set()
+    assert incomplete_uploads(seaweedfs, bucket) == []
+
+
+def test_a_cut_body_leaves_no_object_and_no_upload(bucket_store, seaweedfs):  # noqa: F811
+    store, raw, bucket = bucket_store
+    data = os.urandom(16 * MiB)
+    with pytest.raises(ConnectionResetError):
+        run(store.put(sha3(data), body_of(data, fail_after=11 * MiB)))
+    assert keys(raw) == set()
+    assert incomplete_uploads(seaweedfs, bucket) == []
+
+
+def test_a_cancelled_upload_leaves_no_object_and_no_upload(bucket_store, seaweedfs):  # noqa: F811
+    store, raw, bucket = bucket_store
+    data = os.urandom(16 * MiB)
+    stalled = asyncio.Event()
+
+    async def body():
+        async for piece in body_of(data[: 11 * MiB]):
+            yield piece
+        stalled.set()
+        await asyncio.Event().wait()  # the client stops sending; the server cancels the handler
+
+    async def scenario():
+        task = asyncio.ensure_future(store.put(sha3(data), body()))
+        await stalled.wait()
+        await asyncio.sleep(0.5)  # parts are on their way
+        assert incomplete_uploads(seaweedfs, bucket) != []  # (a blocking call: the upload waits meanwhile)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(scenario())
+    assert keys(raw) == set()
+    assert incomplete_uploads(seaweedfs, bucket) == []
+
+
+@pytest.mark.parametrize("size", [1000, 8 * MiB], ids=["small", "multipart"])
+def test_two_puts_of_one_buffer_at_once(bucket_store, seaweedfs, size):  # noqa: F811
+    store, raw, bucket = bucket_store
+    other = make_store(seaweedfs, bucket)  # a second host
+    data = os.urandom(size)
+    checksum = sha3(data)
+
+    async def scenario():
+        return await asyncio.gather(store.put(checksum, body_of(data)), other.put(checksum, body_of(data)))
+
+    outcomes = run(scenario())
+    assert set(outcomes) <= {PutOutcome.STORED, PutOutcome.PRESENT}
+    if size <= MiB:  # one conditional create wins
+        assert sorted(o.value for o in outcomes) == ["present", "stored"]
+    assert keys(raw) == {key_of(checksum)}
+    assert bytes(obstore.get(raw, key_of(checksum)).bytes()) == data
+    assert incomplete_uploads(seaweedfs, bucket) == []
+
+
+def test_conditional_create_is_honoured(bucket_store):
+    """SeaweedFS refuses a create-only PUT (If-None-Match: *) of an existing key: the
+    store relies on it (a duplicate write would be harmless, buffers being immutable)."""
+    _, raw, _ = bucket_store
+    obstore.put(raw, "k", b"first", mode="create")
+    with pytest.raises(obstore.exceptions.AlreadyExistsError):
+        obstore.put(raw, "k", b"second", mode="create")
+    assert bytes(obstore.get(raw, "k").bytes()) == b"first"
+
+
+# ------------------------------------------------------------------- corruption
+def test_a_corrupt_small_object_is_refused_before_sending(bucket_store, s3_bucket):  # noqa: F811
+    store, raw, _ = bucket_store
+    checksum = sha3(b"the real content")
+    obstore.put(raw, key_of(checksum), b"something else")
+    with pytest.raises(CorruptBuffer) as caught:
+        run(store.open(checksum))
+    assert str(caught.value) == (f"File corruption: file at path s3://{s3_bucket}/{key_of(checksum)} "
+                                 f"does not have the correct SHA3-256 checksum.")
+
+
+def test_a_corrupt_large_object_fails_before_its_last_byte(bucket_store):
+    store, raw, _ = bucket_store
+    data = os.urandom(6 * MiB)
+    checksum = sha3(data)
+    obstore.put(raw, key_of(checksum), data[:-1] + b"\0")
+    received = []
+
+    async def scenario():
+        readable = await store.open(checksum)  # streamed: the size is above whole_get
+        assert readable.length == len(data)
+        async for chunk in readable.chunks():
+            received.append(chunk)
+
+    with pytest.raises(CorruptBuffer, match="File corruption"):
+        run(scenario())
+    assert sum(map(len, received)) < len(data)
+
+
+# --------------------------------------------------------------------- promises
+def test_a_promise_is_kept_in_the_bucket_for_every_host(bucket_store, seaweedfs):  # noqa: F811
+    store, raw, bucket = bucket_store
+    other = make_store(seaweedfs, bucket)
+    data = os.urandom(5000)
+    checksum = sha3(data)
+
+    async def scenario():
+        assert await store.promise(checksum) > 0
+        assert await other.has(checksum) == [True]
+        assert await other.has(checksum, promised=False) == [False]
+        assert await other.lengths(checksum) == [1]
+        reading = asyncio.ensure_future(other.open(checksum))
+        await asyncio.sleep(0.5)
+        assert not reading.done()  # it waits for the promised buffer
+        await store.put(checksum, body_of(data))
+        assert await read_all(await reading) == data
+        for _ in range(100):  # the promise goes once the buffer is there
+            if key_of(checksum).replace(f"{checksum.hex()[:2]}/", ".promises/") not in keys(raw):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the promise outlived the PUT")
+
+    run(scenario())
+
+
+def test_a_promise_not_kept_runs_out_of_patience(bucket_store, seaweedfs):  # noqa: F811
+    store, _, bucket = bucket_store
+    impatient = make_store(seaweedfs, bucket, wait_timeout=1.0)
+    checksum = sha3(b"never comes")
+    run(store.promise(checksum))
+    with pytest.raises(StillWriting):
+        run(impatient.open(checksum))
+
+
+def test_no_promise_for_a_present_buffer(bucket_store):
+    store, raw, _ = bucket_store
+    data = b"present"
+    run(store.put(sha3(data), body_of(data)))
+    run(store.promise(sha3(data)))
+    assert keys(raw) == {key_of(sha3(data))}
+
+
+# ------------------------------------------------------------------- compression
+@pytest.mark.parametrize("token,suffix,compress", [("zstd", ".zst", zstandard.compress),
+                                                   ("gzip", ".gz", gzip.compress)])
+@pytest.mark.parametrize("size", [300_000, 3 * MiB], ids=["whole", "streamed"])
+def test_compressed_buffers(bucket_store, token, suffix, compress, size):
+    store, raw, _ = bucket_store
+    data = os.urandom(size // 2) * 2  # compresses, not to nothing
+    checksum = sha3(data)
+    encoded = compress(data)
+
+    async def scenario():
+        assert await store.put(checksum, body_of(encoded), token) is PutOutcome.STORED
+        assert await store.lengths(checksum) == [len(data)]
+        assert await store.has(checksum) == [True]
+        as_stored = await store.open(checksum, frozenset({token}))
+        assert (as_stored.encoding, as_stored.variant, as_stored.varies) == (token, suffix[1:], True)
+        assert await read_all(as_stored) == encoded
+        decoded = await store.open(checksum)
+        assert (decoded.encoding, decoded.length) == (None, len(data))
+        assert await read_all(decoded) == data
+
+    run(scenario())
+    assert keys(raw) == {key_of(checksum, suffix), key_of(checksum, ".BUFFERLENGTH")}
+    assert bytes(obstore.get(raw, key_of(checksum, ".BUFFERLENGTH")).bytes()) == str(len(data)).encode()
+
+
+def test_a_compressed_body_that_does_not_decode_to_its_checksum(bucket_store):
+    store, raw, _ = bucket_store
+    with pytest.raises(ChecksumMismatch):
+        run(store.put(sha3(b"other"), body_of(zstandard.compress(b"content")), "zstd"))
+    assert keys(raw) == set()
+
+
+def test_a_directory_synced_into_the_bucket_is_served(bucket_store, tmp_path):
+    """What ``aws s3 sync DIR s3://bucket/prefix`` does: every file of a buffer directory
+    becomes the object at its relative path."""
+    from conftest import add_buffer
+
+    store, raw, _ = bucket_store
+    plain = add_buffer(tmp_path, b"plain buffer")
+    packed = add_buffer(tmp_path, zstandard.compress(b"packed buffer"), checksum=sha3(b"packed buffer").hex(),
+                        suffix=".zst")
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            obstore.put(raw, f"buffers/{path.relative_to(tmp_path)}", path.read_bytes())
+
+    async def scenario():
+        assert await read_all(await store.open(bytes.fromhex(plain))) == b"plain buffer"
+        assert await read_all(await store.open(bytes.fromhex(packed))) == b"packed buffer"
+
+    run(scenario())
+
+
+# ----------------------------------------------------------------------- failures
+def test_an_unreachable_object_store_is_unavailable_not_absent(s3_env):
+    closed = f"http://127.0.0.1:{free_port()}"
+    store = make_store(s3_env, "nobucket", endpoint=closed)
+    checksum = sha3(b"x")
+
+    async def scenario():
+        for call in (store.has(checksum), store.lengths(checksum), store.open(checksum),
+                     store.put(checksum, body_of(b"x"))):
+            with pytest.raises(StorageUnavailable, match="nobucket"):
+                await call
+        assert store.health() is None  # not checked yet: the check runs in the background
+        for _ in range(200):
+            if store.health() is not None:
+                return store.health()
+            await asyncio.sleep(0.05)
+        raise AssertionError("health() never reported the failure")
+
+    assert "nobucket" in run(scenario())
+
+
+def test_health_is_cheap_and_cached(bucket_store):
+    store, _, _ = bucket_store
+
+    async def scenario():
+        assert store.health() is None
+        await asyncio.sleep(0.3)
+        assert store._health_task is None  # the background check finished
+        assert store.health() is None
+
+    run(scenario())
+
+
+def test_check_names_the_setting(s3_env, s3_bucket, monkeypatch):  # noqa: F811
+    with pytest.raises(ConfigError, match=r"^directory='s3://no-such-bucket/p': the bucket does not exist"):
+        run(make_store(s3_env, "no-such-bucket", prefix="p").check())
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ConfigError, match=rf"^s3_endpoint='{closed}': the object store does not answer"):
+        run(make_store(s3_env, s3_bucket, endpoint=closed).check())
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(ConfigError, match="refused the credentials"):
+        run(make_store(s3_env, s3_bucket).check())
+
+
+def test_check_writes_the_prefix_marker_when_writable(s3_env, s3_bucket):  # noqa: F811
+    raw = s3_env.s3_store(s3_bucket)
+    run(make_store(s3_env, s3_bucket, writable=False).check())
+    assert keys(raw) == set()
+    run(make_store(s3_env, s3_bucket).check())
+    assert keys(raw) == {"buffers/.HASHSERVER_PREFIX"}
+    assert bytes(obstore.get(raw, "buffers/.HASHSERVER_PREFIX").bytes()) == b""
+    run(make_store(s3_env, s3_bucket).check())  # a second host: the marker stays
+
+
+def test_stale_uploads_under_the_prefix_are_aborted(bucket_store, seaweedfs):  # noqa: F811
+    store, _, bucket = bucket_store
+    signer = s3uploads.Signer.from_settings(bucket, seaweedfs.s3_endpoint, {})
+    for key in ("buffers/ab/left-by-a-killed-host", "elsewhere/x"):
+        s3uploads.send(signer.request("POST", f"/{bucket}/{key}", {"uploads": ""}))
+    assert run(store.abort_stale_uploads(3600)) == 0  # younger than that: kept
+    time.sleep(1.1)  # S3 dates an upload to the second
+    assert run(store.abort_stale_uploads(1)) == 1
+    assert [u.key for u in incomplete_uploads(seaweedfs, bucket)] == ["elsewhere/x"]
+
+
+def test_a_vanished_bucket_is_unavailable_not_absent(s3_env, s3_bucket):  # noqa: F811
+    """A HEAD in a deleted bucket is a plain 404: "absent" is said only once the bucket
+    answers a listing (at most once a second, as the directory store stats its directory)."""
+    store = make_store(s3_env, s3_bucket)
+    checksum = sha3(b"x")
+    assert run(store.has(checksum)) == [False]
+    signer = s3uploads.Signer.from_settings(s3_bucket, s3_env.s3_endpoint, {})
+    s3uploads.send(signer.request("DELETE", f"/{s3_bucket}", {}))
+    time.sleep(1.1)  # past the cached check
+
+    async def scenario():
+        for call in (store.has(checksum), store.lengths(checksum), store.open(checksum)):
+            with pytest.raises(StorageUnavailable, match="does not exist"):
+                await call
+
+    run(scenario())
