@@ -27,15 +27,6 @@ from typing import ClassVar
 
 STATUS_ENV = "HASHSERVER_STATUS_FILE"
 POLL = 0.05
-# Sanic 25.12's main process hangs (until it gives up after 30 s) when SIGINT
-# arrives while it still waits for its workers' acknowledgements: it polls them
-# every 0.1 s, so it may not have seen the last one when the status file says
-# every worker is serving.  Wait this long after "running" before anyone can stop it.
-SETTLE = 0.5
-# The same for a server whose status does not list its workers: it says "running"
-# once the first one answers (0.5 s left 2 of 12 stops of a 2-worker server hanging
-# on a busy 2-core machine, 1.5 s none of 16).
-SETTLE_WORKERS_UNKNOWN = 1.5
 FAILED_EXIT_WAIT = 10.0  # a server that reported "failed" is about to exit
 
 
@@ -150,7 +141,6 @@ class ServerProcess:
                 raise RuntimeError(f"{self} not ready after {timeout:g} s (status {self._status}):\n"
                                    f"{self._tail()}")
             time.sleep(POLL)
-        time.sleep(SETTLE if "workers" in self._status else SETTLE_WORKERS_UNKNOWN)
         return self._status
 
     def _ready(self) -> bool:
