@@ -50,15 +50,15 @@ class Sweeper:
     """A main process's index publisher over a real directory, expiring
     promises into a metrics directory of its own; refreshed by hand."""
 
-    def __init__(self, root: Path, metrics_dir: str, ttl: float = PROMISE_TTL, kind: type[Promises] = Promises):
+    def __init__(self, root: Path, ttl: float = PROMISE_TTL, kind: type[Promises] = Promises):
         self.root = root
+        self.metrics_dir = prepare_directory(f"{root}-metrics")
         self.search_path = SearchPath(make_layout("prefix", str(root)), [make_layout("flat", str(root / "extra"))])
         self.promises = kind(self.search_path, ttl)
-        self.metrics_dir = metrics_dir
         self.store = GenerationStore.create()
         self.publisher = IndexPublisher(self.search_path, self.store)
         self.publisher.build()
-        metrics = Metrics(metrics_dir)
+        metrics = Metrics(self.metrics_dir)
         metrics.fold()  # zeros, as a server's workers fold them at their start
         self.publisher.expire_promises(self.promises, metrics)
 
@@ -77,25 +77,20 @@ class Sweeper:
 
     def close(self) -> None:
         self.store.remove()
+        remove_directory(self.metrics_dir)
 
 
 @pytest.fixture
-def metrics_dir(tmp_path, monkeypatch) -> str:
+def make_sweeper(tmp_path, monkeypatch):
+    """``make_sweeper(ttl=..., kind=...)``: a :class:`Sweeper` over a new directory
+    (``PROMETHEUS_MULTIPROC_DIR`` restored afterwards)."""
     monkeypatch.delenv(ENV, raising=False)
-    path = prepare_directory(str(tmp_path / "metrics"))
-    yield path
-    remove_directory(path)
-
-
-@pytest.fixture
-def make_sweeper(tmp_path, metrics_dir):
-    """``make_sweeper(ttl=..., kind=...)``: a :class:`Sweeper` over a new directory."""
     made = []
 
     def make(**kw) -> Sweeper:
         root = tmp_path / f"buffers-{len(made)}"
         root.mkdir()
-        made.append(Sweeper(root, metrics_dir, **kw))
+        made.append(Sweeper(root, **kw))
         return made[-1]
 
     yield make
