@@ -5,14 +5,25 @@ told not to check (``--verify never``).  Small plain buffers are read whole,
 hashed and kept in a per-worker cache (keyed by the file's identity, so a
 replaced file is never served from it); larger files are hashed once per
 version (``--verify once``) or on every read (``always``).
+
+A file that was found (listed by the index, or stat'ed) but cannot be opened
+("No such file or directory") is not a corrupt buffer: on a distributed file
+system, another host's new file may be listed before this host can open it
+(on SeaweedFS mounts, up to the metadata cache's time to live).  The reader
+looks again with a growing pause, for :data:`SETTLE_BUDGET` seconds at most,
+never blocking the event loop; a file then gone for the stat too is absent
+(404, as ``/has`` then says); one still listed but not openable is a
+storage fault (503): the buffer may well exist, so "absent" would be a lie
+that a later answer contradicts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from .bufferfile import BufferFile, FileIdentity, identity_of
 from .checksum import Hasher
@@ -23,6 +34,40 @@ from .metrics import Metrics
 from .storage import CorruptBuffer, Readable, StillWriting
 
 SMALL_BUFFER = 1 << 20  # read whole into memory (and cacheable) up to this size
+SETTLE_BUDGET = 2.0  # seconds a found file that cannot be opened is looked for again
+SETTLE_FIRST = 0.05  # the first pause; each next one is twice as long
+T = TypeVar("T")
+
+
+class Settling:
+    """Growing pauses while a file system's view settles: :data:`SETTLE_BUDGET` seconds in all."""
+
+    def __init__(self, budget: float = SETTLE_BUDGET):
+        self.end = time.monotonic() + budget
+        self.interval = SETTLE_FIRST
+
+    async def pause(self) -> bool:
+        """Sleep the next pause; False, at once, when the budget is spent."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(self.interval, left))
+        self.interval *= 2
+        return True
+
+    async def retry(self, attempt: Callable[[], Awaitable[T]], path: str) -> T:
+        """``attempt()``, again after each pause while it raises FileNotFoundError."""
+        while True:
+            try:
+                return await attempt()
+            except FileNotFoundError:
+                if not await self.pause():
+                    raise _unopenable(path) from None
+
+
+def _unopenable(path: str) -> FileNotFoundError:
+    """The storage fault of a file found but not openable (the answer is 503, never "absent")."""
+    return FileNotFoundError(errno.ENOENT, f"found, but not openable for {SETTLE_BUDGET:g} s", path)
 
 
 class BufferReader:
@@ -52,6 +97,8 @@ class BufferReader:
         (waiting until ``deadline`` at most); None if absent.  Raises
         :class:`StillWriting` if it is absent and still locked or promised then."""
         buffer = self.lookups.find(checksum)
+        if buffer is None and self._listed(checksum):
+            buffer = await self._find_listed(checksum)
         if buffer is not None:
             return buffer
         locks = self._read_locks(checksum)
@@ -74,9 +121,11 @@ class BufferReader:
         for attempt in range(2):
             if buffer is None:
                 return None
-            readable = await self._open_verified(checksum, buffer, accepted)
+            buffer, readable = await self._open_settled(checksum, buffer, accepted)
             if readable is not None:
                 return readable
+            if buffer is None:
+                return None
             if attempt or not await self.locks.wait_until_free(self._read_locks(checksum), deadline):
                 break
             buffer = self.lookups.find(checksum)
@@ -84,6 +133,38 @@ class BufferReader:
             f"File corruption: file at path {buffer.path} does not have the correct "
             f"{self.hasher.display_name} checksum."
         )
+
+    def _listed(self, checksum: bytes) -> bool:
+        """Does the lookup ``/has-now`` answers from say the buffer is there?"""
+        return bool(self.lookups.lookup(checksum, promised=False, with_lengths=False).present[0])
+
+    async def _find_listed(self, checksum: bytes) -> BufferFile | None:
+        """A buffer the lookup lists but no stat finds: looked for again while
+        the file system's view settles; absent once the lookup agrees.  Raises
+        FileNotFoundError (a storage fault, 503) if both views still disagree."""
+        settling = Settling()
+        while await settling.pause():
+            buffer = self.lookups.find(checksum)
+            if buffer is not None or not self._listed(checksum):
+                return buffer
+        raise _unopenable(self.lookups.search_path.publish_path(checksum.hex()))
+
+    async def _open_settled(self, checksum: bytes, buffer: BufferFile,
+                            accepted: frozenset[str]) -> tuple[BufferFile | None, Readable | None]:
+        """:meth:`_open_verified`, looking for the file again while it is found but
+        not openable.  Returns the buffer as last found (None: gone, absent) and
+        the readable (None: its content is wrong).  Raises FileNotFoundError (a
+        storage fault, 503) if it is still found and not openable."""
+        settling = Settling()
+        while True:
+            try:
+                return buffer, await self._open_verified(checksum, buffer, accepted)
+            except FileNotFoundError:
+                if not await settling.pause():
+                    raise _unopenable(buffer.path) from None
+            buffer = self.lookups.find(checksum)
+            if buffer is None:
+                return None, None
 
     async def _wait_for_promise(self, checksum: bytes, deadline: float) -> BufferFile | None:
         """While the buffer is promised, wait (until ``deadline``) for it to arrive."""
@@ -112,16 +193,13 @@ class BufferReader:
         return _opened(buffer, encoded)
 
     def _read_small(self, checksum: bytes, buffer: BufferFile) -> bytes | None:
-        """A small plain buffer's verified content (cached), or None if wrong or gone."""
+        """A small plain buffer's verified content (cached), or None if wrong."""
         cached = self.cached(buffer)
         if cached is not None:
             return cached
-        try:
-            with open(buffer.path, "rb", buffering=0) as f:
-                identity = identity_of(os.fstat(f.fileno()))
-                content = f.read()
-        except FileNotFoundError:
-            return None
+        with open(buffer.path, "rb", buffering=0) as f:
+            identity = identity_of(os.fstat(f.fileno()))
+            content = f.read()
         self.metrics.small_buffer(False)
         if self.verify != "never":
             correct = self.hasher.digest(content) == checksum
@@ -151,10 +229,15 @@ class BufferReader:
             return buffer.size
         known = self._lengths.get(buffer.identity)
         if known is None:
-            known = buffer.sidecar_length()
+            known = await Settling().retry(lambda: self._measured_length(buffer), buffer.path)
+        self._lengths[buffer.identity] = known
+        return known
+
+    @staticmethod
+    async def _measured_length(buffer: BufferFile) -> int:
+        known = buffer.sidecar_length()
         if known is None:
             known = await asyncio.get_running_loop().run_in_executor(None, _decoded_size, buffer)
-        self._lengths[buffer.identity] = known
         return known
 
     async def _decoded(self, buffer: BufferFile) -> AsyncIterator[bytes]:
@@ -171,12 +254,9 @@ class BufferReader:
             self.verified.add(buffer.identity)
 
 
-def _opened(buffer: BufferFile, readable: Readable) -> Readable | None:
-    """``readable`` with the buffer's file open to send as it is; None if it is gone."""
-    try:
-        readable.file = open(buffer.path, "rb", buffering=0)
-    except FileNotFoundError:
-        return None
+def _opened(buffer: BufferFile, readable: Readable) -> Readable:
+    """``readable`` with the buffer's file open to send as it is."""
+    readable.file = open(buffer.path, "rb", buffering=0)
     return readable
 
 

@@ -5,6 +5,16 @@ Guarantees: a reader sees either no file or the whole, correct file under a
 checksum's name; an interrupted, wrong or failed upload leaves nothing behind
 (after ``kill -9``, the next start removes this host's dead writers'
 temporary files and locks, and other readers ignore stale locks).
+
+Publication: on a local file system by hard link, which never replaces a
+file (exact "first one wins").  Where other hosts share the directory (NFS,
+Lustre, CephFS, GlusterFS, FUSE mounts such as SeaweedFS: :mod:`.filesystems`)
+by ``rename``, the one step those honour whole-or-nothing on every mount (a
+name published by hard link on one SeaweedFS mount stayed unopenable on
+another until it remounted).  ``rename`` replaces, so the writer first checks
+that the name is free; two hosts publishing the same buffer at the same moment
+may both rename, the second replacing the first's file with the same, verified
+bytes: harmless (a reader holding the first open keeps reading it).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from .bufferfile import DecodingHash
 from .checksum import Hasher
 from .compression import Encoding
 from .files import BUFFER_MODE, make_group_dir, unlink_quietly, write_small_file
+from .filesystems import is_network_file_system
 from .layout import LOCK_SUFFIX, SearchPath, is_buffer_name, sidecar_path, temp_owner, temp_path
 from .locks import HeldLock, LockProtocol
 from .owner import pid_is_dead
@@ -76,14 +87,17 @@ class BufferWriter:
     """Writes into the main directory of ``search_path``.
 
     ``exists`` says whether a buffer is present already (an exact lookup);
-    ``published`` is told the path of each file this writer publishes.
+    ``published`` is told the path of each file this writer publishes;
+    ``by_rename``: publish by ``rename`` (default: where the main directory is
+    on a file system shared with other hosts, looked up once, here).
     """
 
     def __init__(self, search_path: SearchPath, hasher: Hasher, locks: LockProtocol,
                  promises: Promises | None, max_body_size: int,
                  exists: Callable[[bytes], bool], published: Callable[[str], None],
-                 pace: BodyPace | None = None):
+                 pace: BodyPace | None = None, by_rename: bool | None = None):
         self.search_path = search_path
+        self.by_rename = is_network_file_system(search_path.main.root) if by_rename is None else by_rename
         self.hasher = hasher
         self.locks = locks
         self.promises = promises
@@ -142,27 +156,12 @@ class BufferWriter:
                                      str(length).encode(), BUFFER_MODE)
                 await self.locks.wait_until_free(self.search_path.global_locks(checksum_hex))
                 os.chmod(tmp, BUFFER_MODE)
-                published = self._publish(tmp, final)
+                published = _rename_if_free(tmp, final) if self.by_rename else _link(tmp, final)
             finally:
                 unlink_quietly(tmp)
         if published:
             self.published(final)
         return PutOutcome.STORED if published else PutOutcome.PRESENT
-
-    @staticmethod
-    def _publish(tmp: str, final: str) -> bool:
-        """Link the verified file into place; False if the buffer got there first."""
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
-            if os.path.exists(final):  # a file system without hard links
-                return False
-            os.rename(tmp, final)
-        return True
 
     async def _batches(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The body in batches of about BATCH bytes, enforcing the maximum size."""
@@ -205,6 +204,32 @@ class BufferWriter:
                 await pending
         if fd is not None:
             await loop.run_in_executor(None, os.fsync, fd)
+
+
+def _link(tmp: str, final: str) -> bool:
+    """Link the verified file into place; False if the buffer got there first."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        return _rename_if_free(tmp, final)  # a file system without hard links
+    return True
+
+
+def _rename_if_free(tmp: str, final: str) -> bool:
+    """Rename the verified file into place unless the name is taken; False if it is.
+
+    Content-addressed: a file under the name holds these bytes already (or
+    will, by its own writer's verification), so the temporary file is dropped.
+    The check and the rename are two steps: a writer elsewhere may publish in
+    between, and is then replaced by the same bytes."""
+    if os.path.lexists(final):
+        return False
+    os.rename(tmp, final)
+    return True
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
