@@ -1,0 +1,374 @@
+"""A local buffer directory in front of another store: the cache tier of an
+``s3://`` store (issue 13), in front of any :class:`~hashserver.storage.Storage`.
+
+What the tier holds it answers at local speed; everything else goes to the
+store behind it (the back store), which is the truth shared by every host.
+A buffer enters the tier only once the back store holds it: after its PUT
+there succeeded, or as it is read from there (verified by the back store,
+and hashed again by the tier's own writer, under its lock, so that the tier
+never holds a wrong or partial file).  Filling the tier never delays or fails
+a request: a failing tier is logged and counted, and the request goes to the
+back store.  Its size is bounded by the main process (:mod:`.eviction`);
+the workers mark the files they serve as recently used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import AsyncIterator, Awaitable, Callable, Iterable
+
+from .compression import for_content_encoding
+from .directory import DirectoryStore
+from .eviction import mark_used
+from .files import unlink_quietly
+from .metrics import Metrics
+from .storage import (
+    CorruptBuffer,
+    DiskFull,
+    Fast,
+    PutOutcome,
+    Readable,
+    ReadOnly,
+    StillWriting,
+    Storage,
+    StorageUnavailable,
+)
+
+log = logging.getLogger("hashserver")
+
+LOCAL_FAILURES = (StorageUnavailable, DiskFull, OSError)
+FILL_QUEUE = 8  # chunks on their way from a stream to the tier's writer
+FILE_CHUNK = 1 << 20
+TOUCH_EVERY = 60.0  # seconds: a file served from the tier is marked used at most this often
+TOUCHED_MAX = 100_000  # remembered marks, before the old ones are forgotten
+LOG_EVERY = 10.0  # seconds between two warnings of a failing tier
+
+
+class Abandoned(Exception):
+    """The stream a fill copies ended early or failed: the tier stores nothing."""
+
+
+class LocalFill:
+    """A copy of a stream on its way into the tier.
+
+    The tier's writer reads the chunks as they pass (at most
+    :data:`FILL_QUEUE` behind) and publishes the file only once the stream
+    ended and :meth:`finish` says it was accepted; after :meth:`abandon`,
+    or when the writer fails, nothing is left and the stream goes on alone.
+    """
+
+    def __init__(self, tier: "TieredStore", checksum: bytes, encoding: str | None):
+        self._queue: asyncio.Queue = asyncio.Queue(FILL_QUEUE)
+        self._abandoned = False
+        self.task = tier.background(checksum, tier.store_local(checksum, self._chunks(), encoding))
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await self._queue.get()
+            if self._abandoned:
+                raise Abandoned()
+            if chunk is None:
+                return
+            yield chunk
+
+    async def _hand_on(self, item: bytes | None) -> None:
+        """Queue ``item``, waiting while the writer is behind; dropped once it failed."""
+        if self.task.done():
+            return
+        if not self._queue.full():
+            self._queue.put_nowait(item)
+            return
+        put = asyncio.ensure_future(self._queue.put(item))
+        await asyncio.wait({put, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+
+    async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``body``, each chunk handed on to the tier first."""
+        async for chunk in body:
+            await self._hand_on(chunk)
+            yield chunk
+
+    async def finish(self) -> None:
+        """The stream was whole and accepted: let the writer publish it."""
+        await self._hand_on(None)
+        await asyncio.wait({self.task})
+
+    def abandon(self) -> None:
+        self._abandoned = True
+        if not self._queue.full():
+            self._queue.put_nowait(None)  # wakes the writer; it raises Abandoned
+
+
+class TieredStore:
+    """A local :class:`DirectoryStore` (the tier, always writable; with the
+    extra directories) in front of ``back``.
+
+    ``fill``: store what passes in the tier (False: the local directories
+    are only read).  ``stored`` is told the bytes of each file the tier
+    gains (the main process's evictor counts them).  ``touch_every``: how
+    often a file served from the tier is marked used, at most.
+    """
+
+    def __init__(self, local: DirectoryStore, back: Storage, metrics: Metrics | None = None, fill: bool = True,
+                 stored: Callable[[int], None] | None = None, touch_every: float = TOUCH_EVERY):
+        self.local = local
+        self.back = back
+        self.writable = back.writable
+        self.metrics = metrics or Metrics.unobserved()
+        self.fill = fill
+        self.stored = stored or (lambda size: None)
+        self.touch_every = touch_every
+        self._touched: dict[bytes, float] = {}
+        self._filling: set[bytes] = set()
+        self._tasks: set[asyncio.Future] = set()
+        self._warned = float("-inf")
+
+    # ------------------------------------------------------------ reading
+    def peek(self, checksum: bytes) -> bytes | Fast:
+        """The tier's content when it holds it in memory; never ABSENT (the back store may hold it)."""
+        try:
+            found = self.local.peek(checksum)
+        except LOCAL_FAILURES as exc:
+            self._local_failed(exc)
+            return Fast.REGULAR
+        if isinstance(found, bytes):
+            self.metrics.local_tier(True)
+            self._touch(checksum)
+            return found
+        return Fast.REGULAR
+
+    async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
+        present = await self._local(self.local.has(checksums, promised=False))
+        if present is None:
+            return await self.back.has(checksums, promised)
+        missing = [i for i, here in enumerate(present) if not here]
+        if missing:
+            answers = await self.back.has(_select(checksums, missing), promised)
+            for i, answer in zip(missing, answers, strict=True):
+                present[i] = answer
+        return present
+
+    async def lengths(self, checksums: bytes) -> list[int]:
+        lengths = await self._local(self.local.lengths(checksums))
+        if lengths is None:
+            return await self.back.lengths(checksums)
+        missing = [i for i, length in enumerate(lengths) if not length]
+        if missing:
+            answers = await self.back.lengths(_select(checksums, missing))
+            for i, answer in zip(missing, answers, strict=True):
+                lengths[i] = answer
+        return lengths
+
+    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset()) -> Readable | None:
+        """From the tier when it holds the buffer; else from the back store,
+        filling the tier on the way."""
+        readable = await self._open_local(checksum, accepted)
+        if readable is not None:
+            return readable
+        readable = await self.back.open(checksum, accepted)
+        if readable is None or not self.fill or checksum in self._filling:
+            return readable
+        return self._filled_from(checksum, readable)
+
+    async def _open_local(self, checksum: bytes, accepted: frozenset[str]) -> Readable | None:
+        """The tier's copy, if it has one.  A buffer the tier does not hold is
+        no reason to wait for its locks: it may be being filled, slowly."""
+        buffer = None
+        try:
+            buffer = self.local.lookups.find(checksum)
+            readable = None if buffer is None else await self.local.open(checksum, accepted)
+        except CorruptBuffer as exc:
+            log.error("local tier: %s; removed, reading from the back store", exc)
+            if buffer is not None and buffer.path.startswith(self.local.search_path.main.root + os.sep):
+                unlink_quietly(buffer.path)
+            readable = None
+        except StillWriting:
+            readable = None
+        except LOCAL_FAILURES as exc:
+            self._local_failed(exc)
+            readable = None
+        self.metrics.local_tier(readable is not None)
+        if readable is not None:
+            self._touch(checksum)
+        return readable
+
+    def _filled_from(self, checksum: bytes, readable: Readable) -> Readable:
+        """``readable``, its content also stored in the tier: at once when it
+        is in memory or an open file; else as its chunks are sent."""
+        if readable.content is not None:
+            self.background(checksum, self.store_local(checksum, _aiter((readable.content,)), readable.encoding))
+            return readable
+        if readable.file is not None:
+            self.background(checksum, self._store_file(checksum, os.dup(readable.file.fileno()), readable))
+            return readable
+        return replace(readable, chunks=self._teed_chunks(checksum, readable))
+
+    def _teed_chunks(self, checksum: bytes, readable: Readable) -> Callable[[], AsyncIterator[bytes]]:
+        source = readable.chunks
+        assert source is not None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            if checksum in self._filling:
+                async for chunk in source():
+                    yield chunk
+                return
+            fill = LocalFill(self, checksum, readable.encoding)
+            try:
+                async for chunk in fill.tee(source()):
+                    yield chunk
+            except BaseException:  # a wrong object, a cut connection, a Range's end: nothing stored
+                fill.abandon()
+                raise
+            self.background(checksum, fill.finish())
+
+        return chunks
+
+    # ------------------------------------------------------------ writing
+    async def put(self, checksum: bytes, body: AsyncIterator[bytes],
+                  content_encoding: str | None = None) -> PutOutcome:
+        """Into the back store first; the tier's copy is published only once
+        the back store answered STORED or PRESENT."""
+        if not self.back.writable:
+            raise ReadOnly.put()
+        if not self.fill or checksum in self._filling or self._held_locally(checksum):
+            return await self.back.put(checksum, body, content_encoding)
+        fill = LocalFill(self, checksum, content_encoding)
+        try:
+            outcome = await self.back.put(checksum, fill.tee(body), content_encoding)
+        except BaseException:
+            fill.abandon()
+            raise
+        self.background(checksum, fill.finish())
+        return outcome
+
+    def _held_locally(self, checksum: bytes) -> bool:
+        try:
+            return self.local.lookups.find(checksum) is not None
+        except OSError:
+            return False
+
+    async def store_local(self, checksum: bytes, body: AsyncIterator[bytes], encoding: str | None) -> None:
+        """Write ``body`` into the tier with its writer (hashed, under its lock);
+        whatever goes wrong is the tier's problem, never the request's."""
+        counted = _Counted(body)
+        try:
+            outcome = await self.local.writer.put(checksum, counted, for_content_encoding(encoding))
+        except Abandoned:
+            return
+        except LOCAL_FAILURES as exc:
+            if isinstance(exc, OSError):
+                self.metrics.storage_error(exc)
+            self._local_failed(exc)
+            return
+        except Exception as exc:  # a stalled reader, a mismatch the back store let through
+            log.info("local tier: %s not stored: %s", checksum.hex(), exc or type(exc).__name__)
+            return
+        if outcome is PutOutcome.STORED:
+            self.stored(counted.size)
+
+    async def _store_file(self, checksum: bytes, fd: int, readable: Readable) -> None:
+        """Store an open file's content (its own descriptor, closed at the end)."""
+        try:
+            await self.store_local(checksum, _file_chunks(fd, readable.length), readable.encoding)
+        finally:
+            os.close(fd)
+
+    def background(self, checksum: bytes, work: Awaitable[None]) -> asyncio.Future:
+        """Fill the tier without holding up the response; one fill of a buffer at a time."""
+        self._filling.add(checksum)
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Future) -> None:
+            self._tasks.discard(task)
+            self._filling.discard(checksum)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("local tier: filling %s failed", checksum.hex(), exc_info=task.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def settled(self) -> None:
+        """Wait for the fills under way (tests; a worker's stop)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def promise(self, checksum: bytes) -> int:
+        return await self.back.promise(checksum)
+
+    # ------------------------------------------------------------ the rest
+    def health(self) -> str | None:
+        """The back store's: a failing tier is not a failing server (it is logged)."""
+        return self.back.health()
+
+    def close(self) -> None:
+        self.local.close()
+        self.back.close()
+
+    async def _local(self, answer: Awaitable[list]) -> list | None:
+        """The tier's answer, or None when the tier fails."""
+        try:
+            return await answer
+        except LOCAL_FAILURES as exc:
+            self._local_failed(exc)
+            return None
+
+    def _local_failed(self, exc: BaseException) -> None:
+        """Counted where it happened (the storage error metric); logged at most every LOG_EVERY s."""
+        now = time.monotonic()
+        if now - self._warned >= LOG_EVERY:
+            self._warned = now
+            log.warning("local tier failing, answering from the back store: %s", exc or type(exc).__name__)
+
+    def _touch(self, checksum: bytes) -> None:
+        """Mark the tier's file used (for the evictor), at most every ``touch_every`` s."""
+        now = time.monotonic()
+        if now - self._touched.get(checksum, float("-inf")) < self.touch_every:
+            return
+        if len(self._touched) >= TOUCHED_MAX:
+            self._touched = {key: at for key, at in self._touched.items() if now - at < self.touch_every}
+        self._touched[checksum] = now
+        mark_used(self.local.search_path, checksum.hex())
+
+
+class _Counted:
+    """An async iterator of chunks that counts their bytes."""
+
+    def __init__(self, body: AsyncIterator[bytes]):
+        self.body = body
+        self.size = 0
+
+    def __aiter__(self) -> "_Counted":
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.body.__anext__()
+        self.size += len(chunk)
+        return chunk
+
+
+def _select(checksums: bytes, positions: list[int]) -> bytes:
+    return b"".join(checksums[32 * i: 32 * i + 32] for i in positions)
+
+
+async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def _file_chunks(fd: int, length: int) -> AsyncIterator[bytes]:
+    """The ``length`` bytes of an open file, read in a thread with ``pread``:
+    the file's offset is left to its sender."""
+    loop = asyncio.get_running_loop()
+    offset = 0
+    while offset < length:
+        chunk = await loop.run_in_executor(None, os.pread, fd, min(FILE_CHUNK, length - offset), offset)
+        if not chunk:
+            raise Abandoned()
+        offset += len(chunk)
+        yield chunk

@@ -1,0 +1,395 @@
+"""The local cache tier (hashserver.tiered) in front of another store, and its
+bound (hashserver.eviction): in process, with a buffer directory as the back
+store, both assembled as a worker assembles its storage."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hashserver import Config
+from hashserver.directory import DirectoryStore
+from hashserver.eviction import TierEvictor, scan_tier
+from hashserver.layout import PrefixLayout
+from hashserver.runtime import MainProcess, Shared, open_storage, tier_config
+from hashserver.storage import ChecksumMismatch, Fast, PutOutcome, ReadOnly, StorageUnavailable
+from hashserver.tiered import TieredStore
+
+from conftest import add_buffer, buffer_path, leftovers, sha3
+
+
+class Stores:
+    """A tiered store over two directories: ``tier`` (the local tier) and ``back``."""
+
+    def __init__(self, root: Path, back_writable: bool = True):
+        self.tier, self.back_dir = root / "tier", root / "back"
+        self.tier.mkdir()
+        self.back_dir.mkdir()
+        self.mains: list[MainProcess] = []
+        self.local = self._open(tier_config(Config(str(self.back_dir)), str(self.tier)))
+        self.back = self._open(Config(str(self.back_dir), writable=back_writable))
+        self.added = multiprocessing.Value("q", 0)
+        self.store = TieredStore(self.local, self.back, stored=self._stored, touch_every=0)
+
+    def _open(self, config: Config) -> DirectoryStore:
+        main = MainProcess.start(config)
+        self.mains.append(main)
+        return open_storage(main.config, Shared.create(main))
+
+    def _stored(self, size: int) -> None:
+        self.added.value += size
+
+    def in_tier(self, checksum: str, suffix: str = "") -> bool:
+        return buffer_path(self.tier, checksum, suffix=suffix).exists()
+
+    def close(self) -> None:
+        self.store.close()
+        for main in self.mains:
+            main.stop()
+
+
+@pytest.fixture
+def hashserver_log(caplog):
+    """caplog for the server's logger (which does not propagate to the root logger)."""
+    logger = logging.getLogger("hashserver")
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def stores(tmp_path):
+    made: list[Stores] = []
+
+    def make(**options) -> Stores:
+        made.append(Stores(tmp_path, **options))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def stray(directory: Path) -> list[str]:
+    """Temporary files and locks: what an interrupted or refused write may leave."""
+    return [path for path in leftovers(directory) if not path.endswith((".gz", ".zst", ".BUFFERLENGTH"))]
+
+
+async def chunks(*parts: bytes):
+    for part in parts:
+        yield part
+
+
+def raw(checksum: str) -> bytes:
+    return bytes.fromhex(checksum)
+
+
+async def read_all(readable) -> bytes:
+    with readable:
+        if readable.content is not None:
+            return readable.content
+        if readable.file is not None:
+            return readable.file.read()
+        return b"".join([chunk async for chunk in readable.chunks()])
+
+
+# ------------------------------------------------------------------ reading
+def test_has_and_open_fill_the_tier_from_the_back_store(stores):
+    s = stores()
+    data = b"in the back store only"
+    cs = add_buffer(s.back_dir, data)
+    absent = sha3(b"nowhere")
+
+    async def scenario():
+        assert s.store.peek(raw(cs)) is Fast.REGULAR  # never ABSENT: the back store may hold it
+        assert s.store.peek(raw(absent)) is Fast.REGULAR
+        assert await s.store.has(raw(cs) + raw(absent)) == [True, False]
+        assert await s.store.lengths(raw(absent) + raw(cs)) == [0, len(data)]
+        assert not s.in_tier(cs)  # presence alone does not fill the tier
+        assert await read_all(await s.store.open(raw(cs))) == data
+        await s.store.settled()
+        assert s.in_tier(cs) and s.added.value == len(data)
+        os.unlink(buffer_path(s.back_dir, cs))  # from now on, only the tier holds it
+        assert await s.store.has(raw(cs)) == [True]
+        assert await s.store.lengths(raw(cs)) == [len(data)]
+        assert await read_all(await s.store.open(raw(cs))) == data
+        assert s.store.peek(raw(cs)) == data  # read once from the tier, now in memory
+        assert await s.store.open(raw(absent)) is None
+
+    asyncio.run(scenario())
+    assert stray(s.tier) == []
+
+
+def test_large_buffer_from_an_open_file_fills_the_tier(stores):
+    s = stores()
+    data = os.urandom(3 << 20)
+    cs = add_buffer(s.back_dir, data)
+
+    async def scenario():
+        readable = await s.store.open(raw(cs))
+        assert readable.file is not None  # sent zero-copy as before; the tier reads its own descriptor
+        assert await read_all(readable) == data
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    assert buffer_path(s.tier, cs).read_bytes() == data
+    assert s.added.value == len(data)
+
+
+def test_streamed_buffer_fills_the_tier_as_it_is_sent(stores):
+    s = stores()
+    data = b"compressed in the back store " * 1000
+    cs = sha3(data)
+    add_buffer(s.back_dir, gzip.compress(data), checksum=cs, suffix=".gz")
+
+    async def scenario():
+        readable = await s.store.open(raw(cs))  # gzip not accepted: decoded chunks
+        assert readable.chunks is not None and readable.encoding is None
+        assert not s.in_tier(cs)
+        assert await read_all(readable) == data
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    assert buffer_path(s.tier, cs).read_bytes() == data
+
+
+def test_stream_stored_as_sent_when_the_client_accepts_its_encoding(stores):
+    s = stores()
+    data = b"sent as stored " * 1000
+    cs = sha3(data)
+    add_buffer(s.back_dir, gzip.compress(data), checksum=cs, suffix=".gz")
+
+    async def scenario():
+        readable = await s.store.open(raw(cs), frozenset({"gzip"}))
+        assert readable.encoding == "gzip"
+        await read_all(readable)
+        await s.store.settled()
+        assert s.in_tier(cs, ".gz") and s.in_tier(cs, ".BUFFERLENGTH")
+        os.unlink(buffer_path(s.back_dir, cs, suffix=".gz"))
+        assert await s.store.lengths(raw(cs)) == [len(data)]
+        assert await read_all(await s.store.open(raw(cs))) == data  # decoded from the tier's copy
+
+    asyncio.run(scenario())
+
+
+def test_stream_cut_before_its_end_leaves_nothing_in_the_tier(stores):
+    s = stores()
+    data = b"a stream the client stops reading " * 100_000
+    cs = sha3(data)
+    add_buffer(s.back_dir, gzip.compress(data), checksum=cs, suffix=".gz")
+
+    async def scenario():
+        readable = await s.store.open(raw(cs))
+        stream = readable.chunks()
+        await stream.__anext__()
+        await stream.aclose()  # what a cut connection or a Range's end does
+        await s.store.settled()
+        await asyncio.sleep(0.2)  # the writer's own clean-up after the stream's end
+        assert not s.in_tier(cs)
+        assert await read_all(await s.store.open(raw(cs))) == data  # then a whole read fills it
+        await s.store.settled()
+        assert s.in_tier(cs)
+
+    asyncio.run(scenario())
+    assert stray(s.tier) == []
+
+
+def test_corrupt_tier_file_is_removed_and_read_from_the_back_store(stores, hashserver_log):
+    s = stores()
+    data = b"right content"
+    cs = add_buffer(s.back_dir, data)
+    add_buffer(s.tier, b"wrong content", checksum=cs)
+
+    async def scenario():
+        assert await read_all(await s.store.open(raw(cs))) == data
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    assert "File corruption" in hashserver_log.text
+    assert buffer_path(s.tier, cs).read_bytes() == data
+
+
+# ------------------------------------------------------------------ writing
+def test_put_goes_to_the_back_store_then_the_tier(stores):
+    s = stores()
+    data = b"stored through the tier"
+    cs = sha3(data)
+
+    async def scenario():
+        assert await s.store.put(raw(cs), chunks(data[:5], data[5:])) is PutOutcome.STORED
+        assert buffer_path(s.back_dir, cs).read_bytes() == data
+        await s.store.settled()
+        assert s.in_tier(cs)
+        assert await s.store.put(raw(cs), chunks(data)) is PutOutcome.PRESENT
+        wrong = sha3(b"something else")
+        with pytest.raises(ChecksumMismatch):
+            await s.store.put(raw(wrong), chunks(data))
+        await s.store.settled()
+        assert not s.in_tier(wrong) and not buffer_path(s.back_dir, wrong).exists()
+        compressed = b"compressed upload " * 100
+        ccs = sha3(compressed)
+        assert await s.store.put(raw(ccs), chunks(gzip.compress(compressed)), "gzip") is PutOutcome.STORED
+        await s.store.settled()
+        assert s.in_tier(ccs, ".gz") and buffer_path(s.back_dir, ccs, suffix=".gz").exists()
+
+    asyncio.run(scenario())
+    assert stray(s.tier) == [] and stray(s.back_dir) == []
+
+
+class RefusingBack:
+    """A back store whose PUT fails after reading the whole body (the bucket
+    refusing the upload at its end): the tier must not keep the buffer."""
+
+    def __init__(self, back: DirectoryStore):
+        self.back = back
+        self.writable = True
+
+    async def put(self, checksum, body, content_encoding=None):
+        async for _ in body:
+            pass
+        raise StorageUnavailable("Storage unavailable: the bucket refused the upload")
+
+    def __getattr__(self, name):
+        return getattr(self.back, name)
+
+
+def test_put_the_back_store_refuses_leaves_nothing_in_the_tier(stores):
+    s = stores()
+    s.store = TieredStore(s.local, RefusingBack(s.back), stored=s._stored)
+    data = b"refused by the bucket"
+    cs = sha3(data)
+
+    async def scenario():
+        with pytest.raises(StorageUnavailable):
+            await s.store.put(raw(cs), chunks(data))
+        await s.store.settled()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert not s.in_tier(cs) and s.added.value == 0
+    assert stray(s.tier) == []
+
+
+def test_read_only_back_store_refuses_put_but_fills_the_tier_on_reads(stores):
+    s = stores(back_writable=False)
+    data = b"read through a read-only server"
+    cs = add_buffer(s.back_dir, data)
+
+    async def scenario():
+        assert s.store.writable is False
+        with pytest.raises(ReadOnly):
+            await s.store.put(raw(cs), chunks(data))
+        with pytest.raises(ReadOnly):
+            await s.store.promise(raw(cs))
+        assert await read_all(await s.store.open(raw(cs))) == data
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    assert s.in_tier(cs)
+
+
+def test_promise_is_the_back_stores(stores):
+    s = stores()
+    data = b"promised"
+    cs = sha3(data)
+
+    async def scenario():
+        assert await s.store.promise(raw(cs)) > 0
+        assert await s.store.has(raw(cs)) == [True]
+        assert await s.store.has(raw(cs), promised=False) == [False]
+        assert await s.store.lengths(raw(cs)) == [1]
+
+    asyncio.run(scenario())
+    assert not s.in_tier(cs)
+
+
+# ------------------------------------------------------------ a failing tier
+def test_failing_tier_is_logged_and_requests_go_to_the_back_store(stores, hashserver_log):
+    s = stores()
+    kept = add_buffer(s.back_dir, b"in the back store")
+    data = b"stored while the tier fails"
+    cs = sha3(data)
+    shutil.rmtree(s.tier)
+
+    async def scenario():
+        assert s.store.peek(raw(kept)) is Fast.REGULAR
+        assert await s.store.has(raw(kept) + raw(cs)) == [True, False]
+        assert await s.store.lengths(raw(kept)) == [17]
+        assert await read_all(await s.store.open(raw(kept))) == b"in the back store"
+        assert await s.store.put(raw(cs), chunks(data)) is PutOutcome.STORED
+        await s.store.settled()
+        assert await s.store.has(raw(cs)) == [True]
+        assert s.store.health() is None  # the server is healthy: the back store is
+
+    asyncio.run(scenario())
+    assert "local tier failing" in hashserver_log.text
+    assert buffer_path(s.back_dir, cs).read_bytes() == data
+
+
+# ------------------------------------------------------------------ the bound
+def fill_tier(directory: Path, count: int, size: int, first: int = 0) -> list[str]:
+    """``count`` buffers of ``size`` bytes, each used a second after the last."""
+    made = []
+    for i in range(first, first + count):
+        cs = add_buffer(directory, i.to_bytes(4, "big") * (size // 4))
+        path = buffer_path(directory, cs)
+        os.utime(path, ns=(1_000_000_000 * (i + 1), path.stat().st_mtime_ns))
+        made.append(cs)
+    return made
+
+
+def test_scan_keeps_only_the_oldest_worth_the_target(tmp_path):
+    made = fill_tier(tmp_path, 20, 1024)
+    layout = PrefixLayout(str(tmp_path))
+    scan = scan_tier(layout, 3000)
+    assert scan.total == 20 * 1024
+    assert [Path(entry.paths[0]).name for entry in scan.oldest] == made[:3]
+    assert scan_tier(layout, 0).oldest == []
+    assert len(scan_tier(layout, 10**9).oldest) == 20
+
+
+def test_evictor_keeps_the_bound_least_recently_used_out_first(stores):
+    """3x the bound read through the tier; one buffer read between every two
+    others survives, and the tier stays within its bound."""
+    s = stores()
+    size, limit = 16 * 1024, 10 * 16 * 1024
+    evictor = TierEvictor(PrefixLayout(str(s.tier)), limit, s.added)
+    hot = add_buffer(s.back_dir, b"hot" * (size // 3))
+    others = [add_buffer(s.back_dir, i.to_bytes(4, "big") * (size // 4)) for i in range(30)]
+
+    async def scenario():
+        evicted = 0
+        for cs in others:
+            for checksum in (hot, cs):
+                await read_all(await s.store.open(raw(checksum)))
+                await s.store.settled()
+            evicted += evictor.check()
+            assert evictor.estimate <= limit
+            assert scan_tier(evictor.layout, 0).total <= limit
+        return evicted
+
+    evicted = asyncio.run(scenario())
+    assert evicted >= 15
+    assert s.in_tier(hot) and s.in_tier(others[-1]) and not s.in_tier(others[0])
+    assert stray(s.tier) == []
+
+
+def test_evictor_corrects_its_estimate_by_scanning(tmp_path):
+    fill_tier(tmp_path, 10, 1024)
+    added = multiprocessing.Value("q", 0)
+    evictor = TierEvictor(PrefixLayout(str(tmp_path)), 8 * 1024, added, rescan_every=3600)
+    assert evictor.check() == 3  # the first check scans: down to 90% of the bound
+    assert evictor.estimate == 7 * 1024
+    fill_tier(tmp_path, 10, 1024, first=100)  # written by someone else: not counted...
+    assert evictor.check() == 0
+    added.value += 10 * 1024  # ...until the workers' count says the bound is passed
+    assert evictor.check() > 0
+    assert scan_tier(evictor.layout, 0).total <= 8 * 1024
