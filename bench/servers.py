@@ -200,35 +200,28 @@ class FrameworkCeiling(BenchServer):
         _wait_answering(self.name, process)
 
 
-class Nginx(BenchServer):
-    """nginx serving the same directory: the ceiling for the GET cases.
-
-    Static serving as it is usually deployed (sendfile, no access log), with
-    as many worker processes as the hashserver it is compared with, and a
-    rewrite from ``/<checksum>`` to the layout's path.
-    """
+class NginxServer(BenchServer):
+    """nginx under the harness, with a configuration written here when it starts:
+    master and workers in the foreground, everything it writes (pid, error log,
+    temporary files) under a prefix directory of its own.  Subclasses give the
+    inside of its ``http`` block (:meth:`http_config`); ready once ``/healthcheck``
+    answers."""
 
     name = "nginx"
     stop_signal = signal.SIGQUIT  # graceful shutdown of master and workers
+    connections = 4096  # per worker
 
-    def __init__(self, workdir: str, directory: str, layout: str, workers: int):
+    def __init__(self, workdir: str, workers: int):
         super().__init__(workdir, workers)
-        self.directory = directory
-        self.layout = layout
-        self.prefix = os.path.join(workdir, f"nginx-{self.port}")
-        os.makedirs(self.prefix, exist_ok=True)
+        self.prefix = os.path.join(workdir, f"{self.name}-{self.port}")
         self.conf_path = os.path.join(self.prefix, "nginx.conf")
-        with open(self.conf_path, "w") as f:
-            f.write(self.config())
+
+    def http_config(self) -> str:
+        """The directives inside ``http { }`` (the server listens on ``HOST:self.port``)."""
+        raise NotImplementedError
 
     def config(self) -> str:
         p = self.prefix
-        if self.layout == "prefix":
-            mapping = 'rewrite "^/([0-9a-f]{2})([0-9a-f]{62})$" /$1/$1$2 break;'
-        elif self.layout == "flat":
-            mapping = 'rewrite "^/([0-9a-f]{64})$" /$1 break;'
-        else:
-            raise ValueError(f"nginx comparison knows no layout {self.layout!r}")
         # Workers must read the buffer directory; as root they would otherwise
         # drop to "nobody", who may not (e.g. a cache under /root).
         user = "user root;\n" if os.geteuid() == 0 else ""
@@ -238,16 +231,52 @@ class Nginx(BenchServer):
 daemon off;
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {self.connections}; }}
 http {{
     access_log off;
-    default_type application/octet-stream;
+{temp_paths}{self.http_config()}}}
+"""
+
+    def make_process(self) -> ServerProcess:
+        os.makedirs(self.prefix, exist_ok=True)
+        with open(self.conf_path, "w") as f:
+            f.write(self.config())
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        argv = [exe, "-p", self.prefix, "-c", self.conf_path, "-e", f"{self.prefix}/error.log"]
+        return ServerProcess(argv, port=self.port, workers=self.workers, log_path=self.log_path)
+
+    def wait_ready(self, process: ServerProcess) -> None:
+        """nginx writes no status file: ready once its health check answers."""
+        _wait_answering(self.name, process)
+
+
+class Nginx(NginxServer):
+    """nginx serving the same directory: the ceiling for the GET cases.
+
+    Static serving as it is usually deployed (sendfile, no access log), with
+    as many worker processes as the hashserver it is compared with, and a
+    rewrite from ``/<checksum>`` to the layout's path.
+    """
+
+    def __init__(self, workdir: str, directory: str, layout: str, workers: int):
+        if layout not in ("prefix", "flat"):
+            raise ValueError(f"nginx comparison knows no layout {layout!r}")
+        super().__init__(workdir, workers)
+        self.directory = directory
+        self.layout = layout
+
+    def http_config(self) -> str:
+        if self.layout == "prefix":
+            mapping = 'rewrite "^/([0-9a-f]{2})([0-9a-f]{62})$" /$1/$1$2 break;'
+        else:
+            mapping = 'rewrite "^/([0-9a-f]{64})$" /$1 break;'
+        return f"""    default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_timeout 75s;
     keepalive_requests 100000000;
-{temp_paths}    server {{
+    server {{
         listen {HOST}:{self.port};
         root {self.directory};
         location = /healthcheck {{ return 200 "OK"; }}
@@ -256,17 +285,7 @@ http {{
         }}
         location / {{ return 404; }}
     }}
-}}
 """
-
-    def make_process(self) -> ServerProcess:
-        exe = shutil.which("nginx") or "nginx"
-        argv = [exe, "-p", self.prefix, "-c", self.conf_path, "-e", f"{self.prefix}/error.log"]
-        return ServerProcess(argv, port=self.port, workers=self.workers, log_path=self.log_path)
-
-    def wait_ready(self, process: ServerProcess) -> None:
-        """nginx writes no status file: ready once its health check answers."""
-        _wait_answering("nginx", process)
 
 
 def _tail(text: str, lines: int = 20) -> str:

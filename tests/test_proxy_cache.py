@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,31 +14,32 @@ import pytest
 import requests
 import zstandard
 
-from hashserver.testing import ServerProcess, free_port
+from bench.servers import HOST, NginxServer
+from hashserver.testing import ServerProcess
 
 from conftest import add_buffer, buffer_path, sha3
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
+class ProxyCache(NginxServer):
+    """nginx's ``proxy_cache`` in front of a hashserver, launched as the bench
+    launches its nginx."""
 
-def nginx_config(prefix: Path, port: int, backend: int) -> str:
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    temp = "".join(f"    {kind}_temp_path {prefix}/{kind}_temp;\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    # proxy_cache_valid "any": nginx would keep every answer, errors included,
-    # but for what the server's own Cache-Control forbids.
-    return f"""{user}worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-{temp}    proxy_cache_path {prefix}/cache levels=1:2 keys_zone=buffers:4m max_size=1g inactive=1h use_temp_path=off;
+    name = "nginx-cache"
+    connections = 256
+
+    def __init__(self, workdir: str, backend_port: int):
+        super().__init__(workdir, workers=1)
+        self.backend_port = backend_port
+
+    def http_config(self) -> str:
+        # proxy_cache_valid "any": nginx would keep every answer, errors included,
+        # but for what the server's own Cache-Control forbids.
+        cache = f"{self.prefix}/cache levels=1:2 keys_zone=buffers:4m max_size=1g inactive=1h use_temp_path=off"
+        return f"""    proxy_cache_path {cache};
     server {{
-        listen 127.0.0.1:{port};
+        listen {HOST}:{self.port};
         location / {{
-            proxy_pass http://127.0.0.1:{backend};
+            proxy_pass http://{HOST}:{self.backend_port};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_cache buffers;
@@ -48,7 +47,6 @@ http {{
             add_header X-Cache-Status $upstream_cache_status always;
         }}
     }}
-}}
 """
 
 
@@ -57,34 +55,9 @@ def cached(tmp_path):
     """A writable hashserver (2 workers) behind nginx's proxy cache: (cache url, server, directory)."""
     directory = tmp_path / "buffers"
     directory.mkdir()
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
     with ServerProcess.hashserver(directory, "--writable", workers=2, log_path=tmp_path / "server.log") as server:
-        port = free_port()
-        (prefix / "nginx.conf").write_text(nginx_config(prefix, port, server.port))
-        proxy = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                                  "-e", str(prefix / "error.log")], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 20
-            while not _answers(url) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            yield url, server, directory
-        finally:
-            proxy.send_signal(signal.SIGQUIT)
-            try:
-                proxy.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proxy.pid, signal.SIGKILL)
-                proxy.wait(5)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url + "/healthcheck", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
+        with ProxyCache(str(tmp_path), server.port) as proxy:
+            yield f"http://{HOST}:{proxy.port}", server, directory
 
 
 def get(url: str, headers: dict | None = None) -> requests.Response:
