@@ -499,11 +499,20 @@ class Load:
         return False
 
     async def op_put(self, rng: random.Random, name: str, conns: dict[str, Connection], encoding: str = "") -> None:
-        """A new buffer; one in ten is PUT again on the other server (already present: 200)."""
+        """A new buffer.  Read your writes across hosts: one in four is read at once from the
+        other server (GET or /has-now); one in ten is PUT again there (already present: 200)."""
         body = new_body(rng)
         op = "put_" + encoding if encoding else "put"
-        if await self.put(op, name, conns[name], body, encoding) and rng.random() < 0.1:
-            other = next(n for n in conns if n != name)
+        if not await self.put(op, name, conns[name], body, encoding):
+            return
+        other = next(n for n in conns if n != name)
+        checksum, roll = HASHER.digest(body).hex(), rng.random()
+        if roll < 0.15:
+            reply = await self.timed("get", conns[other], "GET", "/" + checksum)
+            self.checker.get(other, checksum, State.PRESENT, len(body), reply)
+        elif roll < 0.25:
+            await self.batch("has_now", other, conns[other], [(checksum, State.PRESENT, len(body))])
+        elif roll < 0.35:
             await self.put(op, other, conns[other], body, encoding)
 
     async def op_put_zstd(self, rng: random.Random, name: str, conns: dict[str, Connection]) -> None:

@@ -8,6 +8,7 @@ depend on the machine, so only their presence and the count of wrong answers
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import subprocess
@@ -25,6 +26,7 @@ from bench.soak import (
     Reply,
     State,
     flat_verdict,
+    read_reply,
     scan_directory,
 )
 
@@ -168,3 +170,21 @@ def test_flat_means_the_last_minute_within_bounds_of_the_first() -> None:
     leaked = flat_verdict([minute(1, 400, 30), minute(3, 400, 47)], 3)
     assert leaked["flat"] is False and "fds" in leaked["why"]
     assert flat_verdict([minute(2, 40, 30), minute(3, 40, 30)], 3)["flat"] is None  # a replaced worker
+
+
+def read(raw: bytes, head_only: bool = False) -> Reply:
+    async def parse() -> Reply:
+        reader = asyncio.StreamReader()
+        reader.feed_data(raw)
+        reader.feed_eof()
+        return await read_reply(reader, head_only)
+    return asyncio.run(parse())
+
+
+def test_the_client_reads_length_chunked_and_bodiless_replies() -> None:
+    assert read(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nETag: x\r\n\r\nabcNEXT") == Reply(
+        200, {"content-length": "3", "etag": "x"}, b"abc")
+    chunked = read(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
+    assert chunked.body == b"abcde"
+    assert read(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n", head_only=True).body == b""
+    assert read(b"HTTP/1.1 304 Not Modified\r\n\r\n").status == 304
