@@ -71,6 +71,8 @@ HASH_INLINE = 1 << 20  # hash smaller pieces on the event loop, larger ones in a
 HEAD_CONCURRENCY = 64  # object-store calls in flight for one batch of /has or /buffer-length
 HEALTH_EVERY = 1.0
 ABORT_WAIT = 10.0  # the longest a failed upload waits for its abort
+RESOLVE_DELAY = 0.1  # seconds a resolved promise waits for others to be deleted with
+BULK_DELETE = 1000  # keys in one DeleteObjects request (S3's maximum)
 CONNECT_TIMEOUT = "3s"
 READ_TIMEOUT = "10s"  # no byte for this long: the call fails (it bounds every call but a long stream)
 REQUEST_TIMEOUT = "3600s"  # a whole call, a streamed large object included
@@ -126,7 +128,8 @@ class ObjectStore:
         self.setting_names = setting_names
         self._health: tuple[float, str | None] = (float("-inf"), None)
         self._health_task: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
+        self._unresolved: set[str] = set()  # promise keys to delete, in one request for many PUTs
+        self._resolver: asyncio.Task | None = None
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics | None = None) -> "ObjectStore":
@@ -408,7 +411,7 @@ class ObjectStore:
             self.metrics.put_failed(exc)
             raise
         self.metrics.put(outcome.value)
-        self._in_background(self._resolve(checksum.hex()))
+        self._resolve_soon(checksum.hex())
         return outcome
 
     async def _put(self, checksum: bytes, body: AsyncIterator[bytes], encoding: Encoding | None) -> PutOutcome:
@@ -502,22 +505,27 @@ class ObjectStore:
             self.metrics.promised()
         return PROMISE_TTL
 
-    async def _resolve(self, checksum_hex: str) -> None:
-        """A stored buffer's promise is kept no longer (after the PUT: the object is there first)."""
-        key = self.keys.promise(checksum_hex)
-        try:
-            await self._call("delete", key, obstore.delete_async(self.store, key))
-        except (StorageUnavailable, *NOT_FOUND) as exc:
-            log.warning("could not remove the promise %s: %s", self.keys.where(key), exc)
+    def _resolve_soon(self, checksum_hex: str) -> None:
+        """A stored buffer's promise is kept no longer.  Deleted a moment later, with those
+        of other PUTs, in one bulk request: a promise beside its object changes no answer
+        (every reader looks for the object first), and a DELETE for each PUT would halve
+        the rate of PUTs."""
+        self._unresolved.add(self.keys.promise(checksum_hex))
+        if self._resolver is None:
+            try:
+                self._resolver = asyncio.get_running_loop().create_task(self._resolve())
+            except RuntimeError:
+                self._resolver = None
 
-    def _in_background(self, coroutine) -> None:
-        try:
-            task = asyncio.get_running_loop().create_task(coroutine)
-        except RuntimeError:
-            coroutine.close()
-            return
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def _resolve(self) -> None:
+        await asyncio.sleep(RESOLVE_DELAY)
+        keys, self._unresolved, self._resolver = sorted(self._unresolved), set(), None
+        for start in range(0, len(keys), BULK_DELETE):
+            batch = keys[start:start + BULK_DELETE]
+            try:
+                await self._call("delete", batch[0], obstore.delete_async(self.store, batch))
+            except (StorageUnavailable, *NOT_FOUND) as exc:
+                log.warning("could not remove %d resolved promises of %s: %s", len(batch), self.url, exc)
 
     # ------------------------------------------------------------- health and startup
     async def _list_one(self) -> None:
@@ -598,7 +606,7 @@ class ObjectStore:
         return count
 
     def close(self) -> None:
-        for task in (*self._background, self._health_task):
+        for task in (self._resolver, self._health_task):
             if task is not None:
                 task.cancel()
 

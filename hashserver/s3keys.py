@@ -19,6 +19,7 @@ from .layout import PREFIX_MARKER, SIDECAR_SUFFIX, make_layout
 SCHEME = "s3://"
 PROMISES = ".promises"
 KEY_LAYOUTS = ("prefix", "flat")
+_LAYOUTS = {name: make_layout(name, "") for name in KEY_LAYOUTS}  # relative: the directory part of a key
 
 
 def is_s3_url(location: str) -> bool:
@@ -54,7 +55,7 @@ class BucketKeys:
 
     def buffer(self, checksum_hex: str, encoding: Encoding | None = None) -> str:
         """``PREFIX/<first two hex>/<checksum>[.zst|.gz]`` (``PREFIX/<checksum>`` when flat)."""
-        directory = make_layout(self.layout, "").write_dir(checksum_hex)
+        directory = _LAYOUTS[self.layout].write_dir(checksum_hex)
         return self._under_prefix(directory, checksum_hex + (encoding.suffix if encoding else ""))
 
     def sidecar(self, checksum_hex: str) -> str:
