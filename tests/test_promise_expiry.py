@@ -10,13 +10,12 @@ as any other change there would, so that the index sees the new date.
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import time
 from pathlib import Path
 
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from hashserver.index import GenerationStore, IndexPublisher
@@ -30,12 +29,16 @@ LAPSED = PROMISE_TTL + 100  # seconds a lapsed promise's file is dated back
 EXPIRED = "hashserver_promises_expired_total"
 
 
-def expired_count(text: str) -> float:
-    """``hashserver_promises_expired_total`` as prometheus_client's parser reads it."""
+def sample(text: str, name: str) -> float:
+    """The one sample of ``name`` (no labels) as prometheus_client's parser reads it."""
     values = [s.value for family in text_string_to_metric_families(text) for s in family.samples
-              if s.name == EXPIRED]
+              if s.name == name]
     assert len(values) == 1, values
     return values[0]
+
+
+def expired_count(text: str) -> float:
+    return sample(text, EXPIRED)
 
 
 def date_back(path: Path, seconds: float = LAPSED) -> None:
@@ -183,20 +186,10 @@ def test_promises_in_extra_directories_are_left_alone(sweeper):
 
 
 # ------------------------------------------------------------------ a real server
-def call(server: ServerProcess, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        conn.request(method, path, body=body)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def has(server: ServerProcess, checksums: list[str]) -> list[bool]:
-    status, body = call(server, "POST", "/has", json.dumps(checksums).encode())
-    assert status == 200, body
-    return json.loads(body)
+    response = requests.post(f"{server.url}/has", json=checksums, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def wait_for(condition, timeout: float = 60.0) -> None:
@@ -207,9 +200,9 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 
 
 def metrics_text(server: ServerProcess) -> str:
-    status, body = call(server, "GET", "/metrics")
-    assert status == 200
-    return body.decode()
+    response = requests.get(f"{server.url}/metrics", timeout=30)
+    assert response.status_code == 200
+    return response.text
 
 
 def promise_file(directory: Path, checksum: str) -> Path:
@@ -224,9 +217,9 @@ def test_lapsed_promise_expires_through_http_a_fulfilled_one_does_not(tmp_path):
     checksums = [sha3(data) for data in (lapsing, put, copied)]
     with ServerProcess.hashserver(directory, "--writable", workers=2, log_path=tmp_path / "server.log") as server:
         for checksum in checksums:
-            assert call(server, "PUT", f"/promise/{checksum}")[0] == 202
+            assert requests.put(f"{server.url}/promise/{checksum}", timeout=30).status_code == 202
         assert has(server, checksums) == [True, True, True]
-        assert call(server, "PUT", f"/{checksums[1]}", put)[0] == 200
+        assert requests.put(f"{server.url}/{checksums[1]}", data=put, timeout=30).status_code == 200
         assert not promise_file(directory, checksums[1]).exists()  # resolved by the writer
         add_buffer(directory, copied)
         for checksum in (checksums[0], checksums[2]):
@@ -234,9 +227,9 @@ def test_lapsed_promise_expires_through_http_a_fulfilled_one_does_not(tmp_path):
         wait_for(lambda: not any(promise_file(directory, c).exists() for c in checksums))
         wait_for(lambda: expired_count(metrics_text(server)) > 0)
         text = metrics_text(server)
-        assert expired_count(text) == 1
+        assert (sample(text, "hashserver_promises_total"), sample(text, EXPIRED)) == (3, 1)
         assert has(server, checksums) == [False, True, True]
-        assert call(server, "GET", f"/{checksums[0]}")[0] == 404
+        assert requests.get(f"{server.url}/{checksums[0]}", timeout=30).status_code == 404
 
 
 def test_read_only_server_leaves_lapsed_promises(tmp_path):
