@@ -32,13 +32,14 @@ from .integrity import check_hash_algorithm
 from .launcher import InactivityWatch, StatusFile
 from .layout import SearchPath
 from .metrics import Metrics, index_facts, prepare_directory, remove_directory
-from .storage import Storage
+from .storage import Storage, StorageUnavailable
 from .tokens import Guard
 from .writer import remove_leftovers, write_prefix_marker
 
 log = logging.getLogger("hashserver")
 
 MAX_WORKER_SLOTS = 1024
+PRIVATE_TIER_PREFIX = "hashserver-tier-"  # + main pid: the empty tier of --cache-size 0, in the temp dir
 
 
 def configure_logging() -> None:
@@ -153,14 +154,24 @@ def check_object_store(config: Config) -> None:
         try:
             await store.check()
             if config.writable:
-                aborted = await store.abort_stale_uploads(config.lock_timeout)
-                if aborted:
-                    log.info("aborted %d incomplete uploads of interrupted writers", aborted)
+                await abort_stale_uploads(store, config.lock_timeout)
         finally:
             store.close()
 
     with ThreadPoolExecutor(1, thread_name_prefix="hashserver-s3-check") as pool:
         pool.submit(asyncio.run, check()).result()
+
+
+async def abort_stale_uploads(store, older_than: float) -> None:
+    """Incomplete uploads of interrupted writers cost storage, not correctness:
+    when they cannot be listed the server starts all the same (and says so)."""
+    try:
+        aborted = await store.abort_stale_uploads(older_than)
+    except StorageUnavailable as exc:
+        log.warning("stale uploads not aborted: %s", exc)
+        return
+    if aborted:
+        log.info("aborted %d incomplete uploads of interrupted writers", aborted)
 
 
 @dataclass
@@ -179,7 +190,7 @@ class LocalTier:
         check_object_store(config)
         private = config.cache_size == 0
         if private:
-            directory = tempfile.mkdtemp(prefix="hashserver-tier-")
+            directory = tempfile.mkdtemp(prefix=f"{PRIVATE_TIER_PREFIX}{os.getpid()}-")
         else:
             directory = config.cache_dir
             try:

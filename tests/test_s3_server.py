@@ -1,0 +1,174 @@
+"""``hashserver s3://BUCKET[/PREFIX]``: a real server process on a SeaweedFS bucket, bare
+(``--cache-size 0``) or with its local cache tier, over real HTTP; and its startup errors.
+
+The multi-host behaviour (cross-host reads, storms, a stopped object store) is
+tests/test_s3_fleet.py's."""
+
+from __future__ import annotations
+
+import glob
+import http.client
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
+
+from hashserver.runtime import PRIVATE_TIER_PREFIX
+from hashserver.testing import clean_environ
+
+from conftest import BIN, free_port, sha3
+
+obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+
+BOUND = 30.0  # seconds: the longest a wait here may take
+
+
+def request(server, method: str, path: str, body: bytes | None = None,
+            headers: dict | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=BOUND)
+    try:
+        conn.request(method, path, body, headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def ask(server, path: str, checksums: list[str]) -> list:
+    status, body = request(server, "POST", path, json.dumps(checksums).encode(),
+                           {"Content-Type": "application/json"})
+    assert status == 200, body
+    return json.loads(body)
+
+
+def put_object(weed: SeaweedFS, bucket: str, data: bytes) -> str:
+    """A buffer written straight into the bucket (as another host would)."""
+    checksum = sha3(data)
+    obstore.put(weed.s3_store(bucket), f"{checksum[:2]}/{checksum}", data)
+    return checksum
+
+
+def tier_bytes(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.glob("??/*") if len(path.name) == 64)
+
+
+def metric(server, name: str) -> float:
+    status, body = request(server, "GET", "/metrics")
+    assert status == 200
+    found = re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body.decode(), re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
+@pytest.fixture
+def s3_serve(serve, seaweedfs):  # noqa: F811
+    """``s3_serve(bucket, *options, workers=1, env=None)``: a server on ``s3://bucket``."""
+
+    def start(bucket: str, *options: str, workers: int = 1, env: dict | None = None):
+        return serve(f"s3://{bucket}", "--s3-endpoint", seaweedfs.s3_endpoint, *options, workers=workers,
+                     env={**seaweedfs.s3_env(), **(env or {})})
+
+    return start
+
+
+# ------------------------------------------------------------------ the contract
+def test_bare_bucket_answers_the_http_contract(s3_serve, seaweedfs, s3_bucket):  # noqa: F811
+    server = s3_serve(s3_bucket, "--writable", "--cache-size", "0", workers=2)
+    private = glob.glob(os.path.join(tempfile.gettempdir(), f"{PRIVATE_TIER_PREFIX}{server.pid}-*"))
+    assert len(private) == 1 and os.listdir(private[0]) in ([], [".HASHSERVER_PREFIX"])
+    data = b"stored in the bucket"
+    cs, absent = sha3(data), sha3(b"absent")
+    assert request(server, "PUT", "/" + cs, data) == (200, b"OK")
+    assert obstore.get(seaweedfs.s3_store(s3_bucket), f"{cs[:2]}/{cs}").bytes() == data
+    for _ in range(4):  # fresh connections: each worker answers
+        assert request(server, "GET", "/" + cs) == (200, data)
+        assert request(server, "GET", "/" + absent)[0] == 404
+        assert ask(server, "/has", [cs, absent]) == [True, False]
+        assert ask(server, "/has-now", [absent, cs]) == [False, True]
+        assert ask(server, "/buffer-length", [cs, absent]) == [len(data), 0]
+    promised = sha3(b"promised")
+    status, body = request(server, "PUT", "/promise/" + promised)
+    assert status == 202 and json.loads(body)["expires_in"] > 0
+    assert ask(server, "/has", [promised]) == [True]
+    assert ask(server, "/has-now", [promised]) == [False]
+    assert ask(server, "/buffer-length", [promised]) == [1]
+    assert request(server, "PUT", "/" + promised, b"promised") == (200, b"OK")
+    assert request(server, "GET", "/" + promised) == (200, b"promised")
+    assert request(server, "GET", "/healthcheck")[0] == 200
+    assert server.stop() == 0
+    assert not os.path.exists(private[0])  # the private tier goes with the server
+
+
+def test_tier_fills_from_puts_and_reads_and_keeps_its_bound(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    """3x the bound read through a tier of 256 KiB: the tier stays within it, evicting;
+    every buffer is still served, from the tier or the bucket."""
+    cache = tmp_path / "cache"
+    server = s3_serve(s3_bucket, "--writable", "--cache-dir", str(cache), "--cache-size", "256K", workers=2)
+    written = os.urandom(1000)
+    cs = sha3(written)
+    assert request(server, "PUT", "/" + cs, written) == (200, b"OK")
+    wait_for(lambda: (cache / cs[:2] / cs).exists(), "the PUT buffer in the tier")
+    buffers = {}
+    for i in range(48):
+        data = i.to_bytes(4, "big") * 4096  # 16 KiB
+        buffers[put_object(seaweedfs, s3_bucket, data)] = data
+    assert ask(server, "/has", list(buffers)) == [True] * 48
+    for checksum, data in buffers.items():
+        assert request(server, "GET", "/" + checksum) == (200, data)
+    wait_for(lambda: tier_bytes(cache) <= 256 * 1024, "the tier back within its bound")
+    assert 0 < tier_bytes(cache)
+    wait_for(lambda: metric(server, "hashserver_local_tier_evictions_total") > 0, "evictions counted")
+    assert metric(server, "hashserver_local_tier_requests_total") >= 48
+    for checksum, data in buffers.items():
+        assert request(server, "GET", "/" + checksum) == (200, data)
+    assert ask(server, "/buffer-length", list(buffers)) == [16384] * 48
+
+
+def test_read_only_server_fills_its_default_tier(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    data = b"read through a read-only host"
+    cs = put_object(seaweedfs, s3_bucket, data)
+    server = s3_serve(s3_bucket, env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert request(server, "PUT", "/" + cs, data)[0] in (403, 405)
+    assert request(server, "GET", "/" + cs) == (200, data)
+    name = f"127.0.0.1:{seaweedfs.ports.s3}%2F{s3_bucket}"
+    wait_for(lambda: (tmp_path / "hashserver" / name / cs[:2] / cs).exists(), "the buffer in the default tier")
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {BOUND} s: {what}"
+        time.sleep(0.2)
+
+
+# ------------------------------------------------------------------ startup errors
+def start_failing(seaweedfs: SeaweedFS, url: str, env: dict) -> subprocess.CompletedProcess:  # noqa: F811
+    argv = [str(BIN / "hashserver"), url, "--s3-endpoint", seaweedfs.s3_endpoint, "--port", str(free_port()),
+            "--cache-size", "0"]
+    return subprocess.run(argv, env=clean_environ({**seaweedfs.s3_env(), **env}), capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("case, env, fragment", [
+    ("missing bucket", {}, "the bucket does not exist"),
+    ("refused credentials", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "refused the credentials"),
+])
+def test_startup_errors_name_the_setting_and_exit_2(seaweedfs, s3_bucket, case, env, fragment):  # noqa: F811
+    bucket = "no-such-bucket" if case == "missing bucket" else s3_bucket
+    out = start_failing(seaweedfs, f"s3://{bucket}/prefix", env)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("hashserver: DIRECTORY=") and f"s3://{bucket}/prefix" in lines[0]
+    assert fragment in lines[0]
+
+
+def test_bad_url_is_refused_before_starting(seaweedfs):  # noqa: F811
+    out = start_failing(seaweedfs, "s3://Not_A_Bucket", {})
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("hashserver: DIRECTORY='s3://Not_A_Bucket': not an S3 bucket name")
