@@ -1,13 +1,20 @@
-"""The HTTP contract, byte for byte, against an in-process server (sanic-testing)."""
+"""The HTTP contract, byte for byte, against an in-process server (sanic-testing), for
+each kind of storage: a buffer directory, and an S3 bucket (SeaweedFS) behind a local tier.
+
+Tests reach the storage through a :class:`Place` (put a buffer there as another program
+would, read what is stored), so the same assertions hold for both."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
+from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
 
 from hashserver import Config
+from hashserver.layout import PREFIX_MARKER
 
 from conftest import add_buffer, buffer_path, sha3
 
@@ -20,21 +27,90 @@ def request(client, method, path, body=None, headers=None):
     return response
 
 
-@pytest.fixture
-def directory(tmp_path):
-    d = tmp_path / "buffers"
-    d.mkdir()
-    return d
+class DirectoryPlace:
+    """A buffer directory."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def config(self, **settings) -> Config:
+        return Config(str(self.directory), **settings)
+
+    def add(self, data: bytes) -> str:
+        return add_buffer(self.directory, data)
+
+    def add_file(self, relative: str, data: bytes) -> None:
+        (self.directory / relative).write_bytes(data)
+
+    def read(self, checksum: str) -> bytes | None:
+        path = buffer_path(self.directory, checksum)
+        return path.read_bytes() if path.exists() else None
+
+    def identity(self, checksum: str) -> tuple:
+        """What changes if the buffer is written again."""
+        before = os.stat(buffer_path(self.directory, checksum))
+        return before.st_ino, before.st_mtime_ns
+
+    def leftovers(self) -> list[str]:
+        return [str(p) for p in self.directory.rglob("*") if p.is_file() and p.name != PREFIX_MARKER]
+
+
+class BucketPlace:
+    """A bucket of SeaweedFS, served with a local tier in ``tier``."""
+
+    def __init__(self, weed: SeaweedFS, bucket: str, tier: Path):
+        import obstore
+        import obstore.exceptions
+
+        self.obstore, self.weed, self.bucket, self.tier = obstore, weed, bucket, tier
+        self.store = weed.s3_store(bucket)
+
+    def config(self, **settings) -> Config:
+        return Config(f"s3://{self.bucket}", s3_endpoint=self.weed.s3_endpoint, cache_dir=str(self.tier), **settings)
+
+    def add(self, data: bytes) -> str:
+        checksum = sha3(data)
+        self.add_file(f"{checksum[:2]}/{checksum}", data)
+        return checksum
+
+    def add_file(self, relative: str, data: bytes) -> None:
+        self.obstore.put(self.store, relative, data)
+
+    def read(self, checksum: str) -> bytes | None:
+        try:
+            return bytes(self.obstore.get(self.store, f"{checksum[:2]}/{checksum}").bytes())
+        except (FileNotFoundError, self.obstore.exceptions.NotFoundError):
+            return None
+
+    def identity(self, checksum: str) -> tuple:
+        meta = self.obstore.head(self.store, f"{checksum[:2]}/{checksum}")
+        return meta["e_tag"], meta["last_modified"]
+
+    def leftovers(self) -> list[str]:
+        keys = [e["path"] for batch in self.obstore.list(self.store) for e in batch]
+        return [k for k in keys if k != PREFIX_MARKER]
+
+
+@pytest.fixture(params=["directory", "s3"])
+def place(request, tmp_path, monkeypatch):
+    if request.param == "directory":
+        directory = tmp_path / "buffers"
+        directory.mkdir()
+        return DirectoryPlace(directory)
+    weed = request.getfixturevalue("seaweedfs")
+    for name, value in weed.s3_env().items():  # the in-process server's S3 client reads them
+        monkeypatch.setenv(name, value)
+    return BucketPlace(weed, request.getfixturevalue("s3_bucket"), tmp_path / "tier")
 
 
 @pytest.fixture
-def client(app_client, directory):
-    return app_client(Config(str(directory), writable=True))
+def client(app_client, place):
+    return app_client(place.config(writable=True))
 
 
 @pytest.fixture
-def readonly(app_client, directory):
-    return app_client(Config(str(directory)))
+def readonly(app_client, place):
+    return app_client(place.config())
 
 
 def test_healthcheck(client):
@@ -43,8 +119,8 @@ def test_healthcheck(client):
     assert response.body == b"OK"
 
 
-def test_get_present_buffer(client, directory):
-    cs = add_buffer(directory, HELLO)
+def test_get_present_buffer(client, place):
+    cs = place.add(HELLO)
     response = request(client, "GET", "/" + cs)
     assert response.status == 200
     assert response.body == HELLO
@@ -52,8 +128,8 @@ def test_get_present_buffer(client, directory):
     assert response.headers["content-length"] == str(len(HELLO))
 
 
-def test_uppercase_checksum_means_the_same_buffer(client, directory):
-    cs = add_buffer(directory, HELLO)
+def test_uppercase_checksum_means_the_same_buffer(client, place):
+    cs = place.add(HELLO)
     assert request(client, "GET", "/" + cs.upper()).body == HELLO
     assert json.loads(request(client, "POST", "/has", json.dumps([cs.upper()])).body) == [True]
 
@@ -64,8 +140,8 @@ def test_get_missing_is_plain_not_found(client):
     assert response.body == b"Not found"
 
 
-def test_head_gives_get_headers_without_body(client, directory):
-    cs = add_buffer(directory, HELLO)
+def test_head_gives_get_headers_without_body(client, place):
+    cs = place.add(HELLO)
     response = request(client, "HEAD", "/" + cs)
     assert response.status == 200
     assert response.body == b""
@@ -102,8 +178,8 @@ def test_invalid_checksum_exact_bytes(client):
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_has(client, directory, method):
-    present = add_buffer(directory, HELLO)
+def test_has(client, place, method):
+    present = place.add(HELLO)
     response = request(client, method, "/has", json.dumps([present, MISSING, present]))
     assert response.status == 200
     assert json.loads(response.body) == [True, False, True]
@@ -111,8 +187,8 @@ def test_has(client, directory, method):
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_buffer_length(client, directory, method):
-    present = add_buffer(directory, HELLO)
+def test_buffer_length(client, place, method):
+    present = place.add(HELLO)
     response = request(client, method, "/buffer-length", json.dumps([present, MISSING]))
     assert response.status == 200
     assert json.loads(response.body) == [len(HELLO), 0]
@@ -147,47 +223,43 @@ def test_batch_invalid_checksum_position(client, path):
     assert json.loads(response.body)["exception"]["type"] == "string_type"
 
 
-def test_put_stores_and_is_served(client, directory):
+def test_put_stores_and_is_served(client, place):
     cs = sha3(HELLO)
     response = request(client, "PUT", "/" + cs, HELLO)
     assert response.status == 200
     assert response.body == b"OK"
-    path = buffer_path(directory, cs)
-    assert path.read_bytes() == HELLO
+    assert place.read(cs) == HELLO
     assert request(client, "GET", "/" + cs).body == HELLO
     assert json.loads(request(client, "GET", "/has", json.dumps([cs])).body) == [True]
 
 
-def test_put_already_present_rewrites_nothing(client, directory):
-    cs = add_buffer(directory, HELLO)
-    path = buffer_path(directory, cs)
-    before = os.stat(path)
+def test_put_already_present_rewrites_nothing(client, place):
+    cs = place.add(HELLO)
+    before = place.identity(cs)
     response = request(client, "PUT", "/" + cs, HELLO)
     assert (response.status, response.body) == (200, b"OK")
-    after = os.stat(path)
-    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert place.identity(cs) == before
 
 
-def test_put_wrong_body_is_rejected_and_nothing_stored(client, directory):
+def test_put_wrong_body_is_rejected_and_nothing_stored(client, place):
     cs = sha3(HELLO)
     response = request(client, "PUT", "/" + cs, b"something else")
     assert response.status == 400
     assert response.body == b"Incorrect checksum"
-    assert not buffer_path(directory, cs).exists()
-    leftovers = [p for p in directory.rglob("*") if p.is_file() and p.name != ".HASHSERVER_PREFIX"]
-    assert leftovers == []
+    assert place.read(cs) is None
+    assert place.leftovers() == []
 
 
-def test_put_on_read_only_server_is_405_json(readonly, directory):
+def test_put_on_read_only_server_is_405_json(readonly, place):
     cs = sha3(HELLO)
     response = request(readonly, "PUT", "/" + cs, HELLO)
     assert response.status == 405
     assert "read-only" in json.loads(response.body)["message"]
-    assert not buffer_path(directory, cs).exists()
+    assert place.read(cs) is None
 
 
-def test_cors_any_origin(client, directory):
-    cs = add_buffer(directory, HELLO)
+def test_cors_any_origin(client, place):
+    cs = place.add(HELLO)
     response = request(client, "GET", "/" + cs, headers={"Origin": "http://example.org"})
     assert response.headers["access-control-allow-origin"] == "*"
     preflight = request(client, "OPTIONS", "/" + cs, headers={
@@ -206,7 +278,7 @@ def test_unknown_route_and_method_are_json_errors(client):
     assert "message" in json.loads(response.body)
 
 
-def test_unexpected_failure_is_json_500(client, directory, monkeypatch):
+def test_unexpected_failure_is_json_500(client, monkeypatch):
     store = client.app.ctx.storage
 
     def broken(checksums):
@@ -218,11 +290,10 @@ def test_unexpected_failure_is_json_500(client, directory, monkeypatch):
     assert "message" in json.loads(response.body)
 
 
-def test_non_buffer_files_are_never_served(client, directory):
-    cs = add_buffer(directory, HELLO)
-    junk = directory / cs[:2] / (cs + ".LOCK")
-    junk.write_bytes(b"")
-    (directory / "README").write_text("not a buffer")
+def test_non_buffer_files_are_never_served(client, place):
+    cs = place.add(HELLO)
+    place.add_file(f"{cs[:2]}/{cs}.LOCK", b"")
+    place.add_file("README", b"not a buffer")
     assert request(client, "GET", "/" + cs + ".LOCK").status == 400
     response = request(client, "POST", "/has", json.dumps([cs]))
     assert json.loads(response.body) == [True]
