@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the soak for MINUTES; exit status 1 if any answer was wrong")
     soak.add_argument("--soak-report", default=None, metavar="PATH",
                       help="the soak's JSON report (default OUT/soak.json)")
-    soak.add_argument("--soak-rate", type=_positive_float, default=100.0, metavar="REQUESTS_PER_S",
-                      help="requests per second of all client tasks together (default %(default)g)")
+    soak.add_argument("--soak-rate", type=_positive_float, default=100.0, metavar="OPS_PER_S",
+                      help="operations per second of all client tasks together, most of them one request, "
+                      "a promise six (default %(default)g)")
     soak.add_argument("--soak-connections", type=int, default=8, metavar="N",
                       help="client tasks, each with a keep-alive connection to each server (default 8)")
     soak.add_argument("--soak-dir", default=None, metavar="DIR",
