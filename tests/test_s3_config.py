@@ -1,0 +1,139 @@
+"""The settings of an ``s3://BUCKET[/PREFIX]`` store: the URL, --s3-endpoint (or
+AWS_ENDPOINT_URL), --cache-dir and --cache-size; and what they mean for a plain directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from hashserver.cli import config_from_args
+from hashserver.config import DEFAULT_CACHE_SIZE, Config, ConfigError, format_size, parse_s3_url, size_in_bytes
+from hashserver.testing import clean_environ
+
+from conftest import BIN
+
+
+def s3(url: str = "s3://bucket", **env: str) -> Config:
+    return Config.from_env({"HASHSERVER_DIRECTORY": url, **env})
+
+
+def test_s3_url_is_a_store_not_a_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    config = s3("s3://my-bucket/some/prefix/", HASHSERVER_WRITABLE="1")
+    assert config.object_store and not Config(str(tmp_path)).object_store
+    assert config.directory == "s3://my-bucket/some/prefix"  # no directory checks, no abspath
+    assert (config.cache_size, config.s3_endpoint) == (DEFAULT_CACHE_SIZE, None)
+    assert config.cache_dir == str(tmp_path / "hashserver" / "my-bucket%2Fsome%2Fprefix")
+    assert Config.from_env(config.to_env()) == config
+    assert parse_s3_url(config.directory) == ("my-bucket", "some/prefix")
+    assert parse_s3_url("s3://my.bucket") == ("my.bucket", "")
+
+
+@pytest.mark.parametrize("url, why", [
+    ("s3://", "not an S3 bucket name"),
+    ("s3://Upper", "not an S3 bucket name"),
+    ("s3://b", "not an S3 bucket name"),
+    ("s3://bucket_name", "not an S3 bucket name"),
+    ("s3://a..b", "not an S3 bucket name"),
+    ("s3://bucket/a//b", "the prefix must be names separated by single slashes"),
+    ("s3://bucket/a/../b", "the prefix must be names separated by single slashes"),
+    ("s3://bucket/a?b", "the prefix must be names separated by single slashes"),
+])
+def test_bad_s3_urls_name_the_setting(url, why):
+    with pytest.raises(ConfigError) as info:
+        s3(url)
+    assert str(info.value).startswith(f"HASHSERVER_DIRECTORY={url!r}: {why}")
+    with pytest.raises(ConfigError, match=r"^DIRECTORY="):
+        config_from_args([url])
+
+
+def test_vault_layout_is_a_directory_only():
+    with pytest.raises(ConfigError, match=r"^--layout='vault': a vault is a directory"):
+        config_from_args(["s3://bucket", "--layout", "vault"])
+    assert config_from_args(["s3://bucket", "--layout", "flat"]).layout == "flat"
+
+
+# ------------------------------------------------------------------ cache size
+@pytest.mark.parametrize("raw, expected", [
+    ("0", 0), ("4096", 4096), ("1K", 1024), ("1k", 1024), ("512M", 512 * 1024**2), ("10G", 10 * 1024**3),
+    ("2T", 2 * 1024**4), ("1.5G", 3 * 1024**3 // 2), ("64KiB", 64 * 1024), ("3 MB", 3 * 1024**2),
+])
+def test_cache_size_spellings(raw, expected):
+    assert s3(HASHSERVER_CACHE_SIZE=raw).cache_size == expected
+    assert config_from_args(["s3://bucket", "--cache-size", raw]).cache_size == expected
+
+
+def test_cache_size_formats_back():
+    for value in (0, 1023, 1024, 10 * 1024**3, 3 * 1024**2 + 1):
+        assert size_in_bytes(format_size(value)) == value
+    assert format_size(DEFAULT_CACHE_SIZE) == "10G"
+
+
+@pytest.mark.parametrize("raw", ["lots", "10X", "-1", "1.5.5G", ""])
+def test_bad_cache_size_names_the_setting(raw):
+    if raw == "":
+        assert s3(HASHSERVER_CACHE_SIZE=raw).cache_size == DEFAULT_CACHE_SIZE  # blank: unset
+        return
+    with pytest.raises(ConfigError, match=rf"^HASHSERVER_CACHE_SIZE={raw!r}: not a size"):
+        s3(HASHSERVER_CACHE_SIZE=raw)
+
+
+def test_bad_cache_size_on_the_command_line_is_one_line():
+    out = subprocess.run([str(BIN / "hashserver"), "s3://bucket", "--cache-size", "lots"], env=clean_environ(),
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "--cache-size" in out.stderr and "'lots'" in out.stderr
+
+
+# ------------------------------------------------------------------ cache dir
+def test_default_cache_dir_is_one_per_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    dirs = {s3(url).cache_dir for url in ("s3://bucket", "s3://bucket/ab", "s3://bucket/a/b", "s3://other")}
+    dirs.add(s3("s3://bucket", AWS_ENDPOINT_URL="http://127.0.0.1:8333").cache_dir)
+    assert len(dirs) == 5  # and none inside another: each is one name under the same directory
+    assert {os.path.dirname(d) for d in dirs} == {str(tmp_path / "xdg" / "hashserver")}
+    assert s3("s3://bucket", AWS_ENDPOINT_URL="http://127.0.0.1:8333").cache_dir == str(
+        tmp_path / "xdg" / "hashserver" / "127.0.0.1:8333%2Fbucket")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert s3("s3://bucket").cache_dir == str(tmp_path / "home" / ".cache" / "hashserver" / "bucket")
+
+
+def test_given_cache_dir_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config_from_args(["s3://bucket", "--cache-dir", "tier"]).cache_dir == str(tmp_path / "tier")
+    assert s3(HASHSERVER_CACHE_DIR=str(tmp_path / "t")).cache_dir == str(tmp_path / "t")
+
+
+# ------------------------------------------------------------------ endpoint
+def test_endpoint_from_the_option_then_hashserver_then_aws_variable():
+    assert s3(AWS_ENDPOINT_URL="http://aws:1").s3_endpoint == "http://aws:1"
+    both = {"AWS_ENDPOINT_URL": "http://aws:1", "HASHSERVER_S3_ENDPOINT": "https://ours:2"}
+    assert s3(**both).s3_endpoint == "https://ours:2"
+    assert config_from_args(["s3://bucket", "--s3-endpoint", "http://cli:3"], both).s3_endpoint == "http://cli:3"
+    with pytest.raises(ConfigError, match=r"^HASHSERVER_S3_ENDPOINT='ftp://x': not an http:// or https:// URL"):
+        s3(HASHSERVER_S3_ENDPOINT="ftp://x")
+
+
+# ------------------------------------------------------------------ a plain directory
+@pytest.mark.parametrize("option, value", [("--cache-dir", "/tmp/tier"), ("--cache-size", "1G"),
+                                           ("--s3-endpoint", "http://127.0.0.1:8333")])
+def test_s3_settings_for_a_plain_directory_are_a_mistake(tmp_path, option, value):
+    with pytest.raises(ConfigError) as info:
+        config_from_args([str(tmp_path), option, value], {})
+    assert str(info.value).startswith(f"{option}=") and "applies to an s3://BUCKET[/PREFIX] directory only" in str(
+        info.value)
+    variable = "HASHSERVER_" + option[2:].upper().replace("-", "_")
+    with pytest.raises(ConfigError, match=rf"^{variable}="):
+        Config.from_env({"HASHSERVER_DIRECTORY": str(tmp_path), variable: value})
+
+
+def test_a_plain_directory_ignores_the_environments_aws_endpoint(tmp_path):
+    """AWS_ENDPOINT_URL is for every S3 client of an environment: not a mistake of the server's."""
+    config = config_from_args([str(tmp_path)], {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333"})
+    assert not config.object_store and config.cache_dir is None
+    assert Config.from_env({"HASHSERVER_DIRECTORY": str(tmp_path), "AWS_ENDPOINT_URL": "http://x:1"}).directory == str(
+        tmp_path)
+    assert config_from_args([str(tmp_path), "--cache-size", "10G"], {}).cache_size == DEFAULT_CACHE_SIZE
