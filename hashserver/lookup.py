@@ -23,6 +23,7 @@ from .bufferfile import BufferFile
 from .compression import SUFFIXES, for_suffix
 from .index import ABSENT, KEY_DTYPE, PROMISE, UNKNOWN_SIZE, IndexData, IndexReader
 from .layout import SearchPath
+from .lockfree import lock_sentinels
 from .locks import FUTURE_SLACK
 from .metrics import Metrics
 from .promises import Promises
@@ -46,7 +47,7 @@ class ExactIndex:
         self.search_path = search_path
         self.index = index
         self.promises = promises
-        self.watch = DirectoryWatch(search_path.dirs)
+        self.watch = DirectoryWatch(search_path.dirs, lock_sentinels(search_path))
 
     def close(self) -> None:
         self.watch.close()
@@ -65,18 +66,51 @@ class ExactIndex:
         clean[numbers[vouched]] = True
         self._stat_needed = np.zeros(len(self.search_path.dirs), np.bool_)
         self._stat_needed[numbers[~vouched]] = True
-        confirmed = []
-        for number in numbers[~vouched].tolist():
-            try:
-                mtime = os.stat(self.search_path.dirs[number]).st_mtime_ns
-            except (FileNotFoundError, NotADirectoryError):
-                mtime = ABSENT
-            if data.dir_settled[number] and mtime == data.dir_mtimes[number]:
-                clean[number] = True
-                confirmed.append(number)
+        confirmed = [number for number in numbers[~vouched].tolist() if self._unchanged(data, number)]
+        clean[confirmed] = True
         if confirmed:
             self.watch.vouch(np.array(confirmed, np.intp))
         return clean
+
+    def _unchanged(self, data: IndexData, number: int) -> bool:
+        """One stat: whether the directory is as the index recorded it (and had settled)."""
+        try:
+            mtime = os.stat(self.search_path.dirs[number]).st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            mtime = ABSENT
+        return bool(data.dir_settled[number]) and mtime == data.dir_mtimes[number]
+
+    def stamp(self, checksum: bytes) -> int | tuple[int, ...] | None:
+        """The epochs of the checksum's candidate directories when the watch
+        vouches for all of them now, else None (after draining the watch, and
+        stat'ing and vouching for those it does not vouch for yet).
+
+        While the stamp stays the same, no file of those directories was
+        added, removed, replaced, rewritten or touched, and the index is exact
+        for them: what was learnt under it still holds, with no system call.
+        """
+        watch = self.watch
+        watch.drain()
+        candidates = self.search_path.candidate_dirs(checksum[0])
+        vouched = watch.vouched
+        for number in candidates:
+            if not vouched[number] and not self._confirm(number):
+                return None
+        epochs = watch.epochs
+        if len(candidates) == 1:
+            return epochs[candidates[0]]
+        return tuple([epochs[number] for number in candidates])
+
+    def _confirm(self, number: int) -> bool:
+        """Stat a directory the watch does not vouch for; vouched for if unchanged."""
+        if not self.watch.active or not self._unchanged(self.index.current(), number):
+            return False
+        self.watch.vouch(np.array([number], np.intp))
+        return bool(self.watch.vouched[number])
+
+    def indexed(self, checksum: bytes) -> bool:
+        """Whether the index has any record of the checksum (a file or a promise)."""
+        return self.index.current().find_one(checksum) >= 0
 
     def _promised_in_index(self, data: IndexData, positions: np.ndarray) -> np.ndarray:
         """Which index entries are promises still in force."""

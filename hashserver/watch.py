@@ -24,6 +24,16 @@ anything is mounted or unmounted (a mount over a parent changes where the
 path leads without an inotify event).  The path is then resolved and watched
 again at the next drain, before the stat that may vouch for it once more.
 
+Each directory also has an *epoch*, a counter raised whenever its vouching
+is withdrawn: what was learnt of a directory while it was vouched for (a
+file's identity, that it holds no lock files) stays true while its epoch is
+the same.  For that, the watch of a buffer directory itself also reports
+changes to its files' content and attributes (``IN_MODIFY``, ``IN_ATTRIB``:
+a file rewritten in place or touched is a new version of it), and the watch
+may guard *sentinels*, files outside the directory whose appearance or
+removal matters to it (the main directory's global lock for the prefix
+layout's directories).
+
 Where inotify is not available (another OS, the watch or instance limit
 reached) nothing is vouched for and every lookup stats, as before: slower,
 equally exact.  Directories on file systems shared with other machines are
@@ -37,7 +47,7 @@ import logging
 import os
 import select
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +59,9 @@ except ImportError:  # not Linux (termios, fcntl), or not installed
 else:
     ENTRY_EVENTS = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
     SELF_EVENTS = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
-    MASK = ENTRY_EVENTS | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR
+    # MASK_ADD: a directory that is both on a path and a buffer directory keeps the larger mask.
+    MASK = ENTRY_EVENTS | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR | flags.MASK_ADD
+    OWN_MASK = MASK | flags.MODIFY | flags.ATTRIB  # a buffer directory: its files rewritten or touched too
 
 log = logging.getLogger("hashserver.watch")
 
@@ -138,9 +150,11 @@ class DirectoryWatch:
     time of the stats.
     """
 
-    def __init__(self, dirs: tuple[str, ...]):
+    def __init__(self, dirs: tuple[str, ...], sentinels: Mapping[int, tuple[str, ...]] | None = None):
         self.dirs = dirs
+        self.sentinels = dict(sentinels or {})  # by directory number: files outside it that matter to it
         self.vouched = np.zeros(len(dirs), np.bool_)
+        self.epochs = [0] * len(dirs)  # raised at every withdrawal (see the module's docstring)
         self.watched = np.zeros(len(dirs), np.bool_)  # path watched from / down (its absence too)
         self._watches: dict[int, _Watch] = {}
         self._uses: list[set[int]] = [set() for _ in dirs]  # per directory: watches its path uses
@@ -188,13 +202,21 @@ class DirectoryWatch:
         if mask & SELF_EVENTS:
             self._break(watch.users)
             return
-        self.vouched[list(watch.own)] = False
+        self._withdraw(watch.own)
         self._break(watch.entries.get(name, ()))
+
+    def _withdraw(self, numbers: Iterable[int]) -> None:
+        """Not vouched for, and what was learnt of them while they were is void."""
+        numbers = list(numbers)
+        self.vouched[numbers] = False
+        epochs = self.epochs
+        for number in numbers:
+            epochs[number] += 1
 
     def _break(self, numbers: Iterable[int]) -> None:
         """These paths may lead elsewhere now: not vouched for until watched again and stat'ed."""
         numbers = list(numbers)
-        self.vouched[numbers] = False
+        self._withdraw(numbers)
         self.watched[numbers] = False
         self._broken.update(numbers)
 
@@ -218,13 +240,37 @@ class DirectoryWatch:
         self._drop_unused()
 
     def _follow(self, number: int, this_round: _Round) -> bool:
-        """Walk the path as the kernel does, watching each directory before reading its entries.
+        """Watch the directory's path and its sentinels' (see :meth:`_walk`).
 
         True when the directory, or its absence, is now watched: any later
         change on the path is then queued as an event.  Events for the
         directory's own entries count only where the file system is local.
         """
-        pending = [c for c in os.path.abspath(self.dirs[number]).split("/") if c]
+        resolved = self._walk(number, self.dirs[number], this_round)
+        if resolved is None:
+            return False
+        for sentinel in self.sentinels.get(number, ()):
+            parent = self._walk(number, os.path.dirname(sentinel), this_round)
+            if parent is None:
+                return False
+            if parent:
+                self._use(number, parent, this_round, entry=os.path.basename(sentinel))
+        if not resolved:
+            return True
+        if not self._is_local(resolved, this_round):
+            return False
+        self._inotify.add_watch(resolved, OWN_MASK)  # the same watch, its files' changes added
+        self._watches[this_round.wds[resolved]].own.add(number)
+        return True
+
+    def _walk(self, number: int, path: str, this_round: _Round) -> str | None:
+        """Walk the path as the kernel does, watching each directory before reading its entries.
+
+        Returns the directory's real path; '' when it does not exist (its
+        creation will be an event); None when it cannot be watched (too many
+        symbolic links, a network file system on the way).
+        """
+        pending = [c for c in os.path.abspath(path).split("/") if c]
         current, links = "/", 0
         self._use(number, current, this_round)
         while pending:
@@ -239,23 +285,20 @@ class DirectoryWatch:
             try:
                 mode = os.lstat(path).st_mode
             except (FileNotFoundError, NotADirectoryError):
-                return self._is_local(current, this_round)  # its creation will be an event
+                return "" if self._is_local(current, this_round) else None  # its creation will be an event
             if stat.S_ISLNK(mode):
                 links += 1
                 if links > MAX_SYMLINKS:
-                    return False
+                    return None
                 target = os.readlink(path)
                 pending[:0] = [c for c in target.split("/") if c]
                 current = "/" if target.startswith("/") else current
             elif not stat.S_ISDIR(mode):
-                return self._is_local(current, this_round)  # a file where a directory belongs
+                return "" if self._is_local(current, this_round) else None  # a file where a directory belongs
             else:
                 current = path
                 self._use(number, current, this_round)
-        if not self._is_local(current, this_round):
-            return False
-        self._watches[this_round.wds[current]].own.add(number)
-        return True
+        return current
 
     def _use(self, number: int, path: str, this_round: _Round, entry: str | None = None) -> None:
         """Record that this directory's path passes through ``path`` (and its ``entry``)."""
@@ -297,7 +340,7 @@ class DirectoryWatch:
                         "lookups stat the directories not watched")
 
     def close(self) -> None:
-        self.vouched[:] = False
+        self._withdraw(range(len(self.dirs)))
         self.watched[:] = False
         for resource in (self._inotify, self._mounts):
             if resource is not None:

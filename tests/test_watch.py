@@ -160,6 +160,54 @@ def test_file_changes_withdraw_only_their_directory(tmp_path, watching):
     assert vouched_after_drain(w) == [False, True, False]
 
 
+def test_epochs_rise_at_every_withdrawal_and_only_there(tmp_path, watching):
+    """What was learnt under an epoch holds while it is the same: any change to a
+    directory's entries, or to its files' content or times, raises it."""
+    dirs = make_dirs(tmp_path / "buffers")
+    (dirs[0] / "file").write_bytes(b"before")
+    w = watching(dirs)
+    confirm(w)
+    epochs = list(w.epochs)
+    (dirs[1] / "elsewhere").touch()
+    w.drain()
+    assert w.epochs[0] == epochs[0] and w.epochs[1] > epochs[1]
+    for change in (lambda f: f.open("r+b").write(b"rewritten"),  # in place: no entry event
+                   lambda f: os.utime(f, (0, 0)),
+                   lambda f: os.truncate(f, 1)):
+        confirm(w)
+        before = w.epochs[0]
+        change(dirs[0] / "file")
+        assert vouched_after_drain(w)[0] is False and w.epochs[0] > before
+    confirm(w)
+    before = list(w.epochs)
+    (dirs[0] / "file").read_bytes()  # reading changes nothing
+    assert vouched_after_drain(w) == [True, True, True] and w.epochs == before
+
+
+def test_sentinels_outside_the_directory(tmp_path, watching):
+    """The prefix layout's global lock, DIR/.LOCK, is outside its directories: its
+    creation or removal withdraws them; other names in DIR do not."""
+    root = tmp_path / "buffers"
+    dirs = make_dirs(root)
+    made = DirectoryWatch(tuple(str(d) for d in dirs), {0: (str(root / ".LOCK"),), 1: (str(root / ".LOCK"),)})
+    try:
+        assert confirm(made).all()
+        (root / "unrelated").touch()
+        made.drain()
+        assert made.vouched.tolist() == [True, True, True]
+        before = list(made.epochs)
+        (root / ".LOCK").touch()
+        made.drain()
+        assert made.vouched.tolist() == [False, False, True]
+        assert made.epochs[0] > before[0] and made.epochs[1] > before[1] and made.epochs[2] == before[2]
+        assert confirm(made).all()
+        (root / ".LOCK").unlink()
+        made.drain()
+        assert made.vouched.tolist() == [False, False, True]
+    finally:
+        made.close()
+
+
 def test_a_parent_replaced_by_a_symbolic_link(tmp_path, watching):
     """The path is resolved as the kernel resolves it, through links and their targets."""
     real, other = tmp_path / "real", tmp_path / "other"
