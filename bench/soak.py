@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import math
 import os
 import random
 import shutil
@@ -48,6 +49,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Callable
 
 import zstandard
 
@@ -622,11 +624,16 @@ def file_holds(path: str, checksum: str, encoding) -> bool:
 
 
 # ------------------------------------------------------------------ one soak, start to end
-async def sample_until(sampler: ProcessSampler, deadline: float) -> None:
-    """A reading every SAMPLE_EVERY seconds, and one just before the end."""
+async def sample_until(sampler: ProcessSampler, deadline: float, progress: Callable[[int], None]) -> None:
+    """A reading every SAMPLE_EVERY seconds, and one just before the end; ``progress``
+    is told of each minute that has passed (a silent half hour looks like a hang)."""
+    minute = 1
     while (now := time.monotonic()) < deadline - 1.0:
         await asyncio.sleep(min(SAMPLE_EVERY, deadline - 1.0 - now))
         sampler.sample()
+        if sampler.clock.minute(time.monotonic()) > minute:
+            progress(minute)
+            minute = sampler.clock.minute(time.monotonic())
 
 
 async def soak(options: SoakOptions, servers: dict[str, HashServer], directory: str) -> dict:
@@ -639,7 +646,12 @@ async def soak(options: SoakOptions, servers: dict[str, HashServer], directory: 
     deadline = started + options.minutes * 60
     cpu_before = os.times()
     sampler.sample()
-    await asyncio.gather(load.run(deadline), sample_until(sampler, deadline))
+
+    def progress(minute: int) -> None:
+        print(f"soak: minute {minute} of {math.ceil(options.minutes)} done: {sum(load.counts.values())} "
+              f"operations, {checker.total} wrong answers so far", file=sys.stderr, flush=True)
+
+    await asyncio.gather(load.run(deadline), sample_until(sampler, deadline, progress))
     cpu_after, load_seconds = os.times(), time.monotonic() - started
     client_cpu = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
     final = await final_lookups(ports, ledger, checker, random.Random(options.seed))
