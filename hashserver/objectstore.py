@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import posixpath
 import re
 import time
 from contextlib import contextmanager
@@ -83,6 +84,10 @@ CONFLICT = (AlreadyExistsError, PreconditionError)
 REFUSED = (PermissionDeniedError, UnauthenticatedError)
 NO_BUCKET = "<Code>NoSuchBucket</Code>"  # S3's answer to a list; a HEAD of a key only says 404
 _DONE, _ABANDON = object(), object()
+LIST_MIN = 16  # missing buffers in a batch from which listing their directories is tried
+LIST_PAGE = 1000  # keys in a listing page (S3's maximum)
+RANGE_END = "~"  # sorts after every suffix of a checksum's keys (".zst", ".gz", ".BUFFERLENGTH")
+Location = tuple[Encoding | None, int]  # a representation of a buffer in the bucket, and its size
 
 
 class _Abandoned(Exception):
@@ -203,11 +208,12 @@ class ObjectStore:
         return None if result is None else await self._read(key, result)
 
     # ------------------------------------------------------------- lookups
-    async def _find(self, checksum_hex: str) -> tuple[Encoding | None, int] | None:
+    async def _find(self, checksum_hex: str) -> Location | None:
         """Which representation of the buffer the bucket holds (plain first), and its size."""
         size = await self._head(self.keys.buffer(checksum_hex))
-        if size is not None:
-            return None, size
+        return (None, size) if size is not None else await self._find_compressed(checksum_hex)
+
+    async def _find_compressed(self, checksum_hex: str) -> Location | None:
         sizes = await asyncio.gather(*(self._head(self.keys.buffer(checksum_hex, e)) for e in ENCODINGS))
         for encoding, size in zip(ENCODINGS, sizes, strict=True):
             if size is not None:
@@ -221,43 +227,108 @@ class ObjectStore:
         except ValueError:
             return False
 
-    async def _bounded(self, checksums: bytes, one) -> list:
-        """``one(checksum_hex)`` for each checksum of a batch, at most HEAD_CONCURRENCY at once."""
+    @staticmethod
+    async def _map(items: list, one) -> list:
+        """``one(item)`` for each item, at most HEAD_CONCURRENCY at once."""
         limit = asyncio.Semaphore(HEAD_CONCURRENCY)
 
-        async def bounded(checksum_hex: str):
+        async def bounded(item):
             async with limit:
-                return await one(checksum_hex)
+                return await one(item)
 
-        hexes = [checksums[i:i + 32].hex() for i in range(0, len(checksums), 32)]
-        return list(await asyncio.gather(*(bounded(h) for h in hexes)))
+        return list(await asyncio.gather(*(bounded(item) for item in items)))
+
+    async def _locate(self, hexes: list[str]) -> dict[str, Location]:
+        """Where each buffer of a batch is.  A HEAD of each plain object; for the
+        rest, their compressed forms: by listing their directories when enough are
+        missing (one listing answers for many), else by HEADs."""
+        sizes = await self._map(hexes, lambda h: self._head(self.keys.buffer(h)))
+        found: dict[str, Location] = {h: (None, size) for h, size in zip(hexes, sizes, strict=True)
+                                      if size is not None}
+        rest = sorted({h for h in hexes if h not in found})
+        unresolved = rest
+        if len(rest) >= LIST_MIN:
+            listed, unresolved = await self._list_around(rest, self.keys.buffer)
+            for h in set(rest) - set(unresolved):
+                for encoding in ENCODINGS:
+                    size = listed.get(self.keys.buffer(h, encoding))
+                    if size is not None:
+                        found[h] = (encoding, size)
+                        break
+        compressed = await self._map(unresolved, self._find_compressed)
+        found.update({h: where for h, where in zip(unresolved, compressed, strict=True) if where is not None})
+        return found
+
+    async def _promised_among(self, hexes: list[str]) -> set[str]:
+        """Which of these (absent) buffers are promised: their promise objects read,
+        found by listing when there are enough of them."""
+        candidates = sorted(set(hexes))
+        if len(candidates) >= LIST_MIN:
+            listed, unresolved = await self._list_around(candidates, self.keys.promise)
+            candidates = sorted({*unresolved, *(h for h in candidates if self.keys.promise(h) in listed)})
+        promised = await self._map(candidates, self._promised)
+        return {h for h, yes in zip(candidates, promised, strict=True) if yes}
+
+    async def _list_around(self, hexes: list[str], key_of) -> tuple[dict[str, int], list[str]]:
+        """The objects (key: size) whose names start with ``key_of(h)`` for the sorted
+        ``hexes``, by listing each directory involved over the range they span, within
+        a budget of pages (a listing page costs more than a HEAD); and the checksums
+        the budget left unresolved."""
+        groups: dict[str, list[str]] = {}
+        for h in hexes:
+            groups.setdefault(posixpath.dirname(key_of(h)), []).append(h)
+
+        async def one(directory: str) -> tuple[dict[str, int], list[str]]:
+            group = groups[directory]
+            first, last = key_of(group[0])[:-1], key_of(group[-1]) + RANGE_END
+            listed, reached = await self._list_range(directory, first, last, max(1, len(group) // 2))
+            return listed, [h for h in group if reached is not None and key_of(h) + RANGE_END > reached]
+
+        listed: dict[str, int] = {}
+        unresolved: list[str] = []
+        for part, left in await self._map(list(groups), one):
+            listed.update(part)
+            unresolved.extend(left)
+        return listed, unresolved
+
+    async def _list_range(self, directory: str, first: str, last: str, pages: int) -> tuple[dict[str, int], str | None]:
+        """Keys and sizes of ``directory`` after ``first``, up to ``last``, in at most
+        ``pages`` pages; and the last key reached if the pages ran out first (else None)."""
+        stream = obstore.list(self.store, prefix=directory or None, offset=first, chunk_size=LIST_PAGE)
+        listed: dict[str, int] = {}
+        for _ in range(pages):
+            try:
+                page = await self._call("list", directory, stream.__anext__())
+            except StopAsyncIteration:
+                return listed, None
+            listed.update((entry["path"], entry["size"]) for entry in page)
+            if len(page) < LIST_PAGE or page[-1]["path"] > last:  # the end of the listing, or past the range
+                return listed, None
+        return listed, max(listed, default=first)
 
     def peek(self, checksum: bytes) -> bytes | Fast:
         return Fast.REGULAR  # only a call to the object store could tell
 
     async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
-        async def one(checksum_hex: str) -> bool:
-            if await self._find(checksum_hex) is not None:
-                return True
-            return promised and await self._promised(checksum_hex)
-
-        present = await self._bounded(checksums, one)
-        if not all(present):
+        hexes = _hexes(checksums)
+        found = await self._locate(hexes)
+        missing = [h for h in hexes if h not in found]
+        promises = await self._promised_among(missing) if promised and missing else set()
+        if missing:
             await self._bucket_is_there()
-        return present
+        return [h in found or h in promises for h in hexes]
 
     async def lengths(self, checksums: bytes) -> list[int]:
-        async def one(checksum_hex: str) -> int:
-            found = await self._find(checksum_hex)
-            if found is None:
-                return 1 if await self._promised(checksum_hex) else 0
-            encoding, size = found
-            return size if encoding is None else await self._decoded_length(checksum_hex, encoding)
-
-        lengths = await self._bounded(checksums, one)
-        if not all(lengths):
+        hexes = _hexes(checksums)
+        found = await self._locate(hexes)
+        missing = [h for h in hexes if h not in found]
+        promises = await self._promised_among(missing) if missing else set()
+        if missing:
             await self._bucket_is_there()
-        return lengths
+        compressed = [h for h in set(found) if found[h][0] is not None]
+        decoded = dict(zip(compressed, await self._map(
+            compressed, lambda h: self._decoded_length(h, found[h][0])), strict=True))
+        return [decoded.get(h, found[h][1]) if h in found else int(h in promises) for h in hexes]
 
     async def _decoded_length(self, checksum_hex: str, encoding: Encoding) -> int:
         """A compressed buffer's length: its sidecar, else decoded once to count."""
@@ -609,6 +680,10 @@ class ObjectStore:
         for task in (self._resolver, self._health_task):
             if task is not None:
                 task.cancel()
+
+
+def _hexes(checksums: bytes) -> list[str]:
+    return [checksums[i:i + 32].hex() for i in range(0, len(checksums), 32)]
 
 
 def _refused(exc: BaseException | None) -> bool:

@@ -425,3 +425,36 @@ def test_a_vanished_bucket_is_unavailable_not_absent(s3_env, s3_bucket):  # noqa
                 await call
 
     run(scenario())
+
+
+@pytest.mark.parametrize("page", [1000, 2], ids=["one-page", "pages-run-out"])
+def test_a_large_batch_lists_what_it_does_not_find(bucket_store, monkeypatch, page):
+    """With many buffers missing from a batch, their compressed forms and promises are
+    looked for by listing their directories; when the listing would take too many pages,
+    the rest by HEADs: the answers are the same either way."""
+    import hashserver.objectstore as objectstore
+
+    monkeypatch.setattr(objectstore, "LIST_PAGE", page)
+    store, raw, _ = bucket_store
+    plain = [os.urandom(100) for _ in range(10)]
+    packed = [os.urandom(50) * 4 for _ in range(10)]
+    promised = [sha3(b"promised %d" % i) for i in range(5)]
+    absent = [sha3(b"absent %d" % i) for i in range(40)]
+    for i in range(40):  # neighbours in the directories listed
+        obstore.put(raw, key_of(sha3(b"absent %d" % i)).replace(".", "") + "0", b"")
+
+    async def scenario():
+        for data in plain:
+            await store.put(sha3(data), body_of(data))
+        for data in packed:
+            await store.put(sha3(data), body_of(zstandard.compress(data)), "zstd")
+        for checksum in promised:
+            await store.promise(checksum)
+        batch = b"".join([*map(sha3, plain), *map(sha3, packed), *promised, *absent])
+        assert await store.has(batch) == [True] * 25 + [False] * 40
+        assert await store.has(batch, promised=False) == [True] * 20 + [False] * 45
+        assert await store.lengths(batch) == [100] * 10 + [200] * 10 + [1] * 5 + [0] * 40
+
+    run(scenario())
+    calls = store.metrics._values["hashserver_object_store_requests"]  # every call is counted
+    assert calls[("list", "ok")] > 0 and calls[("head", "absent")] > 0 and calls[("put", "ok")] > 0
