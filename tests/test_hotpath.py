@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import random
 import re
 import socket
@@ -377,6 +378,64 @@ def test_promise_pending(pair):
     assert found[2].body == promised == found[4].body
 
 
+def test_held_buffers_changed_on_disk(pair):
+    """Buffers read and held (proven, once the watch vouches), then removed or
+    rewritten in place with wrong bytes: never answered from memory."""
+    kept, gone, corrupt = payload(800, 10), payload(800, 11), payload(800, 12)
+
+    def exchange(side: Side) -> list:
+        checksums = [add_buffer(side.directory, data) for data in (kept, gone, corrupt)]
+        connection = side.connect()
+        try:
+            found = []
+            for _ in range(3):
+                for checksum in checksums:
+                    connection.send(request("GET", checksum))
+                    found += connection.replies("GET")
+            os.unlink(buffer_path(side.directory, checksums[1]))
+            with open(buffer_path(side.directory, checksums[2]), "r+b") as f:
+                f.write(bytes(10))
+            for checksum in checksums:
+                connection.send(request("GET", checksum), request("HEAD", checksum))
+                found += connection.replies("GET", "HEAD")
+            # The corruption message names the file, in each server's own directory.
+            return found[:-2] + [(r.status, r.body.replace(str(side.directory).encode(), b"DIR")) for r in found[-2:]]
+        finally:
+            connection.close()
+
+    found = pair.both(exchange)
+    assert statuses(found[:-2]) == [200] * 9 + [200, 200, 404, 404]
+    assert found[9].body == kept and [status for status, _ in found[-2:]] == [400, 400]
+    assert b"File corruption" in found[-2][1]
+
+
+def test_a_global_lock_made_after_a_404(pair):
+    """``DIR/.LOCK`` made after a 404 (which may have learnt that no lock file
+    exists): the next GET waits for the writer, on both paths."""
+    late = payload(600, 14)
+    late_cs = sha3(late)
+
+    def exchange(side: Side) -> list:
+        connection = side.connect()
+        lock = side.directory / ".LOCK"
+        try:
+            for _ in range(2):
+                connection.send(request("GET", late_cs))
+                found = connection.replies("GET")
+            lock.touch()
+            connection.send(request("GET", late_cs))
+            time.sleep(0.3)  # the GET now waits for the lock
+            add_buffer(side.directory, late)
+            lock.unlink()
+            return found + connection.replies("GET")
+        finally:
+            lock.unlink(missing_ok=True)
+            connection.close()
+
+    found = pair.both(exchange)
+    assert statuses(found) == [404, 200] and found[1].body == late
+
+
 def test_pipelined_requests_mixing_hot_and_regular_routes(pair):
     fresh = payload(900, 8)
     has_body = json.dumps([SMALL_CS, ABSENT_CS]).encode()
@@ -717,6 +776,26 @@ def test_the_hot_path_answers_held_buffers_and_absent_ones(in_process):
                           ("HEAD", request("HEAD", ABSENT_CS)),
                           ("GET", request("GET", SMALL_CS, "Host: x", "Accept-Encoding: br", "Connection: keep-alive")),
                           ) == {("get", 200): 3, ("head", 200): 1, ("get", 404): 1, ("head", 404): 1}
+
+
+def test_held_buffers_are_proven_once_the_watch_vouches(in_process):
+    """Once the index is exact for the directory (settled and rescanned), a
+    held buffer is answered from its proof, with no stat; removing its file
+    makes the hot path answer 404 at once."""
+    storage = in_process.app.ctx.storage
+    checksum = bytes.fromhex(SMALL_CS)
+
+    def proven():
+        stamp = storage.lookups.stamp(checksum)
+        return stamp is not None and storage.cache.proven(checksum, stamp) is not None
+
+    deadline = time.monotonic() + 30
+    while not in_process.call(proven):
+        assert time.monotonic() < deadline, "never proven: the watch never vouched for the directory"
+        assert answered_after(in_process, ("GET", request("GET", SMALL_CS))) == {("get", 200): 1}
+        time.sleep(0.2)
+    os.unlink(buffer_path(storage.search_path.main.root, SMALL_CS))
+    assert answered_after(in_process, ("GET", request("GET", SMALL_CS))) == {("get", 404): 1}
 
 
 @pytest.mark.parametrize("raw", [
