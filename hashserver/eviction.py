@@ -207,7 +207,8 @@ class TierEvictor:
                 return
 
     def stop(self) -> None:
+        """Stop the thread; its counts are folded, the metrics are closed by their owner."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self.metrics.close()
+        self.metrics.fold()

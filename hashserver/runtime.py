@@ -32,6 +32,7 @@ from .integrity import check_hash_algorithm
 from .launcher import InactivityWatch, StatusFile
 from .layout import SearchPath
 from .metrics import Metrics, index_facts, prepare_directory, remove_directory
+from .promises import Promises
 from .storage import Storage, StorageUnavailable
 from .tokens import Guard
 from .writer import remove_leftovers, write_prefix_marker
@@ -62,6 +63,7 @@ class MainProcess:
     build_seconds: float
     metrics_dir: str  # prometheus_client's multiprocess directory, shared with the workers
     tier: "LocalTier | None" = None
+    metrics: Metrics | None = None  # the main process's own counts (expired promises, evictions)
 
     @classmethod
     def start(cls, config: Config) -> "MainProcess":
@@ -79,9 +81,11 @@ class MainProcess:
             if tier is not None:
                 tier.remove()
             raise
-        main.tier = tier
+        main.tier, main.metrics = tier, Metrics(main.metrics_dir)
         if tier is not None:
-            tier.start_evictor(main.metrics_dir)
+            tier.start_evictor(main.metrics)
+        elif config.writable:
+            main.publisher.expire_promises(Promises(main.publisher.search_path), main.metrics)
         if config.writable and config.write_token_file is None and not config.loopback_only:
             log.warning("writable on %s without --write-token-file: anyone who reaches it can write",
                         config.host)
@@ -120,6 +124,8 @@ class MainProcess:
             self.tier.stop()
         self.publisher.stop()
         self.generations.remove()
+        if self.metrics is not None:
+            self.metrics.close()
         remove_directory(self.metrics_dir)
 
 
@@ -202,13 +208,13 @@ class LocalTier:
         lifecycle.on_startup_exit(tier.remove)
         return tier
 
-    def start_evictor(self, metrics_dir: str) -> None:
+    def start_evictor(self, metrics: Metrics) -> None:
         if self.private:
             return
         from .eviction import TierEvictor
 
         self.evictor = TierEvictor(SearchPath.from_config(self.config).main, self.config.cache_size,
-                                   self.added, Metrics(metrics_dir))
+                                   self.added, metrics)
         self.evictor.start()
 
     def stop(self) -> None:
