@@ -24,11 +24,17 @@ for leftovers and for files that do not hold their checksum's content.
 
 Meanwhile the memory (RSS and anonymous) and open file descriptors of every
 server process are read from /proc.  **Flat** means: for every process that
-lived through the run, the last minute's reading is within
+lived through the run, the last minute's memory is within
 ``FLAT_MEMORY_FRACTION`` (10 %) or ``FLAT_MEMORY_MIB`` (16 MiB), whichever is
-larger, of its reading at the end of the first minute (once caches and
-connections are warm), and its descriptors within ``FLAT_FDS`` (16: the
-client's connections may move between workers) of it.
+larger, of its reading at the end of the first minute (once connections are
+open and the code warm), and its descriptors within ``FLAT_FDS`` (16: the
+client's connections may move between workers) of it.  A worker may grow
+by more: by what its content cache may have taken in meanwhile, by design
+(``hashserver.contentcache``: small plain buffers it served, up to
+``CACHE_BYTES``).  The client counts, per server, the bytes (plus the cache's
+per-entry overhead) of the distinct small plain buffers that server answered
+with 200 after the first minute, and allows each of its workers that much
+more: an upper bound, since each worker serves only part of them.
 
 Outputs: a table on stdout, the report as JSON (``--soak-report``); the exit
 status is 1 if any answer was wrong, else 0.
@@ -55,7 +61,9 @@ import zstandard
 
 from hashserver.checksum import Hasher
 from hashserver.compression import BY_SUFFIX, Decoder, InvalidPayload, for_content_encoding
+from hashserver.contentcache import CACHE_BYTES, ENTRY_OVERHEAD
 from hashserver.layout import PREFIX_MARKER, SIDECAR_SUFFIX, is_buffer_name
+from hashserver.reader import SMALL_BUFFER
 from hashserver.testing import stop_all
 
 from .machine import load_average
@@ -109,14 +117,21 @@ class Ledger:
     cut uploads, and checksums never sent."""
 
     stored: dict[str, int] = field(default_factory=dict)
+    compressed: set[str] = field(default_factory=set)  # stored from a zstd or gzip body
     stored_list: list[str] = field(default_factory=list)  # for uniform random picks
     cut: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
 
-    def acknowledge(self, checksum: str, length: int) -> None:
+    def acknowledge(self, checksum: str, length: int, encoding: str = "") -> None:
         if checksum not in self.stored:
             self.stored[checksum] = length
             self.stored_list.append(checksum)
+            if encoding:
+                self.compressed.add(checksum)
+
+    def cacheable(self, checksum: str) -> bool:
+        """Would a worker keep this buffer in its content cache once it served it?"""
+        return checksum not in self.compressed and self.stored.get(checksum, SMALL_BUFFER + 1) <= SMALL_BUFFER
 
     def pick(self, rng: random.Random) -> tuple[str, State, int]:
         """A checksum to read: mostly acknowledged ones, some cut and never-sent ones."""
@@ -365,30 +380,38 @@ class ProcessSampler:
     def load_rows(self, last_minute: int) -> list[dict]:
         return [{"minute": m, "load_average": self.load[m]} for m in sorted(self.load) if m <= last_minute]
 
-    def report(self, last_minute: int) -> list[dict]:
+    def report(self, last_minute: int, cache_mib: dict[str, float]) -> list[dict]:
+        """Per process, its readings by minute and its verdict; ``cache_mib``: by server,
+        what each of its workers may have added to its content cache after the first minute."""
         out = []
         for (name, pid), entry in sorted(self.readings.items()):
             minutes = [entry["minutes"][m] for m in sorted(entry["minutes"]) if m <= last_minute]
+            cache = cache_mib[name] if entry["role"] == "worker" else 0.0
             out.append({"server": name, "pid": pid, "role": entry["role"], "minutes": minutes,
-                        "flat": flat_verdict(minutes, last_minute)})
+                        "flat": flat_verdict(minutes, last_minute, cache)})
         return out
 
 
-def flat_verdict(minutes: list[dict], last_minute: int) -> dict:
+def flat_verdict(minutes: list[dict], last_minute: int, cache_mib: float = 0.0) -> dict:
     """Whether the readings stayed flat: last minute against the end of the first
-    (see the module's docstring).  ``flat`` is None for a process that did not live
-    through the whole run (a replaced worker, say)."""
+    (see the module's docstring), memory allowed to grow by ``cache_mib`` more (a
+    worker's content cache filling).  ``flat`` is None for a process that did not
+    live through the whole run (a replaced worker, say)."""
     if not minutes or minutes[0]["minute"] != 1 or minutes[-1]["minute"] != last_minute:
         return {"flat": None, "why": "did not live through the whole run"}
     first, last = minutes[0], minutes[-1]
     grew = []
     for key in ("rss_mib", "anon_mib"):
-        allowed = max(first[key] * FLAT_MEMORY_FRACTION, FLAT_MEMORY_MIB)
+        allowed = max(first[key] * FLAT_MEMORY_FRACTION, FLAT_MEMORY_MIB) + cache_mib
         if last[key] - first[key] > allowed:
             grew.append(f"{key} {first[key]} -> {last[key]} (allowed +{allowed:.1f})")
     if last["fds"] - first["fds"] > FLAT_FDS:
         grew.append(f"fds {first['fds']} -> {last['fds']} (allowed +{FLAT_FDS})")
-    return {"flat": not grew, "why": "; ".join(grew) or "within bounds"}
+    half = minutes[len(minutes) // 2]
+    trend = (last["anon_mib"] - half["anon_mib"]) / max(1, last["minute"] - half["minute"])
+    return {"flat": not grew, "why": "; ".join(grew) or "within bounds",
+            "anon_growth_mib": round(last["anon_mib"] - first["anon_mib"], 1), "allowance_extra_mib": cache_mib,
+            "anon_mib_per_minute_second_half": round(trend, 2)}
 
 
 # ------------------------------------------------------------------ the load
@@ -434,6 +457,8 @@ class Load:
         self.counts: Counter[str] = Counter()
         self.reopened: Counter[str] = Counter()
         self.requests = 0  # sent, cut uploads included
+        self.fetched: dict[str, set[str]] = {name: set() for name in ports}  # served 200 by that server
+        self.cacheable_bytes = {name: Counter() for name in ports}  # by minute first served
         self.ops, self.weights = list(MIX), list(MIX.values())
 
     async def run(self, deadline: float) -> None:
@@ -470,8 +495,21 @@ class Load:
     async def op_get(self, rng: random.Random, name: str, conns: dict[str, Connection]) -> None:
         checksum, state, length = self.ledger.pick(rng)
         headers = {"Accept-Encoding": "zstd, gzip"} if rng.random() < 0.3 else None
-        reply = await self.timed("get", conns[name], "GET", "/" + checksum, headers=headers)
+        await self.get(name, conns[name], checksum, state, length, headers)
+
+    async def get(self, name: str, conn: Connection, checksum: str, state: State, length: int,
+                  headers: dict[str, str] | None = None) -> None:
+        reply = await self.timed("get", conn, "GET", "/" + checksum, headers=headers)
         self.checker.get(name, checksum, state, length, reply)
+        if reply.status == 200:
+            self.served(name, checksum)
+
+    def served(self, name: str, checksum: str) -> None:
+        """Count what the server's workers may now hold in their content caches."""
+        if self.ledger.cacheable(checksum) and checksum not in self.fetched[name]:
+            self.fetched[name].add(checksum)
+            minute = self.latencies.minute(time.monotonic())
+            self.cacheable_bytes[name][minute] += self.ledger.stored[checksum] + ENTRY_OVERHEAD
 
     async def op_head(self, rng: random.Random, name: str, conns: dict[str, Connection]) -> None:
         checksum, state, length = self.ledger.pick(rng)
@@ -499,7 +537,7 @@ class Load:
         headers = {"Content-Encoding": encoding} if encoding else None
         reply = await self.timed(op, conn, "PUT", "/" + checksum, encode(body, encoding), headers)
         if self.checker.status("put_status", f"{name} PUT {checksum[:12]}… {encoding or 'plain'}", reply, 200):
-            self.ledger.acknowledge(checksum, len(body))
+            self.ledger.acknowledge(checksum, len(body), encoding)
             return True
         return False
 
@@ -513,8 +551,7 @@ class Load:
         other = next(n for n in conns if n != name)
         checksum, roll = HASHER.digest(body).hex(), rng.random()
         if roll < 0.15:
-            reply = await self.timed("get", conns[other], "GET", "/" + checksum)
-            self.checker.get(other, checksum, State.PRESENT, len(body), reply)
+            await self.get(other, conns[other], checksum, State.PRESENT, len(body))
         elif roll < 0.25:
             await self.batch("has_now", other, conns[other], [(checksum, State.PRESENT, len(body))])
         elif roll < 0.35:
@@ -553,6 +590,8 @@ class Load:
             stored = await self.put("put", name, conns[name], body)
             try:
                 got = await waiting
+                if got.status == 200:
+                    self.served(other, checksum)
             except OSError as exc:
                 self.checker.wrong("promise_get", f"{other} GET {checksum[:12]}… while promised: {exc}")
                 return
@@ -657,6 +696,8 @@ async def soak(options: SoakOptions, servers: dict[str, HashServer], directory: 
     final = await final_lookups(ports, ledger, checker, random.Random(options.seed))
     final.update(scan_directory(directory, ledger, checker))
     last_minute = latencies.minute(deadline - 1e-6)
+    cache_mib = {name: round(min(CACHE_BYTES, sum(n for m, n in by_minute.items() if m > 1)) / MIB, 1)
+                 for name, by_minute in load.cacheable_bytes.items()}
     return {
         "operations": dict(load.counts), "operations_per_s": round(sum(load.counts.values()) / load_seconds, 1),
         "requests_per_s": round(load.requests / load_seconds, 1),
@@ -666,7 +707,8 @@ async def soak(options: SoakOptions, servers: dict[str, HashServer], directory: 
         "load_average": sampler.load_rows(last_minute),
         "errors": dict(checker.errors), "error_examples": dict(checker.examples),
         "wrong_answers": checker.total, "final_check": final,
-        "latency": latencies.rows(), "processes": sampler.report(last_minute),
+        "latency": latencies.rows(), "processes": sampler.report(last_minute, cache_mib),
+        "cache_allowance_mib": cache_mib,
     }
 
 
@@ -705,6 +747,8 @@ def run_soak(options: SoakOptions) -> int:
 
 FLAT_RULE = (f"a process's last-minute reading against its reading at the end of the first minute: "
              f"RSS and anonymous memory within max({FLAT_MEMORY_FRACTION:.0%}, {FLAT_MEMORY_MIB:g} MiB), "
+             f"for a worker plus the small plain buffers its server first served after the first minute "
+             f"(its content cache filling, at most {CACHE_BYTES // MIB} MiB); "
              f"open file descriptors within +{FLAT_FDS}")
 
 
@@ -736,9 +780,13 @@ def table(report: dict) -> str:
     for proc in report["processes"]:
         first, last = proc["minutes"][0], proc["minutes"][-1]
         cells = [f"{m['rss_mib']:.0f}/{m['anon_mib']:.0f} MiB {m['fds']:>3} fd" for m in (first, last)]
-        verdict = {True: "yes", False: "NO: ", None: "n/a: "}[proc["flat"]["flat"]]
-        verdict += "" if proc["flat"]["flat"] else proc["flat"]["why"]
+        flat = proc["flat"]
+        verdict = {True: "yes", False: "NO: ", None: "n/a: "}[flat["flat"]]
+        verdict += f" (anon {flat['anon_growth_mib']:+g} MiB, {flat['anon_mib_per_minute_second_half']:+g}/min " \
+                   "in the second half)" if flat["flat"] else flat["why"]
         lines.append(f"{proc['server']:<7}{proc['pid']:>8} {proc['role']:<17}{cells[0]:>22}{cells[1]:>22}  {verdict}")
-    lines += [f"flat ({report['flat_rule']}): {'yes' if report['flat'] else 'NO'}",
+    lines += ["content-cache allowance per worker: " + ", ".join(
+        f"{name} {mib:g} MiB" for name, mib in report["cache_allowance_mib"].items()),
+        f"flat ({report['flat_rule']}): {'yes' if report['flat'] else 'NO'}",
               f"final check: {report['final_check']}", ""]
     return "\n".join(lines)

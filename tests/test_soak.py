@@ -29,6 +29,7 @@ from bench.soak import (
     read_reply,
     scan_directory,
 )
+from hashserver.reader import SMALL_BUFFER
 
 from conftest import add_buffer, buffer_path, sha3
 
@@ -170,6 +171,17 @@ def test_flat_means_the_last_minute_within_bounds_of_the_first() -> None:
     leaked = flat_verdict([minute(1, 400, 30), minute(3, 400, 47)], 3)
     assert leaked["flat"] is False and "fds" in leaked["why"]
     assert flat_verdict([minute(2, 40, 30), minute(3, 40, 30)], 3)["flat"] is None  # a replaced worker
+    # A worker's content cache filling is allowed for, and no more than that:
+    assert flat_verdict([minute(1, 40, 30), minute(3, 80, 30)], 3, cache_mib=30)["flat"] is True
+    assert flat_verdict([minute(1, 40, 30), minute(3, 90, 30)], 3, cache_mib=30)["flat"] is False
+
+
+def test_only_small_plain_buffers_count_as_cacheable() -> None:
+    ledger = Ledger()
+    ledger.acknowledge("aa" * 32, 1000)
+    ledger.acknowledge("bb" * 32, 1000, "zstd")
+    ledger.acknowledge("cc" * 32, SMALL_BUFFER + 1)
+    assert [ledger.cacheable(c * 32) for c in ("aa", "bb", "cc", "dd")] == [True, False, False, False]
 
 
 def read(raw: bytes, head_only: bool = False) -> Reply:
