@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
+from seaweedfs import ACCESS_KEY, REGION, SECRET_KEY, SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
 from test_seamless_clients import (  # noqa: F401
     ROUNDTRIP,
     Reply,
@@ -193,7 +193,8 @@ def check_bucket(fleet: Fleet, expected: set[str]) -> None:
     """No incomplete multipart upload, and every object under the prefix a correct buffer
     (plain, or compressed with its sidecar), the prefix marker or a promise; the buffers
     exactly ``expected``."""
-    signer = Signer.from_settings(fleet.bucket, fleet.seaweedfs.s3_endpoint, fleet.seaweedfs.s3_env())
+    signer = Signer.from_settings(fleet.bucket, fleet.seaweedfs.s3_endpoint, {
+        "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY, "region": REGION})
     deadline = time.monotonic() + BOUND  # a cut upload's abort may still be on its way
     while (uploads := list_uploads(signer, fleet.bucket, fleet.prefix)) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -293,44 +294,61 @@ def test_the_object_store_stopped_under_load(own_seaweedfs, tmp_path):
         a, b = (h.port for h in hosts)
         buffers = {sha3(d): d for d in (os.urandom(2000 + n) for n in range(20))}
         for checksum, data in buffers.items():
-            assert put(a, data, checksum=checksum).body == b"OK"  # in a's local tier, not b's
+            assert put(a, data, checksum=checksum).body == b"OK"
+        only_on_a = os.urandom(1234)  # in a's local tier, never read through b
+        assert put(a, only_on_a).body == b"OK"
         bad: list[str] = []
         answers: dict[int, int] = {}
         stop_load = threading.Event()
 
+        def judge(port: int, reply: Reply, right: tuple[int, bytes], absent: bool) -> None:
+            """A present buffer: its answer or 503; an absent one: "absent" (404, false) or 503."""
+            answers[reply.status] = answers.get(reply.status, 0) + 1
+            if reply.status == 503:
+                if not reply.json().get("message"):
+                    bad.append(f"503 without a JSON message: {reply!r}")
+            elif (reply.status, reply.body) != right:
+                bad.append(f"port {port}, {'absent' if absent else 'present'} buffer: {reply!r}")
+
         def load(port: int) -> None:
             while not stop_load.is_set():
-                checksum = random.choice(list(buffers))
-                for reply, expected in ((request(port, "GET", "/" + checksum, timeout=BOUND), buffers[checksum]),
-                                        (json_request(port, "POST", "/has", [checksum]), b"[true]")):
-                    answers[reply.status] = answers.get(reply.status, 0) + 1
-                    if reply.status == 503:
-                        if "message" not in reply.json():
-                            bad.append(f"503 without a JSON message: {reply!r}")
-                    elif (reply.status, reply.body) != (200, expected):
-                        bad.append(f"port {port}: {reply!r}")
+                present, absent = random.choice(list(buffers)), sha3(os.urandom(8))
+                judge(port, request(port, "GET", "/" + present, timeout=BOUND), (200, buffers[present]), False)
+                judge(port, json_request(port, "POST", "/has", [present]), (200, b"[true]"), False)
+                judge(port, request(port, "GET", "/" + absent, timeout=BOUND), (404, b"Not found"), True)
+                judge(port, json_request(port, "POST", "/has", [absent]), (200, b"[false]"), True)
 
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(load, port) for port in (a, b, a, b)]
-            time.sleep(1.0)
-            weed.kill()
-            wait_until(lambda: health(a) == 503 and health(b) == 503, "503 from /healthcheck while SeaweedFS is down")
-            time.sleep(3.0)  # load against the stopped store
-            missing = request(b, "GET", "/" + next(iter(buffers)), timeout=BOUND)
-            assert missing.status == 503 and missing.json()["message"], f"b has none locally: {missing!r}"
-            weed.start()
-            wait_until(lambda: health(a) == 200 and health(b) == 200, "/healthcheck 200 once SeaweedFS is back")
-            stop_load.set()
-            for future in futures:
-                future.result(BOUND)
+            try:
+                outage(weed, a, b, sha3(only_on_a))
+            finally:
+                stop_load.set()
+                for future in futures:
+                    future.result(BOUND)
         assert not bad, bad[:5]
         assert answers.get(503), f"the load saw no 503 while the store was down: {answers}"
-        expect_everywhere(b, buffers, "after the object store came back")
+        expect_everywhere(b, {**buffers, sha3(only_on_a): only_on_a}, "after the object store came back")
         data = os.urandom(3000)
         assert put(b, data).body == b"OK"
         expect_everywhere(a, {sha3(data): data}, "PUT after recovery")
     finally:
         stop(hosts)
+
+
+def outage(weed: SeaweedFS, a: int, b: int, only_on_a: str) -> None:
+    """Kill SeaweedFS under the load; check what the hosts say meanwhile; start it again and
+    wait until both hosts are healthy."""
+    time.sleep(1.0)
+    weed.kill()
+    try:
+        wait_until(lambda: health(a) == 503 and health(b) == 503, "503 from /healthcheck while SeaweedFS is down")
+        time.sleep(3.0)  # load against the stopped store
+        missing = request(b, "GET", "/" + only_on_a, timeout=BOUND)
+        assert missing.status == 503 and missing.json()["message"], f"b has none locally: {missing!r}"
+    finally:
+        weed.start()
+    wait_until(lambda: health(a) == 200 and health(b) == 200, "/healthcheck 200 once SeaweedFS is back")
 
 
 # ------------------------------------------------------------- 4. corrupt objects
