@@ -30,6 +30,25 @@ POLL = 0.05
 FAILED_EXIT_WAIT = 10.0  # a server that reported "failed" is about to exit
 
 
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 20.0,
+                 group: bool = False, kill_wait: float = 5.0) -> int | None:
+    """Signal a process started with ``start_new_session=True`` (its whole group
+    if ``group``) and wait; after ``timeout``, SIGKILL its group.  Its exit status."""
+    for signum, wait in ((sig, timeout), (signal.SIGKILL, kill_wait)):
+        try:
+            if group or signum == signal.SIGKILL:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+        try:
+            return proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.poll()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the kernel's pick)."""
     with socket.socket() as s:

@@ -23,6 +23,7 @@ from openapi_spec_validator import validate
 from websockets.sync.client import connect
 
 from hashserver import Config, create_app
+from hashserver.testing import stop_process
 
 from conftest import BIN, add_buffer, sha3
 
@@ -252,7 +253,7 @@ def chromium(profile: Path) -> Iterator[DevTools]:
         with connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10) as ws:
             yield DevTools(ws)
     finally:
-        _kill_group(process)
+        stop_process(process, signal.SIGTERM, 10, group=True)
 
 
 def _devtools_port(port_file: Path, process: subprocess.Popen, timeout: float = 30) -> int:
@@ -263,20 +264,6 @@ def _devtools_port(port_file: Path, process: subprocess.Popen, timeout: float = 
         assert process.poll() is None, f"chromium exited with {process.returncode}"
         time.sleep(0.1)
     raise AssertionError(f"chromium gave no DevTools port within {timeout} s")
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """Chromium and its helpers (renderer, GPU, zygote) share the group we started."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def load_page(devtools: DevTools, url: str, rendered: str) -> None:

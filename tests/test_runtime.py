@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 
 import pytest
 import requests
+
+from hashserver.testing import stop_process
 
 from conftest import BIN, add_buffer, free_port
 
@@ -35,12 +36,7 @@ def start_and_read_status(argv, env, status_path, timeout=60):
 
 
 def stop(proc):
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    stop_process(proc)
 
 
 def check_status(status, proc, port, workers, entries):
