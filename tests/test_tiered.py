@@ -393,3 +393,21 @@ def test_evictor_corrects_its_estimate_by_scanning(tmp_path):
     added.value += 10 * 1024  # ...until the workers' count says the bound is passed
     assert evictor.check() > 0
     assert scan_tier(evictor.layout, 0).total <= 8 * 1024
+
+
+def test_without_filling_the_local_directories_are_only_read(stores):
+    """--cache-size 0 with --extra-dirs: the extra directories answer first, nothing is stored."""
+    s = stores()
+    s.store = TieredStore(s.local, s.back, fill=False, stored=s._stored)
+    local = add_buffer(s.tier, b"held locally")
+    data = b"in the back store"
+    cs = add_buffer(s.back_dir, data)
+
+    async def scenario():
+        assert await read_all(await s.store.open(raw(local))) == b"held locally"
+        assert await read_all(await s.store.open(raw(cs))) == data
+        assert await s.store.put(raw(sha3(b"new")), chunks(b"new")) is PutOutcome.STORED
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    assert not s.in_tier(cs) and not s.in_tier(sha3(b"new")) and s.added.value == 0
