@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -478,13 +478,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+QUICK = {"buffers": 1000, "large_size": 4 << 20, "large_count": 3, "duration": 1.0}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.s3``."""
     args = build_parser().parse_args(argv)
     options = S3Options(args.buffers, args.large_mib << 20, args.large_count, args.workers, args.duration,
                         args.connections, args.cache_dir, args.out, args.seed, args.client)
     if args.quick:
-        options.buffers, options.large_size, options.large_count, options.duration = 1000, 4 << 20, 3, 1.0
-    doc = run(options)
+        options = replace(options, **QUICK)
+    return run_and_report(options)
+
+
+def main_from_bench(args: argparse.Namespace) -> int:
+    """``python -m bench --store s3``: the suite's options that mean the same here (the first
+    of --buffers and --workers; its default output directory gets an ``-s3`` suffix)."""
+    options = replace(S3Options(), **QUICK) if args.quick else S3Options()
+    given = {"buffers": args.buffers[0] if args.buffers else None,
+             "workers": args.workers[0] if args.workers else None,
+             "large_size": args.large_mib << 20 if args.large_mib else None, "duration": args.duration}
+    options = replace(options, **{k: v for k, v in given.items() if v is not None},
+                      connections=args.connections, cache_dir=args.cache_dir, out=args.out + "-s3",
+                      seed=args.seed, client=args.client)
+    return run_and_report(options)
+
+
+def run_and_report(options: S3Options) -> int:
+    """Run, write table-s3.txt and bench-s3.json, print the table; 1 if anything went wrong."""
+    try:
+        doc = run(options)
+    except KeyboardInterrupt:
+        say("bench.s3: interrupted")
+        return 130
     os.makedirs(options.out, exist_ok=True)
     text = table(doc)
     with open(os.path.join(options.out, "table-s3.txt"), "w") as f:
