@@ -115,8 +115,8 @@ class ObjectStore:
 
     def __init__(self, url: str, *, endpoint: str | None, layout: str, hasher: Hasher, writable: bool,
                  max_body_size: int, wait_timeout: float, lock_timeout: float, pace: BodyPace | None = None,
-                 metrics: Metrics | None = None, store=None, whole_get: int = WHOLE_GET,
-                 small_put: int = SMALL_PUT, part_size: int = PART_SIZE,
+                 metrics: Metrics | None = None, store=None, whole_get: int | None = None,
+                 small_put: int | None = None, part_size: int | None = None,
                  setting_names: tuple[str, str] = ("directory", "s3_endpoint")):
         self.keys = BucketKeys.parse(url, layout)
         self.url = self.keys.url
@@ -129,7 +129,10 @@ class ObjectStore:
         self.pace = pace or BodyPace()
         self.metrics = metrics or Metrics.unobserved()
         self.store = store if store is not None else build_store(self.keys.bucket, endpoint)
-        self.whole_get, self.small_put, self.part_size = whole_get, small_put, part_size
+        # None: the module's value, read now (a test lowers it for a whole server)
+        self.whole_get = WHOLE_GET if whole_get is None else whole_get
+        self.small_put = SMALL_PUT if small_put is None else small_put
+        self.part_size = PART_SIZE if part_size is None else part_size
         self.setting_names = setting_names
         self._health: tuple[float, str | None] = (float("-inf"), None)
         self._health_task: asyncio.Task | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import json
 import os
 import time
 
@@ -458,3 +459,29 @@ def test_a_large_batch_lists_what_it_does_not_find(bucket_store, monkeypatch, pa
     run(scenario())
     calls = store.metrics._values["hashserver_object_store_requests"]  # every call is counted
     assert calls[("list", "ok")] > 0 and calls[("head", "absent")] > 0 and calls[("put", "ok")] > 0
+
+
+# -------------------------------------------------------------- through HTTP
+def test_through_http_a_corrupt_object_is_never_a_complete_200(serve, s3_env, s3_bucket, tmp_path):  # noqa: F811
+    """A real server on the bucket: a small object is verified before the answer (400,
+    naming the object); one above 64 MiB is streamed, and the connection ends before its
+    last byte."""
+    import http.client
+
+    raw = s3_env.s3_store(s3_bucket)
+    small, large = os.urandom(1000), os.urandom(65 * MiB)
+    for data in (small, large):
+        obstore.put(raw, key_of(sha3(data), prefix="")[1:], data[:-1] + bytes([data[-1] ^ 1]))
+    server = serve(f"s3://{s3_bucket}", "--s3-endpoint", s3_env.s3_endpoint, "--cache-dir", str(tmp_path / "tier"))
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=BOUND)
+    connection.request("GET", f"/{sha3(small).hex()}")
+    response = connection.getresponse()
+    where = f"s3://{s3_bucket}/{key_of(sha3(small), prefix='')[1:]}"
+    assert (response.status, json.loads(response.read())) == (
+        400, {"message": f"File corruption: file at path {where} does not have the correct SHA3-256 checksum."})
+    connection.request("GET", f"/{sha3(large).hex()}")
+    response = connection.getresponse()
+    assert (response.status, response.length) == (200, len(large))
+    with pytest.raises(http.client.IncompleteRead):
+        response.read()
+    connection.close()
