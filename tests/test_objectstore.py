@@ -26,11 +26,19 @@ from seaweedfs import (
 from hashserver import s3uploads
 from hashserver.checksum import Hasher
 from hashserver.config import ConfigError
-from hashserver.objectstore import ObjectStore
-from hashserver.storage import ChecksumMismatch, CorruptBuffer, PutOutcome, ReadOnly, StillWriting, StorageUnavailable
+from hashserver.storage import (
+    BodyTooLarge,
+    ChecksumMismatch,
+    CorruptBuffer,
+    PutOutcome,
+    ReadOnly,
+    StillWriting,
+    StorageUnavailable,
+)
 from hashserver.testing import free_port
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+from hashserver.objectstore import ObjectStore  # noqa: E402  (needs obstore)
 
 MiB = 1 << 20
 BOUND = 60.0  # seconds: a bound against hangs, not a speed requirement
@@ -164,6 +172,15 @@ def test_a_cut_body_leaves_no_object_and_no_upload(bucket_store, seaweedfs):  # 
         run(store.put(sha3(data), body_of(data, fail_after=11 * MiB)))
     assert keys(raw) == set()
     assert incomplete_uploads(seaweedfs, bucket) == []
+
+
+def test_a_body_too_large_leaves_nothing(s3_env, s3_bucket):  # noqa: F811
+    store = make_store(s3_env, s3_bucket, max_body_size=7 * MiB)
+    data = os.urandom(9 * MiB)
+    with pytest.raises(BodyTooLarge):
+        run(store.put(sha3(data), body_of(data)))
+    assert keys(s3_env.s3_store(s3_bucket)) == set()
+    assert incomplete_uploads(s3_env, s3_bucket) == []
 
 
 def test_a_cancelled_upload_leaves_no_object_and_no_upload(bucket_store, seaweedfs):  # noqa: F811
