@@ -86,6 +86,7 @@ NO_BUCKET = "<Code>NoSuchBucket</Code>"  # S3's answer to a list; a HEAD of a ke
 _DONE, _ABANDON = object(), object()
 LIST_MIN = 16  # missing buffers in a batch from which listing their directories is tried
 LIST_PAGE = 1000  # keys in a listing page (S3's maximum)
+LIST_BACKOFF = 60.0  # seconds of HEADs alone after a batch whose listings mostly ran out of pages
 RANGE_END = "~"  # sorts after every suffix of a checksum's keys (".zst", ".gz", ".BUFFERLENGTH")
 Location = tuple[Encoding | None, int]  # a representation of a buffer in the bucket, and its size
 
@@ -138,6 +139,7 @@ class ObjectStore:
         self._health_task: asyncio.Task | None = None
         self._unresolved: set[str] = set()  # promise keys to delete, in one request for many PUTs
         self._resolver: asyncio.Task | None = None
+        self._heads_until = float("-inf")  # batches use HEADs alone until then (listings did not pay)
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics | None = None) -> "ObjectStore":
@@ -242,24 +244,35 @@ class ObjectStore:
         return list(await asyncio.gather(*(bounded(item) for item in items)))
 
     async def _locate(self, hexes: list[str]) -> dict[str, Location]:
-        """Where each buffer of a batch is.  A HEAD of each plain object; for the
-        rest, their compressed forms: by listing their directories when enough are
-        missing (one listing answers for many), else by HEADs."""
+        """Where each buffer of a batch is.  A large batch lists the directories
+        involved first (in a bucket of a few thousand objects a directory's one
+        page answers for all its buffers), the rest by HEADs; when listings stop
+        paying (a large bucket: many pages per directory), HEADs alone for a while."""
+        wanted = sorted(set(hexes))
+        if len(wanted) < LIST_MIN or time.monotonic() < self._heads_until:
+            return await self._locate_by_heads(wanted)
+        listed, unresolved = await self._list_around(wanted, self.keys.buffer)
+        if len(unresolved) * 2 > len(wanted):
+            self._heads_until = time.monotonic() + LIST_BACKOFF
+        found = {h: where for h in set(wanted) - set(unresolved)
+                 if (where := self._listed_location(listed, h)) is not None}
+        return found | await self._locate_by_heads(unresolved)
+
+    def _listed_location(self, listed: dict[str, int], checksum_hex: str) -> Location | None:
+        for encoding in (None, *ENCODINGS):
+            size = listed.get(self.keys.buffer(checksum_hex, encoding))
+            if size is not None:
+                return encoding, size
+        return None
+
+    async def _locate_by_heads(self, hexes: list[str]) -> dict[str, Location]:
+        """A HEAD of each plain object, then of the compressed forms of the rest."""
         sizes = await self._map(hexes, lambda h: self._head(self.keys.buffer(h)))
         found: dict[str, Location] = {h: (None, size) for h, size in zip(hexes, sizes, strict=True)
                                       if size is not None}
-        rest = sorted({h for h in hexes if h not in found})
-        unresolved = rest
-        if len(rest) >= LIST_MIN:
-            listed, unresolved = await self._list_around(rest, self.keys.buffer)
-            for h in set(rest) - set(unresolved):
-                for encoding in ENCODINGS:
-                    size = listed.get(self.keys.buffer(h, encoding))
-                    if size is not None:
-                        found[h] = (encoding, size)
-                        break
-        compressed = await self._map(unresolved, self._find_compressed)
-        found.update({h: where for h, where in zip(unresolved, compressed, strict=True) if where is not None})
+        rest = [h for h in hexes if h not in found]
+        compressed = await self._map(rest, self._find_compressed)
+        found.update({h: where for h, where in zip(rest, compressed, strict=True) if where is not None})
         return found
 
     async def _promised_among(self, hexes: list[str]) -> set[str]:
