@@ -11,7 +11,7 @@ stamp is the same, no file of those directories changed, so the content is
 served by checksum with no ``stat`` at all.
 
 Sizing (``CACHE_BYTES``, per worker, counting each entry's bookkeeping
-too): 256 MiB hold about 190,000 buffers of 1 KiB, the bench's 100,000 with
+too): 256 MiB hold about 180,000 buffers of 1 KiB, the bench's 100,000 with
 room to spare, in each worker.  Held per worker rather than shared, so a hit
 is a dictionary lookup; the price is that each worker holds its own copy of
 what it served: at most 256 MiB times the workers.
@@ -24,7 +24,7 @@ from collections import OrderedDict
 from .bufferfile import FileIdentity
 
 CACHE_BYTES = 256 << 20  # per worker: recently served small buffers
-ENTRY_OVERHEAD = 400  # bytes of Python objects per entry besides its content (identity, dictionaries, proof)
+ENTRY_OVERHEAD = 448  # bytes of Python objects per entry besides its content (identity, checksum, dictionaries, proof)
 VERIFIED_MAX = 1 << 20  # remembered verified file versions per worker
 
 

@@ -4,8 +4,12 @@ Sanic parses HTTP/1 and builds responses in pure Python, so no handler can
 answer a small GET at nginx's speed.  :class:`HotPathProtocol`, given to Sanic
 as its protocol class, answers the requests it fully understands in
 ``data_received`` itself, when :meth:`Storage.peek <hashserver.storage.Storage.peek>`
-can answer them without waiting (a small buffer held in memory, or certainly
-absent), and hands every other byte to Sanic unchanged.  Its answers are those
+can answer them without waiting (a small plain buffer, held in memory or read
+and verified there and then as the regular route would read it, or one
+certainly absent), and hands every other byte to Sanic unchanged.  Where the
+directory watch vouches for a buffer's directory, a held buffer and an
+absence are decided with no system call but the drain of the watch
+(:meth:`DirectoryStore.peek <hashserver.directory.DirectoryStore.peek>`).  Its answers are those
 of the regular route byte for byte: their header blocks are rendered once, at a
 worker's first connection, from the very response objects of
 :mod:`hashserver.responses` and :mod:`hashserver.caching`
@@ -192,7 +196,7 @@ class HotPath:
         except Exception as exc:  # answers it cannot reproduce: the regular route gives them
             logger.warning("hashserver: hot path off: %s", exc)
             return None
-        logger.info("hashserver: hot path on (GET/HEAD /<checksum> of small buffers in memory, and 404s)")
+        logger.info("hashserver: hot path on (GET/HEAD /<checksum> of small plain buffers, and 404s)")
         if getattr(ctx, "metrics", None) is not None:
             ctx.metrics.count_elsewhere(hot.totals)
         return hot
