@@ -40,6 +40,15 @@ class BatchLookup:
     unmeasured: dict[int, BufferFile]
 
 
+def candidate_table(search_path: SearchPath) -> np.ndarray:
+    """Per first byte, its candidate directories as a row (short rows padded by
+    repeating their last number): a batch's directories in one indexing, not a
+    Python loop over the first bytes it uses (a third of a /has x1000)."""
+    rows = [search_path.candidate_dirs(first_byte) for first_byte in range(256)]
+    width = max(len(row) for row in rows)
+    return np.array([row + row[-1:] * (width - len(row)) for row in rows], np.intp)
+
+
 class ExactIndex:
     def __init__(self, search_path: SearchPath, index: IndexReader, promises: Promises | None,
                  metrics: Metrics | None = None):
@@ -48,6 +57,7 @@ class ExactIndex:
         self.index = index
         self.promises = promises
         self.watch = DirectoryWatch(search_path.dirs, lock_sentinels(search_path))
+        self._candidates = candidate_table(search_path)
 
     def close(self) -> None:
         self.watch.close()
@@ -60,7 +70,7 @@ class ExactIndex:
         others are stat'ed, and vouched for when found unchanged.
         """
         clean = np.zeros(len(self.search_path.dirs), np.bool_)
-        numbers = np.fromiter(numbers, np.intp)
+        numbers = np.asarray(numbers, np.intp)
         self.watch.drain()
         vouched = self.watch.vouched[numbers]
         clean[numbers[vouched]] = True
@@ -133,17 +143,16 @@ class ExactIndex:
         queries = np.frombuffer(checksums, KEY_DTYPE)
         positions, found = data.find(queries)
         first_bytes = np.frombuffer(checksums, np.uint8)[::32]
-        used_first_bytes = np.unique(first_bytes).tolist()
-        candidates = self.search_path.candidate_dirs
-        clean = self._clean_dirs(data, {n for fb in used_first_bytes for n in candidates(fb)})
+        used = np.flatnonzero(np.bincount(first_bytes, minlength=256))
+        used_dirs = self._candidates[used]  # rows: first bytes used; columns: their candidate directories
+        clean = self._clean_dirs(data, np.unique(used_dirs))
         result = BatchLookup(np.zeros(len(queries), np.bool_), np.zeros(len(queries), np.int64), {})
         if len(data):
             self._from_index(data, positions, found & clean[data.dirs[positions]], promised, with_lengths, result)
         changed_for = np.zeros(256, np.bool_)
         stat_for = np.zeros(256, np.bool_)
-        for fb in used_first_bytes:
-            changed_for[fb] = not all(clean[n] for n in candidates(fb))
-            stat_for[fb] = any(self._stat_needed[n] for n in candidates(fb))
+        changed_for[used] = ~clean[used_dirs].all(axis=1)
+        stat_for[used] = self._stat_needed[used_dirs].any(axis=1)
         on_disk = np.flatnonzero(~result.present & changed_for[first_bytes])
         for i in on_disk.tolist():
             self._from_disk(checksums[32 * i: 32 * i + 32].hex(), i, clean, promised, result)
