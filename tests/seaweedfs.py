@@ -45,6 +45,7 @@ from typing import Callable, Iterator, NamedTuple, TypeVar
 
 import pytest
 
+from hashserver.filesystems import MOUNTINFO, parse_mountinfo
 from hashserver.testing import free_port
 
 __all__ = [
@@ -57,9 +58,11 @@ ACCESS_KEY = "hashserver-test"
 SECRET_KEY = "hashserver-test-secret"
 REGION = "us-east-1"
 # The mount options the README recommends for a buffer directory (scripts/publication-study):
-# directory listings trusted for 1 s instead of 60 s, a bound for a mount that missed another
-# mount's change (no difference was measured: mounts learn changes from the filer's stream).
-# Not -dlm: it made neither O_EXCL nor link exclusive across mounts.
+# metadata trusted for 1 s instead of 60 s, a bound for a mount that missed another mount's
+# change (mounts learn changes from the filer's stream, in milliseconds, most of the time): a
+# name another host renamed into place was, rarely, listed but not openable for about that
+# long, which the reader's second look (hashserver.reader, 2 s) outlasts.  Not -dlm: it made
+# neither O_EXCL nor link exclusive across mounts, and content-addressed writes need no lock.
 MOUNT_OPTIONS: tuple[str, ...] = ("-cacheMetaTtlSec=1",)
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 KILL_WAIT = 10.0  # a SIGKILLed process is reaped within this
@@ -386,12 +389,8 @@ class SeaweedFS:
 def is_mounted(path: str | Path) -> bool:
     """Whether ``path`` is a mount point, a dead FUSE mount (ENOTCONN) included."""
     target = os.path.abspath(path)
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            point = line.split()[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-            if point == target:
-                return True
-    return False
+    with open(MOUNTINFO) as mountinfo:
+        return any(entry.mount_point == target for entry in parse_mountinfo(mountinfo.read()))
 
 
 def unmount(path: str | Path, timeout: float = 10.0) -> None:
