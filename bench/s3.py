@@ -310,22 +310,26 @@ class S3Bench:
             self.has_batches.append(batch)
 
     # ------------------------------------------------------------ ceilings
-    def ceilings(self) -> None:
+    def ceiling(self, name: str) -> None:
+        """The raw client's figure for case ``name``, measured right before the server's, so that
+        both see the same machine (it is shared, and its load moves)."""
         o = self.o
-        small_keys = [key(c) for c in self.dataset.checksums()]
-        rate, c = raw_get(self.store, small_keys, RAW_CONCURRENCIES)
-        self.raw["miss_get_small"] = (rate, f"concurrency {c}")
-        rate, c = raw_get(self.store, [key(k) for k in self.fresh["miss_large"]], (LARGE_CONCURRENCY,))
-        self.raw["miss_get_large"] = (rate * o.large_size / 1e6, f"concurrency {c}")
-        self.raw["remote_has_1000"] = raw_has(self.store, self.has_batches)
-        sets = [fresh_bodies(2000, 1024, o.seed, 0x5400 + n) for n in range(len(RAW_CONCURRENCIES))]
-        rate, c = raw_put(self.store, sets, RAW_CONCURRENCIES)
-        self.raw["put_small"] = (rate, f"concurrency {c}")
-        rate, c = raw_put(self.store, [fresh_bodies(o.large_count, o.large_size, o.seed, 0x5500)],
-                          (LARGE_CONCURRENCY,))
-        self.raw["put_large"] = (rate * o.large_size / 1e6, f"concurrency {c}")
-        for name, (value, how) in self.raw.items():
-            say(f"bench.s3: raw {name}: {value:,.1f} ({how})")
+        if name == "miss_get_small":
+            rate, how = raw_get(self.store, [key(c) for c in self.dataset.checksums()], RAW_CONCURRENCIES)
+        elif name == "miss_get_large":
+            rate, how = raw_get(self.store, [key(c) for c in self.fresh["miss_large"]], (LARGE_CONCURRENCY,))
+            rate *= o.large_size / 1e6
+        elif name == "remote_has_1000":
+            rate, how = raw_has(self.store, self.has_batches)
+        elif name == "put_small":
+            sets = [fresh_bodies(2000, 1024, o.seed, 0x5400 + n) for n in range(len(RAW_CONCURRENCIES))]
+            rate, how = raw_put(self.store, sets, RAW_CONCURRENCIES)
+        else:
+            rate, how = raw_put(self.store, [fresh_bodies(o.large_count, o.large_size, o.seed, 0x5500)],
+                                (LARGE_CONCURRENCY,))
+            rate *= o.large_size / 1e6
+        self.raw[name] = (rate, how if isinstance(how, str) else f"concurrency {how}")
+        say(f"bench.s3: [raw] {CASES_S3[name].label}: {rate:,.1f} {CASES_S3[name].unit} ({self.raw[name][1]})")
 
     # ------------------------------------------------------------ servers
     def s3_server(self) -> S3HashServer:
@@ -354,24 +358,32 @@ class S3Bench:
                               random_order=False, connections=self.o.connections)
 
     def misses_and_puts(self, server: HashServer) -> dict[str, float]:
+        """Each case right after its raw ceiling."""
         o = self.o
-        values = {}
         fresh = list(self.fresh["miss_small"])
-        scenario = write_scenario(self.workdir, "miss-small", "GET", fresh, random_order=False,
-                                  connections=o.connections)
-        values["miss_get_small"] = self.load("miss_get_small", scenario, server.port, "s3", fresh=len(fresh))
-        values["miss_get_large"] = self.counted("miss_get_large", server.port, "GET",
-                                                [("/" + c, None) for c in self.fresh["miss_large"]],
-                                                LARGE_CONCURRENCY)
-        values["remote_has_1000"] = self.counted(
-            "remote_has_1000", server.port, "POST", [("/has", json.dumps(b).encode()) for b in self.has_batches], 4)
         puts = self.fresh["put_small"]
-        scenario = write_scenario(self.workdir, "put-small", "PUT", list(puts), bodies=list(puts.values()),
-                                  random_order=False, connections=o.connections)
-        values["put_small"] = self.load("put_small", scenario, server.port, "s3", fresh=len(puts))
-        values["put_large"] = self.counted("put_large", server.port, "PUT",
-                                           [("/" + c, b) for c, b in self.fresh["put_large"].items()],
-                                           LARGE_CONCURRENCY)
+        cases = {
+            "miss_get_small": lambda: self.load(
+                "miss_get_small", write_scenario(self.workdir, "miss-small", "GET", fresh, random_order=False,
+                                                 connections=o.connections), server.port, "s3", fresh=len(fresh)),
+            "miss_get_large": lambda: self.counted(
+                "miss_get_large", server.port, "GET", [("/" + c, None) for c in self.fresh["miss_large"]],
+                LARGE_CONCURRENCY),
+            "remote_has_1000": lambda: self.counted(
+                "remote_has_1000", server.port, "POST", [("/has", json.dumps(b).encode()) for b in self.has_batches],
+                4),
+            "put_small": lambda: self.load(
+                "put_small", write_scenario(self.workdir, "put-small", "PUT", list(puts), bodies=list(puts.values()),
+                                            random_order=False, connections=o.connections),
+                server.port, "s3", fresh=len(puts)),
+            "put_large": lambda: self.counted(
+                "put_large", server.port, "PUT", [("/" + c, b) for c, b in self.fresh["put_large"].items()],
+                LARGE_CONCURRENCY),
+        }
+        values = {}
+        for name, measure in cases.items():
+            self.ceiling(name)
+            values[name] = measure()
         return values
 
     # ------------------------------------------------------------ measuring
@@ -419,7 +431,6 @@ def run(options: S3Options) -> S3Document:
         bench = S3Bench(options, generator, workdir)
         try:
             bench.prepare()
-            bench.ceilings()
             with bench.s3_server() as server:
                 values = bench.hits(server, "s3")
                 values.update(bench.misses_and_puts(server))
