@@ -124,8 +124,9 @@ class DirectoryStore:
 
     def _small(self, checksum: bytes, buffer: BufferFile, stamp) -> bytes | Fast:
         """A small plain buffer's verified content (held, or read now as the
-        regular route would), proven under ``stamp`` if given; else REGULAR."""
-        if buffer.encoding is not None or buffer.size > SMALL_BUFFER:
+        regular route would), proven under ``stamp`` if given; else REGULAR
+        (and always with ``--verify always``: every read is hashed on the regular path)."""
+        if buffer.encoding is not None or buffer.size > SMALL_BUFFER or self.reader.verify == "always":
             return Fast.REGULAR
         content = self.reader.cached(buffer)
         if content is not None:
@@ -134,7 +135,7 @@ class DirectoryStore:
             content = self.reader._read_small(checksum, buffer)
             if content is None:
                 return Fast.REGULAR  # wrong or gone: the regular route's lock and corruption rules
-        if stamp is not None and self.reader.verify != "always":
+        if stamp is not None:
             self.cache.prove(checksum, buffer.identity, stamp)
         return content
 
