@@ -1,11 +1,14 @@
 """The bound of the local cache tier: least recently used buffers out first.
 
 The main process keeps the tier directory at most ``--cache-size`` bytes
-(:class:`TierEvictor`, a thread).  Recency is a file's access time: the
-workers set it when they serve a file from the tier (:func:`mark_used`, at
-most once a minute per file; the kernel's own updates only make it more
-recent).  Not the modification time: a file's identity includes it, and a
-new identity would cost a verified buffer its verification.
+(:class:`TierEvictor`, a thread).  A buffer's last use is the later of its
+file's access time (set when the tier stored it) and its slot of the
+:class:`Recency` table in shared memory, which the workers stamp at each
+answer from the tier: a store to memory, no system call.  Not a file's
+times: a ``utime`` is an inotify ``IN_ATTRIB`` event, which voids what the
+workers' directory watches proved of the file's whole directory (and the
+modification time is part of a file's identity, which would cost a
+verified buffer its verification).
 
 The size is accounted without scanning: a full scan at the start, then the
 bytes the workers report for each file they store in the tier (a counter in
@@ -27,13 +30,14 @@ from __future__ import annotations
 
 import heapq
 import logging
+import multiprocessing
 import os
 import threading
 import time
 from typing import Any, Iterator, NamedTuple
 
 from .compression import SUFFIXES
-from .layout import SIDECAR_SUFFIX, Layout, SearchPath, is_buffer_name
+from .layout import SIDECAR_SUFFIX, Layout, is_buffer_name
 from .metrics import Metrics
 
 log = logging.getLogger("hashserver")
@@ -42,22 +46,35 @@ INTERVAL = 1.0  # seconds between two checks of the estimate
 RESCAN_EVERY = 300.0  # seconds between two scans that correct the estimate
 LOW_WATER = 0.9  # an eviction leaves the tier at this fraction of the bound
 TIER_SUFFIXES = (*SUFFIXES, SIDECAR_SUFFIX)
+BYTES_PER_SLOT = 16 * 1024  # of the bound: one recency slot each (4 bytes)...
+SLOTS = (1 << 16, 1 << 22)  # ...within these (256 KiB to 16 MiB of shared memory)
 
 
-def mark_used(search_path: SearchPath, checksum_hex: str) -> None:
-    """Mark the tier's file of this buffer as just used (its access time),
-    keeping its modification time.  A file that is not there or not ours to
-    mark is left alone: recency is a hint, never a reason to fail."""
-    base = search_path.publish_path(checksum_hex)
-    for suffix in SUFFIXES:
-        path = base + suffix
-        try:
-            os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
-            return
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return
+class Recency:
+    """When each buffer was last answered from the tier, in whole seconds, in a
+    table shared by the main process and its workers.
+
+    A buffer's slot is named by the first bytes of its checksum, so buffers
+    may share a slot; one that shares it with a more recently used buffer
+    only looks more recent than it is (it is evicted later, never wrongly).
+    The table has one slot per :data:`BYTES_PER_SLOT` of the bound, within
+    :data:`SLOTS`.
+    """
+
+    def __init__(self, table: Any):
+        self.table = table  # multiprocessing RawArray("I"), its length a power of two
+        self.mask = len(table) - 1
+
+    @classmethod
+    def create(cls, cache_size: int) -> "Recency":
+        wanted = max(SLOTS[0], min(SLOTS[1], cache_size // BYTES_PER_SLOT))
+        return cls(multiprocessing.RawArray("I", 1 << (wanted - 1).bit_length()))
+
+    def used(self, checksum: bytes) -> None:
+        self.table[int.from_bytes(checksum[:4], "big") & self.mask] = int(time.time())
+
+    def last_used_ns(self, checksum_hex: str) -> int:
+        return self.table[int(checksum_hex[:8], 16) & self.mask] * 1_000_000_000
 
 
 class Entry(NamedTuple):
@@ -73,7 +90,7 @@ class Scan(NamedTuple):
     oldest: list[Entry]  # least recently used first, worth at least the scan's target
 
 
-def tier_entries(directory: str) -> Iterator[Entry]:
+def tier_entries(directory: str, recency: Recency | None = None) -> Iterator[Entry]:
     """The buffers of one tier directory (a buffer's compressed file and
     sidecar are one entry).  Temporary files, locks and markers are skipped."""
     groups: dict[str, list] = {}
@@ -95,17 +112,19 @@ def tier_entries(directory: str) -> Iterator[Entry]:
                 group[0] = max(group[0], st.st_atime_ns)
             group[1] += st.st_size
             group[2].append(item.path)
-    for used, size, paths in groups.values():
+    for name, (used, size, paths) in groups.items():
+        if recency is not None:
+            used = max(used, recency.last_used_ns(name))
         yield Entry(used, size, tuple(paths))
 
 
-def scan_tier(layout: Layout, target: int) -> Scan:
+def scan_tier(layout: Layout, target: int, recency: Recency | None = None) -> Scan:
     """The tier's bytes, and its least recently used buffers worth ``target``
     bytes at least (all of them if the tier holds less)."""
     newest_first: list[tuple[int, int, tuple[str, ...]]] = []  # a heap: the newest candidate on top
     held = total = 0
     for directory in layout.dirs:
-        for entry in tier_entries(directory):
+        for entry in tier_entries(directory, recency):
             total += entry.size
             if target <= 0 or (held >= target and entry.used_ns >= -newest_first[0][0]):
                 continue
@@ -117,14 +136,14 @@ def scan_tier(layout: Layout, target: int) -> Scan:
     return Scan(total, oldest)
 
 
-def evict(entries: list[Entry], excess: int) -> tuple[int, int]:
+def evict(entries: list[Entry], excess: int, recency: Recency | None = None) -> tuple[int, int]:
     """Unlink the oldest entries until ``excess`` bytes are gone; returns
     (buffers, bytes) evicted.  One used since the scan is spared."""
     count = freed = 0
     for entry in entries:
         if freed >= excess:
             break
-        if _used_since(entry):
+        if _used_since(entry, recency):
             continue
         for path in entry.paths:
             try:
@@ -136,7 +155,10 @@ def evict(entries: list[Entry], excess: int) -> tuple[int, int]:
     return count, freed
 
 
-def _used_since(entry: Entry) -> bool:
+def _used_since(entry: Entry, recency: Recency | None) -> bool:
+    name = os.path.basename(entry.paths[0])[:64]
+    if recency is not None and recency.last_used_ns(name) > entry.used_ns:
+        return True
     for path in entry.paths:
         if path.endswith(SIDECAR_SUFFIX):
             continue
@@ -151,12 +173,14 @@ class TierEvictor:
     """Keeps the tier (``layout``, its main directory) at most ``limit`` bytes.
 
     ``added``: a shared counter (multiprocessing Value) of the bytes the
-    workers stored in the tier since the start.
+    workers stored in the tier since the start; ``recency``: the table of
+    their answers from the tier.
     """
 
-    def __init__(self, layout: Layout, limit: int, added: Any, metrics: Metrics | None = None,
-                 interval: float = INTERVAL, rescan_every: float = RESCAN_EVERY):
+    def __init__(self, layout: Layout, limit: int, added: Any, recency: Recency | None = None,
+                 metrics: Metrics | None = None, interval: float = INTERVAL, rescan_every: float = RESCAN_EVERY):
         self.layout = layout
+        self.recency = recency
         self.limit = limit
         self.added = added
         self.metrics = metrics or Metrics.unobserved()
@@ -179,12 +203,12 @@ class TierEvictor:
             return 0
         added = self.added.value  # before the scan: what lands meanwhile is counted twice at worst
         low_water = int(self.limit * LOW_WATER)
-        scan = scan_tier(self.layout, max(0, self.estimate - low_water))
+        scan = scan_tier(self.layout, max(0, self.estimate - low_water), self.recency)
         count = freed = 0
         if scan.total > self.limit:
             if sum(entry.size for entry in scan.oldest) < scan.total - low_water:
-                scan = scan_tier(self.layout, scan.total - low_water)  # the estimate was low
-            count, freed = evict(scan.oldest, scan.total - low_water)
+                scan = scan_tier(self.layout, scan.total - low_water, self.recency)  # the estimate was low
+            count, freed = evict(scan.oldest, scan.total - low_water, self.recency)
         self.base, self.added_at_base, self.scanned_at = scan.total - freed, added, time.monotonic()
         if count:
             self.metrics.local_tier_evicted(count)

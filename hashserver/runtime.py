@@ -189,6 +189,7 @@ class LocalTier:
     config: Config  # the tier as a buffer directory (tier_config)
     private: bool  # a temporary directory of this server's
     added: Any  # multiprocessing Value: bytes the workers stored in the tier
+    recency: Any = None  # eviction.Recency: the workers' answers from the tier, with --cache-size > 0
     evictor: Any = None  # eviction.TierEvictor, with --cache-size > 0
 
     @classmethod
@@ -205,6 +206,10 @@ class LocalTier:
                 raise ConfigError(f"{config.name('cache_dir')}={directory!r}: cannot create it: "
                                   f"{exc.strerror or exc}") from None
         tier = cls(tier_config(config, directory), private, multiprocessing.Value("q", 0))
+        if not private:
+            from .eviction import Recency
+
+            tier.recency = Recency.create(config.cache_size)
         lifecycle.on_startup_exit(tier.remove)
         return tier
 
@@ -214,7 +219,7 @@ class LocalTier:
         from .eviction import TierEvictor
 
         self.evictor = TierEvictor(SearchPath.from_config(self.config).main, self.config.cache_size,
-                                   self.added, metrics)
+                                   self.added, self.recency, metrics)
         self.evictor.start()
 
     def stop(self) -> None:
@@ -237,6 +242,7 @@ class Shared:
     sanic_manager: Any = None  # multiprocessing RawValue: pid of Sanic's state manager, 0 if none
     tier_directory: Any = None  # multiprocessing RawArray of chars: the local tier (s3:// stores)
     tier_added: Any = None  # multiprocessing Value: bytes stored in the local tier (LocalTier.added)
+    tier_recency: Any = None  # multiprocessing RawArray: the table of eviction.Recency, if any
 
     @classmethod
     def create(cls, main: MainProcess) -> "Shared":
@@ -248,6 +254,7 @@ class Shared:
             multiprocessing.RawValue("q", lifecycle.sanic_state_manager_pid()),
             multiprocessing.RawArray("c", tier.config.directory.encode()) if tier else None,
             tier.added if tier else None,
+            tier.recency.table if tier and tier.recency else None,
         )
 
     def acknowledge(self, pid: int) -> None:
@@ -325,6 +332,8 @@ def attach_main(app, main: MainProcess, host: str, port: int, workers: int) -> N
     if shared.tier_directory is not None:
         app.shared_ctx.tier_directory = shared.tier_directory
         app.shared_ctx.tier_added = shared.tier_added
+    if shared.tier_recency is not None:
+        app.shared_ctx.tier_recency = shared.tier_recency
     if shared.last_request is not None:
         app.shared_ctx.last_request = shared.last_request
         InactivityWatch(main.config.timeout, shared.last_request).start()
@@ -339,7 +348,7 @@ def shared_of(app) -> Shared:
     ctx = app.shared_ctx
     return Shared(ctx.index_directory, ctx.ready, getattr(ctx, "last_request", None),
                   getattr(ctx, "sanic_manager", None), getattr(ctx, "tier_directory", None),
-                  getattr(ctx, "tier_added", None))
+                  getattr(ctx, "tier_added", None), getattr(ctx, "tier_recency", None))
 
 
 def open_storage(config: Config, shared: Shared, metrics: Metrics | None = None) -> Storage:
@@ -354,6 +363,7 @@ def open_storage(config: Config, shared: Shared, metrics: Metrics | None = None)
     back = object_store_class(config).from_config(config, metrics)
     if config.cache_size == 0 and not config.extra_dirs:
         return back
+    from .eviction import Recency
     from .tiered import TieredStore
 
     local = DirectoryStore.from_config(tier_config(config, shared.tier_directory.value.decode()), reader, metrics)
@@ -363,4 +373,5 @@ def open_storage(config: Config, shared: Shared, metrics: Metrics | None = None)
         with added.get_lock():
             added.value += size
 
-    return TieredStore(local, back, metrics, fill=config.cache_size > 0, stored=stored)
+    recency = Recency(shared.tier_recency) if shared.tier_recency is not None else None
+    return TieredStore(local, back, metrics, fill=config.cache_size > 0, stored=stored, recency=recency)

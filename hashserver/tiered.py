@@ -23,7 +23,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from .compression import for_content_encoding
 from .directory import DirectoryStore
-from .eviction import mark_used
+from .eviction import Recency
 from .files import unlink_quietly
 from .metrics import Metrics
 from .storage import (
@@ -43,8 +43,6 @@ log = logging.getLogger("hashserver")
 LOCAL_FAILURES = (StorageUnavailable, DiskFull, OSError)
 FILL_QUEUE = 8  # chunks on their way from a stream to the tier's writer
 FILE_CHUNK = 1 << 20
-TOUCH_EVERY = 60.0  # seconds: a file served from the tier is marked used at most this often
-TOUCHED_MAX = 100_000  # remembered marks, before the old ones are forgotten
 LOG_EVERY = 10.0  # seconds between two warnings of a failing tier
 
 
@@ -110,20 +108,19 @@ class TieredStore:
 
     ``fill``: store what passes in the tier (False: the local directories
     are only read).  ``stored`` is told the bytes of each file the tier
-    gains (the main process's evictor counts them).  ``touch_every``: how
-    often a file served from the tier is marked used, at most.
+    gains (the main process's evictor counts them).  ``recency``: where
+    each answer from the tier is stamped, for the evictor.
     """
 
     def __init__(self, local: DirectoryStore, back: Storage, metrics: Metrics | None = None, fill: bool = True,
-                 stored: Callable[[int], None] | None = None, touch_every: float = TOUCH_EVERY):
+                 stored: Callable[[int], None] | None = None, recency: Recency | None = None):
         self.local = local
         self.back = back
         self.writable = back.writable
         self.metrics = metrics or Metrics.unobserved()
         self.fill = fill
         self.stored = stored or (lambda size: None)
-        self.touch_every = touch_every
-        self._touched: dict[bytes, float] = {}
+        self.recency = recency
         self._filling: set[bytes] = set()
         self._tasks: set[asyncio.Future] = set()
         self._warned = float("-inf")
@@ -326,14 +323,8 @@ class TieredStore:
             log.warning("local tier failing, answering from the back store: %s", exc or type(exc).__name__)
 
     def _touch(self, checksum: bytes) -> None:
-        """Mark the tier's file used (for the evictor), at most every ``touch_every`` s."""
-        now = time.monotonic()
-        if now - self._touched.get(checksum, float("-inf")) < self.touch_every:
-            return
-        if len(self._touched) >= TOUCHED_MAX:
-            self._touched = {key: at for key, at in self._touched.items() if now - at < self.touch_every}
-        self._touched[checksum] = now
-        mark_used(self.local.search_path, checksum.hex())
+        if self.recency is not None:
+            self.recency.used(checksum)
 
 
 class _Counted:

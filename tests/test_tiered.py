@@ -10,13 +10,14 @@ import logging
 import multiprocessing
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from hashserver import Config
 from hashserver.directory import DirectoryStore
-from hashserver.eviction import TierEvictor, scan_tier
+from hashserver.eviction import SLOTS, Recency, TierEvictor, scan_tier
 from hashserver.layout import PrefixLayout
 from hashserver.runtime import MainProcess, Shared, open_storage, tier_config
 from hashserver.storage import ChecksumMismatch, Fast, PutOutcome, ReadOnly, StorageUnavailable
@@ -36,7 +37,8 @@ class Stores:
         self.local = self._open(tier_config(Config(str(self.back_dir)), str(self.tier)))
         self.back = self._open(Config(str(self.back_dir), writable=back_writable))
         self.added = multiprocessing.Value("q", 0)
-        self.store = TieredStore(self.local, self.back, stored=self._stored, touch_every=0)
+        self.recency = Recency.create(0)
+        self.store = TieredStore(self.local, self.back, stored=self._stored, recency=self.recency)
 
     def _open(self, config: Config) -> DirectoryStore:
         main = MainProcess.start(config)
@@ -358,19 +360,26 @@ def test_scan_keeps_only_the_oldest_worth_the_target(tmp_path):
 
 def test_evictor_keeps_the_bound_least_recently_used_out_first(stores):
     """3x the bound read through the tier; one buffer read between every two
-    others survives, and the tier stays within its bound."""
+    others survives (its file the oldest: the tier's stamps keep it), and
+    the tier stays within its bound."""
     s = stores()
     size, limit = 16 * 1024, 10 * 16 * 1024
-    evictor = TierEvictor(PrefixLayout(str(s.tier)), limit, s.added)
+    evictor = TierEvictor(PrefixLayout(str(s.tier)), limit, s.added, s.recency)
     hot = add_buffer(s.back_dir, b"hot" * (size // 3))
     others = [add_buffer(s.back_dir, i.to_bytes(4, "big") * (size // 4)) for i in range(30)]
+    base = int(time.time()) - 10**6
 
     async def scenario():
+        await read_all(await s.store.open(raw(hot)))
+        await s.store.settled()
+        date_back(s.tier, hot, base)
         evicted = 0
-        for cs in others:
+        for n, cs in enumerate(others):
             for checksum in (hot, cs):
                 await read_all(await s.store.open(raw(checksum)))
                 await s.store.settled()
+            date_back(s.tier, cs, base + 1 + n)
+            date_back(s.tier, hot, base)  # undo the kernel's own update when the tier read it
             evicted += evictor.check()
             assert evictor.estimate <= limit
             assert scan_tier(evictor.layout, 0).total <= limit
@@ -380,6 +389,23 @@ def test_evictor_keeps_the_bound_least_recently_used_out_first(stores):
     assert evicted >= 15
     assert s.in_tier(hot) and s.in_tier(others[-1]) and not s.in_tier(others[0])
     assert stray(s.tier) == []
+
+
+def date_back(tier: Path, checksum: str, seconds: int) -> None:
+    """Set the access time of a tier file: as if stored at that time."""
+    path = buffer_path(tier, checksum)
+    os.utime(path, ns=(seconds * 1_000_000_000, path.stat().st_mtime_ns))
+
+
+def test_recency_slots_follow_the_bound_and_last_stamp():
+    assert len(Recency.create(0).table) == SLOTS[0]
+    assert len(Recency.create(10 * 1024**3).table) == 1 << 20
+    assert len(Recency.create(1 << 60).table) == SLOTS[1]
+    recency = Recency.create(0)
+    cs = sha3(b"used")
+    assert recency.last_used_ns(cs) == 0
+    recency.used(raw(cs))
+    assert abs(recency.last_used_ns(cs) / 1e9 - time.time()) < 5
 
 
 def test_evictor_corrects_its_estimate_by_scanning(tmp_path):
