@@ -72,7 +72,6 @@ HASH_INLINE = 1 << 20  # hash smaller pieces on the event loop, larger ones in a
 HEAD_CONCURRENCY = 64  # object-store calls in flight for one batch of /has or /buffer-length
 HEALTH_EVERY = 1.0
 ABORT_WAIT = 10.0  # the longest a failed upload waits for its abort
-RESOLVE_DELAY = 0.1  # seconds a resolved promise waits for others to be deleted with
 BULK_DELETE = 1000  # keys in one DeleteObjects request (S3's maximum)
 CONNECT_TIMEOUT = "3s"
 READ_TIMEOUT = "10s"  # no byte for this long: the call fails (it bounds every call but a long stream)
@@ -137,7 +136,7 @@ class ObjectStore:
         self.setting_names = setting_names
         self._health: tuple[float, str | None] = (float("-inf"), None)
         self._health_task: asyncio.Task | None = None
-        self._unresolved: set[str] = set()  # promise keys to delete, in one request for many PUTs
+        self._unresolved: dict[str, list[asyncio.Future]] = {}  # promise keys to delete, and who waits
         self._resolver: asyncio.Task | None = None
         self._heads_until = float("-inf")  # batches use HEADs alone until then (listings did not pay)
 
@@ -498,7 +497,7 @@ class ObjectStore:
             self.metrics.put_failed(exc)
             raise
         self.metrics.put(outcome.value)
-        self._resolve_soon(checksum.hex())
+        await self._resolve(checksum.hex())
         return outcome
 
     async def _put(self, checksum: bytes, body: AsyncIterator[bytes], encoding: Encoding | None) -> PutOutcome:
@@ -592,27 +591,36 @@ class ObjectStore:
             self.metrics.promised()
         return PROMISE_TTL
 
-    def _resolve_soon(self, checksum_hex: str) -> None:
-        """A stored buffer's promise is kept no longer.  Deleted a moment later, with those
-        of other PUTs, in one bulk request: a promise beside its object changes no answer
-        (every reader looks for the object first), and a DELETE for each PUT would halve
-        the rate of PUTs."""
-        self._unresolved.add(self.keys.promise(checksum_hex))
+    async def _resolve(self, checksum_hex: str) -> None:
+        """A stored buffer's promise is kept no longer: deleted before the PUT is
+        answered, in one bulk request with the promises of the PUTs that ended while
+        the previous request was under way (a DELETE for each PUT would halve the
+        rate of PUTs).  A failure is logged: the buffer is stored all the same."""
+        done = asyncio.get_running_loop().create_future()
+        self._unresolved.setdefault(self.keys.promise(checksum_hex), []).append(done)
         if self._resolver is None:
-            try:
-                self._resolver = asyncio.get_running_loop().create_task(self._resolve())
-            except RuntimeError:
-                self._resolver = None
+            self._resolver = asyncio.get_running_loop().create_task(self._delete_resolved())
+        await done
 
-    async def _resolve(self) -> None:
-        await asyncio.sleep(RESOLVE_DELAY)
-        keys, self._unresolved, self._resolver = sorted(self._unresolved), set(), None
-        for start in range(0, len(keys), BULK_DELETE):
-            batch = keys[start:start + BULK_DELETE]
-            try:
-                await self._call("delete", batch[0], obstore.delete_async(self.store, batch))
-            except (StorageUnavailable, *NOT_FOUND) as exc:
-                log.warning("could not remove %d resolved promises of %s: %s", len(batch), self.url, exc)
+    async def _delete_resolved(self) -> None:
+        waiting: dict[str, list[asyncio.Future]] = {}
+        try:
+            while self._unresolved:
+                waiting, self._unresolved = self._unresolved, {}
+                keys = sorted(waiting)
+                for start in range(0, len(keys), BULK_DELETE):
+                    await self._delete_promises(keys[start:start + BULK_DELETE])
+                _release(waiting)
+        finally:  # cancelled (close): no PUT waits for ever
+            _release(waiting)
+            _release(self._unresolved)
+            self._resolver = None
+
+    async def _delete_promises(self, keys: list[str]) -> None:
+        try:
+            await self._call("delete", keys[0], obstore.delete_async(self.store, keys))
+        except (StorageUnavailable, *NOT_FOUND) as exc:
+            log.warning("could not remove %d resolved promises of %s: %s", len(keys), self.url, exc)
 
     # ------------------------------------------------------------- health and startup
     async def _list_one(self) -> None:
@@ -696,6 +704,11 @@ class ObjectStore:
         for task in (self._resolver, self._health_task):
             if task is not None:
                 task.cancel()
+
+
+def _release(waiting: dict[str, list[asyncio.Future]]) -> None:
+    for done in (f for futures in waiting.values() for f in futures if not f.done()):
+        done.set_result(None)
 
 
 def _hexes(checksums: bytes) -> list[str]:
