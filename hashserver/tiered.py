@@ -43,6 +43,7 @@ log = logging.getLogger("hashserver")
 LOCAL_FAILURES = (StorageUnavailable, DiskFull, OSError)
 FILL_QUEUE = 8  # chunks on their way from a stream to the tier's writer
 FILE_CHUNK = 1 << 20
+MAX_FILLS = 16  # fills under way in one worker; a miss beyond them is not stored (a later one will be)
 LOG_EVERY = 10.0  # seconds between two warnings of a failing tier
 
 
@@ -168,9 +169,15 @@ class TieredStore:
         if readable is not None:
             return readable
         readable = await self.back.open(checksum, accepted)
-        if readable is None or not self.fill or checksum in self._filling:
+        if readable is None or not self._may_fill(checksum):
             return readable
         return self._filled_from(checksum, readable)
+
+    def _may_fill(self, checksum: bytes) -> bool:
+        """One fill of a buffer at a time, and a bounded number of them: under a
+        storm of misses the tier's writes must not hold the memory of every
+        buffer read, nor take the cores the answers need."""
+        return self.fill and checksum not in self._filling and len(self._filling) < MAX_FILLS
 
     async def _open_local(self, checksum: bytes, accepted: frozenset[str]) -> Readable | None:
         """The tier's copy, if it has one.  A buffer the tier does not hold is
@@ -210,7 +217,7 @@ class TieredStore:
         assert source is not None
 
         async def chunks() -> AsyncIterator[bytes]:
-            if checksum in self._filling:
+            if not self._may_fill(checksum):
                 async for chunk in source():
                     yield chunk
                 return
@@ -232,7 +239,7 @@ class TieredStore:
         the back store answered STORED or PRESENT."""
         if not self.back.writable:
             raise ReadOnly.put()
-        if not self.fill or checksum in self._filling or self._held_locally(checksum):
+        if not self._may_fill(checksum) or self._held_locally(checksum):
             return await self.back.put(checksum, body, content_encoding)
         fill = LocalFill(self, checksum, content_encoding)
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hashserver import Config
+from hashserver import Config, tiered
 from hashserver.directory import DirectoryStore
 from hashserver.eviction import SLOTS, Recency, TierEvictor, scan_tier
 from hashserver.layout import PrefixLayout
@@ -437,3 +437,21 @@ def test_without_filling_the_local_directories_are_only_read(stores):
 
     asyncio.run(scenario())
     assert not s.in_tier(cs) and not s.in_tier(sha3(b"new")) and s.added.value == 0
+
+
+def test_fills_under_way_are_bounded(stores, monkeypatch):
+    monkeypatch.setattr(tiered, "MAX_FILLS", 2)
+    s = stores()
+    buffers = {add_buffer(s.back_dir, f"buffer {i}".encode()): f"buffer {i}".encode() for i in range(5)}
+
+    async def scenario():
+        for checksum, data in buffers.items():  # no fill ends before the last read
+            assert await read_all(await s.store.open(raw(checksum))) == data
+        await s.store.settled()
+        assert sum(s.in_tier(checksum) for checksum in buffers) == 2
+        for checksum in buffers:  # missed again: filled this time
+            await read_all(await s.store.open(raw(checksum)))
+            await s.store.settled()
+
+    asyncio.run(scenario())
+    assert all(s.in_tier(checksum) for checksum in buffers)
