@@ -8,7 +8,10 @@ one checksum is looked up on disk.  The worker's inotify watch vouches for
 directories confirmed unchanged, so that on the fast path a lookup makes no
 system call at all for them; the others are stat'ed once per request.  The
 publisher rescans changed directories in the background, so the fast path
-comes back.
+comes back.  For single requests, :meth:`ExactIndex.stamp` gives the watch's
+epochs of a checksum's directories while it vouches for all of them: what
+the store learnt under a stamp (a held buffer's file, that no lock file
+exists) holds while the stamp is the same (:mod:`hashserver.directory`).
 """
 
 from __future__ import annotations
