@@ -42,6 +42,7 @@ log = logging.getLogger("hashserver")
 
 LOCAL_FAILURES = (StorageUnavailable, DiskFull, OSError)
 FILL_QUEUE = 8  # chunks on their way from a stream to the tier's writer
+HAND_ON_WAIT = 2.0  # seconds a stream waits for the tier's writer, at most, before going on alone
 FILE_CHUNK = 1 << 20
 MAX_FILLS = 16  # fills under way in one worker; a miss beyond them is not stored (a later one will be)
 LOG_EVERY = 10.0  # seconds between two warnings of a failing tier
@@ -75,16 +76,21 @@ class LocalFill:
             yield chunk
 
     async def _hand_on(self, item: bytes | None) -> None:
-        """Queue ``item``, waiting while the writer is behind; dropped once it failed."""
-        if self.task.done():
+        """Queue ``item``, waiting while the writer is behind, but not for long:
+        a stream must not stall (and time out) for the tier's sake.  The fill
+        is abandoned then; once abandoned or failed, nothing is queued."""
+        if self.task.done() or self._abandoned:
             return
         if not self._queue.full():
             self._queue.put_nowait(item)
             return
         put = asyncio.ensure_future(self._queue.put(item))
-        await asyncio.wait({put, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({put, self.task}, timeout=HAND_ON_WAIT, return_when=asyncio.FIRST_COMPLETED)
         if not put.done():
             put.cancel()
+            if not self.task.done():
+                log.info("local tier: its writer fell %g s behind a stream; not stored", HAND_ON_WAIT)
+                self.abandon()
 
     async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``body``, each chunk handed on to the tier first."""

@@ -10,7 +10,9 @@ import logging
 import multiprocessing
 import os
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -455,3 +457,41 @@ def test_fills_under_way_are_bounded(stores, monkeypatch):
 
     asyncio.run(scenario())
     assert all(s.in_tier(checksum) for checksum in buffers)
+
+
+class CollectingBack:
+    """A back store that reads the whole body first, then lets ``release`` go and
+    stores it: the tier's writer, held up until then, falls behind the stream."""
+
+    def __init__(self, back: DirectoryStore, release: threading.Event):
+        self.back, self.release, self.writable = back, release, True
+
+    async def put(self, checksum, body, content_encoding=None):
+        parts = [chunk async for chunk in body]
+        self.release.set()
+        return await self.back.put(checksum, chunks(*parts), content_encoding)
+
+    def __getattr__(self, name):
+        return getattr(self.back, name)
+
+
+def test_a_tier_falling_behind_does_not_hold_up_the_upload(stores, monkeypatch):
+    monkeypatch.setattr(tiered, "HAND_ON_WAIT", 0.2)
+    s = stores()
+    release = threading.Event()
+    s.store = TieredStore(s.local, CollectingBack(s.back, release), stored=s._stored)
+    data = os.urandom(32 << 20)
+    cs = sha3(data)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))  # the writers' hashing waits behind this:
+        held = loop.run_in_executor(None, release.wait, 60)
+        parts = [data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+        assert await asyncio.wait_for(s.store.put(raw(cs), chunks(*parts)), 60) is PutOutcome.STORED
+        await held
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    assert buffer_path(s.back_dir, cs).read_bytes() == data
+    assert not s.in_tier(cs) and stray(s.tier) == []
