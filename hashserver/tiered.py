@@ -8,8 +8,9 @@ there succeeded, or as it is read from there (verified by the back store,
 and hashed again by the tier's own writer, under its lock, so that the tier
 never holds a wrong or partial file).  Filling the tier never delays or fails
 a request: a failing tier is logged and counted, and the request goes to the
-back store.  Its size is bounded by the main process (:mod:`.eviction`);
-the workers mark the files they serve as recently used.
+back store.  Its size is bounded by the main process (:mod:`.eviction`),
+least recently used out first: the workers stamp each answer from the tier
+in a table in shared memory.
 """
 
 from __future__ import annotations
