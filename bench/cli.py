@@ -9,7 +9,7 @@ import sys
 from .cases import CASES
 from .report import full_table, write_charts, write_json
 from .results import Options, Outputs
-from .soak import SoakOptions, run_soak
+from .soak import MIX, SoakOptions, run_soak
 from .suite import Suite
 
 SCALING_SIZES = [10_000, 100_000, 1_000_000]
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "a promise six (default %(default)g)")
     soak.add_argument("--soak-connections", type=int, default=8, metavar="N",
                       help="client tasks, each with a keep-alive connection to each server (default 8)")
+    soak.add_argument("--soak-mix", type=_mix, default={}, metavar="OP=WEIGHT[,...]",
+                      help="change the weights of the operations (e.g. promise=50 to look for a race of "
+                      "promises); default " + ",".join(f"{op}={w}" for op, w in MIX.items()))
     soak.add_argument("--soak-dir", default=None, metavar="DIR",
                       help="where the shared directory and the server logs go, kept "
                       "(default: a temporary directory, removed unless an answer was wrong)")
@@ -113,10 +116,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _mix(text: str) -> dict[str, int]:
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        op, _, weight = part.partition("=")
+        if op not in MIX or not weight.isdigit():
+            raise argparse.ArgumentTypeError(f"expected OP=WEIGHT with OP one of {', '.join(MIX)}, not {part!r}")
+        weights[op] = int(weight)
+    return weights
+
+
 def soak_options(args: argparse.Namespace) -> SoakOptions:
     return SoakOptions(minutes=args.soak, report=args.soak_report or os.path.join(args.out, "soak.json"),
                        connections=args.soak_connections, rate=args.soak_rate, seed=args.seed,
-                       workdir=args.soak_dir)
+                       workdir=args.soak_dir, mix={**MIX, **args.soak_mix})
 
 
 def options_from_args(argv: list[str] | None) -> Options:

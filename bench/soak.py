@@ -424,6 +424,7 @@ class SoakOptions:
     seed: int = 1
     workers: int = 2
     workdir: str | None = None  # where the directory and logs go (default: a new temporary one)
+    mix: dict[str, int] = field(default_factory=lambda: dict(MIX))  # weights of the operations
 
 
 def new_body(rng: random.Random) -> bytes:
@@ -459,7 +460,7 @@ class Load:
         self.requests = 0  # sent, cut uploads included
         self.fetched: dict[str, set[str]] = {name: set() for name in ports}  # served 200 by that server
         self.cacheable_bytes = {name: Counter() for name in ports}  # by minute first served
-        self.ops, self.weights = list(MIX), list(MIX.values())
+        self.ops, self.weights = list(options.mix), list(options.mix.values())
 
     async def run(self, deadline: float) -> None:
         await asyncio.gather(*(self.task(i, deadline) for i in range(self.options.connections)))
@@ -582,12 +583,20 @@ class Load:
         other = next(n for n in conns if n != name)
         for route in ("has", "has_now", "buffer_length"):
             await self.batch(route, other, conns[other], [(checksum, State.PROMISED, len(body))])
-        waiter = Connection(self.ports[other])
+        waiter, times = Connection(self.ports[other]), {"GET sent": time.monotonic()}
         self.requests += 1
-        waiting = asyncio.ensure_future(waiter.request("GET", "/" + checksum))
+
+        async def get() -> Reply:
+            reply = await waiter.request("GET", "/" + checksum)
+            times["GET answered"] = time.monotonic()
+            return reply
+
+        waiting = asyncio.ensure_future(get())
         try:
             await asyncio.sleep(rng.uniform(0.05, 0.3))
+            times["PUT sent"] = time.monotonic()
             stored = await self.put("put", name, conns[name], body)
+            times["PUT answered"] = time.monotonic()
             try:
                 got = await waiting
                 if got.status == 200:
@@ -599,8 +608,10 @@ class Load:
             waiting.cancel()
             waiter.close()
         if stored and (got.status != 200 or decoded(got) != body):
-            self.checker.wrong("promise_get", f"{other} GET {checksum[:12]}… while promised: {got.status}, "
-                               f"{len(got.body)} bytes, expected {len(body)}")
+            when = ", ".join(f"{event} {1000 * (at - times['GET sent']):+.0f} ms"
+                             for event, at in sorted(times.items(), key=lambda item: item[1]))
+            self.checker.wrong("promise_get", f"{other} GET {checksum[:12]}… while promised on {name}: "
+                               f"{got.status}, {len(got.body)} bytes, expected {len(body)} ({when})")
 
 
 # ------------------------------------------------------------------ after the load

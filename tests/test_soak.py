@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from bench.cli import build_parser, soak_options
 from bench.soak import (
     KINDS,
+    MIX,
     TIMED,
     Checker,
     Ledger,
@@ -200,3 +202,13 @@ def test_the_client_reads_length_chunked_and_bodiless_replies() -> None:
     assert chunked.body == b"abcde"
     assert read(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n", head_only=True).body == b""
     assert read(b"HTTP/1.1 304 Not Modified\r\n\r\n").status == 304
+
+
+def test_the_command_line_sets_the_soak_up() -> None:
+    args = build_parser().parse_args(["--soak", "2", "--soak-mix", "promise=50,cut=0", "--out", "o"])
+    options = soak_options(args)
+    assert options.minutes == 2 and options.report == "o/soak.json" and options.rate == 100
+    assert options.mix == {**MIX, "promise": 50, "cut": 0}
+    for wrong in (["--soak", "0"], ["--soak", "1", "--soak-mix", "nope=1"], ["--soak", "1", "--soak-mix", "get=x"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(wrong)
