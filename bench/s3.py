@@ -337,24 +337,29 @@ class S3Bench:
         return S3HashServer(self.workdir, f"s3://{BUCKET}", self.seaweedfs.s3_endpoint,
                             os.path.join(self.workdir, "local-tier"), env, self.o.workers)
 
-    def hits(self, server: HashServer, tag: str) -> dict[str, float]:
-        """The local-tier cases (after one read of every buffer: the warm-up that fills the tier)."""
+    def hits(self, server: HashServer, directory: HashServer) -> tuple[dict[str, float], dict[str, float]]:
+        """The local-tier cases, on the s3 server and then on the directory server, case by
+        case (after one read of every buffer through each: the warm-up that fills the tier)."""
         d = self.dataset
         warm = [("/" + c, None) for c in [*d.checksums(), d.large_checksum]]
-        _, problems = http_all(server.port, "GET", warm, 8)
-        self.problems(f"{tag} warm-up", problems)
+        for tag, each in (("s3", server), ("directory", directory)):
+            _, problems = http_all(each.port, "GET", warm, 8)
+            self.problems(f"{tag} warm-up", problems)
         scenarios = {
             "hit_get_small": Scenario("hit_get_small", "GET", d.checksums_file, connections=self.o.connections),
-            "hit_get_large": write_scenario(self.workdir, f"{tag}-large", "GET", [d.large_checksum],
-                                            connections=4),
-            "hit_has_1000": self._has_scenario(tag, d.checksums()),
+            "hit_get_large": write_scenario(self.workdir, "hit-large", "GET", [d.large_checksum], connections=4),
+            "hit_has_1000": self._has_scenario(d.checksums()),
         }
-        return {k: self.load(k, s, server.port, tag) for k, s in scenarios.items()}
+        values, ceilings = {}, {}
+        for name, scenario in scenarios.items():
+            values[name] = self.load(name, scenario, server.port, "s3")
+            ceilings[name] = self.load(name, scenario, directory.port, "directory")
+        return values, ceilings
 
-    def _has_scenario(self, tag: str, present: list[str]) -> Scenario:
+    def _has_scenario(self, present: list[str]) -> Scenario:
         rng = random.Random(self.o.seed)
         bodies = [json.dumps(rng.sample(present, HAS_SIZE)).encode() for _ in range(16)]
-        return write_scenario(self.workdir, f"{tag}-has", "POST", ["has"] * len(bodies), bodies=bodies,
+        return write_scenario(self.workdir, "hit-has", "POST", ["has"] * len(bodies), bodies=bodies,
                               random_order=False, connections=self.o.connections)
 
     def misses_and_puts(self, server: HashServer) -> dict[str, float]:
@@ -432,10 +437,9 @@ def run(options: S3Options) -> S3Document:
         try:
             bench.prepare()
             with bench.s3_server() as server:
-                values = bench.hits(server, "s3")
-                values.update(bench.misses_and_puts(server))
-            with HashServer(workdir, bench.dataset.directory, "prefix", options.workers) as directory:
-                ceilings = bench.hits(directory, "directory")
+                with HashServer(workdir, bench.dataset.directory, "prefix", options.workers) as directory:
+                    values, ceilings = bench.hits(server, directory)
+                values.update(bench.misses_and_puts(server))  # the directory server stopped
         finally:
             bench.stop()
     ceilings.update({k: v for k, (v, _) in bench.raw.items()})
