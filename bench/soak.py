@@ -324,12 +324,15 @@ async def cut_upload(port: int, checksum: str, body: bytes, rng: random.Random) 
 class Latencies:
     """Seconds per request, by minute of the run and operation."""
 
-    def __init__(self, started: float):
+    def __init__(self, started: float, minutes: float):
         self.started = started
+        self.last = max(1, math.ceil(minutes))
         self.samples: dict[tuple[int, str], list[float]] = defaultdict(list)
 
     def minute(self, at: float) -> int:
-        return int((at - self.started) // 60) + 1
+        """1 for the first minute; the last for an operation's request sent after the
+        end (the PUT of a promise made just before it)."""
+        return min(self.last, int((at - self.started) // 60) + 1)
 
     def add(self, op: str, began: float, ended: float) -> None:
         self.samples[(self.minute(began), op)].append(ended - began)
@@ -690,7 +693,7 @@ async def soak(options: SoakOptions, servers: dict[str, HashServer], directory: 
     """The load, then the final checks; returns the report (without the run's frame)."""
     ports = {name: server.port for name, server in servers.items()}
     started = time.monotonic()
-    latencies, ledger, checker = Latencies(started), Ledger(), Checker()
+    latencies, ledger, checker = Latencies(started, options.minutes), Ledger(), Checker()
     sampler = ProcessSampler(servers, latencies)
     load = Load(options, ports, ledger, checker, latencies)
     deadline = started + options.minutes * 60
@@ -706,7 +709,7 @@ async def soak(options: SoakOptions, servers: dict[str, HashServer], directory: 
     client_cpu = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
     final = await final_lookups(ports, ledger, checker, random.Random(options.seed))
     final.update(scan_directory(directory, ledger, checker))
-    last_minute = latencies.minute(deadline - 1e-6)
+    last_minute = latencies.last
     cache_mib = {name: round(min(CACHE_BYTES, sum(n for m, n in by_minute.items() if m > 1)) / MIB, 1)
                  for name, by_minute in load.cacheable_bytes.items()}
     return {

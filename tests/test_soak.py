@@ -59,6 +59,7 @@ def test_two_minute_soak_has_no_wrong_answer_and_reports_every_figure(tmp_path: 
     assert report["final_check"]["acknowledged"] > 0 and report["final_check"]["cut"] == cuts
 
     rows = {(row["minute"], row["op"]): row for row in report["latency"]}
+    assert {minute for minute, _ in rows} == set(range(1, SOAK_MINUTES + 1))
     for minute in range(1, SOAK_MINUTES + 1):
         for op in TIMED:
             row = rows.get((minute, op))
