@@ -18,6 +18,7 @@ Sanic 25.12.1; ``tests/test_sending.py`` fails if they change):
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import select
 from typing import AsyncIterator
@@ -26,7 +27,9 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from . import caching, responses
-from .storage import Readable
+from .storage import CorruptBuffer, Readable
+
+log = logging.getLogger("hashserver")
 
 STREAM_CHUNK = 1 << 20
 SENDFILE_MIN = 256 << 10
@@ -35,6 +38,7 @@ LINGER_SECONDS = 1.0  # the longest a refused body is drained before the connect
 SANIC_BYTES_LEFT = "response_bytes_left"  # the Http slot zero-copy sending adjusts
 SANIC_REQUEST_MAX_SIZE = "request_max_size"  # the body bound Sanic drains a request's rest within
 SANIC_REQUEST_BODY = "request_body"  # true while a request's body is still to be read
+SANIC_RESPONSE_FUNC = "response_func"  # the Http slot sending the response; None: nothing more to send
 
 
 def refuse_body(request: Request, linger: int = 0) -> None:
@@ -96,6 +100,11 @@ async def _stream(request: Request, readable: Readable, headers: dict, status: i
                 await response.send(chunk)
     except (BrokenPipeError, ConnectionResetError):
         request.transport.close()  # the client went away
+        return None
+    except CorruptBuffer as exc:  # found while streaming: the headers are out already
+        log.error("%s: response cut short", exc)
+        request.transport.abort()  # never a complete 200 whose body is wrong
+        setattr(request.stream, SANIC_RESPONSE_FUNC, None)  # Sanic would end it again, and log an error
         return None
     await response.eof()
     return None

@@ -501,3 +501,6 @@ def test_through_http_a_corrupt_object_is_never_a_complete_200(serve, s3_env, s3
     with pytest.raises(http.client.IncompleteRead):
         response.read()
     connection.close()
+    log = server.output()
+    assert f"{where.rsplit('/', 1)[0]}/" in log and "response cut short" in log  # one line, named
+    assert "Traceback" not in log and "smaller than content-length" not in log, log[-4000:]

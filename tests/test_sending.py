@@ -27,6 +27,12 @@ def test_the_response_byte_count_slot_exists():
     assert sending.SANIC_BYTES_LEFT in Http.__slots__
 
 
+def test_the_slot_a_response_cut_short_relies_on_exists():
+    """A response cut short (a streamed object found corrupt) marks Sanic's
+    response as sent: else Sanic ends it once more and logs a traceback."""
+    assert sending.SANIC_RESPONSE_FUNC in Http.__slots__
+
+
 def test_the_slots_a_refused_body_relies_on_exist():
     """A refused upload ends the connection (keep_alive), unread (request_body),
     or after a bounded drain (request_max_size)."""
