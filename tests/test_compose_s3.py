@@ -9,12 +9,15 @@ them.  ``podman-compose --dry-run config`` resolves it as for ``up``, without po
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ pytest.importorskip(
     "(pip install podman-compose)",
 )
 yaml = pytest.importorskip("yaml", reason="PyYAML (a dependency of podman-compose) is not installed")
+from seaweedfs import s3_bucket, seaweedfs  # noqa: E402, F401  (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.s3.yaml"
@@ -157,23 +161,68 @@ def test_nginx_balances_both_hosts_and_streams_bodies(tmp_path):
         assert directive in conf
 
 
-def test_nginx_accepts_the_configuration(tmp_path):
-    """``nginx -t`` on the configuration the service writes, the hosts' names replaced by
-    loopback (they resolve only on the compose network)."""
+def nginx_binary() -> str:
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
     if nginx is None:
         pytest.skip("nginx is not installed (Debian: apt-get install nginx)")
+    return nginx
+
+
+def nginx_main_conf(tmp_path: Path, server_conf: str) -> Path:
+    """A whole nginx.conf around the service's configuration, everything under ``tmp_path``."""
+    temp = "".join(f"{kind}_temp_path {tmp_path}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
+                                                                       "uwsgi", "scgi"))
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the temporary paths
+    path = tmp_path / "nginx.conf"
+    path.write_text(f"{user}daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+                    f"events {{}}\nhttp {{\naccess_log off;\n{temp}{server_conf}\n}}\n")
+    return path
+
+
+def test_nginx_accepts_the_configuration(tmp_path):
+    """``nginx -t`` on the configuration the service writes, the hosts' names replaced by
+    loopback (they resolve only on the compose network)."""
+    nginx = nginx_binary()
     conf = nginx_conf(services(tmp_path)["nginx"])
     for n, host in enumerate(HOSTS):
         conf = conf.replace(f"{host}:", f"127.0.0.{n + 1}:")
-    temp = "".join(f"{kind}_temp_path {tmp_path}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
-                                                                       "uwsgi", "scgi"))
-    main = (f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
-            f"http {{\naccess_log off;\n{temp}{conf}\n}}\n")
-    (tmp_path / "nginx.conf").write_text(main)
-    result = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                             "-e", str(tmp_path / "error.log")], capture_output=True, text=True, timeout=30)
+    main = nginx_main_conf(tmp_path, conf)
+    result = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
+                            capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_nginx_in_front_of_two_real_hosts_survives_losing_one(seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    """The service's nginx configuration, run in front of two real hosts on one bucket:
+    buffers PUT through it are served through it, also once one host is stopped."""
+    from test_s3_fleet import expect_everywhere, put, start_hosts, stop
+
+    from hashserver.testing import ServerProcess, free_port
+
+    hosts, _ = start_hosts(seaweedfs, s3_bucket, tmp_path)
+    port = free_port()
+    conf = nginx_conf(services(tmp_path)["nginx"]).replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    for host, server in zip(HOSTS, hosts, strict=True):
+        conf = conf.replace(f"{host}:{CONTAINER_PORT}", f"127.0.0.1:{server.port}")
+    main = nginx_main_conf(tmp_path, conf)
+    proxy = ServerProcess([nginx_binary(), "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
+                          port=port, log_path=tmp_path / "nginx.log").start()
+    try:
+        deadline = time.monotonic() + 60
+        while not proxy.answers("/healthcheck"):
+            assert time.monotonic() < deadline and proxy.exit_code() is None, proxy.output()
+            time.sleep(0.1)
+        buffers = {hashlib.sha3_256(d).hexdigest(): d for d in (os.urandom(100 + n) for n in range(12))}
+        for data in buffers.values():
+            assert put(port, data).body == b"OK"
+        expect_everywhere(port, buffers, "through nginx")
+        hosts[0].stop()
+        expect_everywhere(port, buffers, "through nginx with one host stopped")
+    finally:
+        proxy.stop(signal.SIGQUIT)
+        stop(hosts)
 
 
 def test_weed_knows_every_flag_the_service_gives(tmp_path):
