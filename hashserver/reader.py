@@ -180,7 +180,7 @@ class BufferReader:
                              accepted: frozenset[str]) -> Readable | None:
         """The buffer in the representation to send, if its content is right; else None."""
         if buffer.encoding is None and buffer.size <= SMALL_BUFFER:
-            content = self._read_small(checksum, buffer)
+            content = self._read_small_verified(checksum, buffer)
             return None if content is None else Readable(len(content), content=content)
         if not await self._verified(checksum, buffer):
             return None
@@ -193,7 +193,16 @@ class BufferReader:
         return _opened(buffer, encoded)
 
     def _read_small(self, checksum: bytes, buffer: BufferFile) -> bytes | None:
-        """A small plain buffer's verified content (cached), or None if wrong."""
+        """A small plain buffer's verified content (cached), or None if wrong or gone
+        (for a caller whose regular route then looks again)."""
+        try:
+            return self._read_small_verified(checksum, buffer)
+        except FileNotFoundError:
+            return None
+
+    def _read_small_verified(self, checksum: bytes, buffer: BufferFile) -> bytes | None:
+        """A small plain buffer's verified content (cached), or None if wrong;
+        FileNotFoundError if its file cannot be opened."""
         cached = self.cached(buffer)
         if cached is not None:
             return cached

@@ -24,6 +24,7 @@ import errno
 import os
 import sys
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
@@ -39,6 +40,7 @@ from .promises import Promises
 from .storage import BodyStalled, BodyTooLarge, ChecksumMismatch, DiskFull, PutOutcome
 
 BATCH = 1 << 20  # bytes handed to the hashing/writing thread at a time
+LOCK_ATTEMPTS = 3  # takes of a buffer's lock that another host's writer removed meanwhile
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class BufferWriter:
         directory = os.path.dirname(final)
         make_group_dir(directory)
         tmp = temp_path(directory, checksum_hex)
-        async with HeldLock(self.search_path.lock_path(checksum_hex)):
+        async with _held(self.search_path.lock_path(checksum_hex)):
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 try:
@@ -204,6 +206,25 @@ class BufferWriter:
                 await pending
         if fd is not None:
             await loop.run_in_executor(None, os.fsync, fd)
+
+
+@asynccontextmanager
+async def _held(path: str) -> AsyncIterator[HeldLock]:
+    """The buffer's lock, held.  Taking it over from another writer of the same buffer
+    fails with ENOENT on a SeaweedFS mount when that writer, on another host, removes
+    it meanwhile (its tag written to a file the filer no longer has): taken again."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        lock = HeldLock(path)
+        try:
+            await lock.__aenter__()
+            break
+        except FileNotFoundError:
+            if attempt == LOCK_ATTEMPTS or not os.path.isdir(os.path.dirname(path)):
+                raise
+    try:
+        yield lock
+    finally:
+        await lock.__aexit__(None, None, None)
 
 
 def _link(tmp: str, final: str) -> bool:
