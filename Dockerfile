@@ -1,6 +1,6 @@
 # hashserver (Sanic, multi-process) in a container.
 #
-#   docker build -t hashserver-sanic .
+#   docker build -t hashserver-sanic .     (add --build-arg HASHSERVER_EXTRAS=s3 for S3 buckets)
 #   docker run -d -p 127.0.0.1:8000:8000 -v "$PWD/buffers:/buffers" \
 #       -e HASHSERVER_WRITABLE=1 --user "$(id -u):$(id -g)" hashserver-sanic
 #
@@ -11,12 +11,14 @@
 
 # ---- build: a virtual environment with the package and its dependencies
 FROM python:3.12-slim AS build
+# Extras of the package to install too, e.g. --build-arg HASHSERVER_EXTRAS=s3 for s3:// buckets.
+ARG HASHSERVER_EXTRAS=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 COPY . /src
 RUN python3 -m venv /opt/hashserver \
- && /opt/hashserver/bin/python3 -m pip install --no-cache-dir /src \
+ && /opt/hashserver/bin/python3 -m pip install --no-cache-dir "/src${HASHSERVER_EXTRAS:+[$HASHSERVER_EXTRAS]}" \
  && /opt/hashserver/bin/python3 -m pip uninstall --yes pip \
  && /opt/hashserver/bin/sanic --version
 

@@ -233,3 +233,16 @@ def test_weed_knows_every_flag_the_service_gives(tmp_path):
     known = set(re.findall(r"^\s+-([\w.]+)", help_text.stdout + help_text.stderr, re.MULTILINE))
     given = {a.lstrip("-").split("=", 1)[0] for a in weed_argv(services(tmp_path)["seaweedfs"])[1:]}
     assert given <= known, given - known
+
+
+def test_the_image_installs_the_extra_the_fleet_builds_it_with():
+    """compose.s3.yaml builds the image with HASHSERVER_EXTRAS=s3: the Dockerfile's
+    install line, expanded by a POSIX shell as RUN does, names the extra (and only then)."""
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ARG HASHSERVER_EXTRAS=$", text, re.MULTILINE)
+    target = re.search(r'pip install --no-cache-dir ("[^"]+")', text).group(1)
+    expand = lambda extras: subprocess.run(  # noqa: E731
+        ["sh", "-c", f"HASHSERVER_EXTRAS={extras}; echo {target}"], capture_output=True, text=True,
+        check=True).stdout.strip()
+    assert (expand("s3"), expand("")) == ("/src[s3]", "/src")
+    assert "HASHSERVER_EXTRAS: s3" in (REPO / "compose.s3.yaml").read_text()
