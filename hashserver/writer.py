@@ -41,6 +41,7 @@ from .storage import BodyStalled, BodyTooLarge, ChecksumMismatch, DiskFull, PutO
 
 BATCH = 1 << 20  # bytes handed to the hashing/writing thread at a time
 LOCK_ATTEMPTS = 3  # takes of a buffer's lock that another host's writer removed meanwhile
+LOCK_RETRY_PAUSE = 0.02  # seconds, times the attempt's number
 
 
 @dataclass(frozen=True)
@@ -211,16 +212,19 @@ class BufferWriter:
 @asynccontextmanager
 async def _held(path: str) -> AsyncIterator[HeldLock]:
     """The buffer's lock, held.  Taking it over from another writer of the same buffer
-    fails with ENOENT on a SeaweedFS mount when that writer, on another host, removes
-    it meanwhile (its tag written to a file the filer no longer has): taken again."""
+    fails now and then on a SeaweedFS mount when that writer, on another host, removes
+    it meanwhile (``utime`` of the name: ENOENT, or EIO): taken again after a pause.  A
+    full disk, or a directory that is gone, fails at once."""
     for attempt in range(1, LOCK_ATTEMPTS + 1):
         lock = HeldLock(path)
         try:
             await lock.__aenter__()
             break
-        except FileNotFoundError:
-            if attempt == LOCK_ATTEMPTS or not os.path.isdir(os.path.dirname(path)):
+        except OSError as exc:
+            if (attempt == LOCK_ATTEMPTS or exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                    or not os.path.isdir(os.path.dirname(path))):
                 raise
+        await asyncio.sleep(LOCK_RETRY_PAUSE * attempt)
     try:
         yield lock
     finally:

@@ -51,6 +51,7 @@ from conftest import ServerProcess, buffer_path, sha3
 
 HTTP_TIMEOUT = 60.0  # a bound against hangs: a reader may wait on a lock or a promise
 VISIBLE_WITHIN = 10.0  # bound on waiting for one host to see what the other stored
+SAME_BUFFER_ROUNDS = 60
 
 
 # ---------------------------------------------------------------------- helpers
@@ -220,6 +221,29 @@ def test_a_host_that_saw_the_temporary_file_reads_the_published_buffer(hosts: Ho
     assert answer == [(200, b"OK")]
     visible(hosts.b, cs)
     assert get(hosts.b, cs) == (200, data)
+
+
+def test_the_same_buffer_put_through_both_hosts_at_once(hosts: Hosts):
+    """Both hosts' writers take over, refresh and remove the one lock file of the buffer:
+    across mounts, creating it fails now and then (ENOENT, EIO) as the other removes it."""
+    for i in range(SAME_BUFFER_ROUNDS):
+        data = content(1000 + i, 20_000)
+        cs = sha3(data)
+        start = threading.Barrier(2)
+        answers: list = []
+
+        def store(server: ServerProcess, data=data, cs=cs, start=start, answers=answers) -> None:
+            start.wait(HTTP_TIMEOUT)
+            answers.append(put(server, cs, data))
+
+        writers = [threading.Thread(target=store, args=(server,)) for server in (hosts.a, hosts.b)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(HTTP_TIMEOUT)
+        assert answers == [(200, b"OK")] * 2, (i, answers)
+    for server in (hosts.a, hosts.b):
+        assert get(server, cs) == (200, data)
 
 
 # ------------------------------------------------------- 3. locks across hosts
