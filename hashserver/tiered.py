@@ -22,10 +22,12 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
+from . import writer
 from .compression import for_content_encoding
 from .directory import DirectoryStore
 from .eviction import Recency
-from .files import unlink_quietly
+from .files import BUFFER_MODE, make_group_dir, unlink_quietly
+from .layout import temp_path
 from .metrics import Metrics
 from .storage import (
     CorruptBuffer,
@@ -45,6 +47,7 @@ LOCAL_FAILURES = (StorageUnavailable, DiskFull, OSError)
 FILL_QUEUE = 8  # chunks on their way from a stream to the tier's writer
 HAND_ON_WAIT = 2.0  # seconds a stream waits for the tier's writer, at most, before going on alone
 FILE_CHUNK = 1 << 20
+SMALL_FILL = 1 << 20  # plain buffers up to this size go into the tier from memory, in one step
 MAX_FILLS = 16  # fills under way in one worker; a miss beyond them is not stored (a later one will be)
 LOG_EVERY = 10.0  # seconds between two warnings of a failing tier
 
@@ -76,7 +79,7 @@ class LocalFill:
                 return
             yield chunk
 
-    async def _hand_on(self, item: bytes | None) -> None:
+    async def hand_on(self, item: bytes | None) -> None:
         """Queue ``item``, waiting while the writer is behind, but not for long:
         a stream must not stall (and time out) for the tier's sake.  The fill
         is abandoned then; once abandoned or failed, nothing is queued."""
@@ -96,18 +99,54 @@ class LocalFill:
     async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``body``, each chunk handed on to the tier first."""
         async for chunk in body:
-            await self._hand_on(chunk)
+            await self.hand_on(chunk)
             yield chunk
 
     async def finish(self) -> None:
         """The stream was whole and accepted: let the writer publish it."""
-        await self._hand_on(None)
+        await self.hand_on(None)
         await asyncio.wait({self.task})
 
     def abandon(self) -> None:
         self._abandoned = True
         if not self._queue.full():
             self._queue.put_nowait(None)  # wakes the writer; it raises Abandoned
+
+
+class PutCopy:
+    """The tier's copy of a PUT's body: kept in memory while small (plain
+    bodies up to :data:`SMALL_FILL`), else handed to a :class:`LocalFill`
+    as it passes."""
+
+    def __init__(self, tier: "TieredStore", checksum: bytes, encoding: str | None):
+        self.tier, self.checksum, self.encoding = tier, checksum, encoding
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.fill: LocalFill | None = None
+
+    async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in body:
+            if self.fill is None and (self.encoding or self.size + len(chunk) > SMALL_FILL):
+                self.fill = LocalFill(self.tier, self.checksum, self.encoding)
+                for part in self.parts:
+                    await self.fill.hand_on(part)
+                self.parts = []
+            if self.fill is not None:
+                await self.fill.hand_on(chunk)
+            else:
+                self.parts.append(chunk)
+                self.size += len(chunk)
+            yield chunk
+
+    async def finish(self) -> None:
+        if self.fill is not None:
+            await self.fill.finish()
+        else:
+            await self.tier.store_small(self.checksum, b"".join(self.parts))
+
+    def abandon(self) -> None:
+        if self.fill is not None:
+            self.fill.abandon()
 
 
 class TieredStore:
@@ -211,6 +250,9 @@ class TieredStore:
     def _filled_from(self, checksum: bytes, readable: Readable) -> Readable:
         """``readable``, its content also stored in the tier: at once when it
         is in memory or an open file; else as its chunks are sent."""
+        if readable.content is not None and readable.encoding is None and len(readable.content) <= SMALL_FILL:
+            self.background(checksum, self.store_small(checksum, readable.content))
+            return readable
         if readable.content is not None:
             self.background(checksum, self.store_local(checksum, _aiter((readable.content,)), readable.encoding))
             return readable
@@ -248,13 +290,13 @@ class TieredStore:
             raise ReadOnly.put()
         if not self._may_fill(checksum) or self._held_locally(checksum):
             return await self.back.put(checksum, body, content_encoding)
-        fill = LocalFill(self, checksum, content_encoding)
+        copy = PutCopy(self, checksum, content_encoding)
         try:
-            outcome = await self.back.put(checksum, fill.tee(body), content_encoding)
+            outcome = await self.back.put(checksum, copy.tee(body), content_encoding)
         except BaseException:
-            fill.abandon()
+            copy.abandon()
             raise
-        self.background(checksum, fill.finish())
+        self.background(checksum, copy.finish())
         return outcome
 
     def _held_locally(self, checksum: bytes) -> bool:
@@ -281,6 +323,40 @@ class TieredStore:
             return
         if outcome is PutOutcome.STORED:
             self.stored(counted.size)
+
+    async def store_small(self, checksum: bytes, content: bytes) -> None:
+        """Store a small plain buffer that the back store holds and verified
+        (it answered its PUT, or read and hashed it): in one step in a thread,
+        without the writer's lock and fsync, which cost most of a miss.  No
+        reader of the tier waits for a lock (a buffer it lacks is read from
+        the back store), and a file that a crash left torn fails its
+        verification when read, is removed and read again from the back store."""
+        try:
+            stored = await asyncio.get_running_loop().run_in_executor(
+                None, self._publish_small, checksum.hex(), content)
+        except LOCAL_FAILURES as exc:
+            if isinstance(exc, OSError):
+                self.metrics.storage_error(exc)
+            self._local_failed(exc)
+            return
+        if stored:
+            self.stored(len(content))
+
+    def _publish_small(self, checksum_hex: str, content: bytes) -> bool:
+        """A temporary file (removed at the next start if this process dies)
+        linked into place; False if the tier had the buffer already."""
+        final = self.local.search_path.publish_path(checksum_hex)
+        directory = os.path.dirname(final)
+        make_group_dir(directory)
+        tmp = temp_path(directory, checksum_hex)
+        try:
+            with open(tmp, "xb") as f:
+                f.write(content)
+            os.chmod(tmp, BUFFER_MODE)
+            publish = writer._rename_if_free if self.local.writer.by_rename else writer._link
+            return publish(tmp, final)
+        finally:
+            unlink_quietly(tmp)
 
     async def _store_file(self, checksum: bytes, fd: int, readable: Readable) -> None:
         """Store an open file's content (its own descriptor, closed at the end)."""
