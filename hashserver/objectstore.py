@@ -39,7 +39,7 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from . import s3uploads
+from . import s3uploads, writer
 from .bufferfile import DecodingHash
 from .checksum import Hasher
 from .compression import ENCODINGS, Decoder, Encoding, InvalidPayload, for_content_encoding
@@ -58,7 +58,7 @@ from .storage import (
     StillWriting,
     StorageUnavailable,
 )
-from .writer import BodyPace, BufferWriter
+from .writer import BodyPace
 
 log = logging.getLogger("hashserver.objectstore")
 
@@ -504,7 +504,7 @@ class ObjectStore:
         checksum_hex = checksum.hex()
         key = self.keys.buffer(checksum_hex, encoding)
         digest = DecodingHash(self.hasher, encoding)
-        batches = BufferWriter._batches(self, body)  # paced, bounded by max_body_size (uses .pace and .max_body_size)
+        batches = writer.batches(body, self.pace, self.max_body_size)
         first, ended = await _read_up_to(batches, self.small_put)
         if ended:
             data = b"".join(first)

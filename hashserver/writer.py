@@ -166,22 +166,6 @@ class BufferWriter:
             self.published(final)
         return PutOutcome.STORED if published else PutOutcome.PRESENT
 
-    async def _batches(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The body in batches of about BATCH bytes, enforcing the maximum size."""
-        pending: list[bytes] = []
-        pending_size = total = 0
-        async for chunk in self.pace.paced(body):
-            total += len(chunk)
-            if total > self.max_body_size:
-                raise BodyTooLarge(self.max_body_size)
-            pending.append(chunk)
-            pending_size += len(chunk)
-            if pending_size >= BATCH:
-                yield b"".join(pending)
-                pending, pending_size = [], 0
-        if pending:
-            yield b"".join(pending)
-
     async def _consume(self, body: AsyncIterator[bytes], digest: DecodingHash, fd: int | None = None) -> None:
         """Hash (and write to ``fd``, if given) the whole body, fsynced.
 
@@ -193,7 +177,7 @@ class BufferWriter:
         hashing: asyncio.Future | None = None
         writing: asyncio.Future | None = None
         offset = 0
-        async for batch in self._batches(body):
+        async for batch in batches(body, self.pace, self.max_body_size):
             if hashing is not None:
                 await hashing
             hashing = loop.run_in_executor(None, digest.update, batch)
@@ -255,6 +239,24 @@ def _rename_if_free(tmp: str, final: str) -> bool:
         return False
     os.rename(tmp, final)
     return True
+
+
+async def batches(body: AsyncIterator[bytes], pace: BodyPace, max_body_size: int) -> AsyncIterator[bytes]:
+    """The body in batches of about BATCH bytes (fewer, larger writes and hash
+    updates), paced (stalled uploads end) and bounded by ``max_body_size``."""
+    pending: list[bytes] = []
+    pending_size = total = 0
+    async for chunk in pace.paced(body):
+        total += len(chunk)
+        if total > max_body_size:
+            raise BodyTooLarge(max_body_size)
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= BATCH:
+            yield b"".join(pending)
+            pending, pending_size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
