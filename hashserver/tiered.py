@@ -30,6 +30,7 @@ from .files import BUFFER_MODE, make_group_dir, unlink_quietly
 from .layout import temp_path
 from .metrics import Metrics
 from .storage import (
+    ChecksumMismatch,
     CorruptBuffer,
     DiskFull,
     Fast,
@@ -68,12 +69,19 @@ class LocalFill:
     def __init__(self, tier: "TieredStore", checksum: bytes, encoding: str | None):
         self._queue: asyncio.Queue = asyncio.Queue(FILL_QUEUE)
         self._abandoned = False
+        self.encoding = encoding
         self.task = tier.background(checksum, tier.store_local(checksum, self._chunks(), encoding))
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while True:
             chunk = await self._queue.get()
             if self._abandoned:
+                if self.encoding is None:
+                    # Ended with bytes no buffer's rest can be (2**-256): the writer finishes
+                    # the work of its threads, finds the wrong checksum and removes its files.
+                    # Raising instead would close its file under a thread still writing to it.
+                    yield os.urandom(32)
+                    return
                 raise Abandoned()
             if chunk is None:
                 return
@@ -311,7 +319,7 @@ class TieredStore:
         counted = _Counted(body)
         try:
             outcome = await self.local.writer.put(checksum, counted, for_content_encoding(encoding))
-        except Abandoned:
+        except (Abandoned, ChecksumMismatch):  # an abandoned copy (or one the back store let through)
             return
         except LOCAL_FAILURES as exc:
             if isinstance(exc, OSError):
