@@ -364,7 +364,7 @@ class ObjectStore:
                 decoder.feed(bytes(chunk))
             decoder.finish()
         except InvalidPayload:
-            raise CorruptBuffer(self._corruption(key)) from None
+            raise self._corruption(key) from None
         return decoder.length
 
     # ------------------------------------------------------------- reading
@@ -400,9 +400,8 @@ class ObjectStore:
         else:
             await asyncio.get_running_loop().run_in_executor(None, digest.update, data)
 
-    def _corruption(self, key: str) -> str:
-        return (f"File corruption: file at path {self.keys.where(key)} does not have the correct "
-                f"{self.hasher.display_name} checksum.")
+    def _corruption(self, key: str) -> CorruptBuffer:
+        return CorruptBuffer.at(self.keys.where(key), self.hasher.display_name)
 
     def _check(self, checksum: bytes, digest: DecodingHash, key: str) -> int:
         """The decoded length, if the content hashed to ``checksum``; else CorruptBuffer."""
@@ -412,8 +411,9 @@ class ObjectStore:
             result, length = None, 0
         self.metrics.verified(result == checksum)
         if result != checksum:
-            log.error("%s", self._corruption(key))
-            raise CorruptBuffer(self._corruption(key))
+            error = self._corruption(key)
+            log.error("%s", error)
+            raise error
         return length
 
     async def _whole(self, checksum: bytes, key: str, encoding: Encoding | None, data: bytes,
@@ -423,7 +423,7 @@ class ObjectStore:
         try:
             await self._hash(digest, data)
         except InvalidPayload:
-            raise CorruptBuffer(self._corruption(key)) from None
+            raise self._corruption(key) from None
         length = self._check(checksum, digest, key)
         if encoding is None:
             return Readable(length, content=data)
@@ -481,7 +481,7 @@ class ObjectStore:
                 digest.update(tail)
                 pending += tail
         except InvalidPayload:
-            raise CorruptBuffer(self._corruption(key)) from None
+            raise self._corruption(key) from None
         self._check(checksum, digest, key)
         if pending:
             yield pending

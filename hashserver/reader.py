@@ -129,10 +129,7 @@ class BufferReader:
             if attempt or not await self.locks.wait_until_free(self._read_locks(checksum), deadline):
                 break
             buffer = self.lookups.find(checksum)
-        raise CorruptBuffer(
-            f"File corruption: file at path {buffer.path} does not have the correct "
-            f"{self.hasher.display_name} checksum."
-        )
+        raise CorruptBuffer.at(buffer.path, self.hasher.display_name)
 
     def _listed(self, checksum: bytes) -> bool:
         """Does the lookup ``/has-now`` answers from say the buffer is there?"""

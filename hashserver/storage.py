@@ -27,6 +27,11 @@ class CorruptBuffer(Exception):
     """A stored buffer whose content does not hash to its name (and no
     writer explains it).  ``str()`` is the message for the client."""
 
+    @classmethod
+    def at(cls, where: str, algorithm: str) -> "CorruptBuffer":
+        """The old server's message, naming the file (or object) and the hash algorithm."""
+        return cls(f"File corruption: file at path {where} does not have the correct {algorithm} checksum.")
+
 
 class ChecksumMismatch(Exception):
     """A body that does not hash to the checksum it is stored under."""
