@@ -177,15 +177,20 @@ class BufferWriter:
         hashing: asyncio.Future | None = None
         writing: asyncio.Future | None = None
         offset = 0
-        async for batch in batches(body, self.pace, self.max_body_size):
-            if hashing is not None:
-                await hashing
-            hashing = loop.run_in_executor(None, digest.update, batch)
-            if fd is not None:
-                if writing is not None:
-                    await writing
-                writing = loop.run_in_executor(None, _write_all, fd, batch, offset)
-                offset += len(batch)
+        try:
+            async for batch in batches(body, self.pace, self.max_body_size):
+                if hashing is not None:
+                    await hashing
+                hashing = loop.run_in_executor(None, digest.update, batch)
+                if fd is not None:
+                    if writing is not None:
+                        await writing
+                    writing = loop.run_in_executor(None, _write_all, fd, batch, offset)
+                    offset += len(batch)
+        finally:  # a body that fails (cut, too large, stalled): the threads end before the caller closes fd
+            running = [f for f in (hashing, writing) if f is not None and not f.done()]
+            if running:
+                await asyncio.wait(running)
         for pending in (hashing, writing):
             if pending is not None:
                 await pending

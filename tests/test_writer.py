@@ -398,3 +398,41 @@ def test_large_get_is_whole_and_a_client_leaving_midway_harms_nothing(serve, tmp
     assert requests.get(f"{server.url}/healthcheck", timeout=30).text == "OK"
     assert requests.get(f"{server.url}/{cs}", timeout=60).content == data
     assert "unexpected error" not in server.output()
+
+
+def test_a_failing_body_waits_for_the_write_in_flight_before_the_file_is_closed(tmp_path, monkeypatch):
+    """A body that fails while a batch is being written: the writing thread
+    finishes with the temporary file still open (closing it under the thread
+    would write into whatever file reuses the descriptor), and nothing is kept."""
+    import asyncio
+
+    from hashserver import writer
+    from hashserver.checksum import Hasher
+    from hashserver.layout import SearchPath, make_layout
+    from hashserver.locks import LockProtocol
+
+    written: list[bool] = []
+    real_write_all = writer._write_all
+
+    def slow_write_all(fd: int, data: bytes, offset: int) -> None:
+        time.sleep(0.3)
+        try:
+            os.fstat(fd)
+        except OSError:
+            written.append(False)  # closed under the thread
+            raise
+        real_write_all(fd, data, offset)
+        written.append(True)
+
+    async def body():
+        yield b"x" * writer.BATCH
+        raise ConnectionResetError("client went away")
+
+    monkeypatch.setattr(writer, "_write_all", slow_write_all)
+    buffer_writer = writer.BufferWriter(SearchPath(make_layout("prefix", str(tmp_path))), Hasher("sha3-256"),
+                                        LockProtocol(60), None, 1 << 30, exists=lambda checksum: False,
+                                        published=lambda path: None)
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(buffer_writer.put(bytes.fromhex(sha3(b"anything")), body()))
+    assert written == [True]
+    assert leftovers(tmp_path) == []
