@@ -22,7 +22,6 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
-from . import writer
 from .compression import for_content_encoding
 from .directory import DirectoryStore
 from .eviction import Recency
@@ -361,8 +360,7 @@ class TieredStore:
             with open(tmp, "xb") as f:
                 f.write(content)
             os.chmod(tmp, BUFFER_MODE)
-            publish = writer._rename_if_free if self.local.writer.by_rename else writer._link
-            return publish(tmp, final)
+            return self.local.writer.publish(tmp, final)
         finally:
             unlink_quietly(tmp)
 

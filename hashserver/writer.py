@@ -159,12 +159,18 @@ class BufferWriter:
                                      str(length).encode(), BUFFER_MODE)
                 await self.locks.wait_until_free(self.search_path.global_locks(checksum_hex))
                 os.chmod(tmp, BUFFER_MODE)
-                published = _rename_if_free(tmp, final) if self.by_rename else _link(tmp, final)
+                published = self.publish(tmp, final)
             finally:
                 unlink_quietly(tmp)
         if published:
             self.published(final)
         return PutOutcome.STORED if published else PutOutcome.PRESENT
+
+    def publish(self, tmp: str, final: str) -> bool:
+        """Put the complete file ``tmp`` in place as ``final``, unless a file is
+        there already (then False): by rename where other hosts share the
+        directory, by hard link elsewhere."""
+        return _rename_if_free(tmp, final) if self.by_rename else _link(tmp, final)
 
     async def _consume(self, body: AsyncIterator[bytes], digest: DecodingHash, fd: int | None = None) -> None:
         """Hash (and write to ``fd``, if given) the whole body, fsynced.
