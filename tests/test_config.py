@@ -151,7 +151,8 @@ def non_default_values(tmp_path) -> dict:
     tokens.write_text("# writers\nsecret\n")
     (tmp_path / "cert.pem").write_text("")
     (tmp_path / "key.pem").write_text("")
-    return {"directory": str(tmp_path), "writable": True, "host": "0.0.0.0", "port": 9001,
+    return {"directory": "s3://bucket/prefix", "s3_endpoint": "http://127.0.0.1:8333",
+            "cache_dir": str(tmp_path / "cache"), "cache_size": 1024**2, "writable": True, "host": "0.0.0.0", "port": 9001,
             "layout": "flat", "lock_timeout": 2.5, "extra_dirs": (str(extra), str(tmp_path)),
             "workers": 3, "verify": "always", "max_body_size": 12345, "hash_algorithm": "sha-256",
             "status_file": str(tmp_path / "s.json"), "timeout": 7.25, "max_batch": 17,
