@@ -14,16 +14,13 @@ import posixpath
 from dataclasses import dataclass
 
 from .compression import Encoding
+from .config import S3_SCHEME as SCHEME
+from .config import is_s3_url, parse_s3_url
 from .layout import PREFIX_MARKER, SIDECAR_SUFFIX, make_layout
 
-SCHEME = "s3://"
 PROMISES = ".promises"
 KEY_LAYOUTS = ("prefix", "flat")
 _LAYOUTS = {name: make_layout(name, "") for name in KEY_LAYOUTS}  # relative: the directory part of a key
-
-
-def is_s3_url(location: str) -> bool:
-    return location.startswith(SCHEME)
 
 
 @dataclass(frozen=True)
@@ -39,12 +36,9 @@ class BucketKeys:
         """``s3://BUCKET[/PREFIX]``; ValueError (saying why) for anything else."""
         if not is_s3_url(url):
             raise ValueError(f"not an s3:// URL: {url!r}")
-        bucket, _, prefix = url[len(SCHEME):].partition("/")
-        if not bucket:
-            raise ValueError(f"no bucket in {url!r}: expected s3://BUCKET[/PREFIX]")
         if layout not in KEY_LAYOUTS:
             raise ValueError(f"layout {layout!r} cannot be used for a bucket: one of {', '.join(KEY_LAYOUTS)}")
-        return cls(bucket, prefix.strip("/"), layout)
+        return cls(*parse_s3_url(url), layout)
 
     @property
     def url(self) -> str:
