@@ -34,6 +34,7 @@ DEFAULT_MAX_BODY_SIZE = 64 * 1024**3
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 1_000_000
+DEFAULT_MEMORY_CACHE = 256 * 1024**2  # per worker: about 180,000 buffers of 1 KiB with their bookkeeping
 DEFAULT_CACHE_SIZE = 10 * 1024**3
 S3_SCHEME = "s3://"
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -334,6 +335,10 @@ class Config:
         FLAG, "answer simple GETs and HEADs of small buffers held in memory, and of absent ones, "
         "inside Sanic's protocol, byte for byte as the regular route (off: --no-hot-path; always off "
         "with --read-token-file or --access-log)", default=True, shown_default="on")
+    memory_cache: int = setting(
+        SIZE, "bytes of small buffers each worker holds in memory to answer from (their bookkeeping "
+        "counted; least recently used out first); 0: none", default=DEFAULT_MEMORY_CACHE, metavar="BYTES",
+        shown_default="256M")
     shutdown_grace: float = setting(
         NUMBER, "on SIGTERM or SIGINT, requests in flight (uploads too) have this long to "
         "finish; /healthcheck answers 503 meanwhile", default=30.0, metavar="SECONDS")

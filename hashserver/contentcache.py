@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from .bufferfile import FileIdentity
+from .config import DEFAULT_MEMORY_CACHE
 
-CACHE_BYTES = 256 << 20  # per worker: recently served small buffers
+CACHE_BYTES = DEFAULT_MEMORY_CACHE  # per worker: recently served small buffers (--memory-cache)
 ENTRY_OVERHEAD = 448  # bytes of Python objects per entry besides its content (identity, checksum, dictionaries, proof)
 VERIFIED_MAX = 1 << 20  # remembered verified file versions per worker
 

@@ -17,6 +17,7 @@ from .bufferfile import BufferFile
 from .checksum import Hasher
 from .compression import for_content_encoding
 from .config import Config
+from .contentcache import CACHE_BYTES
 from .index import IndexReader
 from .layout import SearchPath
 from .lockfree import LockFreeDirectories
@@ -63,14 +64,15 @@ class DirectoryStore:
 
     def __init__(self, search_path: SearchPath, index: IndexReader, hasher: Hasher, locks: LockProtocol,
                  verify: str = "once", writable: bool = False, max_body_size: int = 1 << 36,
-                 wait_timeout: float = 30.0, pace: BodyPace | None = None, metrics: Metrics | None = None):
+                 wait_timeout: float = 30.0, pace: BodyPace | None = None, metrics: Metrics | None = None,
+                 cache_bytes: int = CACHE_BYTES):
         self.metrics = metrics = metrics or Metrics.unobserved()
         self.writable = writable
         self.search_path = search_path
         self.locks = locks
         self.promises = Promises(search_path) if writable else None
         self.lookups = ExactIndex(search_path, index, self.promises, metrics)
-        self.reader = BufferReader(self.lookups, hasher, locks, verify, wait_timeout, metrics)
+        self.reader = BufferReader(self.lookups, hasher, locks, verify, wait_timeout, metrics, cache_bytes)
         self.cache = self.reader.cache
         self.lock_free = LockFreeDirectories(search_path, self.lookups.watch)
         self.writer = BufferWriter(search_path, hasher, locks, self.promises, max_body_size,
@@ -82,7 +84,8 @@ class DirectoryStore:
     def from_config(cls, config: Config, index: IndexReader, metrics: Metrics | None = None) -> "DirectoryStore":
         return cls(SearchPath.from_config(config), index, Hasher(config.hash_algorithm),
                    LockProtocol(config.lock_timeout), config.verify, config.writable, config.max_body_size,
-                   config.wait_timeout, BodyPace(config.body_idle_timeout, config.min_body_rate), metrics)
+                   config.wait_timeout, BodyPace(config.body_idle_timeout, config.min_body_rate), metrics,
+                   config.memory_cache)
 
     def _main_is_there(self) -> None:
         """Before saying "absent": the main directory is still there (else 503)."""

@@ -27,7 +27,7 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from .bufferfile import BufferFile, FileIdentity, identity_of
 from .checksum import Hasher
-from .contentcache import ContentCache, VerifiedFiles
+from .contentcache import CACHE_BYTES, ContentCache, VerifiedFiles
 from .locks import POLL_MAX, LockProtocol
 from .lookup import ExactIndex
 from .metrics import Metrics
@@ -72,7 +72,7 @@ def _unopenable(path: str) -> FileNotFoundError:
 
 class BufferReader:
     def __init__(self, lookups: ExactIndex, hasher: Hasher, locks: LockProtocol, verify: str = "once",
-                 wait_timeout: float = 30.0, metrics: Metrics | None = None):
+                 wait_timeout: float = 30.0, metrics: Metrics | None = None, cache_bytes: int = CACHE_BYTES):
         self.metrics = metrics or Metrics.unobserved()
         self.lookups = lookups
         self.hasher = hasher
@@ -80,7 +80,7 @@ class BufferReader:
         self.verify = verify
         self.wait_timeout = wait_timeout
         self.verified = VerifiedFiles()
-        self.cache = ContentCache()
+        self.cache = ContentCache(cache_bytes)
         self._lengths: dict[FileIdentity, int] = {}  # compressed file version -> decoded length
 
     def cached(self, buffer: BufferFile) -> bytes | None:

@@ -131,8 +131,9 @@ class Storage(Protocol):
     writable: bool
 
     def peek(self, checksum: bytes) -> bytes | Fast:
-        """Without blocking or awaiting: the verified content of a small buffer
-        held in memory, :attr:`Fast.ABSENT`, or :attr:`Fast.REGULAR`."""
+        """Without awaiting: the verified content of a small plain buffer (held
+        in memory, or read and verified now as the regular route reads it),
+        :attr:`Fast.ABSENT`, or :attr:`Fast.REGULAR`."""
 
     async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
         """Presence of each checksum, exactly; ``promised``: a pending promise counts."""

@@ -152,7 +152,8 @@ def non_default_values(tmp_path) -> dict:
     (tmp_path / "cert.pem").write_text("")
     (tmp_path / "key.pem").write_text("")
     return {"directory": "s3://bucket/prefix", "s3_endpoint": "http://127.0.0.1:8333",
-            "cache_dir": str(tmp_path / "cache"), "cache_size": 1024**2, "writable": True, "host": "0.0.0.0", "port": 9001,
+            "cache_dir": str(tmp_path / "cache"), "cache_size": 1024**2, "writable": True,
+            "host": "0.0.0.0", "port": 9001,
             "layout": "flat", "lock_timeout": 2.5, "extra_dirs": (str(extra), str(tmp_path)),
             "workers": 3, "verify": "always", "max_body_size": 12345, "hash_algorithm": "sha-256",
             "status_file": str(tmp_path / "s.json"), "timeout": 7.25, "max_batch": 17,
@@ -160,7 +161,8 @@ def non_default_values(tmp_path) -> dict:
             "proxies_count": 1, "real_ip_header": "X-Real-IP", "forwarded_secret": "s3cret",
             "tls_cert": str(tmp_path / "cert.pem"), "tls_key": str(tmp_path / "key.pem"),
             "wait_timeout": 5.5, "body_idle_timeout": 7.5, "min_body_rate": 1000, "keep_alive_timeout": 9.5,
-            "header_timeout": 4.5, "shutdown_grace": 2.5, "hot_path": False}
+            "header_timeout": 4.5, "shutdown_grace": 2.5, "hot_path": False,
+            "memory_cache": 12345}
 
 
 def test_env_round_trip_of_every_setting(tmp_path):

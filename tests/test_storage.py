@@ -51,14 +51,29 @@ def raw(checksum_hex: str) -> bytes:
     return bytes.fromhex(checksum_hex)
 
 
-def test_peek_absent_then_content_once_read(open_store, tmp_path):
+def test_peek_absent_then_content_read_and_verified_by_peek(open_store, tmp_path):
     cs = add_buffer(tmp_path, b"small buffer")
     storage = open_store(Config(str(tmp_path)))
     assert storage.peek(raw(sha3(b"missing"))) is Fast.ABSENT
-    assert storage.peek(raw(cs)) is Fast.REGULAR  # not read (so not verified) yet
+    assert storage.peek(raw(cs)) == b"small buffer"  # a small plain buffer is read and verified by peek itself
     with run(storage.open(raw(cs))) as readable:
         assert (readable.content, readable.length) == (b"small buffer", 12)
     assert storage.peek(raw(cs)) == b"small buffer"
+
+
+@pytest.mark.parametrize("memory_cache", [0, 1 << 20])
+def test_memory_cache_bounds_what_a_worker_holds(open_store, tmp_path, memory_cache):
+    """--memory-cache: with 0 nothing is held (every answer reads the file), else
+    the small buffers it has room for are answered from memory."""
+    buffers = [b"buffer %d" % i for i in range(20)]
+    checksums = [raw(add_buffer(tmp_path, data)) for data in buffers]
+    storage = open_store(Config(str(tmp_path), memory_cache=memory_cache))
+    for _ in range(2):
+        assert [storage.peek(cs) for cs in checksums] == buffers
+    sources = storage.metrics._values["hashserver_small_buffers"]
+    held = sources[("memory",)]
+    assert (held == 0) if memory_cache == 0 else (held == len(buffers))
+    assert storage.cache.capacity == memory_cache
 
 
 def test_peek_never_serves_a_replaced_or_removed_file(open_store, tmp_path):
