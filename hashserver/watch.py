@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .filesystems import is_network_file_system
+
 try:
     from inotify_simple import INotify, flags
 except ImportError:  # not Linux (termios, fcntl), or not installed
@@ -66,33 +68,9 @@ else:
 log = logging.getLogger("hashserver.watch")
 
 MAX_SYMLINKS = 40  # the kernel's limit (ELOOP)
-# inotify sees only this machine's changes: directories on these file systems
-# (shared with other machines) are never vouched for, so lookups stat them.
-NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs",
-                        "glusterfs", "9p", "afs", "beegfs", "fuse")
-
-
-def file_system_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
-    """The type of the file system ``path`` is on (longest mount point), or ''."""
-    path = os.path.realpath(path)
-    best, best_type = "", ""
-    try:
-        with open(mountinfo) as f:
-            for line in f:
-                fields = line.split()
-                mount_point = fields[4].replace("\\040", " ")
-                fs_type = fields[fields.index("-") + 1]
-                inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
-                if inside and len(mount_point) >= len(best):
-                    best, best_type = mount_point, fs_type
-    except (OSError, ValueError, IndexError):
-        return ""
-    return best_type
-
-
-def is_network_file_system(path: str) -> bool:
-    fs_type = file_system_type(path)
-    return fs_type.split(".")[0] in NETWORK_FILE_SYSTEMS
+# inotify sees only this machine's changes: directories on file systems shared
+# with other machines (filesystems.is_network_file_system) are never vouched
+# for, so lookups stat them.
 
 
 def _open_inotify():

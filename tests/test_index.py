@@ -277,7 +277,7 @@ def test_changes_after_directories_were_vouched_for(tmp_path, built, inotify):
 
 
 def test_file_system_type_from_mountinfo(tmp_path):
-    from hashserver.watch import file_system_type
+    from hashserver.filesystems import file_system_type
 
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
