@@ -436,6 +436,25 @@ def index_facts(reader: IndexReader) -> IndexFacts:
 
 
 # ------------------------------------------------------------------ lifecycle
+SHM = "/dev/shm"
+SHM_ROOM = 64 << 20  # free bytes /dev/shm needs for the figures: each process maps a file of 1 MiB and more
+
+
+def _shared_memory_with_room() -> str:
+    """/dev/shm, unless it is not writable or nearly full: prometheus_client
+    maps its files sparsely, and a page it first touches in a full tmpfs is a
+    SIGBUS, not an error.  Else the temporary directory (the page cache shares it)."""
+    try:
+        if os.access(SHM, os.W_OK) and shutil.disk_usage(SHM).free >= SHM_ROOM:
+            return SHM
+    except OSError:
+        pass
+    fallback = tempfile.gettempdir()
+    log.warning("metrics: %s is not writable or has less than %d MiB free: figures kept in %s", SHM,
+                SHM_ROOM >> 20, fallback)
+    return fallback
+
+
 def prepare_directory(path: str | None = None) -> str:
     """Main process, before its workers start: the multiprocess directory,
     created (``None``: a new one in shared memory, those of dead servers
@@ -443,7 +462,7 @@ def prepare_directory(path: str | None = None) -> str:
     for the workers to inherit.  The variable is read from nowhere else: a
     value inherited from our own environment is replaced."""
     if path is None:
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        base = _shared_memory_with_room()
         remove_orphans(base, DIRECTORY_PREFIX)  # of servers on this host killed with -9
         path = tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{owner_tag()}-", dir=base)
     else:

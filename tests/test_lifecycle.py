@@ -424,6 +424,9 @@ def test_index_falls_back_when_dev_shm_is_full(tmp_path, logs):
                  "one generation left in TMPDIR (each new one replaces the one before)")
         assert get(server.url, f"/{sha3(b'new 7')}").content == b"new 7"
         assert server.output().count("is full") == 1, server.output()
+        # prometheus_client maps its files sparsely: in a nearly full tmpfs a first touch is a SIGBUS
+        assert f"figures kept in {temporary}" in server.output()
+        assert "hashserver_puts_total" in requests.get(f"{server.url}/metrics", timeout=30).text
     assert server.proc.returncode == 0
     assert list(temporary.glob("hashserver-index-*")) == []
 
