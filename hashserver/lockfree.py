@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import os
 
-from .layout import LOCK_SUFFIX, SearchPath
+from .layout import LOCK_SUFFIX, PROMISE_SUFFIX, SearchPath
 from .watch import DirectoryWatch
 
 LIST_LIMIT = 20_000  # entries listed at most, once per epoch: a few milliseconds
+WAIT_SUFFIXES = (LOCK_SUFFIX, PROMISE_SUFFIX)  # files a reader must wait on: not "absent" without a look
 
 
 def lock_sentinels(search_path: SearchPath) -> dict[int, tuple[str, ...]]:
@@ -67,7 +68,8 @@ class LockFreeDirectories:
 
     def _lock_free(self, number: int) -> bool:
         """Looked at now: the main directory exists, no sentinel does, and
-        this directory holds no lock file (and is small enough to list)."""
+        this directory holds no lock or promise file (and is small enough to
+        list): a promise another server made is not in the index at once."""
         try:
             os.stat(self.search_path.main.root)
         except (FileNotFoundError, NotADirectoryError):
@@ -77,7 +79,7 @@ class LockFreeDirectories:
         try:
             with os.scandir(self.search_path.dirs[number]) as entries:
                 for count, entry in enumerate(entries):
-                    if count >= self.limit or entry.name.endswith(LOCK_SUFFIX):
+                    if count >= self.limit or entry.name.endswith(WAIT_SUFFIXES):
                         return False
         except (FileNotFoundError, NotADirectoryError):
             pass  # no directory: no lock file in it

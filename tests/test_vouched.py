@@ -16,10 +16,14 @@ from collections import Counter
 import pytest
 from test_index import age_directories, make_store
 
+from hashserver.checksum import Hasher
 from hashserver.config import Config
 from hashserver.contentcache import ENTRY_OVERHEAD, ContentCache
+from hashserver.directory import DirectoryStore
+from hashserver.index import IndexReader
 from hashserver.layout import PrefixLayout, SearchPath
 from hashserver.lockfree import lock_sentinels
+from hashserver.locks import LockProtocol
 from hashserver.storage import Fast
 
 from conftest import add_buffer, buffer_path, sha3
@@ -149,6 +153,32 @@ def test_a_lock_made_after_a_404_is_seen(store, tmp_path, lock):
     path.touch()
     assert store.peek(ABSENT) is Fast.REGULAR
     path.unlink()
+    assert store.peek(ABSENT) is Fast.ABSENT
+
+
+def test_a_promise_made_after_a_404_is_seen(tmp_path):
+    """Another server promises the buffer (``<checksum>.PROMISE``) after this
+    (writable) one learnt its directory: before the index records the promise,
+    a GET must still take the regular path (it waits for the buffer), never say absent."""
+    lookups, generations = build(tmp_path)
+    lookups.watch.close()
+    config = Config(str(tmp_path), writable=True).validate()
+    store = DirectoryStore(SearchPath.from_config(config), IndexReader(generations), Hasher(), LockProtocol(2.0),
+                           writable=True)
+    try:
+        _promise_after_a_404(store, tmp_path)
+    finally:
+        store.close()
+        generations.remove()
+
+
+def _promise_after_a_404(store: DirectoryStore, tmp_path) -> None:
+    assert store.peek(ABSENT) is Fast.ABSENT and store.peek(ABSENT) is Fast.ABSENT
+    assert store.lock_free.holds(ABSENT[0])
+    promise = buffer_path(tmp_path, ABSENT.hex(), suffix=".PROMISE")
+    promise.touch()
+    assert store.peek(ABSENT) is Fast.REGULAR
+    promise.unlink()
     assert store.peek(ABSENT) is Fast.ABSENT
 
 
