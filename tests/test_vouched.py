@@ -177,6 +177,8 @@ def _promise_after_a_404(store: DirectoryStore, tmp_path) -> None:
     assert store.lock_free.holds(ABSENT[0])
     promise = buffer_path(tmp_path, ABSENT.hex(), suffix=".PROMISE")
     promise.touch()
+    number = store.search_path.candidate_dirs(ABSENT[0])[0]
+    assert not store.lock_free._lock_free(number)  # looked at, as after the watch's next vouch
     assert store.peek(ABSENT) is Fast.REGULAR
     promise.unlink()
     assert store.peek(ABSENT) is Fast.ABSENT
