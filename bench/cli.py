@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="record a py-spy flame graph of the server during each case (slows it)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated buffers (default 1)")
+    p.add_argument("--store", choices=("directory", "s3"), default="directory",
+                   help="directory: the suite on a buffer directory (default); s3: hashserver on an S3 bucket "
+                   "(SeaweedFS, started here) against the raw S3 client and the directory store (bench/s3.py)")
     soak = p.add_argument_group("soak", "instead of the suite: two writable servers on one directory under a "
                                 "mixed load with cut uploads, every answer checked (bench/soak.py)")
     soak.add_argument("--soak", type=_positive_float, default=None, metavar="MINUTES",
@@ -170,6 +173,10 @@ def options_from_args(argv: list[str] | None) -> Options:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.store == "s3":
+        from .s3 import main_from_bench
+
+        return main_from_bench(args)
     if args.soak is not None:
         options = soak_options(args)
         os.makedirs(os.path.dirname(os.path.abspath(options.report)), exist_ok=True)
