@@ -348,8 +348,18 @@ class WorkerLifecycle:
 
     def stop(self) -> None:
         """Drain (a repeated signal changes nothing: Ctrl-C reaches every process,
-        and the main process forwards it; a second one to the main process kills)."""
+        and the main process forwards it; a second one to the main process kills).
+
+        Except after the server was told to stop: this handler still runs only
+        if the loop is still serving (Sanic's ``before_server_stop`` would have
+        made the process ignore the signal).  That happens when the stop came
+        while the ``after_server_start`` listeners ran: ``app.stop`` then ends
+        their ``run_until_complete`` and the ``run_forever`` that follows serves
+        on.  The main process repeats its signal every second while it waits
+        (:meth:`Supervisor.join`), so the stop is made again."""
         if self.app.ctx.stopping:
+            if self._stopped:  # the stop was lost: see below
+                self.app.stop(terminate=False)
             return
         self.app.ctx.stopping = True
         logger.info("Stopping: requests in flight have %g s to finish", self.grace)
