@@ -242,6 +242,9 @@ class Supervisor(WorkerManager):
                 self._replace_dead_workers()
         except STATE_MANAGER_GONE:
             self._stop(STATE_MANAGER_GONE_REASON)
+        except AttributeError:  # a stopping worker's state emptied under Sanic's read (manager.py 444)
+            if not self._shutting_down:
+                raise
 
     def _replace_dead_workers(self) -> None:
         now = time.monotonic()
