@@ -29,6 +29,13 @@ class Scenario:
     path_prefix: str = "/"  # prepended to each target (checksum lists are bare hex)
     expect_success: bool = True  # False: every response should be non-2xx (404 cases)
     removes: bool = False  # some lines name a file to remove after their response
+    # In order from line ``start`` (0-based), each line at most once: past the last line,
+    # requests go to EXHAUSTED (non-2xx, so counted as a problem) -- the cold-GET case.
+    start: int = 0
+    walk_once: bool = False
+
+
+EXHAUSTED = "target-list-exhausted"  # the target of every request after a walk_once list ran out
 
 
 @dataclass
@@ -41,6 +48,11 @@ class LoadResult:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     generator: str = ""
+    walked_to: int | None = None  # walk_once: the line after the last one requested
+
+    def ran_out(self, scenario: Scenario, lines: int) -> bool:
+        """Whether a walk_once scenario reached the end of its ``lines`` targets."""
+        return scenario.walk_once and (self.walked_to is None or self.walked_to >= lines)
 
     @property
     def rate(self) -> float:

@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from .load import LoadResult, Scenario, read_scenario
+from .load import EXHAUSTED, LoadResult, Scenario, read_scenario
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 120.0  # for every process to load its scenario
@@ -32,6 +32,7 @@ class _Tally:
     read: int = 0
     write: int = 0
     latencies: list | None = None
+    walked_to: int = 0  # walk_once: the line after the last one this process requested
 
 
 def _encode(scenario: Scenario, port: int, path: str, body: bytes | None) -> bytes:
@@ -67,6 +68,7 @@ async def _read_response(reader: asyncio.StreamReader, head_only: bool) -> tuple
 async def _connection(scenario: Scenario, port: int, requests: list, pick, deadline: float,
                       tally: _Tally) -> None:
     head_only = scenario.method == "HEAD"
+    exhausted = scenario.path_prefix + EXHAUSTED
     reader = writer = None
     while time.monotonic() < deadline:
         if writer is None:
@@ -77,7 +79,7 @@ async def _connection(scenario: Scenario, port: int, requests: list, pick, deadl
                 await asyncio.sleep(0.01)
                 continue
         i = pick()
-        path, body, remove = requests[i]
+        path, body, remove = requests[i] if i is not None else (exhausted, None, None)
         started = time.monotonic()
         try:
             writer.write(_encode(scenario, port, path, body))
@@ -118,7 +120,16 @@ async def _drive(scenario: Scenario, port: int, requests: list, connections: int
     tally = _Tally(latencies=[])
     n = len(requests)
     rng = random.Random(process)
-    if scenario.random_order:
+    if scenario.walk_once:
+        # Disjoint slices again, from ``start``, each line once; None: the list ran out.
+        position = iter(range(scenario.start + process, n, processes))
+
+        def pick() -> int | None:
+            i = next(position, None)
+            if i is not None:
+                tally.walked_to = max(tally.walked_to, i + 1)
+            return i
+    elif scenario.random_order:
         def pick() -> int:
             return rng.randrange(n)
     else:
@@ -188,4 +199,5 @@ class PythonClient:
             requests=sum(t.requests for t in tallies), bytes=sum(t.bytes for t in tallies),
             duration_s=duration, non_2xx=sum(t.non_2xx for t in tallies),
             errors={k: sum(getattr(t, k) for t in tallies) for k in ("connect", "read", "write")},
-            latency_p50_ms=percentile(0.5), latency_p99_ms=percentile(0.99), generator=self.name)
+            latency_p50_ms=percentile(0.5), latency_p99_ms=percentile(0.99), generator=self.name,
+            walked_to=max([scenario.start, *(t.walked_to for t in tallies)]) if scenario.walk_once else None)

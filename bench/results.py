@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from .cases import CASES, CEILING_NAMES, HAS_PER_WORKER_TARGET, Case, ratio
+from .cases import CASES, CEILING_NAMES, HAS_PER_WORKER_TARGET, UPLOAD_CASES, Case, ratio
 from .load import LoadResult
 from .machine import Machine
 from .procfs import ProcessMemory
@@ -43,6 +43,7 @@ class Options:
     lookup_sizes: list[int] = field(default_factory=list)  # in-process lookups (bench.lookups)
     lookup_rounds: int = 3
     lookup_seconds: float = 1.0  # per size, kind and round
+    cold_buffers: int = 1_000_000  # the dataset the cold GET walks, whatever ``buffers`` says
 
 
 @dataclass
@@ -76,7 +77,9 @@ class Figure:
     framework_load: LoadResult | None = None
     framework_cpu_s: dict[str, float] | None = None
     baseline_mib: float | None = None  # memory cases: the same process of a server on an empty directory
-
+    dataset_buffers: int | None = None  # measured on another dataset than the run's (the cold GET)
+    walked: dict[str, list[int]] | None = None  # the cold GET: lines of its list each load used, [from, to)
+    upload_value: float | None = None  # large PUTs: curl -T of the same body into a plain file
     @classmethod
     def of(cls, case: Case, value: float | None) -> Figure:
         return cls(label=case.label, unit=case.unit, value=value, target=case.target,
@@ -95,13 +98,16 @@ class Ceilings:
 
     sha3_mb_s: float
     sha3_mb_s_put: float | None = None  # measured again right before the PUT cases
+    sha256_mb_s_put: float | None = None
     small_writes_per_s: float | None = None
+    upload_mb_s: float | None = None  # curl -T of the large buffer into a plain file (UPLOAD_CASES)
 
     def by_name(self, workers: int) -> dict[str, float | None]:
         """These ceilings (and the /has target) by their key in CEILING_NAMES."""
         return {
             "sha3": self.sha3_mb_s,
             "sha3_put": self.sha3_mb_s_put,
+            "sha256_put": self.sha256_mb_s_put,
             "small_writes": self.small_writes_per_s,
             "has_target": HAS_PER_WORKER_TARGET * min(workers, os.cpu_count() or 1),
         }
@@ -131,6 +137,8 @@ class ServerRun:
             case = CASES[key]
             if case.ceiling in measured:
                 fig.ceiling_value = measured[case.ceiling]
+            if key in UPLOAD_CASES:
+                fig.upload_value = self.ceilings.upload_mb_s
             fig.judge(case)
             self.problems += [f"{key}: {problem}" for problem in fig.problems]
 

@@ -2,7 +2,8 @@
 load generators.
 
 Read cases draw on the dataset: random present checksums, random absent ones,
-/has bodies that are half present.  Write cases need buffers the server does
+/has bodies that are half present; the cold GET walks a shuffled list of
+another (the 1,000,000-buffer) dataset once (:class:`ColdWalk`).  Write cases need buffers the server does
 not have yet: pools of new random buffers, a separate pool for the warm-up so
 the measured PUTs are all new, and a large buffer that is deleted after each
 PUT so every PUT really stores it.
@@ -10,20 +11,24 @@ PUT so every PUT really stores it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 
 import numpy as np
 
+from hashserver.checksum import Hasher
+
 from .dataset import Dataset, buffer_path, checksum_hex, random_checksums
-from .load import Scenario, write_scenario
+from .load import LoadResult, Scenario, write_scenario
 
 ABSENT_TARGETS = 100_000
 HAS_SIZES = (1, 100, 1000, 10000)
 BUFFER_LENGTH_SIZE = 1000
 HAS_POOL_CHECKSUMS = 200_000  # total checksums in a /has body pool (bounded memory)
 PUT_GUESS_PER_S = 10_000  # new small buffers prepared per second of PUT (counted afterwards)
+SHA256 = Hasher("sha-256")  # what Seamless uses: the put_large_sha256 case's server
 
 
 def _random_bodies(count: int, size: int, seed: int, stream: int) -> list[bytes]:
@@ -48,6 +53,8 @@ class Scenarios:
         self._present: list[str] | None = None
         # New buffers the PUT cases may store, by pool; removed again after each run.
         self.put_pools: dict[str, list[str]] = {}
+        # The sha-256 server's directory (empty: its buffers are named differently).
+        self.sha256_directory = os.path.join(self.workdir, "sha256-buffers")
 
     # ----------------------------------------------------------- inputs
     def present(self) -> list[str]:
@@ -86,6 +93,8 @@ class Scenarios:
             return self._put_small(phase)
         if key == "put_large":
             return self._put_large()
+        if key == "put_large_sha256":
+            return self._put_large_sha256()
         raise KeyError(key)
 
     def _lookup(self, name: str, path: str, size: int) -> Scenario:
@@ -113,13 +122,25 @@ class Scenarios:
         self.put_pools[f"small_{phase}"] = checksums
         return self._write(f"put_small_{phase}", "PUT", checksums, bodies=bodies, random_order=False)
 
+    def large_body(self) -> bytes:
+        """The large buffer both large PUT cases store (and curl -T uploads)."""
+        return _random_bodies(1, self.large_put_size, self.seed, 0xB16)[0]
+
     def _put_large(self) -> Scenario:
         """One new large buffer, PUT and then deleted again and again (single connection)."""
-        body = _random_bodies(1, self.large_put_size, self.seed, 0xB16)[0]
+        body = self.large_body()
         checksum = checksum_hex(body)
         target = buffer_path(self.dataset.spec.layout, self.dataset.directory, checksum)
         self.put_pools["large"] = [checksum]
         return self._write("put_large", "PUT", [checksum], bodies=[body], removes=[target],
+                           random_order=False, connections=1)
+
+    def _put_large_sha256(self) -> Scenario:
+        """The same large buffer under its SHA-256 name, into the sha-256 server's directory."""
+        body = self.large_body()
+        checksum = SHA256.digest(body).hex()
+        target = buffer_path(self.dataset.spec.layout, self.sha256_directory, checksum)
+        return self._write("put_large_sha256", "PUT", [checksum], bodies=[body], removes=[target],
                            random_order=False, connections=1)
 
     def remove_put_buffers(self) -> dict[str, int]:
@@ -135,3 +156,33 @@ class Scenarios:
                     pass
             stored[name] = count
         return stored
+
+
+class ColdWalk:
+    """The cold GET's targets: a dataset's checksums, shuffled once, walked in order.
+
+    Each measurement continues where the previous one stopped (the server's
+    warm-up, its measurement, then nginx's), so no checksum is requested twice
+    in a run and neither server gets a buffer the other has just read; each run
+    (worker count) walks the list again from the start, against servers started
+    anew.  A walk that reaches the end sends requests that fail, so running out is
+    a reported problem, never a silent repeat."""
+
+    def __init__(self, dataset: Dataset, workdir: str, connections: int, seed: int):
+        self.dataset = dataset
+        checksums = dataset.checksums()[1:]  # not the first: the checks before each load read it
+        random.Random(f"{seed}-cold").shuffle(checksums)
+        self.lines = len(checksums)
+        self.base = write_scenario(workdir, f"get_cold-{dataset.spec.name}", "GET", checksums,
+                                   connections=connections, random_order=False, walk_once=True)
+        self.cursor = 0
+
+    def restart(self) -> None:
+        self.cursor = 0
+
+    def next(self) -> Scenario:
+        """The walk from where the last measurement stopped."""
+        return dataclasses.replace(self.base, start=self.cursor)
+
+    def advance(self, result: LoadResult) -> None:
+        self.cursor = self.lines if result.walked_to is None else max(self.cursor, result.walked_to)

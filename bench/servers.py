@@ -124,15 +124,16 @@ class HashServer(BenchServer):
     name = "hashserver"
 
     def __init__(self, workdir: str, directory: str, layout: str, workers: int,
-                 writable: bool = False):
+                 writable: bool = False, options: tuple[str, ...] = ()):
         super().__init__(workdir, workers)
         self.directory = directory
         self.layout = layout
         self.writable = writable
+        self.options = options  # more command-line options, e.g. ("--hash-algorithm", "sha-256")
         self.status: dict = {}
 
     def make_process(self) -> ServerProcess:
-        options = ["--layout", self.layout, *(["--writable"] if self.writable else [])]
+        options = ["--layout", self.layout, *(["--writable"] if self.writable else []), *self.options]
         return ServerProcess.hashserver(self.directory, *options, workers=self.workers, host=HOST,
                                         port=self.port, log_path=self.log_path)
 
@@ -284,6 +285,36 @@ class Nginx(NginxServer):
             {mapping}
         }}
         location / {{ return 404; }}
+    }}
+"""
+
+
+class UploadSink(NginxServer):
+    """nginx taking ``PUT /upload/NAME`` (its WebDAV module) into a plain file under
+    its prefix: the upload ceiling ``curl -T`` is measured against.  Temporary files
+    are made in the same directory, so the upload lands where it is renamed to."""
+
+    name = "nginx-upload"
+
+    def __init__(self, workdir: str, workers: int = 1):
+        super().__init__(workdir, workers)
+        self.uploads = os.path.join(self.prefix, "uploads")
+
+    def url(self, name: str) -> str:
+        return f"http://{HOST}:{self.port}/upload/{name}"
+
+    def http_config(self) -> str:
+        os.makedirs(os.path.join(self.uploads, "upload"), exist_ok=True)
+        return f"""    client_max_body_size 0;
+    server {{
+        listen {HOST}:{self.port};
+        root {self.uploads};
+        location = /healthcheck {{ return 200 "OK"; }}
+        location /upload/ {{
+            dav_methods PUT;
+            create_full_put_path on;
+            client_body_temp_path {self.uploads}/tmp;
+        }}
     }}
 """
 

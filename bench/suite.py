@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +20,7 @@ from hashserver.layout import PREFIX_MARKER
 from hashserver.testing import stop_all
 
 from . import ceilings
-from .cases import CASES, FRAMEWORK_CASES, LOAD_CASES, MEMORY_CASES, NGINX_CASES, Case
+from .cases import CASES, FRAMEWORK_CASES, LOAD_CASES, MEMORY_CASES, NGINX_CASES, UPLOAD_CASES, Case
 from .dataset import Dataset, DatasetSpec, checksum_hex, ensure_dataset
 from .generators import choose_generator
 from .load import LoadGenerator, LoadResult, Scenario
@@ -29,13 +30,16 @@ from .procfs import cpu_seconds, mapped_files
 from .profile import Profiler, ProfileSummary
 from .pyclient import PythonClient
 from .results import BenchDocument, Ceilings, Figure, LoadGeneratorInfo, Options, ServerRun
-from .scenarios import Scenarios
-from .servers import NOT_REPORTED, BenchServer, FrameworkCeiling, HashServer, Nginx, request
+from .scenarios import ColdWalk, Scenarios
+from .servers import NOT_REPORTED, BenchServer, FrameworkCeiling, HashServer, Nginx, UploadSink, request
 from .wrk import Wrk
 
 _STARTED = time.monotonic()
 MIB = 1 << 20
 SETTLE_TIMEOUT = 600.0  # the first pass measuring 1,000,000 buffers' sizes must fit
+# The cold GET's warm-up: long enough to open the connections and run the code once;
+# longer would only use up its list of checksums not read before.
+COLD_WARMUP = 1.0
 
 
 def say(text: str) -> None:
@@ -70,6 +74,7 @@ class Suite:
             self.notes.append("profiled run: py-spy samples the server, figures are lower than usual")
         self.workdir = ""
         self._empty_main: dict[int, tuple[float, float]] = {}  # by workers: main's anon MiB, built and settled
+        self._cold: ColdWalk | None = None  # made at the first cold GET, walked again by each run
 
     # ------------------------------------------------------------ top level
     def run(self) -> BenchDocument:
@@ -135,12 +140,15 @@ class Suite:
         framework_cases = [c for c in wanted if c.key in FRAMEWORK_CASES]
         if o.framework and framework_cases:
             self._framework_ceilings(run, framework_cases, dataset, scenarios, tag)
-        write_cases = [c for c in wanted if c.server == "write"]
+        if spec.count == max(o.buffers):  # several sizes: the cold GET once per worker count
+            for case in (c for c in wanted if c.server == "cold"):
+                self._cold_case(run, case, tag)
+        write_cases = [c for c in wanted if c.server in ("write", "write_sha256")]
         if write_cases:
-            run.ceilings.small_writes_per_s = ceilings.small_writes_per_s(
-                dataset.root, dataset.spec.size, o.sha3_seconds)
-            run.ceilings.sha3_mb_s_put = ceilings.sha3_mb_per_s(o.sha3_seconds)
-            self._write_cases(run, write_cases, dataset, scenarios, tag)
+            self._write_ceilings(run, write_cases, dataset, scenarios)
+            self._write_cases(run, [c for c in write_cases if c.server == "write"], dataset, scenarios, tag)
+            self._sha256_cases(run, [c for c in write_cases if c.server == "write_sha256"], dataset,
+                               scenarios, tag)
         run.judge()
         return run
 
@@ -249,10 +257,16 @@ class Suite:
         """Warm up, then measure: the result, the server's CPU seconds meanwhile
         (by role: main, worker, other) and, with --profile, the profile summary."""
         o = self.options
-        measure = scenarios.get(case.key, "measure")
-        generator = self._generator_for(measure)
         if o.warmup > 0:
-            generator.run(scenarios.get(case.key, "warmup"), server.port, o.warmup)
+            warmup = scenarios.get(case.key, "warmup")
+            self._generator_for(warmup).run(warmup, server.port, o.warmup)
+        return self._timed_load(scenarios.get(case.key, "measure"), server, profile_name)
+
+    def _timed_load(self, measure: Scenario, server: BenchServer, profile_name: str | None = None
+                    ) -> tuple[LoadResult, dict[str, float], ProfileSummary | None]:
+        """The measured load alone: its result, the server's CPU seconds by role, the profile."""
+        o = self.options
+        generator = self._generator_for(measure)
         pids = server.pids()
         cpu_before = cpu_seconds(pids)
         recorder = self.profiler.start(server.pid, profile_name, o.duration) if (
@@ -273,16 +287,86 @@ class Suite:
     def _measure(self, case: Case, server: HashServer, scenarios: Scenarios, tag: str) -> Figure:
         result, cpu, profile = self._load(
             case, scenarios, server, f"{case.key}-{scenarios.dataset.spec.count}-w{server.workers}")
-        fig = Figure.of(case, self._value(case, result, scenarios.dataset.spec.large_size))
+        return self._figure(case, result, cpu, profile, scenarios.get(case.key).expect_success,
+                            scenarios.dataset.spec.large_size, tag)
+
+    def _figure(self, case: Case, result: LoadResult, cpu: dict[str, float], profile: ProfileSummary | None,
+                expect_success: bool, large_size: int, tag: str) -> Figure:
+        """A load case's figure from its measurement (said on stderr as it comes)."""
+        fig = Figure.of(case, self._value(case, result, large_size))
         fig.load = result
         fig.server_cpu_s = cpu
         if result.requests:
             fig.server_cpu_us_per_request = round(sum(cpu.values()) / result.requests * 1e6, 1)
-        fig.problems = result.problems(scenarios.get(case.key).expect_success)
+        fig.problems = result.problems(expect_success)
         fig.profile = profile.top(8) if profile is not None else None
         say(f"bench: [{tag}] {case.label}: {fig.value:,.1f} {case.unit}"
             + (f"  ({'; '.join(fig.problems)})" if fig.problems else ""))
         return fig
+
+    # ------------------------------------------------------------ cold GET
+    def _cold_walk(self) -> ColdWalk:
+        """The cold GET's shuffled list (of --cold-buffers' dataset, made if needed), from its start."""
+        o = self.options
+        if self._cold is None:
+            spec = DatasetSpec(o.cold_buffers, o.layout, large_size=o.large_size, seed=o.seed)
+            self._cold = ColdWalk(ensure_dataset(o.cache_dir, spec), self.workdir, o.connections, o.seed)
+        self._cold.restart()
+        return self._cold
+
+    def _cold_case(self, run: ServerRun, case: Case, tag: str) -> None:
+        """GET 1 KiB of buffers not read before, on the cold dataset: hashserver (started
+        anew), then nginx, each walking on where the previous load stopped."""
+        walk = self._cold_walk()
+        dataset = walk.dataset
+        tag = f"{tag}, cold GET over {dataset.spec.count:,} buffers"
+        walked: dict[str, list[int]] = {}
+        with HashServer(self.workdir, dataset.directory, dataset.spec.layout, run.workers) as server:
+            if _settle(server) is None:  # its first pass over the sizes would take a core meanwhile
+                run.problems.append(f"get_cold: sizes not measured within {SETTLE_TIMEOUT:.0f} s")
+            self._check_reads(server, dataset)
+            result, cpu, profile = self._cold_load(
+                walk, server, "hashserver", walked, f"get_cold-{dataset.spec.count}-w{run.workers}")
+        fig = self._figure(case, result, cpu, profile, True, dataset.spec.large_size, tag)
+        fig.dataset_buffers = dataset.spec.count
+        fig.walked = walked
+        run.figures[case.key] = fig
+        if self.nginx:
+            self._cold_nginx(run, fig, walk, tag)
+        fig.problems += [f"the list of {walk.lines:,} checksums ran out during {name}: later requests "
+                         "were not of buffers (shorten --duration or raise --cold-buffers)"
+                         for name, (_, end) in walked.items() if end >= walk.lines]
+
+    def _cold_load(self, walk: ColdWalk, server: BenchServer, name: str, walked: dict[str, list[int]],
+                   profile_name: str | None = None
+                   ) -> tuple[LoadResult, dict[str, float], ProfileSummary | None]:
+        """A short warm-up and the measurement, both walking on; ``walked`` records where."""
+        warmup = min(self.options.warmup, COLD_WARMUP)
+        if warmup > 0:
+            start = walk.cursor
+            walk.advance(self.generator.run(walk.next(), server.port, warmup))
+            walked[f"{name} warm-up"] = [start, walk.cursor]
+        start = walk.cursor
+        result, cpu, profile = self._timed_load(walk.next(), server, profile_name)
+        walk.advance(result)
+        walked[name] = [start, walk.cursor]
+        return result, cpu, profile
+
+    def _cold_nginx(self, run: ServerRun, fig: Figure, walk: ColdWalk, tag: str) -> None:
+        """nginx on the cold dataset, on the rest of the walk: the cold GET's ceiling."""
+        nginx = Nginx(self.workdir, walk.dataset.directory, walk.dataset.spec.layout, run.workers)
+        try:
+            nginx.start()
+        except RuntimeError as exc:
+            run.problems.append(f"nginx did not start on the cold dataset: {exc}")
+            return
+        with nginx:
+            self._check_reads(nginx, walk.dataset)
+            result, cpu, _ = self._cold_load(walk, nginx, "nginx", fig.walked)
+        fig.ceiling_value = self._value(CASES["get_cold"], result, walk.dataset.spec.large_size)
+        fig.ceiling_load, fig.ceiling_cpu_s = result, cpu
+        fig.problems += [f"nginx: {p}" for p in result.problems(True)]
+        say(f"bench: [{tag}] nginx {fig.label}: {fig.ceiling_value:,.1f} {fig.unit}")
 
     def _nginx_ceilings(self, run: ServerRun, cases: list[Case], dataset: Dataset,
                         scenarios: Scenarios, tag: str) -> None:
@@ -330,9 +414,60 @@ class Suite:
             fig.problems += [f"{name}: {p}" for p in bad]
             say(f"bench: [{tag}] {name} {case.label}: {value:,.1f} {case.unit}")
 
+    def _write_ceilings(self, run: ServerRun, cases: list[Case], dataset: Dataset,
+                        scenarios: Scenarios) -> None:
+        """The PUT cases' ceilings, right before them: durable small files, each hash on one
+        core, and curl -T of the large buffer into a plain file."""
+        o = self.options
+        keys = {c.key for c in cases}
+        run.ceilings.small_writes_per_s = ceilings.small_writes_per_s(
+            dataset.root, dataset.spec.size, o.sha3_seconds)
+        run.ceilings.sha3_mb_s_put = ceilings.sha3_mb_per_s(o.sha3_seconds)
+        if "put_large_sha256" in keys:
+            run.ceilings.sha256_mb_s_put = ceilings.sha256_mb_per_s(o.sha3_seconds)
+        if keys & set(UPLOAD_CASES):
+            run.ceilings.upload_mb_s = self._upload_ceiling(run, scenarios)
+
+    def _upload_ceiling(self, run: ServerRun, scenarios: Scenarios) -> float | None:
+        """``curl -T`` of the large buffer (a file) into nginx's plain-file PUT sink, MB/s."""
+        if not (shutil.which("curl") and shutil.which("nginx")):
+            run.problems.append("curl -T ceiling: needs curl and nginx (Debian/Ubuntu: apt-get install "
+                                "curl nginx)")
+            return None
+        source = os.path.join(self.workdir, "large-upload")
+        with open(source, "wb") as f:
+            f.write(scenarios.large_body())
+        sink = UploadSink(self.workdir)
+        try:
+            with sink.start():
+                # Each upload is a curl process: twice the hashing ceilings' time, for a few of them.
+                return ceilings.curl_upload_mb_per_s(source, sink.url("large"), 2 * self.options.sha3_seconds)
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            run.problems.append(f"curl -T ceiling: {exc}")
+            return None
+        finally:
+            os.unlink(source)
+            shutil.rmtree(sink.uploads, ignore_errors=True)
+
+    def _sha256_cases(self, run: ServerRun, cases: list[Case], dataset: Dataset,
+                      scenarios: Scenarios, tag: str) -> None:
+        """Large PUTs into a server started with ``--hash-algorithm sha-256`` (what
+        Seamless uses) on an empty directory beside the dataset's, on the same file system."""
+        if not cases:
+            return
+        os.makedirs(scenarios.sha256_directory, exist_ok=True)
+        for case in cases:
+            scenarios.get(case.key)
+        with HashServer(self.workdir, scenarios.sha256_directory, dataset.spec.layout, run.workers,
+                        writable=True, options=("--hash-algorithm", "sha-256")) as server:
+            for case in cases:
+                run.figures[case.key] = self._measure(case, server, scenarios, tag)
+
     def _write_cases(self, run: ServerRun, cases: list[Case], dataset: Dataset,
                      scenarios: Scenarios, tag: str) -> None:
         """PUT into the dataset's own directory (a realistic size), then remove what was stored."""
+        if not cases:
+            return
         for case in cases:  # prepare the pools before the server starts
             if self.options.warmup > 0:
                 scenarios.get(case.key, "warmup")

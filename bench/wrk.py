@@ -12,7 +12,7 @@ import math
 import shutil
 import subprocess
 
-from .load import LoadResult, Scenario
+from .load import EXHAUSTED, LoadResult, Scenario
 from .machine import wrk_version
 
 RESULT_TAG = "BENCH-RESULT"
@@ -24,9 +24,17 @@ local bodies_file = %(bodies)s
 local method = %(method)s
 local prefix = %(prefix)s
 local random_order = %(random)s
+local walk_once = %(walk_once)s
+local exhausted = prefix .. %(exhausted)s
 
 local targets, removes, formatted = {}, {}, {}
-local n, i, last = 0, 0, 0
+local n, last = 0, 0
+i = %(start)d  -- a global, so that done() can read each thread's with thread:get("i")
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
 
 function init(args)
   local lengths = {}
@@ -53,16 +61,24 @@ function init(args)
 end
 
 function request()
-  if random_order then i = math.random(n) else i = i %% n + 1 end
+  if walk_once then
+    if i >= n then
+      last = 0
+      return wrk.format(method, exhausted)
+    end
+    i = i + 1
+  elseif random_order then i = math.random(n) else i = i %% n + 1 end
   last = i
   return formatted[i] or wrk.format(method, targets[i])
 end
 %(response)s
 function done(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("%(tag)s %%d %%d %%d %%d %%d %%d %%d %%d %%d %%d\n",
+  local walked = 0
+  for _, thread in ipairs(threads) do walked = math.max(walked, thread:get("i")) end
+  io.write(string.format("%(tag)s %%d %%d %%d %%d %%d %%d %%d %%d %%d %%d %%d\n",
     summary.requests, summary.bytes, summary.duration, e.connect, e.read, e.write,
-    e.status, e.timeout, latency:percentile(50), latency:percentile(99)))
+    e.status, e.timeout, latency:percentile(50), latency:percentile(99), walked))
 end
 """
 
@@ -98,6 +114,9 @@ class Wrk:
             "method": _lua_string(scenario.method),
             "prefix": _lua_string(scenario.path_prefix),
             "random": "true" if scenario.random_order else "false",
+            "walk_once": "true" if scenario.walk_once else "false",
+            "exhausted": _lua_string(EXHAUSTED),
+            "start": scenario.start,
             "response": LUA_REMOVE if scenario.removes else "",
             "tag": RESULT_TAG,
         }
@@ -119,5 +138,6 @@ class Wrk:
                 return LoadResult(
                     requests=n[0], bytes=n[1], duration_s=n[2] / 1e6, non_2xx=n[6],
                     errors={"connect": n[3], "read": n[4], "write": n[5], "timeout": n[7]},
-                    latency_p50_ms=n[8] / 1000, latency_p99_ms=n[9] / 1000, generator=self.name)
+                    latency_p50_ms=n[8] / 1000, latency_p99_ms=n[9] / 1000, generator=self.name,
+                    walked_to=n[10] if scenario.walk_once else None)
         raise RuntimeError(f"wrk gave no result (exit {out.returncode}):\n{out.stdout}\n{out.stderr}")
