@@ -11,7 +11,9 @@ directory gets from the file system, this store gets from S3's own rules:
 - nothing read is sent unverified: an object up to ``whole_get`` bytes is
   fetched and hashed before :meth:`ObjectStore.open` returns, a larger one is
   streamed with its last chunk held back until the hash is known, so a wrong
-  object ends the response early instead of completing it;
+  object ends the response early instead of completing it; for a part of a
+  larger one (``Range``), the whole object is verified first, through a
+  temporary file; a HEAD of a larger one takes its size from a HEAD, no GET;
 - any failure of the object store is :class:`StorageUnavailable` (503), never
   "absent"; calls have bounded timeouts and idempotent ones are retried.
 """
@@ -23,10 +25,11 @@ import logging
 import os
 import posixpath
 import re
+import tempfile
 import time
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, AsyncIterator, Awaitable, Iterator
+from typing import Any, AsyncIterator, Awaitable, BinaryIO, Iterator
 
 import obstore
 from obstore.exceptions import (
@@ -58,6 +61,7 @@ from .storage import (
     StillWriting,
     StorageUnavailable,
 )
+from .wants import Want, current_want
 from .writer import BodyPace
 
 log = logging.getLogger("hashserver.objectstore")
@@ -88,6 +92,7 @@ LIST_PAGE = 1000  # keys in a listing page (S3's maximum)
 LIST_BACKOFF = 60.0  # seconds of HEADs alone after a batch whose listings mostly ran out of pages
 RANGE_END = "~"  # sorts after every suffix of a checksum's keys (".zst", ".gz", ".BUFFERLENGTH")
 Location = tuple[Encoding | None, int]  # a representation of a buffer in the bucket, and its size
+Found = tuple[str, Encoding | None, int, Any]  # its key, encoding, size, and GetResult (None: no GET yet)
 
 
 class _Abandoned(Exception):
@@ -116,7 +121,7 @@ class ObjectStore:
     def __init__(self, url: str, *, endpoint: str | None, layout: str, hasher: Hasher, writable: bool,
                  max_body_size: int, wait_timeout: float, lock_timeout: float, pace: BodyPace | None = None,
                  metrics: Metrics | None = None, store=None, whole_get: int | None = None,
-                 small_put: int | None = None, part_size: int | None = None,
+                 small_put: int | None = None, part_size: int | None = None, spool_dir: str | None = None,
                  setting_names: tuple[str, str] = ("directory", "s3_endpoint")):
         self.keys = BucketKeys.parse(url, layout)
         self.url = self.keys.url
@@ -133,6 +138,7 @@ class ObjectStore:
         self.whole_get = WHOLE_GET if whole_get is None else whole_get
         self.small_put = SMALL_PUT if small_put is None else small_put
         self.part_size = PART_SIZE if part_size is None else part_size
+        self.spool_dir = spool_dir  # where a large object is verified whole before a part of it is sent
         self.setting_names = setting_names
         self._health: tuple[float, str | None] = (float("-inf"), None)
         self._health_task: asyncio.Task | None = None
@@ -149,7 +155,7 @@ class ObjectStore:
                    max_body_size=config.max_body_size, wait_timeout=config.wait_timeout,
                    lock_timeout=config.lock_timeout,
                    pace=BodyPace(config.body_idle_timeout, config.min_body_rate), metrics=metrics,
-                   setting_names=names)
+                   spool_dir=getattr(config, "cache_dir", None), setting_names=names)
 
     # ------------------------------------------------------------- calls
     async def _call(self, operation: str, key: str, awaitable: Awaitable) -> Any:
@@ -369,30 +375,55 @@ class ObjectStore:
 
     # ------------------------------------------------------------- reading
     async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset()) -> Readable | None:
-        checksum_hex = checksum.hex()
+        want = current_want()
+        found = await self._locate_for(checksum.hex(), want)
+        if found is None:
+            await self._bucket_is_there()
+            return None
+        key, encoding, size, result = found
+        if size <= self.whole_get:
+            result = result or await self._get_present(key)
+            return await self._whole(checksum, key, encoding, await self._read(key, result), accepted)
+        if want is Want.PART:
+            return await self._spooled(checksum, key, encoding, result, accepted)
+        return await self._streamed(checksum, key, encoding, size, result, accepted)
+
+    async def _locate_for(self, checksum_hex: str, want: Want) -> Found | None:
+        """The buffer's object, waiting while it is promised.  A HEAD looks by HEADs
+        (a large object's size is all it needs); the rest start the GET at once."""
+        look = self._find_key if want is Want.HEADERS else self._fetch
         deadline = time.monotonic() + self.wait_timeout
-        fetched = await self._fetch(checksum_hex)
-        while fetched is None and await self._promised(checksum_hex):
+        found = await look(checksum_hex)
+        while found is None and await self._promised(checksum_hex):
             if time.monotonic() >= deadline:
                 raise StillWriting(max(1, round(self.wait_timeout / 3)))
             await asyncio.sleep(POLL_MAX / 5)
-            fetched = await self._fetch(checksum_hex)
-        if fetched is None:
-            await self._bucket_is_there()
-            return None
-        key, encoding, result = fetched
-        if result.meta["size"] <= self.whole_get:
-            return await self._whole(checksum, key, encoding, await self._read(key, result), accepted)
-        return await self._streamed(checksum, key, encoding, result, accepted)
+            found = await look(checksum_hex)
+        return found
 
-    async def _fetch(self, checksum_hex: str) -> tuple[str, Encoding | None, Any] | None:
-        """The first representation present, as (key, encoding, GetResult)."""
+    async def _fetch(self, checksum_hex: str) -> Found | None:
+        """The first representation present, its GET under way."""
         for encoding in (None, *ENCODINGS):
             key = self.keys.buffer(checksum_hex, encoding)
             result = await self._get(key)
             if result is not None:
-                return key, encoding, result
+                return key, encoding, result.meta["size"], result
         return None
+
+    async def _find_key(self, checksum_hex: str) -> Found | None:
+        """The first representation present, by HEADs (no GET started)."""
+        where = await self._find(checksum_hex)
+        if where is None:
+            return None
+        encoding, size = where
+        return self.keys.buffer(checksum_hex, encoding), encoding, size, None
+
+    async def _get_present(self, key: str):
+        """The GET of an object found before: objects are never deleted under a running fleet."""
+        result = await self._get(key)
+        if result is None:
+            raise StorageUnavailable(f"Storage unavailable: {self.keys.where(key)} vanished while read")
+        return result
 
     async def _hash(self, digest: DecodingHash, data: bytes) -> None:
         if len(data) <= HASH_INLINE:
@@ -431,22 +462,54 @@ class ObjectStore:
             return Readable(len(data), encoding.name, content=data, variant=encoding.suffix[1:], varies=True)
         return Readable(length, chunks=lambda: _decoded(encoding, data), varies=True)
 
-    async def _streamed(self, checksum: bytes, key: str, encoding: Encoding | None, result,
+    async def _streamed(self, checksum: bytes, key: str, encoding: Encoding | None, size: int, result,
                         accepted: frozenset[str]) -> Readable:
-        """A large object, hashed while it is sent; the last chunk waits for the verdict."""
-        held = [result]
+        """A large object, hashed while it is sent; the last chunk waits for the verdict.
+        Its GET starts (if not yet) only when its chunks are read: never for a HEAD."""
+        held = [result] if result is not None else []
         decode = None if encoding is None or encoding.accepted_by(accepted) else encoding
 
         def source() -> AsyncIterator[bytes]:
             return self._verified(checksum, key, held.pop() if held else None, encoding, decode)
 
         if encoding is None:
-            return Readable(result.meta["size"], chunks=source)
+            return Readable(size, chunks=source)
         if decode is None:
-            return Readable(result.meta["size"], encoding.name, chunks=source, variant=encoding.suffix[1:],
-                            varies=True)
+            return Readable(size, encoding.name, chunks=source, variant=encoding.suffix[1:], varies=True)
         length = await self._decoded_length(checksum.hex(), encoding)
         return Readable(length, chunks=source, varies=True)
+
+    async def _spooled(self, checksum: bytes, key: str, encoding: Encoding | None, result,
+                       accepted: frozenset[str]) -> Readable:
+        """A large object for a part of it: the whole object written to an unnamed
+        temporary file while hashed, and sent from there only once it proved right
+        (memory stays bounded; the file is gone when the answer closes it)."""
+        decode = None if encoding is None or encoding.accepted_by(accepted) else encoding
+        loop = asyncio.get_running_loop()
+        spool = await loop.run_in_executor(None, self._spool_file)
+        try:
+            async for chunk in self._verified(checksum, key, result, encoding, decode):
+                await loop.run_in_executor(None, spool.write, chunk)
+            length = spool.tell()
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        if encoding is None or decode is not None:
+            return Readable(length, file=spool, varies=encoding is not None)
+        return Readable(length, encoding.name, file=spool, variant=encoding.suffix[1:], varies=True)
+
+    def _spool_file(self) -> BinaryIO:
+        """An unnamed temporary file under the spool directory (the cache directory,
+        on disk), else under the system's temporary directory."""
+        if self.spool_dir is not None:
+            try:
+                os.makedirs(self.spool_dir, exist_ok=True)
+                return tempfile.TemporaryFile(dir=self.spool_dir, buffering=0)
+            except OSError as exc:
+                log.warning("cannot spool under %s (%s): using the system's temporary directory",
+                            self.spool_dir, exc)
+        return tempfile.TemporaryFile(buffering=0)
 
     async def _chunks(self, key: str, result) -> AsyncIterator[bytes]:
         stream = result.stream(min_chunk_size=STREAM_CHUNK)
@@ -463,9 +526,7 @@ class ObjectStore:
         """The object's bytes (decoded if ``decode``), each chunk sent once the next one
         arrived, the last one only if the whole hashed to ``checksum``."""
         if result is None:
-            result = await self._get(key)
-            if result is None:
-                raise StorageUnavailable(f"Storage unavailable: {self.keys.where(key)} vanished while read")
+            result = await self._get_present(key)
         decoder = Decoder(decode) if decode else None
         digest = DecodingHash(self.hasher, None if decode else encoding)
         pending = b""

@@ -4,9 +4,12 @@
 What the tier holds it answers at local speed; everything else goes to the
 store behind it (the back store), which is the truth shared by every host.
 A buffer enters the tier only once the back store holds it: after its PUT
-there succeeded, or as it is read from there (verified by the back store,
-and hashed again by the tier's own writer, under its lock, so that the tier
-never holds a wrong or partial file).  Filling the tier never delays or fails
+there succeeded, or as it is read from there.  The back store hashed it
+either way, so a plain buffer is not hashed again: it is written to a
+temporary file and put in place only once the stream that carried it ended
+whole (a wrong object ends its stream with an error first), so the tier never
+holds a wrong or partial file; a compressed one goes through the tier's
+writer, which measures its decoded length.  Filling the tier never delays or fails
 a request: a failing tier is logged and counted, and the request goes to the
 back store.  Its size is bounded by the main process (:mod:`.eviction`),
 least recently used out first: the workers stamp each answer from the tier
@@ -40,6 +43,7 @@ from .storage import (
     Storage,
     StorageUnavailable,
 )
+from .writer import _write_all  # the writer's one pwrite loop (private there: ask to make it public)
 
 log = logging.getLogger("hashserver")
 
@@ -69,18 +73,12 @@ class LocalFill:
         self._queue: asyncio.Queue = asyncio.Queue(FILL_QUEUE)
         self._abandoned = False
         self.encoding = encoding
-        self.task = tier.background(checksum, tier.store_local(checksum, self._chunks(), encoding))
+        self.task = tier.background(checksum, tier.store_proven(checksum, self._chunks(), encoding))
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while True:
             chunk = await self._queue.get()
             if self._abandoned:
-                if self.encoding is None:
-                    # Ended with bytes no buffer's rest can be (2**-256): the writer finishes
-                    # the work of its threads, finds the wrong checksum and removes its files.
-                    # Raising instead would close its file under a thread still writing to it.
-                    yield os.urandom(32)
-                    return
                 raise Abandoned()
             if chunk is None:
                 return
@@ -261,7 +259,7 @@ class TieredStore:
             self.background(checksum, self.store_small(checksum, readable.content))
             return readable
         if readable.content is not None:
-            self.background(checksum, self.store_local(checksum, _aiter((readable.content,)), readable.encoding))
+            self.background(checksum, self.store_proven(checksum, _aiter((readable.content,)), readable.encoding))
             return readable
         if readable.file is not None:
             self.background(checksum, self._store_file(checksum, os.dup(readable.file.fileno()), readable))
@@ -352,10 +350,7 @@ class TieredStore:
     def _publish_small(self, checksum_hex: str, content: bytes) -> bool:
         """A temporary file (removed at the next start if this process dies)
         linked into place; False if the tier had the buffer already."""
-        final = self.local.search_path.publish_path(checksum_hex)
-        directory = os.path.dirname(final)
-        make_group_dir(directory)
-        tmp = temp_path(directory, checksum_hex)
+        tmp, final = self._temp_for(checksum_hex)
         try:
             with open(tmp, "xb") as f:
                 f.write(content)
@@ -364,10 +359,56 @@ class TieredStore:
         finally:
             unlink_quietly(tmp)
 
+    def _temp_for(self, checksum_hex: str) -> tuple[str, str]:
+        """A new temporary file's name in the tier, beside the plain buffer's place, and that place."""
+        final = self.local.search_path.publish_path(checksum_hex)
+        directory = os.path.dirname(final)
+        make_group_dir(directory)
+        return temp_path(directory, checksum_hex), final
+
+    async def store_proven(self, checksum: bytes, body: AsyncIterator[bytes], encoding: str | None) -> None:
+        """Store a body the back store proved right as it passed (it hashed it, and
+        the body ended without error): a plain one is written and published without
+        hashing it again, as :meth:`store_small` does.  A compressed one goes
+        through the tier's writer, which also measures its decoded length."""
+        if encoding is not None:
+            return await self.store_local(checksum, body, encoding)
+        try:
+            size = await self._write_proven(checksum.hex(), body)
+        except Abandoned:
+            return
+        except LOCAL_FAILURES as exc:
+            if isinstance(exc, OSError):
+                self.metrics.storage_error(exc)
+            self._local_failed(exc)
+            return
+        if size is not None:
+            self.stored(size)
+
+    async def _write_proven(self, checksum_hex: str, body: AsyncIterator[bytes]) -> int | None:
+        """The body's bytes, written in a thread to a temporary file and put in place;
+        its size, or None if the tier had the buffer already."""
+        loop = asyncio.get_running_loop()
+        tmp, final = await loop.run_in_executor(None, self._temp_for, checksum_hex)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, BUFFER_MODE)
+            size = 0
+            try:
+                async for chunk in body:
+                    await loop.run_in_executor(None, _write_all, fd, chunk, size)
+                    size += len(chunk)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, BUFFER_MODE)
+            published = await loop.run_in_executor(None, self.local.writer.publish, tmp, final)
+            return size if published else None
+        finally:
+            unlink_quietly(tmp)
+
     async def _store_file(self, checksum: bytes, fd: int, readable: Readable) -> None:
         """Store an open file's content (its own descriptor, closed at the end)."""
         try:
-            await self.store_local(checksum, _file_chunks(fd, readable.length), readable.encoding)
+            await self.store_proven(checksum, _file_chunks(fd, readable.length), readable.encoding)
         finally:
             os.close(fd)
 

@@ -1,0 +1,97 @@
+"""Parts and HEADs of buffers a server on a bucket does not hold locally: a real
+server process on SeaweedFS, bare (``--cache-size 0``) and with its local tier.
+
+A part (``Range``) of an object not in the local tier is sent only once the
+whole object was verified, for objects verified before sending (up to 64 MiB)
+and for those streamed (above): a corrupt object is the same 400 as a GET, never
+a 206 of unverified bytes.  A HEAD of a large object takes its size from a HEAD
+of the object, with no GET; a HEAD of a small corrupt one is a 400, as on a
+directory (tests/test_writer.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
+from test_s3_server import request, s3_serve, wait_for  # noqa: F401  (s3_serve: a fixture)
+
+from conftest import sha3
+
+obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+from hashserver.objectstore import WHOLE_GET  # noqa: E402  (needs obstore)
+
+SIZES = {"small": 100_000, "large": WHOLE_GET + (1 << 20)}  # verified before sending / streamed
+TIERS = {"bare": ("--cache-size", "0"), "tier": ("--cache-size", "1G")}
+
+
+def calls(server, operation: str) -> float:
+    """Object-store calls of one operation the server made (any outcome)."""
+    status, body = request(server, "GET", "/metrics")
+    assert status == 200
+    found = re.findall(rf'^hashserver_object_store_requests_total{{operation="{operation}",[^}}]*}} (\S+)$',
+                       body.decode(), re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
+def key(checksum: str) -> str:
+    return f"{checksum[:2]}/{checksum}"
+
+
+def corrupted(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+@pytest.fixture(scope="module")
+def contents() -> dict[str, bytes]:
+    return {name: os.urandom(size) for name, size in SIZES.items()}
+
+
+@pytest.mark.parametrize("tier", list(TIERS))
+def test_a_part_of_an_object_not_held_locally_is_verified_first(s3_serve, seaweedfs, s3_bucket, tmp_path,  # noqa: F811
+                                                                contents, tier):
+    raw = seaweedfs.s3_store(s3_bucket)
+    good, bad = {}, {}
+    for name, data in contents.items():
+        good[name] = sha3(data)
+        obstore.put(raw, key(good[name]), data)
+        bad[name] = sha3(b"corrupt " + data[:100])
+        obstore.put(raw, key(bad[name]), corrupted(data))
+    cache = tmp_path / "cache"
+    server = s3_serve(s3_bucket, "--cache-dir", str(cache), *TIERS[tier])
+    for name, data in contents.items():
+        for asked, (start, end) in (("bytes=0-99", (0, 100)), ("bytes=5000-", (5000, len(data))),
+                                    ("bytes=-10", (len(data) - 10, len(data)))):
+            status, body = request(server, "GET", "/" + bad[name], headers={"Range": asked})
+            assert status == 400, (name, asked, status)
+            assert (status, json.loads(body)) == (400, {"message": (
+                f"File corruption: file at path s3://{s3_bucket}/{key(bad[name])} "
+                "does not have the correct SHA3-256 checksum.")}), (name, asked)
+            assert request(server, "GET", "/" + good[name], headers={"Range": asked}) == (206, data[start:end])
+        assert not (cache / key(bad[name])).exists()
+    if tier == "tier":  # the good ones were filled in whole, once verified
+        for name, data in contents.items():
+            filled = cache / key(good[name])
+            wait_for(filled.exists, f"the {name} buffer in the tier")
+            assert filled.read_bytes() == data
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize("tier", list(TIERS))
+def test_head_of_a_large_object_starts_no_get(s3_serve, seaweedfs, s3_bucket, tmp_path, contents, tier):  # noqa: F811
+    raw = seaweedfs.s3_store(s3_bucket)
+    data = contents["large"]
+    good = sha3(data)
+    obstore.put(raw, key(good), data)
+    small_bad = sha3(b"small and corrupt")
+    obstore.put(raw, key(small_bad), b"something else")
+    server = s3_serve(s3_bucket, "--cache-dir", str(tmp_path / "cache"), *TIERS[tier])
+    for _ in range(3):
+        assert request(server, "HEAD", "/" + good) == (200, b"")
+    wait_for(lambda: calls(server, "head") + calls(server, "get") >= 3,
+             "the calls counted (each worker folds its counts every second)")
+    assert calls(server, "get") == 0
+    assert request(server, "HEAD", "/" + small_bad)[0] == 400  # as a directory's corrupt buffer
+    assert request(server, "GET", "/" + good) == (200, data)
