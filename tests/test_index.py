@@ -434,8 +434,59 @@ def test_fanout_table_sizes():
     assert [fanout_bits(n) for n in (0, 1, 2, 1000, 1 << 20, 10_000_000)] == [1, 1, 2, 10, 21, 24]
     data = index_data_of(keys_with_prefix(b"", 1000, seed=3))
     assert data.fanout.bits == 10 and len(data.fanout.table) == 1025
-    assert data.fanout.table[0] == 0 and data.fanout.table[-1] == 1000
-    assert (np.diff(data.fanout.table.astype(np.int64)) >= 0).all()
+    starts = data.fanout.starts
+    assert starts[0] == 0 and starts[-1] == 1000
+    assert (np.diff(starts.astype(np.int64)) >= 0).all()
+
+
+def test_fanout_table_holds_each_bucket_s_first_tag():
+    """Each table entry: the bucket's first position, and the tag (the 32 bits
+    after the bucket's) of the record there; an empty bucket's is its next record's."""
+    from hashserver.index.fanout import leading, tags
+    from hashserver.index.records import record_words
+
+    data = index_data_of(keys_with_prefix(b"", 3000, seed=13))
+    lead = leading(record_words(data.records)[:, 0])
+    starts, table = data.fanout.starts, data.fanout.table
+    at = np.minimum(starts[:-1], len(lead) - 1).astype(np.intp)
+    assert ((table[:-1] >> np.uint64(32)) == tags(lead[at], data.fanout.bits)).all()
+    assert table[-1] == 3000
+    assert tags(np.array([0x0123456789ABCDEF], np.uint64), 32)[0] == 0x89ABCDEF
+    assert tags(np.array([0x0123456789ABCDEF], np.uint64), 4)[0] == 0x12345678
+
+
+def key_in_bucket(bits: int, bucket: int, tag: int, low: int = 0, tail: bytes = bytes(24)) -> bytes:
+    """A key whose first ``bits`` bits are ``bucket``, the next 32 ``tag``, the rest of its first 8 bytes ``low``."""
+    lead = (bucket << (64 - bits)) | (tag << (32 - bits)) | low
+    return lead.to_bytes(8, "big") + tail
+
+
+def test_fanout_lookups_at_tag_edges():
+    """Lookups decided by a bucket's first tag: queries below, equal to (with
+    another key) and above it; tags 0 and all ones; several keys of one tag;
+    a checksum in several directories; the first and last keys of the index;
+    empty buckets before, between and after; a bucket of one key."""
+    bits = 7  # 64 to 127 records
+    shared_tail = [bytes([i]) * 24 for i in range(1, 6)]
+    keys = [bytes(32), b"\xff" * 32]  # the first and last possible keys
+    keys += [key_in_bucket(bits, 5, 0), key_in_bucket(bits, 5, 0, 1), key_in_bucket(bits, 5, 7)]
+    keys += [key_in_bucket(bits, 9, 0xFFFFFFFF), key_in_bucket(bits, 9, 0xFFFFFFFF, 5)]
+    keys += [key_in_bucket(bits, 20, 100, 3, tail) for tail in shared_tail]  # one tag, one first word
+    keys += [key_in_bucket(bits, 21, 100)]  # a bucket of one key
+    keys += [key_in_bucket(bits, 40 + i, 50 * i) for i in range(60)]  # no empty bucket from 40 to 99
+    dirs = [0] * len(keys) + [3, 1]
+    keys += [keys[3], keys[10]]  # present in several directories
+    data = index_data_of(keys, dirs)
+    assert data.fanout.bits == bits
+    queries = list(keys)
+    for bucket, tag in [(5, 0), (5, 7), (9, 0xFFFFFFFF), (20, 100), (21, 100), (40, 0), (99, 50 * 59)]:
+        queries += [key_in_bucket(bits, bucket, tag, 2), key_in_bucket(bits, bucket, tag, 0, b"\1" * 24)]
+        queries += [key_in_bucket(bits, bucket, max(tag - 1, 0)), key_in_bucket(bits, bucket, min(tag + 1, 0xFFFFFFFF))]
+    queries += [key_in_bucket(bits, 20, 100, 3, b"\x09" * 24), key_in_bucket(bits, 20, 99, 3, shared_tail[0])]
+    queries += [key_in_bucket(bits, b, 0) for b in (1, 30, 100, 126, 127)]  # empty buckets
+    queries += [bytes(31) + b"\1", b"\xff" * 31 + b"\xfe"]
+    assert_lookups_exact(data, queries)
+    assert int(data.dirs[data.find_one(keys[3])]) == 0
 
 
 def test_generation_file_round_trip_with_fanout(tmp_path):

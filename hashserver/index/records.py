@@ -2,8 +2,8 @@
 
 A generation is one immutable file: a header, one modification time per
 buffer directory as seen when that directory was scanned (and whether it had
-settled), the fan-out table (:mod:`.fanout`: 4 to 8 bytes per buffer), then
-one 48-byte record per buffer file, sorted by checksum.  About 54 bytes per
+settled), the fan-out table (:mod:`.fanout`: 8 to 16 bytes per buffer), then
+one 48-byte record per buffer file, sorted by checksum.  56 to 64 bytes per
 buffer, paid once however many workers there are: every worker maps the same
 file (see :mod:`hashserver.index.shm`).
 
@@ -32,7 +32,7 @@ from ..compression import BY_CODE, Encoding
 from ..layout import SearchPath
 from .fanout import TABLE_DTYPE, FanOut, fanout_bits, fanout_table, leading
 
-MAGIC = b"HSIDX006"
+MAGIC = b"HSIDX007"
 # magic, records, distinct checksums, directories, fan-out bits
 HEADER = struct.Struct("<8sQQII")
 KEY_DTYPE = np.dtype("S32")
