@@ -18,11 +18,20 @@ from pathlib import Path
 import pytest
 
 from hashserver import Config, tiered
+from hashserver.checksum import Hasher
 from hashserver.directory import DirectoryStore
 from hashserver.eviction import SLOTS, Recency, TierEvictor, scan_tier
 from hashserver.layout import PrefixLayout
 from hashserver.runtime import MainProcess, Shared, open_storage, tier_config
-from hashserver.storage import ChecksumMismatch, Fast, PutOutcome, ReadOnly, StorageUnavailable
+from hashserver.storage import (
+    ChecksumMismatch,
+    CorruptBuffer,
+    Fast,
+    PutOutcome,
+    Readable,
+    ReadOnly,
+    StorageUnavailable,
+)
 from hashserver.tiered import TieredStore
 
 from conftest import add_buffer, buffer_path, leftovers, sha3
@@ -252,6 +261,81 @@ def test_put_goes_to_the_back_store_then_the_tier(stores):
 
     asyncio.run(scenario())
     assert stray(s.tier) == [] and stray(s.back_dir) == []
+
+
+class CountingHasher(Hasher):
+    """The tier writer's hasher, counting the hashes it starts."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = 0
+
+    def new(self):
+        self.started += 1
+        return super().new()
+
+
+def test_a_fill_the_back_store_proved_is_not_hashed_again(stores):
+    """Plain buffers entering the tier from an open file, a decoded stream and a
+    large PUT: written and published, the tier's hasher never started."""
+    s = stores()
+    counting = s.local.writer.hasher = CountingHasher()
+    from_file = os.urandom(3 << 20)
+    fcs = add_buffer(s.back_dir, from_file)
+    streamed = b"decoded as it streams " * 100_000
+    scs = add_buffer(s.back_dir, gzip.compress(streamed), checksum=sha3(streamed), suffix=".gz")
+    put = os.urandom(3 << 20)
+    pcs = sha3(put)
+
+    async def scenario():
+        assert await read_all(await s.store.open(raw(fcs))) == from_file
+        assert await read_all(await s.store.open(raw(scs))) == streamed
+        assert await s.store.put(raw(pcs), chunks(*(put[i:i + 65536] for i in range(0, len(put), 65536)))) \
+            is PutOutcome.STORED
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    for checksum, data in ((fcs, from_file), (scs, streamed), (pcs, put)):
+        assert buffer_path(s.tier, checksum).read_bytes() == data
+    assert counting.started == 0
+    assert s.added.value == len(from_file) + len(streamed) + len(put)
+    assert stray(s.tier) == []
+
+
+class CorruptBack:
+    """A back store whose streams end as the object store's end on a wrong object:
+    CorruptBuffer before the last chunk."""
+
+    def __init__(self, back: DirectoryStore):
+        self.back = back
+        self.writable = True
+
+    async def open(self, checksum, accepted=frozenset()):
+        async def chunks():
+            yield b"the first part of a wrong object " * 1000
+            raise CorruptBuffer("File corruption: file at path s3://bucket/key does not have the correct "
+                                "SHA3-256 checksum.")
+
+        return Readable(64_000, chunks=chunks)
+
+    def __getattr__(self, name):
+        return getattr(self.back, name)
+
+
+def test_a_corrupt_stream_never_enters_the_tier(stores):
+    s = stores()
+    s.store.back = CorruptBack(s.back)
+    cs = sha3(b"a buffer the bucket holds wrong")
+
+    async def scenario():
+        readable = await s.store.open(raw(cs))
+        with pytest.raises(CorruptBuffer):
+            await read_all(readable)
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    assert not s.in_tier(cs)
+    assert stray(s.tier) == []
 
 
 class RefusingBack:
