@@ -16,20 +16,39 @@ from pathlib import Path
 
 import pytest
 
+from bench.cases import CASES
+from bench.machine import machine_info
+from bench.report import scaling_table
+from bench.results import BenchDocument, Ceilings, Figure, LoadGeneratorInfo, Options, ServerRun
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds; a quick run takes well under a minute on two cores
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(TIMEOUT + 60)]
 
 
-def run_bench(tmp_path: Path, *args: str, quick: bool = True
+def run_bench(tmp_path: Path, *args: str, quick: bool = True, status: int = 0
               ) -> tuple[subprocess.CompletedProcess, dict, Path]:
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "bench", *(["--quick"] if quick else []),
             "--cache-dir", str(tmp_path / "cache"), "--out", str(out), *args]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == status, f"bench exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc, json.loads((out / "bench.json").read_text()), out
+
+
+def assert_cold_walk(fig: dict, servers: list[str], buffers: int) -> None:
+    """The cold GET walked its list once: each load on from where the previous stopped,
+    disjoint, none past the end (the first checksum, read by the checks, is not in it)."""
+    assert fig["dataset_buffers"] == buffers
+    assert list(fig["walked"]) == servers  # --quick: no warm-up
+    position = 0
+    for name in servers:
+        start, end = fig["walked"][name]
+        assert start == position and start < end < buffers - 1, (name, fig["walked"])
+        position = end
+    assert fig["load"]["walked_to"] == fig["walked"][servers[0]][1]
+    assert fig["load"]["requests"] > 0 and fig["load"]["non_2xx"] == 0
 
 
 def test_quick_run_produces_table_json_and_chart(tmp_path: Path) -> None:
@@ -45,7 +64,8 @@ def test_quick_run_produces_table_json_and_chart(tmp_path: Path) -> None:
     assert run["problems"] == []
     expected = {"startup", "index_build", "verify_large", "get_small", "get_large", "head",
                 "get_404", "has_1", "has_100", "has_1000", "has_10000", "buffer_length",
-                "put_small", "put_large", "main_memory", "main_memory_settled"}
+                "put_small", "put_large", "main_memory", "main_memory_settled", "get_cold",
+                "put_large_sha256"}
     assert expected <= set(run["figures"])
     for key, fig in run["figures"].items():
         assert isinstance(fig["value"], (int, float)), key
@@ -65,6 +85,22 @@ def test_quick_run_produces_table_json_and_chart(tmp_path: Path) -> None:
     if shutil.which("nginx"):
         assert run["figures"]["get_small"]["ceiling_value"] > 0
         assert run["figures"]["get_small"]["ceiling"] == "nginx"
+    for key, target in (("get_small", 1.0), ("get_cold", 0.6), ("head", 0.9), ("get_404", 0.7),
+                        ("put_large", 0.8)):  # issue 11's targets
+        assert run["figures"][key]["target"] == target, key
+    for key in ("get_large", "has_1000", "put_large_sha256"):  # issue 11 sets none
+        assert run["figures"][key]["target"] is None, key
+    cold = run["figures"]["get_cold"]
+    assert_cold_walk(cold, ["hashserver", "nginx"] if shutil.which("nginx") else ["hashserver"], 100_000)
+    if shutil.which("nginx"):
+        assert cold["ceiling_value"] > 0 and cold["ceiling_load"]["walked_to"] == cold["walked"]["nginx"][1]
+    sha256 = run["figures"]["put_large_sha256"]
+    assert sha256["ceiling"] == "SHA-256, 1 core" and sha256["ceiling_value"] > 0 and sha256["ratio"] > 0
+    assert run["ceilings"]["sha256_mb_s_put"] == sha256["ceiling_value"]
+    assert sha256["load"]["requests"] > 0 and sha256["load"]["non_2xx"] == 0
+    if shutil.which("curl") and shutil.which("nginx"):  # curl -T into a plain file
+        for key in ("put_large", "put_large_sha256"):
+            assert run["figures"][key]["upload_value"] == run["ceilings"]["upload_mb_s"] > 0, key
 
     roles = [p["role"] for p in run["memory"]["after_load"]]
     assert roles.count("main") == 1 and roles.count("worker") == 2
@@ -77,8 +113,12 @@ def test_quick_run_produces_table_json_and_chart(tmp_path: Path) -> None:
     table = (out / "table.txt").read_text()
     assert table == proc.stdout
     for label in ("GET 1 KiB, random", "/has x1000", "PUT large, new", "memory, after load",
-                  "Sanic, constant body", "main memory, index built", "in-process lookups"):
-        assert label in table
+                  "Sanic, constant body", "main memory, index built", "in-process lookups",
+                  "GET 1 KiB, not read before", "over the 100,000-buffer dataset", "PUT large, new, sha-256",
+                  "SHA-256, 1 core", "ceilings:"):
+        assert label in table, label
+    if shutil.which("curl") and shutil.which("nginx"):
+        assert "curl -T into a file" in table and "curl -T into a plain file:" in table
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert list((out / "logs").glob("hashserver-*.log"))
 
@@ -86,15 +126,47 @@ def test_quick_run_produces_table_json_and_chart(tmp_path: Path) -> None:
 def test_builtin_client_fallback(tmp_path: Path) -> None:
     """The client used where wrk is missing, on the cases that exercise all its paths."""
     proc, doc, _ = run_bench(tmp_path, "--client", "python", "--no-nginx", "--workers", "1",
-                             "--cases", "get_small,get_404,has_1000,put_small,put_large")
+                             "--cases", "get_small,get_404,has_1000,put_small,put_large,get_cold")
     (run,) = doc["runs"]
     assert doc["load_generator"]["name"] == "python"
     assert run["problems"] == []
-    for key in ("get_small", "get_404", "has_1000", "put_small", "put_large"):
+    assert_cold_walk(run["figures"]["get_cold"], ["hashserver"], 100_000)
+    for key in ("get_small", "get_404", "has_1000", "put_small", "put_large", "get_cold"):
         assert run["figures"][key]["load"]["generator"] == "python"
         assert run["figures"][key]["load"]["requests"] > 0
     assert run["figures"]["get_404"]["load"]["non_2xx"] == run["figures"]["get_404"]["load"]["requests"]
     assert "GET missing (404)" in proc.stdout
+
+
+def test_cold_list_running_out_is_a_problem(tmp_path: Path) -> None:
+    """A cold list too short for the load: the requests past its end fail and the run
+    says so (exit status 1), instead of asking for the same buffers again."""
+    proc, doc, _ = run_bench(tmp_path, "--no-nginx", "--cases", "get_cold", "--cold-buffers", "500",
+                             status=1)
+    (run,) = doc["runs"]
+    fig = run["figures"]["get_cold"]
+    assert fig["walked"]["hashserver"] == [0, 499]
+    assert 0 < fig["load"]["non_2xx"] < fig["load"]["requests"]  # the walk's 499, then failures
+    assert any("the list of 499 checksums ran out during hashserver" in p for p in run["problems"])
+
+
+def test_scaling_table_judges_issue_11_targets() -> None:
+    """GET 1 KiB and /has x1000 at 1,000,000 buffers against 10,000: within 10% is met,
+    other figures get no verdict, and other sizes none at all."""
+    doc = BenchDocument(started="", command=[], options=Options(buffers=[], workers=[1]),
+                        machine=machine_info(), load_generator=LoadGeneratorInfo("wrk", "wrk", 32), notes=[])
+    for buffers, values in ((10_000, (100.0, 100.0, 100.0)), (1_000_000, (91.0, 89.0, 50.0))):
+        run = ServerRun(buffers=buffers, layout="prefix", workers=1, buffer_size=1024, large_size=1 << 20,
+                        load_average_at_start=[0.0], ceilings=Ceilings(sha3_mb_s=1.0))
+        for key, value in zip(("get_small", "has_1000", "has_1"), values, strict=True):
+            run.figures[key] = Figure.of(CASES[key], value)
+        doc.runs.append(run)
+    rows = {line.split("  ")[1].strip(): line for line in scaling_table(doc).splitlines()[2:]}
+    assert rows["GET 1 KiB, random"].endswith("0.910  >=0.90 met")
+    assert rows["/has x1000"].endswith("0.890  >=0.90 MISSED")
+    assert rows["/has x1"].endswith("0.500")
+    doc.runs[1].buffers = 100_000
+    assert ">=0.90" not in "\n".join(scaling_table(doc).splitlines()[1:])
 
 
 def assert_lookups(doc: dict, sizes: list[int]) -> None:
