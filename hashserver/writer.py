@@ -23,7 +23,9 @@ import asyncio
 import errno
 import os
 import sys
+import threading
 import time
+from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
@@ -40,6 +42,8 @@ from .promises import Promises
 from .storage import BodyStalled, BodyTooLarge, ChecksumMismatch, DiskFull, PutOutcome
 
 BATCH = 1 << 20  # bytes handed to the hashing/writing thread at a time
+IN_FLIGHT = 2  # batches queued for hashing and writing, beyond the one being received
+WRITEBACK = 8 << 20  # bytes written between requests to start writing them out
 LOCK_ATTEMPTS = 3  # takes of a buffer's lock that another host's writer removed meanwhile
 LOCK_RETRY_PAUSE = 0.02  # seconds, times the attempt's number
 
@@ -175,33 +179,128 @@ class BufferWriter:
     async def _consume(self, body: AsyncIterator[bytes], digest: DecodingHash, fd: int | None = None) -> None:
         """Hash (and write to ``fd``, if given) the whole body, fsynced.
 
-        Three things overlap: the event loop receives the next batch while one
-        thread hashes the previous batch and another writes it (hashing and
-        writing each release the GIL, and cost about the same).
+        Three things overlap: the event loop receives while one thread hashes
+        and another writes (both release the GIL).  Each is queued the next
+        batch before it is done with the current one, so the hashing thread,
+        the slowest, does not wait for the event loop between batches.  At
+        most IN_FLIGHT batches wait, so memory stays flat however large the body.
         """
-        loop = asyncio.get_running_loop()
-        hashing: asyncio.Future | None = None
-        writing: asyncio.Future | None = None
-        offset = 0
+        hashing = SerialStage(lambda parts: _hash_parts(digest, parts))
+        file = BodyFile(fd) if fd is not None else None
+        writing = SerialStage(file.write) if file is not None else None
+        in_flight: deque[list[asyncio.Future]] = deque()
         try:
-            async for batch in batches(body, self.pace, self.max_body_size):
-                if hashing is not None:
-                    await hashing
-                hashing = loop.run_in_executor(None, digest.update, batch)
-                if fd is not None:
-                    if writing is not None:
-                        await writing
-                    writing = loop.run_in_executor(None, _write_all, fd, batch, offset)
-                    offset += len(batch)
+            async for parts in batch_parts(body, self.pace, self.max_body_size):
+                in_flight.append([stage.submit(parts) for stage in (hashing, writing) if stage is not None])
+                if len(in_flight) > IN_FLIGHT:
+                    await _all_of(in_flight.popleft())
         finally:  # a body that fails (cut, too large, stalled): the threads end before the caller closes fd
-            running = [f for f in (hashing, writing) if f is not None and not f.done()]
+            running = [future for futures in in_flight for future in futures]
             if running:
                 await asyncio.wait(running)
-        for pending in (hashing, writing):
-            if pending is not None:
-                await pending
-        if fd is not None:
-            await loop.run_in_executor(None, os.fsync, fd)
+        while in_flight:
+            await _all_of(in_flight.popleft())
+        if file is not None:
+            await asyncio.get_running_loop().run_in_executor(None, file.finish)
+
+
+async def _all_of(futures: list[asyncio.Future]) -> None:
+    for future in futures:
+        await future
+
+
+def _hash_parts(digest: DecodingHash, parts: list[bytes]) -> None:
+    for part in parts:
+        digest.update(part)
+
+
+class SerialStage:
+    """Does ``work`` on each item submitted, in order, one at a time, in the
+    event loop's executor.
+
+    A thread takes the next item from the queue as soon as it is done with
+    one (handing each item to the executor and awaiting it in turn left the
+    hashing thread idle between batches, for the event loop to wake and start
+    the next); and no thread is held while the queue is empty, so an upload
+    whose client pauses holds none.
+    """
+
+    def __init__(self, work: Callable[[list[bytes]], None]):
+        self._work = work
+        self._queue: deque[tuple[list[bytes], asyncio.Future]] = deque()
+        self._lock = threading.Lock()
+        self._draining = False
+
+    def submit(self, item: list[bytes]) -> asyncio.Future:
+        """Queue ``item``; the future is done once ``work`` is, with its exception if any."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        with self._lock:
+            self._queue.append((item, done))
+            start, self._draining = not self._draining, True
+        if start:
+            loop.run_in_executor(None, self._drain, loop)
+        return done
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._draining = False
+                    return
+                item, done = self._queue.popleft()
+            try:
+                self._work(item)
+            except Exception as exc:  # handed to the coroutine awaiting the item
+                loop.call_soon_threadsafe(_settle, done, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, None)
+
+
+def _settle(future: asyncio.Future, error: Exception | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class BodyFile:
+    """The temporary file a body is written to (by one thread at a time).
+
+    Every WRITEBACK bytes the kernel is asked to start writing out what came
+    before (``POSIX_FADV_DONTNEED`` starts writeback of dirty pages and drops
+    those already written), so that the fsync at the end waits for the last
+    few megabytes, not for the whole body, and a large body does not fill
+    the page cache.  A body of WRITEBACK bytes or more is dropped from the
+    page cache once it is on disk; smaller ones stay there, for the next read.
+    """
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.size = 0
+        self._handed = 0  # bytes before this were handed to writeback
+
+    def write(self, parts: list[bytes]) -> None:
+        for part in parts:
+            _write_all(self.fd, part, self.size)
+            self.size += len(part)
+        if self.size - self._handed >= WRITEBACK:
+            # from one step back: those pages are written by now, and dropped
+            _drop_cached(self.fd, max(0, self._handed - WRITEBACK), self.size)
+            self._handed = self.size
+
+    def finish(self) -> None:
+        """Make the written body durable."""
+        os.fsync(self.fd)
+        if self.size >= WRITEBACK:
+            _drop_cached(self.fd, 0, self.size)
+
+
+def _drop_cached(fd: int, start: int, end: int) -> None:
+    if hasattr(os, "posix_fadvise"):  # not on macOS
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
 
 @asynccontextmanager
@@ -252,9 +351,11 @@ def _rename_if_free(tmp: str, final: str) -> bool:
     return True
 
 
-async def batches(body: AsyncIterator[bytes], pace: BodyPace, max_body_size: int) -> AsyncIterator[bytes]:
-    """The body in batches of about BATCH bytes (fewer, larger writes and hash
-    updates), paced (stalled uploads end) and bounded by ``max_body_size``."""
+async def batch_parts(body: AsyncIterator[bytes], pace: BodyPace,
+                      max_body_size: int) -> AsyncIterator[list[bytes]]:
+    """The body's chunks in lists of about BATCH bytes (fewer, larger steps for
+    the threads, without joining them), paced (stalled uploads end) and
+    bounded by ``max_body_size``."""
     pending: list[bytes] = []
     pending_size = total = 0
     async for chunk in pace.paced(body):
@@ -264,10 +365,16 @@ async def batches(body: AsyncIterator[bytes], pace: BodyPace, max_body_size: int
         pending.append(chunk)
         pending_size += len(chunk)
         if pending_size >= BATCH:
-            yield b"".join(pending)
+            yield pending
             pending, pending_size = [], 0
     if pending:
-        yield b"".join(pending)
+        yield pending
+
+
+async def batches(body: AsyncIterator[bytes], pace: BodyPace, max_body_size: int) -> AsyncIterator[bytes]:
+    """:func:`batch_parts`, each batch joined into one ``bytes``."""
+    async for parts in batch_parts(body, pace, max_body_size):
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

@@ -436,3 +436,133 @@ def test_a_failing_body_waits_for_the_write_in_flight_before_the_file_is_closed(
         asyncio.run(buffer_writer.put(bytes.fromhex(sha3(b"anything")), body()))
     assert written == [True]
     assert leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------ the body's stages
+
+
+def test_a_stage_takes_its_next_item_without_waiting_for_the_event_loop():
+    """Items queued while one is worked on are done one after another by the
+    thread, in order, while the event loop is busy (blocked here): the hashing
+    thread does not wait for the loop between batches."""
+    import asyncio
+
+    from hashserver.writer import SerialStage
+
+    done: list[bytes] = []
+    all_done = threading.Event()
+    release = threading.Event()
+
+    def work(parts: list[bytes]) -> None:
+        release.wait(30)
+        done.extend(parts)
+        if len(done) == 3:
+            all_done.set()
+
+    async def main() -> bool:
+        stage = SerialStage(work)
+        futures = [stage.submit([bytes([i])]) for i in range(3)]
+        release.set()
+        finished = all_done.wait(30)  # blocks the event loop
+        await asyncio.gather(*futures)
+        return finished
+
+    assert asyncio.run(main())
+    assert done == [b"\0", b"\1", b"\2"]
+
+
+def test_a_stage_hands_an_items_error_to_its_future_and_goes_on():
+    import asyncio
+
+    from hashserver.writer import SerialStage
+
+    done: list[bytes] = []
+
+    def work(parts: list[bytes]) -> None:
+        if parts == [b"bad"]:
+            raise OSError(errno.EIO, "bad")
+        done.extend(parts)
+
+    async def main() -> list:
+        stage = SerialStage(work)
+        futures = [stage.submit([item]) for item in (b"a", b"bad", b"b")]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], OSError)
+    assert done == [b"a", b"b"]
+
+
+def resident_bytes(path) -> int:
+    """Bytes of the file in the page cache (mincore over a private mapping, which faults nothing in)."""
+    import ctypes
+    import mmap
+
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    vector = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        start = ctypes.c_char.from_buffer(mapped)
+        if libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), ctypes.c_size_t(size), vector) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        del start
+    return sum(page & 1 for page in vector) * mmap.PAGESIZE
+
+
+def page_cache_dir(tmp_path):
+    """A directory whose files' pages the kernel can drop (not tmpfs, where a file is its pages)."""
+    from hashserver.filesystems import file_system_type
+
+    if file_system_type(str(tmp_path)) not in ("tmpfs", "ramfs"):
+        return tmp_path
+    return tempfile.mkdtemp(prefix=".test-pagecache-", dir=os.path.dirname(__file__))
+
+
+def test_a_large_body_file_is_whole_on_disk_and_leaves_the_page_cache(tmp_path):
+    """Written in parts across several writeback steps: the bytes are all there,
+    and once durable, none of them hold page cache (a large upload does not
+    push other buffers out of it)."""
+    import shutil
+
+    from hashserver.writer import WRITEBACK, BodyFile
+
+    directory = page_cache_dir(tmp_path)
+    path = os.path.join(directory, "body")
+    data = os.urandom(3 * WRITEBACK + 12345)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            body = BodyFile(fd)
+            for start in range(0, len(data), 700_000):
+                body.write([data[start:start + 300_000], data[start + 300_000:start + 700_000]])
+            body.finish()
+        finally:
+            os.close(fd)
+        assert resident_bytes(path) < WRITEBACK
+        with open(path, "rb") as f:
+            assert f.read() == data
+    finally:
+        if directory != tmp_path:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_small_body_file_stays_in_the_page_cache(tmp_path):
+    from hashserver.writer import BodyFile
+
+    directory = page_cache_dir(tmp_path)
+    path = os.path.join(directory, "small")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        body = BodyFile(fd)
+        body.write([b"x" * 100_000])
+        body.finish()
+    finally:
+        os.close(fd)
+    import mmap
+
+    assert resident_bytes(path) == -(-100_000 // mmap.PAGESIZE) * mmap.PAGESIZE
+    if directory != tmp_path:
+        os.unlink(path)
+        os.rmdir(directory)

@@ -1,0 +1,66 @@
+"""A request's body as it arrives, with one copy.
+
+Sanic's own reading (``Http.read``) copies each piece of a body twice out of
+the connection's receive buffer (a slice, then ``bytes``) and dispatches a
+signal for it; at a large PUT this is a good part of the event loop's work,
+on the core the hashing thread shares.  :func:`request_body` takes whatever
+the receive buffer holds in one copy, and leaves Sanic's state as its own
+reading would at every step (the rest of a body not read is drained by Sanic
+as usual).
+
+Sanic internals used (checked against Sanic 25.12.1;
+``tests/test_bodyreader.py`` fails if they change): on ``sanic.http.Http``,
+``recv_buffer`` (shared with the protocol: taken from in place, never
+replaced), ``request_body`` (``True`` for a ``Content-Length`` body,
+``"chunked"`` otherwise, falsy once read), ``request_bytes_left`` and
+``_receive_more`` (resumes reading and waits for data).  The first piece is
+read by ``Http.read`` itself: it sends ``100 Continue`` when asked, and
+checks the declared length against the size limit.  Chunked bodies, and
+any other kind of stream, are read by Sanic throughout.  The
+``http.lifecycle.read_body`` signal is not dispatched for the pieces read
+here (the server registers no handler for it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sanic import Request
+
+_SLOTS = ("recv_buffer", "request_body", "request_bytes_left", "_receive_more")
+
+
+async def request_body(request: Request) -> AsyncIterator[bytes]:
+    """The body of ``request``, piece by piece (each as much as had arrived)."""
+    http = request.stream
+    if http is None:
+        return
+    first = await http.read()
+    if first:
+        yield first
+    if http.request_body is not True or not all(hasattr(http, slot) for slot in _SLOTS):
+        while (chunk := await http.read()) is not None:  # chunked, or not Sanic's Http
+            if chunk:
+                yield chunk
+        return
+    buffer: bytearray = http.recv_buffer
+    while http.request_bytes_left:
+        if not buffer:
+            await http._receive_more()
+            continue
+        yield _take(http, buffer)
+    http.request_body = None
+
+
+def _take(http, buffer: bytearray) -> bytes:
+    """The body's bytes at the start of ``buffer``, removed from it (one copy)."""
+    size = min(len(buffer), http.request_bytes_left)
+    if size == len(buffer):
+        data = bytes(buffer)
+        buffer.clear()
+    else:
+        with memoryview(buffer) as view:
+            data = bytes(view[:size])
+        del buffer[:size]
+    http.request_bytes_left -= size
+    return data
