@@ -23,6 +23,7 @@ import asyncio
 import errno
 import os
 import time
+from stat import S_ISREG
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from .bufferfile import BufferFile, FileIdentity, identity_of
@@ -203,9 +204,31 @@ class BufferReader:
         cached = self.cached(buffer)
         if cached is not None:
             return cached
-        with open(buffer.path, "rb", buffering=0) as f:
-            identity = identity_of(os.fstat(f.fileno()))
-            content = f.read()
+        loaded = self.load_small(checksum, buffer.path, limit=None)
+        return None if loaded is None else loaded[1]
+
+    def load_small(self, checksum: bytes, path: str,
+                   limit: int | None = SMALL_BUFFER) -> tuple[FileIdentity, bytes] | None:
+        """A plain buffer's file read whole, with no stat before it (the open
+        and its ``fstat`` say which version was read): its identity and
+        verified content, held in the cache (a version held already is not
+        read again).  None when its content is wrong, or when it is not a
+        regular file of at most ``limit`` bytes (None: any size).  Raises
+        FileNotFoundError if it cannot be opened."""
+        # O_NONBLOCK: a FIFO put where the file was must not hold up the worker.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not S_ISREG(st.st_mode) or (limit is not None and st.st_size > limit):
+                return None
+            identity = identity_of(st)
+            held = self.cache.get(identity)
+            if held is not None:
+                self.metrics.small_buffer(True)
+                return identity, held
+            content = _read_to_end(fd, st.st_size)
+        finally:
+            os.close(fd)
         self.metrics.small_buffer(False)
         if self.verify != "never":
             correct = self.hasher.digest(content) == checksum
@@ -213,7 +236,7 @@ class BufferReader:
             if not correct:
                 return None
         self.cache.put(identity, content)
-        return content
+        return identity, content
 
     async def _verified(self, checksum: bytes, buffer: BufferFile) -> bool:
         """Does a large or compressed file hash right?  Once per version, unless ``always``."""
@@ -264,6 +287,19 @@ def _opened(buffer: BufferFile, readable: Readable) -> Readable:
     """``readable`` with the buffer's file open to send as it is."""
     readable.file = open(buffer.path, "rb", buffering=0)
     return readable
+
+
+def _read_to_end(fd: int, size: int) -> bytes:
+    """The file's bytes from its start: one ``read`` when ``size`` (its
+    ``fstat``) is right, else on to its end (a file that changed meanwhile,
+    or a file system that answers short reads)."""
+    first = os.read(fd, size + 1)
+    if len(first) == size:
+        return first
+    parts = [first]
+    while chunk := os.read(fd, max(size, 1 << 16)):
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _decoded_size(buffer: BufferFile) -> int:
