@@ -1,7 +1,8 @@
 """The benchmark suite still runs end to end, so it cannot rot unnoticed.
 
 ``python -m bench --quick`` is run as users run it (a subprocess, from the
-repository root) on a tiny directory made in a temporary cache.  Only the
+repository root) on a tiny directory (and the cold GET's dataset of 200,000
+buffers, made once for the module) in a temporary cache.  Only the
 structure of its outputs is checked: no timing assertions, since the figures
 depend on the machine and on whatever else it is doing.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.cases import CASES
+from bench.cli import QUICK
 from bench.machine import machine_info
 from bench.report import scaling_table
 from bench.results import BenchDocument, Ceilings, Figure, LoadGeneratorInfo, Options, ServerRun
@@ -24,14 +26,22 @@ from bench.results import BenchDocument, Ceilings, Figure, LoadGeneratorInfo, Op
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds; a quick run takes well under a minute on two cores
 
+QUICK_COLD = QUICK["cold_buffers"]
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(TIMEOUT + 60)]
 
 
-def run_bench(tmp_path: Path, *args: str, quick: bool = True, status: int = 0
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dataset cache for the runs that may share it (the cold GET's dataset is made once)."""
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def run_bench(tmp_path: Path, *args: str, quick: bool = True, status: int = 0, cache: Path | None = None
               ) -> tuple[subprocess.CompletedProcess, dict, Path]:
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "bench", *(["--quick"] if quick else []),
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(out), *args]
+            "--cache-dir", str(cache or tmp_path / "cache"), "--out", str(out), *args]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == status, f"bench exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc, json.loads((out / "bench.json").read_text()), out
@@ -51,8 +61,8 @@ def assert_cold_walk(fig: dict, servers: list[str], buffers: int) -> None:
     assert fig["load"]["requests"] > 0 and fig["load"]["non_2xx"] == 0
 
 
-def test_quick_run_produces_table_json_and_chart(tmp_path: Path) -> None:
-    proc, doc, out = run_bench(tmp_path, "--lookup-scaling", "1000,5000")
+def test_quick_run_produces_table_json_and_chart(tmp_path: Path, cache: Path) -> None:
+    proc, doc, out = run_bench(tmp_path, "--lookup-scaling", "1000,5000", cache=cache)
 
     machine = doc["machine"]
     for key in ("cpu_count", "cpu_model", "python", "sanic", "nginx", "wrk"):
@@ -91,7 +101,7 @@ def test_quick_run_produces_table_json_and_chart(tmp_path: Path) -> None:
     for key in ("get_large", "has_1000", "put_large_sha256"):  # issue 11 sets none
         assert run["figures"][key]["target"] is None, key
     cold = run["figures"]["get_cold"]
-    assert_cold_walk(cold, ["hashserver", "nginx"] if shutil.which("nginx") else ["hashserver"], 100_000)
+    assert_cold_walk(cold, ["hashserver", "nginx"] if shutil.which("nginx") else ["hashserver"], QUICK_COLD)
     if shutil.which("nginx"):
         assert cold["ceiling_value"] > 0 and cold["ceiling_load"]["walked_to"] == cold["walked"]["nginx"][1]
     sha256 = run["figures"]["put_large_sha256"]
@@ -114,7 +124,7 @@ def test_quick_run_produces_table_json_and_chart(tmp_path: Path) -> None:
     assert table == proc.stdout
     for label in ("GET 1 KiB, random", "/has x1000", "PUT large, new", "memory, after load",
                   "Sanic, constant body", "main memory, index built", "in-process lookups",
-                  "GET 1 KiB, not read before", "over the 100,000-buffer dataset", "PUT large, new, sha-256",
+                  "GET 1 KiB, not read before", f"over the {QUICK_COLD:,}-buffer dataset", "PUT large, new, sha-256",
                   "SHA-256, 1 core", "ceilings:"):
         assert label in table, label
     if shutil.which("curl") and shutil.which("nginx"):
@@ -123,14 +133,14 @@ def test_quick_run_produces_table_json_and_chart(tmp_path: Path) -> None:
     assert list((out / "logs").glob("hashserver-*.log"))
 
 
-def test_builtin_client_fallback(tmp_path: Path) -> None:
+def test_builtin_client_fallback(tmp_path: Path, cache: Path) -> None:
     """The client used where wrk is missing, on the cases that exercise all its paths."""
     proc, doc, _ = run_bench(tmp_path, "--client", "python", "--no-nginx", "--workers", "1",
-                             "--cases", "get_small,get_404,has_1000,put_small,put_large,get_cold")
+                             "--cases", "get_small,get_404,has_1000,put_small,put_large,get_cold", cache=cache)
     (run,) = doc["runs"]
     assert doc["load_generator"]["name"] == "python"
     assert run["problems"] == []
-    assert_cold_walk(run["figures"]["get_cold"], ["hashserver"], 100_000)
+    assert_cold_walk(run["figures"]["get_cold"], ["hashserver"], QUICK_COLD)
     for key in ("get_small", "get_404", "has_1000", "put_small", "put_large", "get_cold"):
         assert run["figures"][key]["load"]["generator"] == "python"
         assert run["figures"][key]["load"]["requests"] > 0
