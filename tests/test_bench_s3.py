@@ -1,0 +1,48 @@
+"""The S3 benchmark (``python -m bench.s3``, also ``python -m bench --store s3``) still
+runs end to end, so it cannot rot unnoticed.
+
+``--quick`` is run as users run it (a subprocess, from the repository root): it starts
+its own SeaweedFS with the tests' harness (tests/seaweedfs.py, the same ``weed server``
+the fixtures start), a hashserver on a bucket there and a directory server beside it.
+Only the structure of its outputs is checked: every figure measured, positive, with its
+ceiling and their ratio; no timing thresholds, since the figures depend on the machine
+and on whatever else it is doing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.s3 import CASES_S3, CEILINGS
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 600  # seconds; a quick run takes a minute or two on two busy cores
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(TIMEOUT + 60)]
+
+
+def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "bench.s3", "--quick", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"bench.s3 exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    doc = json.loads((out / "bench-s3.json").read_text())
+    assert doc["problems"] == []
+    assert list(doc["figures"]) == list(CASES_S3)
+    for key, fig in doc["figures"].items():
+        case = CASES_S3[key]
+        assert (fig["label"], fig["unit"], fig["ceiling"], fig["target"]) == (
+            case.label, case.unit, CEILINGS[case.ceiling], case.target), key
+        assert fig["value"] > 0 and fig["ceiling_value"] > 0, (key, fig)
+        assert fig["ratio"] == pytest.approx(fig["value"] / fig["ceiling_value"]), (key, fig)
+    assert set(doc["ceiling_detail"]) == {k for k, c in CASES_S3.items() if c.ceiling != "directory"}
+    table = (out / "table-s3.txt").read_text()
+    assert proc.stdout == table
+    for case in CASES_S3.values():
+        assert case.label in table
+    assert "lowest ratio" in table
