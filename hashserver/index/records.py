@@ -21,7 +21,6 @@ a compressed one.  The others are kept, so that when a rescan drops the first
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from collections.abc import Iterable
@@ -31,6 +30,7 @@ import numpy as np
 from ..compression import BY_CODE, Encoding
 from ..layout import SearchPath
 from .fanout import TABLE_DTYPE, FanOut, fanout_bits, fanout_table, leading
+from .hugepages import map_file
 
 MAGIC = b"HSIDX007"
 # magic, records, distinct checksums, directories, fan-out bits
@@ -202,7 +202,7 @@ class IndexData:
         """Map a generation file read-only; the pages are shared between processes."""
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            mapping = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) if size else None
+            mapping = map_file(f.fileno(), size) if size else None
         if mapping is None or size < HEADER.size:
             raise ValueError(f"{path} is not a hashserver index")
         magic, records, distinct, ndirs, bits = HEADER.unpack_from(mapping, 0)

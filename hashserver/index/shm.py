@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..owner import owner_tag, pid_is_dead
+from .hugepages import collapse_file
 from .records import IndexData
 
 if TYPE_CHECKING:
@@ -103,6 +104,8 @@ class GenerationStore:
         """Write a new generation (anything with ``write(path)``) and make it the newest."""
         generation = self.generation + 1
         self._write(data, generation)
+        if self._elsewhere is None:
+            collapse_file(self.path(generation))  # huge pages for every process that maps it
         np.frombuffer(self._counter, np.uint64, 1)[0] = generation
         # Older generations may still be mapped by workers; unlinking is safe.
         for name in os.listdir(self.directory):
