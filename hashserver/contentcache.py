@@ -2,7 +2,8 @@
 ones whole, and which file versions were already hashed.
 
 Both are keyed by a file's identity (device, inode, size, times), so a
-removed or replaced file is never answered from here.
+removed or replaced file is never answered from here, and by its name (the
+checksum): a file renamed or linked to another name keeps its identity.
 
 The content cache also keeps *proofs*: that the file answering for a checksum
 had a given identity under a stamp of the directory watch
@@ -19,6 +20,7 @@ what it served: at most 256 MiB times the workers.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 from .bufferfile import FileIdentity
@@ -27,75 +29,76 @@ from .config import DEFAULT_MEMORY_CACHE
 CACHE_BYTES = DEFAULT_MEMORY_CACHE  # per worker: recently served small buffers (--memory-cache)
 ENTRY_OVERHEAD = 448  # bytes of Python objects per entry besides its content (identity, checksum, dictionaries, proof)
 VERIFIED_MAX = 1 << 20  # remembered verified file versions per worker
+Key = tuple[bytes, FileIdentity]  # checksum, file identity
 
 
 class VerifiedFiles:
-    """File identities already hashed and found correct (bounded; forgets all when full)."""
+    """File versions already hashed and found correct, by file name and
+    identity (a rename or hard link keeps the identity, not the name);
+    bounded: forgets all when full.  Only hashes are kept (randomized per
+    process for ``str``), to stay small."""
 
     def __init__(self, limit: int = VERIFIED_MAX):
         self._seen: set[int] = set()
         self._limit = limit
 
-    def __contains__(self, identity: FileIdentity) -> bool:
-        return hash(identity) in self._seen
+    def holds(self, path: str, identity: FileIdentity) -> bool:
+        return hash((os.path.basename(path), identity)) in self._seen
 
-    def add(self, identity: FileIdentity) -> None:
+    def add(self, path: str, identity: FileIdentity) -> None:
         if len(self._seen) >= self._limit:
             self._seen.clear()
-        self._seen.add(hash(identity))
+        self._seen.add(hash((os.path.basename(path), identity)))
 
 
 class ContentCache:
-    """Small verified buffers by file identity, least recently used out first.
+    """Small verified buffers by checksum and file identity, least recently used out first.
 
     A hit needs the file to exist with the same identity, which the caller
-    checks with one stat (:meth:`get`), or a proof under the same stamp
-    (:meth:`proven`): removed or replaced files are never served from here.
+    checks with one stat or ``fstat`` (:meth:`get`), or a proof under the
+    same stamp (:meth:`proven`): removed or replaced files are never served
+    from here.  The checksum is part of the key because a rename or a hard
+    link keeps the identity: content verified for one checksum says nothing
+    of the same file under another name.
     """
 
     def __init__(self, capacity: int = CACHE_BYTES):
         self.capacity = capacity
         self._used = 0
-        self._items: OrderedDict[FileIdentity, bytes] = OrderedDict()
-        self._proofs: dict[bytes, tuple[object, FileIdentity, bytes]] = {}  # checksum -> stamp, identity, content
-        self._proven: dict[FileIdentity, bytes] = {}  # identity -> checksum, to drop the proof with the content
+        self._items: OrderedDict[Key, bytes] = OrderedDict()
+        self._proofs: dict[bytes, tuple[object, Key, bytes]] = {}  # checksum -> stamp, key, content
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, identity: FileIdentity) -> bytes | None:
-        data = self._items.get(identity)
+    def get(self, checksum: bytes, identity: FileIdentity) -> bytes | None:
+        key: Key = (checksum, identity)
+        data = self._items.get(key)
         if data is not None:
-            self._items.move_to_end(identity)
+            self._items.move_to_end(key)
         return data
 
-    def put(self, identity: FileIdentity, data: bytes) -> None:
-        if len(data) > self.capacity // 16 or identity in self._items:
+    def put(self, checksum: bytes, identity: FileIdentity, data: bytes) -> None:
+        key = (checksum, identity)
+        if len(data) > self.capacity // 16 or key in self._items:
             return
-        self._items[identity] = data
+        self._items[key] = data
         self._used += len(data) + ENTRY_OVERHEAD
         while self._used > self.capacity:
-            old_identity, old = self._items.popitem(last=False)
+            old_key, old = self._items.popitem(last=False)
             self._used -= len(old) + ENTRY_OVERHEAD
-            checksum = self._proven.pop(old_identity, None)
-            if checksum is not None:
-                del self._proofs[checksum]
+            proof = self._proofs.get(old_key[0])
+            if proof is not None and proof[1] == old_key:
+                del self._proofs[old_key[0]]
 
     def prove(self, checksum: bytes, identity: FileIdentity, stamp: object) -> None:
         """The file answering for ``checksum`` was found with this identity
         under ``stamp`` (checked after the stamp was taken); kept if its
         content is held."""
-        data = self._items.get(identity)
-        if data is None:
-            return
-        old = self._proofs.get(checksum)
-        if old is not None and old[1] != identity:
-            del self._proven[old[1]]
-        previous = self._proven.get(identity)
-        if previous is not None and previous != checksum:
-            del self._proofs[previous]
-        self._proofs[checksum] = (stamp, identity, data)
-        self._proven[identity] = checksum
+        key = (checksum, identity)
+        data = self._items.get(key)
+        if data is not None:
+            self._proofs[checksum] = (stamp, key, data)
 
     def proven(self, checksum: bytes, stamp: object) -> bytes | None:
         """The content of ``checksum``, if proven under this very stamp."""

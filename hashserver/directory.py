@@ -159,7 +159,7 @@ class DirectoryStore:
         (and always with ``--verify always``: every read is hashed on the regular path)."""
         if buffer.encoding is not None or buffer.size > SMALL_BUFFER or self.reader.verify == "always":
             return Fast.REGULAR
-        content = self.reader.cached(buffer)
+        content = self.reader.cached(checksum, buffer)
         if content is not None:
             self.metrics.small_buffer(True)
         else:

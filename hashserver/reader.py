@@ -2,9 +2,10 @@
 
 A reader never sends a buffer whose file does not hash to its name, unless
 told not to check (``--verify never``).  Small plain buffers are read whole,
-hashed and kept in a per-worker cache (keyed by the file's identity, so a
-replaced file is never served from it); larger files are hashed once per
-version (``--verify once``) or on every read (``always``).
+hashed and kept in a per-worker cache (keyed by the checksum and the file's
+identity, so a replaced, renamed or linked file is never served from it);
+larger files are hashed once per version and name (``--verify once``) or on
+every read (``always``).
 
 A file that was found (listed by the index, or stat'ed) but cannot be opened
 ("No such file or directory") is not a corrupt buffer: on a distributed file
@@ -84,11 +85,11 @@ class BufferReader:
         self.cache = ContentCache(cache_bytes)
         self._lengths: dict[FileIdentity, int] = {}  # compressed file version -> decoded length
 
-    def cached(self, buffer: BufferFile) -> bytes | None:
+    def cached(self, checksum: bytes, buffer: BufferFile) -> bytes | None:
         """Verified content of a small plain buffer, if this worker holds it."""
         if buffer.encoding is not None or self.verify == "always":
             return None
-        return self.cache.get(buffer.identity)
+        return self.cache.get(checksum, buffer.identity)
 
     def _read_locks(self, checksum: bytes) -> list[str]:
         return self.lookups.search_path.read_locks(checksum.hex())
@@ -201,7 +202,7 @@ class BufferReader:
     def _read_small_verified(self, checksum: bytes, buffer: BufferFile) -> bytes | None:
         """A small plain buffer's verified content (cached), or None if wrong;
         FileNotFoundError if its file cannot be opened."""
-        cached = self.cached(buffer)
+        cached = self.cached(checksum, buffer)
         if cached is not None:
             return cached
         loaded = self.load_small(checksum, buffer.path, limit=None)
@@ -222,7 +223,7 @@ class BufferReader:
             if not S_ISREG(st.st_mode) or (limit is not None and st.st_size > limit):
                 return None
             identity = identity_of(st)
-            held = self.cache.get(identity)
+            held = self.cache.get(checksum, identity)
             if held is not None:
                 self.metrics.small_buffer(True)
                 return identity, held
@@ -235,12 +236,13 @@ class BufferReader:
             self.metrics.verified(correct)
             if not correct:
                 return None
-        self.cache.put(identity, content)
+        self.cache.put(checksum, identity, content)
         return identity, content
 
     async def _verified(self, checksum: bytes, buffer: BufferFile) -> bool:
         """Does a large or compressed file hash right?  Once per version, unless ``always``."""
-        if self.verify == "never" or (self.verify == "once" and buffer.identity in self.verified):
+        once = self.verify == "once" and self.verified.holds(buffer.path, buffer.identity)
+        if self.verify == "never" or once:
             return True
         digest, length = await asyncio.get_running_loop().run_in_executor(None, buffer.digest, self.hasher)
         self.metrics.verified(digest == checksum)
@@ -248,7 +250,7 @@ class BufferReader:
             return False
         if buffer.encoding is not None:
             self._lengths[buffer.identity] = length
-        self.verified.add(buffer.identity)
+        self.verified.add(buffer.path, buffer.identity)
         return True
 
     async def decoded_length(self, buffer: BufferFile) -> int:
@@ -280,7 +282,7 @@ class BufferReader:
         """A file this server has just published: its content was hashed while written."""
         buffer = BufferFile.at("", path, None)
         if buffer is not None:
-            self.verified.add(buffer.identity)
+            self.verified.add(buffer.path, buffer.identity)
 
 
 def _opened(buffer: BufferFile, readable: Readable) -> Readable:

@@ -8,6 +8,7 @@ that look at files (stat, lstat, open, scandir) are counted by wrapping them.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import os
 import time
@@ -24,7 +25,7 @@ from hashserver.index import IndexReader
 from hashserver.layout import PrefixLayout, SearchPath
 from hashserver.lockfree import lock_sentinels
 from hashserver.locks import LockProtocol
-from hashserver.storage import Fast
+from hashserver.storage import CorruptBuffer, Fast
 
 from conftest import add_buffer, buffer_path, sha3
 
@@ -138,6 +139,37 @@ def test_a_file_replaced_by_wrong_content_is_never_served_from_memory(store, tmp
     assert store.peek(checksum) is Fast.REGULAR
 
 
+@pytest.mark.parametrize("how", ["renamed", "hard-linked"])
+def test_held_content_is_never_answered_for_another_checksum(store, tmp_path, how):
+    """``mv`` and ``ln`` keep a file's identity (device, inode, size, time):
+    what was held, or verified, for one checksum is never answered for
+    another name of the same file; the regular route says it is corrupt."""
+    checksum = checksum_of(CONTENT)
+    assert store.peek(checksum) == CONTENT and store.peek(checksum) == CONTENT
+    other = checksum_of(b"x" * len(CONTENT))
+    target = buffer_path(tmp_path, other.hex())
+    target.parent.mkdir(exist_ok=True)
+    (os.rename if how == "renamed" else os.link)(buffer_path(tmp_path, checksum.hex()), target)
+    assert store.peek(other) is Fast.REGULAR
+    assert store.peek(other) is Fast.REGULAR
+    with pytest.raises(CorruptBuffer):
+        asyncio.run(store.open(other))
+
+
+def test_a_verified_large_file_renamed_is_hashed_again(store, tmp_path):
+    """Large files are hashed once per version (``--verify once``): per name too."""
+    data = b"a large buffer" * 100_000
+    checksum = bytes.fromhex(add_buffer(tmp_path, data))
+    readable = asyncio.run(store.open(checksum))
+    readable.file.close()
+    other = checksum_of(b"y" * len(data))
+    target = buffer_path(tmp_path, other.hex())
+    target.parent.mkdir(exist_ok=True)
+    os.rename(buffer_path(tmp_path, checksum.hex()), target)
+    with pytest.raises(CorruptBuffer):
+        asyncio.run(store.open(other))
+
+
 def test_a_touched_file_is_served_after_one_more_stat(store, tmp_path, file_calls):
     """A new version of the file (its time changed) is looked at again: the
     same content, still held, proven anew."""
@@ -240,13 +272,13 @@ def test_content_cache_drops_proofs_with_their_content():
     cache = ContentCache(capacity=16 * (100 + ENTRY_OVERHEAD))
     identities = [(1, n, 100, 0) for n in range(20)]
     for n, identity in enumerate(identities[:16]):
-        cache.put(identity, bytes([n]) * 100)
+        cache.put(bytes([n]) * 32, identity, bytes([n]) * 100)
         cache.prove(bytes([n]) * 32, identity, stamp=7)
     assert cache.proven(bytes([0]) * 32, 7) == bytes([0]) * 100
     assert cache.proven(bytes([0]) * 32, 8) is None  # another stamp: not proven
-    cache.put(identities[16], b"x" * 100)  # evicts the least recently used: 1, not 0 (just used)
-    assert cache.proven(bytes([1]) * 32, 7) is None and cache.get(identities[1]) is None
+    cache.put(bytes([16]) * 32, identities[16], b"x" * 100)  # evicts the least recently used: 1, not 0 (just used)
+    assert cache.proven(bytes([1]) * 32, 7) is None and cache.get(bytes([1]) * 32, identities[1]) is None
     assert cache.proven(bytes([0]) * 32, 7) == bytes([0]) * 100
     cache.prove(bytes([99]) * 32, identities[19], stamp=7)  # its content is not held: no proof
     assert cache.proven(bytes([99]) * 32, 7) is None
-    assert len(cache._proofs) == len(cache._proven) == len(cache) - 1  # the new one is not proven
+    assert len(cache._proofs) == len(cache) - 1  # the new one is not proven
