@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "dataset of N buffers whatever --buffers says, in each run (worker count): a "
                    "new hashserver, then nginx, walk one shuffled list of its checksums once, each "
                    "checksum requested at most once per run, warm-up at most 1 s (with several "
-                   "--buffers sizes: in the largest size's runs only); a list that runs out "
-                   "is reported as a problem (default 1000000; --quick: 200000)")
+                   "--buffers sizes: in the largest size's runs only); its files are read into the "
+                   "page cache first, so that what is cold is the server's own memory, not the disk; "
+                   "a list that runs out is reported as a problem (default 1000000; --quick: 200000)")
     p.add_argument("--workers", type=_int_list, default=None, metavar="N[,N...]",
                    help="Sanic worker counts to run (default: 1,4; --quick: 2); nginx gets as many")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
