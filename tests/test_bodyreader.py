@@ -158,3 +158,26 @@ def test_a_large_put_keeps_the_workers_memory_flat(serve, tmp_path):
         assert read_response(sock, bytearray()) == (200, b"OK")
     assert os.path.getsize(buffer_path(tmp_path, checksum)) == 256 << 20
     assert peak_rss(pid) - before < 48 << 20
+
+
+def test_request_body_gives_a_body_whole_in_pieces_as_they_arrived():
+    """In process, on a bare Sanic app: a body of several megabytes, one that
+    fits in the first packet, and an empty one."""
+    from sanic import Sanic
+    from sanic.response import text
+
+    app = Sanic("bodyreader_test")
+
+    @app.put("/", stream=True)
+    async def handler(request):
+        digest, pieces = hashlib.sha3_256(), 0
+        async for piece in bodyreader.request_body(request):
+            digest.update(piece)
+            pieces += 1
+        return text(f"{digest.hexdigest()} {pieces}")
+
+    for data, most_pieces in ((os.urandom(5 << 20), 5 << 20), (b"small", 1), (b"", 0)):
+        _, response = app.test_client.put("/", content=data)
+        checksum, pieces = response.text.split()
+        assert checksum == sha3(data)
+        assert int(pieces) <= most_pieces
