@@ -18,7 +18,7 @@ from .checksum import Hasher
 from .compression import for_content_encoding
 from .config import Config
 from .contentcache import CACHE_BYTES
-from .index import PROMISE, IndexReader
+from .index import PLAIN, PROMISE, IndexReader
 from .layout import SearchPath
 from .lockfree import LockFreeDirectories
 from .locks import LockProtocol
@@ -126,11 +126,12 @@ class DirectoryStore:
         position = data.find_one(checksum)
         if position < 0:
             return Fast.ABSENT if self.lock_free.holds(checksum[0]) else None
-        if data.encodings[position] == PROMISE:
+        encoding = int(data.encodings[position])
+        if encoding == PROMISE:
             return None
-        _, path, encoding = data.locate(position, self.search_path)
-        if encoding is not None or self.reader.verify == "always":
+        if encoding != PLAIN or self.reader.verify == "always":
             return Fast.REGULAR
+        path = self.search_path.path(int(data.dirs[position]), checksum.hex())  # a plain file's (IndexData.locate)
         try:
             loaded = self.reader.load_small(checksum, path)
         except (FileNotFoundError, NotADirectoryError):
