@@ -383,7 +383,7 @@ class ObjectStore:
         key, encoding, size, result = found
         if size <= self.whole_get:
             result = result or await self._get_present(key)
-            return await self._whole(checksum, key, encoding, await self._read(key, result), accepted)
+            return await self._whole(checksum, key, encoding, size, result, accepted)
         if want is Want.PART:
             return await self._spooled(checksum, key, encoding, result, accepted)
         return await self._streamed(checksum, key, encoding, size, result, accepted)
@@ -447,20 +447,47 @@ class ObjectStore:
             raise error
         return length
 
-    async def _whole(self, checksum: bytes, key: str, encoding: Encoding | None, data: bytes,
+    async def _whole(self, checksum: bytes, key: str, encoding: Encoding | None, size: int, result,
                      accepted: frozenset[str]) -> Readable:
-        """A small object, verified before anything is sent."""
-        digest = DecodingHash(self.hasher, encoding)
-        try:
-            await self._hash(digest, data)
-        except InvalidPayload:
-            raise self._corruption(key) from None
+        """An object up to ``whole_get``, verified before anything is sent."""
+        data, digest = await self._fetched(key, result, size, encoding)
         length = self._check(checksum, digest, key)
         if encoding is None:
             return Readable(length, content=data)
         if encoding.accepted_by(accepted):
             return Readable(len(data), encoding.name, content=data, variant=encoding.suffix[1:], varies=True)
         return Readable(length, chunks=lambda: _decoded(encoding, data), varies=True)
+
+    async def _fetched(self, key: str, result, size: int, encoding: Encoding | None) -> tuple[bytes, DecodingHash]:
+        """The object's bytes, and their hash so far.  A small one is read, then hashed;
+        a larger one hashed in a thread chunk by chunk while the next chunk arrives (so
+        that the answer waits for about the longer of the two, not their sum)."""
+        digest = DecodingHash(self.hasher, encoding)
+        try:
+            if size <= HASH_INLINE:
+                data = await self._read(key, result)
+                digest.update(data)
+                return data, digest
+            return await self._read_hashing(key, result, digest), digest
+        except InvalidPayload:
+            raise self._corruption(key) from None
+
+    async def _read_hashing(self, key: str, result, digest: DecodingHash) -> bytes:
+        loop = asyncio.get_running_loop()
+        parts: list[bytes] = []
+        hashing: asyncio.Future | None = None
+        try:
+            async for chunk in self._chunks(key, result):
+                if hashing is not None:
+                    await hashing
+                hashing = loop.run_in_executor(None, digest.update, chunk)
+                parts.append(chunk)
+        finally:
+            if hashing is not None:
+                await asyncio.wait({hashing})  # the thread is done with the digest (its error, if any, next)
+        if hashing is not None:
+            hashing.result()
+        return b"".join(parts)
 
     async def _streamed(self, checksum: bytes, key: str, encoding: Encoding | None, size: int, result,
                         accepted: frozenset[str]) -> Readable:
@@ -558,7 +585,7 @@ class ObjectStore:
             self.metrics.put_failed(exc)
             raise
         self.metrics.put(outcome.value)
-        await self._resolve(checksum.hex())
+        self._resolve(checksum.hex())
         return outcome
 
     async def _put(self, checksum: bytes, body: AsyncIterator[bytes], encoding: Encoding | None) -> PutOutcome:
@@ -652,16 +679,18 @@ class ObjectStore:
             self.metrics.promised()
         return PROMISE_TTL
 
-    async def _resolve(self, checksum_hex: str) -> None:
-        """A stored buffer's promise is kept no longer: deleted before the PUT is
-        answered, in one bulk request with the promises of the PUTs that ended while
-        the previous request was under way (a DELETE for each PUT would halve the
-        rate of PUTs).  A failure is logged: the buffer is stored all the same."""
+    def _resolve(self, checksum_hex: str) -> asyncio.Future:
+        """A stored buffer's promise is kept no longer: deleted in one bulk request with
+        the promises of the PUTs that ended while the previous request was under way (a
+        DELETE for each PUT would halve the rate of PUTs).  The PUT is answered without
+        waiting for it (that wait was most of a small PUT's time): an object present
+        answers for its buffer whatever promise is left beside it, and a promise left
+        behind (a failure, logged; a stop) only runs out.  Done when the promise is gone."""
         done = asyncio.get_running_loop().create_future()
         self._unresolved.setdefault(self.keys.promise(checksum_hex), []).append(done)
         if self._resolver is None:
             self._resolver = asyncio.get_running_loop().create_task(self._delete_resolved())
-        await done
+        return done
 
     async def _delete_resolved(self) -> None:
         waiting: dict[str, list[asyncio.Future]] = {}

@@ -121,32 +121,41 @@ class LocalFill:
 class PutCopy:
     """The tier's copy of a PUT's body: kept in memory while small (plain
     bodies up to :data:`SMALL_FILL`), else handed to a :class:`LocalFill`
-    as it passes."""
+    as it passes (unless the tier holds the buffer already)."""
 
     def __init__(self, tier: "TieredStore", checksum: bytes, encoding: str | None):
         self.tier, self.checksum, self.encoding = tier, checksum, encoding
-        self.parts: list[bytes] = []
+        self.parts: list[bytes] | None = []  # None: the tier holds the buffer already
         self.size = 0
         self.fill: LocalFill | None = None
 
     async def tee(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in body:
-            if self.fill is None and (self.encoding or self.size + len(chunk) > SMALL_FILL):
-                self.fill = LocalFill(self.tier, self.checksum, self.encoding)
-                for part in self.parts:
-                    await self.fill.hand_on(part)
-                self.parts = []
+            if self.fill is None and self.parts is not None and (
+                    self.encoding or self.size + len(chunk) > SMALL_FILL):
+                await self._start_fill()
             if self.fill is not None:
                 await self.fill.hand_on(chunk)
-            else:
+            elif self.parts is not None:
                 self.parts.append(chunk)
                 self.size += len(chunk)
             yield chunk
 
+    async def _start_fill(self) -> None:
+        """Past the size kept in memory: a fill, unless the tier holds the buffer (looked
+        up only now: for a small body, a second copy costs less than the look)."""
+        if self.tier.held_locally(self.checksum):
+            self.parts = None
+            return
+        self.fill = LocalFill(self.tier, self.checksum, self.encoding)
+        for part in self.parts:
+            await self.fill.hand_on(part)
+        self.parts = []
+
     async def finish(self) -> None:
         if self.fill is not None:
             await self.fill.finish()
-        else:
+        elif self.parts is not None:
             await self.tier.store_small(self.checksum, b"".join(self.parts))
 
     def abandon(self) -> None:
@@ -293,7 +302,7 @@ class TieredStore:
         the back store answered STORED or PRESENT."""
         if not self.back.writable:
             raise ReadOnly.put()
-        if not self._may_fill(checksum) or self._held_locally(checksum):
+        if not self._may_fill(checksum):
             return await self.back.put(checksum, body, content_encoding)
         copy = PutCopy(self, checksum, content_encoding)
         try:
@@ -304,7 +313,7 @@ class TieredStore:
         self.background(checksum, copy.finish())
         return outcome
 
-    def _held_locally(self, checksum: bytes) -> bool:
+    def held_locally(self, checksum: bytes) -> bool:
         try:
             return self.local.lookups.find(checksum) is not None
         except OSError:

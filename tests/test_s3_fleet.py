@@ -159,7 +159,8 @@ def test_a_promise_on_one_host_holds_on_the_other(fleet):
     reader.join(BOUND)
     assert got and (got[0].status, got[0].body) == (200, data), got
     assert fleet.key(checksum) in fleet.keys()
-    assert not [k for k in fleet.keys() if PROMISES in k], "a kept promise is removed once the buffer is there"
+    wait_until(lambda: not [k for k in fleet.keys() if PROMISES in k],
+               "a kept promise removed once the buffer is there (right after the PUT's answer)")
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "gzip"])
