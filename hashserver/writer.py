@@ -198,6 +198,9 @@ class BufferWriter:
             running = [future for futures in in_flight for future in futures]
             if running:
                 await asyncio.wait(running)
+                for future in running:  # retrieved: a failed write after a failed body is no second error
+                    if not future.cancelled():
+                        future.exception()
         while in_flight:
             await _all_of(in_flight.popleft())
         if file is not None:
