@@ -11,9 +11,9 @@ checksums are decided there: the bucket is empty, or its first record's tag
 is larger, or differs and the bucket holds only that record.  Only the other
 queries read a record (about half of them at the bench's mix of present and
 absent checksums).  In a large index every read of the table or of a record
-misses the caches, and all but the smallest miss the TLB too (shared memory
-gets no huge pages), so what a lookup costs at 10,000,000 entries over
-10,000 is the number of such reads: about 1.5 now, 2.2 before the tags.
+misses the caches (and, with 4 KiB pages, the TLB: :mod:`.hugepages`), so
+what a lookup costs at 10,000,000 entries over 10,000 is the number of such
+reads: about 1.4 per checksum at the bench's mix, 2.2 before the tags.
 
 A batch is looked up in a fixed number of vectorised steps: the table
 entries of all queries, then the first record of the buckets whose tag
