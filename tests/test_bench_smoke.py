@@ -19,6 +19,7 @@ import pytest
 
 from bench.cases import CASES
 from bench.cli import QUICK
+from bench.dataset import DatasetSpec, ensure_dataset
 from bench.machine import machine_info
 from bench.report import scaling_table
 from bench.results import BenchDocument, Ceilings, Figure, LoadGeneratorInfo, Options, ServerRun
@@ -158,6 +159,20 @@ def test_cold_list_running_out_is_a_problem(tmp_path: Path) -> None:
     assert fig["walked"]["hashserver"] == [0, 499]
     assert 0 < fig["load"]["non_2xx"] < fig["load"]["requests"]  # the walk's 499, then failures
     assert any("the list of 499 checksums ran out during hashserver" in p for p in run["problems"])
+
+
+def test_dataset_reused_with_more_files_remade_with_fewer(tmp_path: Path) -> None:
+    """A buffer stored in a dataset by a PUT case (of this or another run on the same
+    cache) does not make it incomplete; a missing file does."""
+    spec = DatasetSpec(20, large_size=4096)
+    dataset = ensure_dataset(str(tmp_path), spec, processes=1)
+    extra = Path(dataset.path("ab" * 32))
+    extra.write_bytes(b"stored by a PUT case")
+    assert ensure_dataset(str(tmp_path), spec, processes=1) == dataset and extra.exists()
+    extra.unlink()
+    Path(dataset.path(dataset.first_checksum())).unlink()
+    assert ensure_dataset(str(tmp_path), spec, processes=1) == dataset
+    assert Path(dataset.path(dataset.first_checksum())).exists()  # made anew
 
 
 def test_scaling_table_judges_issue_11_targets() -> None:
