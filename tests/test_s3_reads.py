@@ -26,6 +26,8 @@ from hashserver.objectstore import WHOLE_GET  # noqa: E402  (needs obstore)
 SIZES = {"small": 100_000, "large": WHOLE_GET + (1 << 20)}  # verified before sending / streamed
 TIERS = {"bare": ("--cache-size", "0"), "tier": ("--cache-size", "1G")}
 
+pytestmark = pytest.mark.timeout(300)  # objects of 65 MiB, each read whole several times
+
 
 def calls(server, operation: str) -> float:
     """Object-store calls of one operation the server made (any outcome)."""
