@@ -97,9 +97,15 @@ class Merge:
             yield self.take(self.order[start:start + CHUNK])
 
     def write(self, path: str) -> None:
-        """Write the new generation to ``path`` atomically."""
+        """Write the new generation to ``path`` atomically, then give up the
+        scans' records and the order (a merge is written once): the main
+        process's memory drops before the file is published, not when the
+        caller lets go of the merge."""
         write_generation(path, len(self) - self.duplicates, self.dir_mtimes, self.dir_settled,
                          self.table(), len(self), self.chunks())
+        self.fresh = np.empty(0, RECORD)
+        self.order = np.empty(0, self.order.dtype)
+        self.sorted_lead = np.empty(0, self.sorted_lead.dtype)
 
     def data(self) -> IndexData:
         """The new generation in memory."""
