@@ -3,6 +3,7 @@ assemble each process (:mod:`hashserver.runtime`)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import NoReturn
@@ -137,6 +138,10 @@ def proxy_settings(config: Config) -> dict:
 
 
 async def worker_ready(app: Sanic) -> None:
+    # What start-up built lives as long as the worker; moved out of the cyclic
+    # collector's generations, it is no longer traversed by each collection
+    # (2.8-6% of a worker's samples under cold GETs, py-spy).
+    gc.freeze()
     app.ctx.metrics.start_folding()
     app.ctx.shared.acknowledge(os.getpid())
     if app.ctx.lifecycle is not None:
