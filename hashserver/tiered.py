@@ -54,6 +54,8 @@ FILE_CHUNK = 1 << 20
 SMALL_FILL = 1 << 20  # plain buffers up to this size go into the tier from memory, in one step
 MAX_FILLS = 16  # fills under way in one worker; a miss beyond them is not stored (a later one will be)
 LOG_EVERY = 10.0  # seconds between two warnings of a failing tier
+MISS_MEMO = 1.0  # seconds a worker takes the tier's "absent" for granted (see TieredStore._missed)
+MISS_MEMO_SIZE = 4096  # checksums remembered so, at most (then forgotten all at once)
 
 
 class Abandoned(Exception):
@@ -185,16 +187,25 @@ class TieredStore:
         self._filling: set[bytes] = set()
         self._tasks: set[asyncio.Future] = set()
         self._warned = float("-inf")
+        # Checksums the tier lacked a moment ago.  A miss is asked of the tier three times
+        # (the hot path's peek, the route's, then open), each a few system calls while a
+        # fill storm keeps the tier's directories changing; once is enough.  Never wrong:
+        # a buffer the tier gains meanwhile is read from the back store a little longer.
+        self._missed: dict[bytes, float] = {}
 
     # ------------------------------------------------------------ reading
     def peek(self, checksum: bytes) -> bytes | Fast:
         """The tier's content when it holds it in memory; never ABSENT (the back store may hold it)."""
+        if self._missed_recently(checksum):
+            return Fast.REGULAR
         try:
             found = self.local.peek(checksum)
         except LOCAL_FAILURES as exc:
             self._local_failed(exc)
             return Fast.REGULAR
-        if isinstance(found, bytes):
+        if found is Fast.ABSENT:
+            self._remember_miss(checksum)
+        elif isinstance(found, bytes):
             self.metrics.local_tier(True)
             self._touch(checksum)
             return found
@@ -242,6 +253,9 @@ class TieredStore:
     async def _open_local(self, checksum: bytes, accepted: frozenset[str]) -> Readable | None:
         """The tier's copy, if it has one.  A buffer the tier does not hold is
         no reason to wait for its locks: it may be being filled, slowly."""
+        if self._missed_recently(checksum):
+            self.metrics.local_tier(False)
+            return None
         buffer = None
         try:
             buffer = self.local.lookups.find(checksum)
@@ -430,6 +444,7 @@ class TieredStore:
         def done(task: asyncio.Future) -> None:
             self._tasks.discard(task)
             self._filling.discard(checksum)
+            self._missed.pop(checksum, None)  # filled (or not): the tier is worth a look again
             if not task.cancelled() and task.exception() is not None:
                 log.error("local tier: filling %s failed", checksum.hex(), exc_info=task.exception())
 
@@ -467,6 +482,15 @@ class TieredStore:
         if now - self._warned >= LOG_EVERY:
             self._warned = now
             log.warning("local tier failing, answering from the back store: %s", exc or type(exc).__name__)
+
+    def _missed_recently(self, checksum: bytes) -> bool:
+        until = self._missed.get(checksum)
+        return until is not None and time.monotonic() < until
+
+    def _remember_miss(self, checksum: bytes) -> None:
+        if len(self._missed) >= MISS_MEMO_SIZE:
+            self._missed.clear()
+        self._missed[checksum] = time.monotonic() + MISS_MEMO
 
     def _touch(self, checksum: bytes) -> None:
         if self.recency is not None:

@@ -141,6 +141,31 @@ def test_has_and_open_fill_the_tier_from_the_back_store(stores):
     assert stray(s.tier) == []
 
 
+def test_a_miss_is_looked_up_in_the_tier_once(stores):
+    """The hot path's peek, the route's and open ask the tier about one request: after
+    the first says absent, the others take it for granted (no look on disk); once the
+    fill is done, the tier answers again."""
+    s = stores()
+    data = b"only in the back store, for now"
+    cs = add_buffer(s.back_dir, data)
+    looks: list[bytes] = []
+    find = s.local.lookups.find
+    s.local.lookups.find = lambda checksum: looks.append(checksum) or find(checksum)
+
+    async def scenario():
+        assert s.store.peek(raw(cs)) is Fast.REGULAR
+        first = len(looks)
+        assert s.store.peek(raw(cs)) is Fast.REGULAR
+        assert await read_all(await s.store.open(raw(cs))) == data
+        assert len(looks) == first
+        await s.store.settled()
+        assert s.in_tier(cs)
+        assert await read_all(await s.store.open(raw(cs))) == data  # from the tier
+        assert len(looks) > first
+
+    asyncio.run(scenario())
+
+
 def test_large_buffer_from_an_open_file_fills_the_tier(stores):
     s = stores()
     data = os.urandom(3 << 20)
