@@ -18,6 +18,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
 from . import docs, responses, sending
+from .bodyreader import request_body
 from .checksum import InvalidChecksum, parse_checksum, parse_checksum_list
 from .metrics import Metrics, metrics_handler, record_response, stamp_request
 from .storage import (
@@ -240,7 +241,7 @@ async def put_buffer(request: Request, checksum: str) -> HTTPResponse:
     except (Unauthorized, ReadOnly) as exc:  # storage.put counts the refusals it makes
         metrics_of(request).put_rejected("unauthorized" if isinstance(exc, Unauthorized) else "read-only")
         raise
-    await storage.put(raw, request.stream, request.headers.get("content-encoding"))
+    await storage.put(raw, request_body(request), request.headers.get("content-encoding"))
     return responses.ok()
 
 
