@@ -26,7 +26,7 @@ from .lookup import ExactIndex
 from .metrics import Metrics
 from .promises import Promises
 from .reader import SMALL_BUFFER, BufferReader
-from .storage import DiskFull, Fast, PutOutcome, Readable, ReadOnly, StorageUnavailable
+from .storage import DiskFull, Fast, PutOutcome, Readable, ReadOnly, StorageUnavailable, Want
 from .writer import BodyPace, BufferWriter
 
 HEALTH_EVERY = 1.0  # seconds between two checks of the main directory
@@ -187,7 +187,8 @@ class DirectoryStore:
                 self._main_is_there()
             return found.sizes.tolist()
 
-    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset()) -> Readable | None:
+    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset(),
+                   want: Want = Want.WHOLE) -> Readable | None:
         with storage_errors(self.metrics):
             readable = await self.reader.open(checksum, accepted)
             if readable is None:

@@ -60,8 +60,8 @@ from .storage import (
     ReadOnly,
     StillWriting,
     StorageUnavailable,
+    Want,
 )
-from .wants import Want, current_want
 from .writer import BodyPace
 
 log = logging.getLogger("hashserver.objectstore")
@@ -374,8 +374,8 @@ class ObjectStore:
         return decoder.length
 
     # ------------------------------------------------------------- reading
-    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset()) -> Readable | None:
-        want = current_want()
+    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset(),
+                   want: Want = Want.WHOLE) -> Readable | None:
         found = await self._locate_for(checksum.hex(), want)
         if found is None:
             await self._bucket_is_there()

@@ -34,6 +34,7 @@ from .storage import (
     StillWriting,
     Storage,
     StorageUnavailable,
+    Want,
 )
 
 log = logging.getLogger("hashserver")
@@ -229,7 +230,8 @@ async def get_buffer(request: Request, checksum: str) -> HTTPResponse | None:
     if isinstance(fast, bytes):
         readable = Readable(len(fast), content=fast)
     else:
-        readable = await storage.open(raw, accepted_codings(request.headers.get("accept-encoding")))
+        want = Want.HEADERS if head else Want.PART if request.headers.get("range") else Want.WHOLE
+        readable = await storage.open(raw, accepted_codings(request.headers.get("accept-encoding")), want)
     if readable is None:
         return responses.not_found()
     return await sending.send(request, readable, raw.hex(), head)

@@ -20,7 +20,7 @@ from .compression import InvalidPayload
 
 __all__ = ["BodyStalled", "BodyTooLarge", "ChecksumMismatch", "CorruptBuffer", "DiskFull", "Fast",
            "InvalidPayload", "PutOutcome", "Readable", "ReadOnly", "StillWriting", "Storage",
-           "StorageUnavailable"]
+           "StorageUnavailable", "Want"]
 
 
 class CorruptBuffer(Exception):
@@ -88,6 +88,18 @@ class Fast(enum.Enum):
     REGULAR = "regular"  # not decidable without waiting or reading: take the regular path
 
 
+class Want(enum.Enum):
+    """What an answer takes of the buffer it opens.  A directory serves each
+    alike; an object store must know: a HEAD needs no GET of a large object,
+    and a part must not go out before the whole object was verified (a stream
+    verified as it is sent holds back only its last chunk, which a part may
+    not reach)."""
+
+    HEADERS = "headers"  # HEAD: the length and headers, never a body
+    PART = "part"  # a Range request: some bytes, verified before they go out
+    WHOLE = "whole"  # the whole body (verified as it streams)
+
+
 class PutOutcome(enum.Enum):
     STORED = "stored"
     PRESENT = "present"  # it was there already (or another writer got there first)
@@ -141,10 +153,11 @@ class Storage(Protocol):
     async def lengths(self, checksums: bytes) -> list[int]:
         """Length of each buffer (of its decoded content); 0 if absent, 1 if only promised."""
 
-    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset()) -> Readable | None:
+    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset(),
+                   want: Want = Want.WHOLE) -> Readable | None:
         """The buffer for sending, or None if absent.  ``accepted``: the
         content-codings the client accepts (a buffer stored compressed in one
-        of them is sent as it is stored).  Waits while the buffer is being
+        of them is sent as it is stored); ``want``: what the answer takes of it.  Waits while the buffer is being
         written or is promised, at most ``--wait-timeout``.  Raises
         :class:`CorruptBuffer`, :class:`StillWriting`."""
 

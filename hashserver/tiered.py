@@ -42,6 +42,7 @@ from .storage import (
     StillWriting,
     Storage,
     StorageUnavailable,
+    Want,
 )
 from .writer import _write_all  # the writer's one pwrite loop (private there: ask to make it public)
 
@@ -233,13 +234,14 @@ class TieredStore:
                 lengths[i] = answer
         return lengths
 
-    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset()) -> Readable | None:
+    async def open(self, checksum: bytes, accepted: frozenset[str] = frozenset(),
+                   want: Want = Want.WHOLE) -> Readable | None:
         """From the tier when it holds the buffer; else from the back store,
         filling the tier on the way."""
         readable = await self._open_local(checksum, accepted)
         if readable is not None:
             return readable
-        readable = await self.back.open(checksum, accepted)
+        readable = await self.back.open(checksum, accepted, want)
         if readable is None or not self._may_fill(checksum):
             return readable
         return self._filled_from(checksum, readable)

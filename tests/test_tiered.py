@@ -335,7 +335,7 @@ class CorruptBack:
         self.back = back
         self.writable = True
 
-    async def open(self, checksum, accepted=frozenset()):
+    async def open(self, checksum, accepted=frozenset(), want=None):
         async def chunks():
             yield b"the first part of a wrong object " * 1000
             raise CorruptBuffer("File corruption: file at path s3://bucket/key does not have the correct "
