@@ -44,7 +44,7 @@ from .storage import (
     StorageUnavailable,
     Want,
 )
-from .writer import _write_all  # the writer's one pwrite loop (private there: ask to make it public)
+from .writer import write_all
 
 log = logging.getLogger("hashserver")
 
@@ -420,7 +420,7 @@ class TieredStore:
             size = 0
             try:
                 async for chunk in body:
-                    await loop.run_in_executor(None, _write_all, fd, chunk, size)
+                    await loop.run_in_executor(None, write_all, fd, chunk, size)
                     size += len(chunk)
             finally:
                 os.close(fd)

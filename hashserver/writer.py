@@ -287,7 +287,7 @@ class BodyFile:
 
     def write(self, parts: list[bytes]) -> None:
         for part in parts:
-            _write_all(self.fd, part, self.size)
+            write_all(self.fd, part, self.size)
             self.size += len(part)
         if self.size - self._handed >= WRITEBACK:
             # from one step back: those pages are written by now, and dropped
@@ -380,7 +380,7 @@ async def batches(body: AsyncIterator[bytes], pace: BodyPace, max_body_size: int
         yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
+def write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

@@ -412,7 +412,7 @@ def test_a_failing_body_waits_for_the_write_in_flight_before_the_file_is_closed(
     from hashserver.locks import LockProtocol
 
     written: list[bool] = []
-    real_write_all = writer._write_all
+    real_write_all = writer.write_all
 
     def slow_write_all(fd: int, data: bytes, offset: int) -> None:
         time.sleep(0.3)
@@ -428,7 +428,7 @@ def test_a_failing_body_waits_for_the_write_in_flight_before_the_file_is_closed(
         yield b"x" * writer.BATCH
         raise ConnectionResetError("client went away")
 
-    monkeypatch.setattr(writer, "_write_all", slow_write_all)
+    monkeypatch.setattr(writer, "write_all", slow_write_all)
     buffer_writer = writer.BufferWriter(SearchPath(make_layout("prefix", str(tmp_path))), Hasher("sha3-256"),
                                         LockProtocol(60), None, 1 << 30, exists=lambda checksum: False,
                                         published=lambda path: None)
