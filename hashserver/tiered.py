@@ -344,9 +344,7 @@ class TieredStore:
         except (Abandoned, ChecksumMismatch):  # an abandoned copy (or one the back store let through)
             return
         except LOCAL_FAILURES as exc:
-            if isinstance(exc, OSError):
-                self.metrics.storage_error(exc)
-            self._local_failed(exc)
+            self._write_failed(exc)
             return
         except Exception as exc:  # a stalled reader, a mismatch the back store let through
             log.info("local tier: %s not stored: %s", checksum.hex(), exc or type(exc).__name__)
@@ -365,9 +363,7 @@ class TieredStore:
             stored = await asyncio.get_running_loop().run_in_executor(
                 None, self._publish_small, checksum.hex(), content)
         except LOCAL_FAILURES as exc:
-            if isinstance(exc, OSError):
-                self.metrics.storage_error(exc)
-            self._local_failed(exc)
+            self._write_failed(exc)
             return
         if stored:
             self.stored(len(content))
@@ -403,9 +399,7 @@ class TieredStore:
         except Abandoned:
             return
         except LOCAL_FAILURES as exc:
-            if isinstance(exc, OSError):
-                self.metrics.storage_error(exc)
-            self._local_failed(exc)
+            self._write_failed(exc)
             return
         if size is not None:
             self.stored(size)
@@ -477,6 +471,13 @@ class TieredStore:
         except LOCAL_FAILURES as exc:
             self._local_failed(exc)
             return None
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """A write into the tier failed: counted here (the tier's writer does
+        not count), then handled as any failure of the tier."""
+        if isinstance(exc, OSError):
+            self.metrics.storage_error(exc)
+        self._local_failed(exc)
 
     def _local_failed(self, exc: BaseException) -> None:
         """Counted where it happened (the storage error metric); logged at most every LOG_EVERY s."""
