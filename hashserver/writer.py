@@ -194,13 +194,13 @@ class BufferWriter:
                 in_flight.append([stage.submit(parts) for stage in (hashing, writing) if stage is not None])
                 if len(in_flight) > IN_FLIGHT:
                     await _all_of(in_flight.popleft())
-        finally:  # a body that fails (cut, too large, stalled): the threads end before the caller closes fd
-            running = [future for futures in in_flight for future in futures]
-            if running:
-                await asyncio.wait(running)
-                for future in running:  # retrieved: a failed write after a failed body is no second error
-                    if not future.cancelled():
-                        future.exception()
+        finally:  # a body that fails (cut, too large, stalled, cancelled): the threads end before fd closes
+            for stage in (hashing, writing):
+                if stage is not None:
+                    await stage.settled()
+            for future in (future for futures in in_flight for future in futures):
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: a failed write after a failed body is no second error
         while in_flight:
             await _all_of(in_flight.popleft())
         if file is not None:
@@ -233,17 +233,35 @@ class SerialStage:
         self._queue: deque[tuple[list[bytes], asyncio.Future]] = deque()
         self._lock = threading.Lock()
         self._draining = False
+        self._unsettled: set[asyncio.Future] = set()
 
     def submit(self, item: list[bytes]) -> asyncio.Future:
-        """Queue ``item``; the future is done once ``work`` is, with its exception if any."""
+        """Queue ``item``; the future is done once ``work`` is, with its exception
+        if any.  Cancelling it (a cancelled task awaiting it) cancels no work:
+        :meth:`settled` still waits for that work."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
+        self._unsettled.add(done)
+        done.add_done_callback(self._unsettled.discard)
         with self._lock:
             self._queue.append((item, done))
             start, self._draining = not self._draining, True
         if start:
             loop.run_in_executor(None, self._drain, loop)
-        return done
+        return asyncio.shield(done)
+
+    async def settled(self) -> None:
+        """Until every item submitted is done with: what the work uses (the
+        body's file) may be closed only then.  A cancellation meanwhile is
+        raised once the work is done, not before."""
+        cancelled = False
+        while self._unsettled:
+            try:
+                await asyncio.wait(list(self._unsettled))
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:

@@ -438,6 +438,53 @@ def test_a_failing_body_waits_for_the_write_in_flight_before_the_file_is_closed(
     assert leftovers(tmp_path) == []
 
 
+def test_an_upload_cancelled_twice_still_waits_for_its_threads(tmp_path, monkeypatch):
+    """A second cancellation (a cut connection, then the response timeout) while
+    the writer waits for its threads must not close the temporary file under
+    them: the descriptor's number may already be another upload's file."""
+    import asyncio
+
+    from hashserver import writer
+    from hashserver.checksum import Hasher
+    from hashserver.layout import SearchPath, make_layout
+    from hashserver.locks import LockProtocol
+
+    written: list[bool] = []
+    real_write_all = writer.write_all
+
+    def slow_write_all(fd: int, data: bytes, offset: int) -> None:
+        time.sleep(0.3)
+        try:
+            os.fstat(fd)
+        except OSError:
+            written.append(False)  # closed under the thread
+            raise
+        real_write_all(fd, data, offset)
+        written.append(True)
+
+    async def body():
+        for _ in range(4):
+            yield b"x" * writer.BATCH
+        await asyncio.sleep(60)
+
+    async def main() -> None:
+        task = asyncio.create_task(buffer_writer.put(bytes.fromhex(sha3(b"anything")), body()))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 60)
+
+    monkeypatch.setattr(writer, "write_all", slow_write_all)
+    buffer_writer = writer.BufferWriter(SearchPath(make_layout("prefix", str(tmp_path))), Hasher("sha3-256"),
+                                        LockProtocol(60), None, 1 << 30, exists=lambda checksum: False,
+                                        published=lambda path: None)
+    asyncio.run(main())
+    assert written and all(written)
+    assert leftovers(tmp_path) == []
+
+
 # ------------------------------------------------------------------ the body's stages
 
 
