@@ -50,10 +50,6 @@ class LoadResult:
     generator: str = ""
     walked_to: int | None = None  # walk_once: the line after the last one requested
 
-    def ran_out(self, scenario: Scenario, lines: int) -> bool:
-        """Whether a walk_once scenario reached the end of its ``lines`` targets."""
-        return scenario.walk_once and (self.walked_to is None or self.walked_to >= lines)
-
     @property
     def rate(self) -> float:
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0

@@ -121,10 +121,6 @@ class ExactIndex:
         self.watch.vouch(np.array([number], np.intp))
         return bool(self.watch.vouched[number])
 
-    def indexed(self, checksum: bytes) -> bool:
-        """Whether the index has any record of the checksum (a file or a promise)."""
-        return self.index.current().find_one(checksum) >= 0
-
     def _promised_in_index(self, data: IndexData, positions: np.ndarray) -> np.ndarray:
         """Which index entries are promises still in force."""
         is_promise = data.encodings[positions] == PROMISE

@@ -320,8 +320,12 @@ class BodyFile:
 
 
 def _drop_cached(fd: int, start: int, end: int) -> None:
+    """Advice only: a file system that refuses it fails no upload."""
     if hasattr(os, "posix_fadvise"):  # not on macOS
-        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        try:
+            os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
 
 
 @asynccontextmanager

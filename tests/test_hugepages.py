@@ -8,6 +8,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from hashserver.index import GenerationStore, IndexData
 from hashserver.index.hugepages import HUGE_PAGE, collapse_file, map_file
@@ -70,6 +71,8 @@ def test_a_published_generation_is_mapped_with_huge_pages():
         assert reader.records.tobytes() == data.records.tobytes()  # touches every page
         mapped = pmd_mapped_kib() - before
         assert reader.find(data.keys[::1000])[1].all()
+        with pytest.raises(ValueError):  # read-only, as any mapped index: never a SIGSEGV
+            reader.sizes[0] = 1
         # Where the kernel collapses shared memory now, publishing did so too, and
         # the reader mapped huge pages; where it refuses (an older kernel, THP
         # denied or disabled, memory too fragmented), the ordinary mapping above

@@ -2,9 +2,9 @@
 
 A generation is one immutable file: a header, one modification time per
 buffer directory as seen when that directory was scanned (and whether it had
-settled), the fan-out table (:mod:`.fanout`: 8 to 16 bytes per buffer), then
-one 48-byte record per buffer file, sorted by checksum.  56 to 64 bytes per
-buffer, paid once however many workers there are: every worker maps the same
+settled), the fan-out table (:mod:`.fanout`: 8 bytes per bucket, 11 to 21 per
+buffer), then one 48-byte record per buffer file, sorted by checksum.  59 to
+69 bytes per buffer, paid once however many workers there are: every worker maps the same
 file (see :mod:`hashserver.index.shm`).
 
 A record: the 32 raw checksum bytes; the size as uint64 (of the decoded
@@ -208,7 +208,8 @@ class IndexData:
         magic, records, distinct, ndirs, bits = HEADER.unpack_from(mapping, 0)
         if magic != MAGIC:
             raise ValueError(f"{path} is not a hashserver index of this version")
-        arrays = [np.frombuffer(mapping, dtype=dtype, count=count, offset=offset)
+        readonly = memoryview(mapping).toreadonly()  # a stray write raises, as on any mmap, not SIGSEGV
+        arrays = [np.frombuffer(readonly, dtype=dtype, count=count, offset=offset)
                   for offset, dtype, count in _sections(records, ndirs, bits)]
         dir_mtimes, settled, table, records_array = arrays
         return cls(records_array, dir_mtimes, settled.astype(np.bool_), mapping, table, distinct)
