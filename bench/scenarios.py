@@ -15,9 +15,6 @@ import dataclasses
 import json
 import os
 import random
-import shlex
-import subprocess
-import time
 
 import numpy as np
 
@@ -179,16 +176,6 @@ class ColdWalk:
         self.base = write_scenario(workdir, f"get_cold-{dataset.spec.name}", "GET", checksums,
                                    connections=connections, random_order=False, walk_once=True)
         self.cursor = 0
-
-    def warm_page_cache(self) -> float:
-        """Read every file of the dataset once (``find -exec cat``), so that "not read
-        before" means by the server, not by the disk: seconds it took.  Both servers
-        then find the same files in the page cache, and the disk's speed, which
-        changes with whatever else the machine does, is not what the case measures."""
-        started = time.perf_counter()
-        subprocess.run(f"find {shlex.quote(self.dataset.directory)} -type f -exec cat {{}} + > /dev/null",
-                       shell=True, check=True, timeout=3600)
-        return time.perf_counter() - started
 
     def restart(self) -> None:
         self.cursor = 0
