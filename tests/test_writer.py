@@ -400,67 +400,64 @@ def test_large_get_is_whole_and_a_client_leaving_midway_harms_nothing(serve, tmp
     assert "unexpected error" not in server.output()
 
 
-def test_a_failing_body_waits_for_the_write_in_flight_before_the_file_is_closed(tmp_path, monkeypatch):
+@pytest.fixture
+def slow_writer(tmp_path, monkeypatch):
+    """A BufferWriter on tmp_path whose writes take 0.3 s each, and the list of
+    whether each write found its file still open (False: closed under the thread)."""
+    from hashserver import writer
+    from hashserver.checksum import Hasher
+    from hashserver.layout import SearchPath, make_layout
+    from hashserver.locks import LockProtocol
+
+    written: list[bool] = []
+    real_write_all = writer.write_all
+
+    def slow_write_all(fd: int, data: bytes, offset: int) -> None:
+        time.sleep(0.3)
+        try:
+            os.fstat(fd)
+        except OSError:
+            written.append(False)
+            raise
+        real_write_all(fd, data, offset)
+        written.append(True)
+
+    monkeypatch.setattr(writer, "write_all", slow_write_all)
+    buffer_writer = writer.BufferWriter(SearchPath(make_layout("prefix", str(tmp_path))), Hasher("sha3-256"),
+                                        LockProtocol(60), None, 1 << 30, exists=lambda checksum: False,
+                                        published=lambda path: None)
+    return buffer_writer, written
+
+
+def test_a_failing_body_waits_for_the_write_in_flight_before_the_file_is_closed(tmp_path, slow_writer):
     """A body that fails while a batch is being written: the writing thread
     finishes with the temporary file still open (closing it under the thread
     would write into whatever file reuses the descriptor), and nothing is kept."""
     import asyncio
 
     from hashserver import writer
-    from hashserver.checksum import Hasher
-    from hashserver.layout import SearchPath, make_layout
-    from hashserver.locks import LockProtocol
 
-    written: list[bool] = []
-    real_write_all = writer.write_all
-
-    def slow_write_all(fd: int, data: bytes, offset: int) -> None:
-        time.sleep(0.3)
-        try:
-            os.fstat(fd)
-        except OSError:
-            written.append(False)  # closed under the thread
-            raise
-        real_write_all(fd, data, offset)
-        written.append(True)
+    buffer_writer, written = slow_writer
 
     async def body():
         yield b"x" * writer.BATCH
         raise ConnectionResetError("client went away")
 
-    monkeypatch.setattr(writer, "write_all", slow_write_all)
-    buffer_writer = writer.BufferWriter(SearchPath(make_layout("prefix", str(tmp_path))), Hasher("sha3-256"),
-                                        LockProtocol(60), None, 1 << 30, exists=lambda checksum: False,
-                                        published=lambda path: None)
     with pytest.raises(ConnectionResetError):
         asyncio.run(buffer_writer.put(bytes.fromhex(sha3(b"anything")), body()))
     assert written == [True]
     assert leftovers(tmp_path) == []
 
 
-def test_an_upload_cancelled_twice_still_waits_for_its_threads(tmp_path, monkeypatch):
+def test_an_upload_cancelled_twice_still_waits_for_its_threads(tmp_path, slow_writer):
     """A second cancellation (a cut connection, then the response timeout) while
     the writer waits for its threads must not close the temporary file under
     them: the descriptor's number may already be another upload's file."""
     import asyncio
 
     from hashserver import writer
-    from hashserver.checksum import Hasher
-    from hashserver.layout import SearchPath, make_layout
-    from hashserver.locks import LockProtocol
 
-    written: list[bool] = []
-    real_write_all = writer.write_all
-
-    def slow_write_all(fd: int, data: bytes, offset: int) -> None:
-        time.sleep(0.3)
-        try:
-            os.fstat(fd)
-        except OSError:
-            written.append(False)  # closed under the thread
-            raise
-        real_write_all(fd, data, offset)
-        written.append(True)
+    buffer_writer, written = slow_writer
 
     async def body():
         for _ in range(4):
@@ -476,10 +473,6 @@ def test_an_upload_cancelled_twice_still_waits_for_its_threads(tmp_path, monkeyp
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 60)
 
-    monkeypatch.setattr(writer, "write_all", slow_write_all)
-    buffer_writer = writer.BufferWriter(SearchPath(make_layout("prefix", str(tmp_path))), Hasher("sha3-256"),
-                                        LockProtocol(60), None, 1 << 30, exists=lambda checksum: False,
-                                        published=lambda path: None)
     asyncio.run(main())
     assert written and all(written)
     assert leftovers(tmp_path) == []
