@@ -363,14 +363,10 @@ class Suite:
 
     def _cold_nginx(self, run: ServerRun, fig: Figure, walk: ColdWalk, tag: str) -> None:
         """nginx on the cold dataset, on the rest of the walk: the cold GET's ceiling."""
-        nginx = Nginx(self.workdir, walk.dataset.directory, walk.dataset.spec.layout, run.workers)
-        try:
-            nginx.start()
-        except RuntimeError as exc:
-            run.problems.append(f"nginx did not start on the cold dataset: {exc}")
+        nginx = self._nginx_on(run, walk.dataset, " on the cold dataset")
+        if nginx is None:
             return
         with nginx:
-            self._check_reads(nginx, walk.dataset)
             result, cpu, _ = self._cold_load(walk, nginx, "nginx", fig.walked)
         fig.ceiling_value = self._value(CASES["get_cold"], result, walk.dataset.spec.large_size)
         fig.ceiling_load, fig.ceiling_cpu_s = result, cpu
@@ -379,19 +375,27 @@ class Suite:
 
     def _nginx_ceilings(self, run: ServerRun, cases: list[Case], dataset: Dataset,
                         scenarios: Scenarios, tag: str) -> None:
+        nginx = self._nginx_on(run, dataset, ", no side-by-side figures")
+        if nginx is None:
+            return
+        with nginx:
+            self._beside(nginx, "ceiling", "nginx", run, cases, dataset, scenarios, tag)
+
+    def _nginx_on(self, run: ServerRun, dataset: Dataset, consequence: str) -> Nginx | None:
+        """nginx started on the dataset and found serving it; else None, and a problem of the run."""
         nginx = Nginx(self.workdir, dataset.directory, dataset.spec.layout, run.workers)
         try:
             nginx.start()
         except RuntimeError as exc:
-            run.problems.append(f"nginx did not start, no side-by-side figures: {exc}")
-            return
-        with nginx:
-            try:
-                self._check_reads(nginx, dataset)
-            except RuntimeError as exc:
-                run.problems.append(f"nginx: {exc}")
-                return
-            self._beside(nginx, "ceiling", "nginx", run, cases, dataset, scenarios, tag)
+            run.problems.append(f"nginx did not start{consequence}: {exc}")
+            return None
+        try:
+            self._check_reads(nginx, dataset)
+        except RuntimeError as exc:
+            nginx.stop()
+            run.problems.append(f"nginx{consequence}: {exc}")
+            return None
+        return nginx
 
     def _framework_ceilings(self, run: ServerRun, cases: list[Case], dataset: Dataset,
                             scenarios: Scenarios, tag: str) -> None:
