@@ -100,6 +100,11 @@ class ContentCache:
         if data is not None:
             self._proofs[checksum] = (stamp, key, data)
 
+    def may_hold(self, checksum: bytes) -> bool:
+        """Whether some content of ``checksum`` was proven (under any stamp): a
+        look that costs less than finding out that it is not held."""
+        return checksum in self._proofs
+
     def proven(self, checksum: bytes, stamp: object) -> bytes | None:
         """The content of ``checksum``, if proven under this very stamp."""
         proof = self._proofs.get(checksum)

@@ -182,7 +182,7 @@ class ExactIndex:
     def _from_disk(self, checksum_hex: str, i: int, clean: np.ndarray, promised: bool,
                    result: BatchLookup) -> None:
         """One checksum of a changed directory, looked up on disk."""
-        hit = self._find_on_disk(checksum_hex, clean)
+        hit = self.find_on_disk(checksum_hex, clean)
         if hit is not None:
             result.present[i] = True
             if hit.encoding is None:
@@ -200,7 +200,7 @@ class ExactIndex:
         checksum, path, encoding = data.locate(position, self.search_path)
         return BufferFile.at(checksum.hex(), path, encoding)
 
-    def _find_on_disk(self, checksum_hex: str, clean: np.ndarray | None = None) -> BufferFile | None:
+    def find_on_disk(self, checksum_hex: str, clean: np.ndarray | None = None) -> BufferFile | None:
         """Look in each candidate directory (only the changed ones, if ``clean`` is given)."""
         for number in self.search_path.candidate_dirs(int(checksum_hex[:2], 16)):
             if clean is not None and clean[number]:
@@ -219,9 +219,9 @@ class ExactIndex:
         if position >= 0 and data.encodings[position] != PROMISE:
             # The index knows where it was; one stat says whether it still is.
             buffer = self._indexed_file(data, position)
-            return buffer if buffer is not None else self._find_on_disk(checksum.hex())
+            return buffer if buffer is not None else self.find_on_disk(checksum.hex())
         candidates = self.search_path.candidate_dirs(checksum[0])
         clean = self._clean_dirs(data, candidates)
         if all(clean[n] for n in candidates):
             return None
-        return self._find_on_disk(checksum.hex(), clean)
+        return self.find_on_disk(checksum.hex(), clean)

@@ -31,6 +31,7 @@ from .eviction import Recency
 from .files import BUFFER_MODE, make_group_dir, unlink_quietly
 from .layout import temp_path
 from .metrics import Metrics
+from .smallfiles import SmallFiles
 from .storage import (
     ChecksumMismatch,
     CorruptBuffer,
@@ -53,7 +54,8 @@ FILL_QUEUE = 8  # chunks on their way from a stream to the tier's writer
 HAND_ON_WAIT = 2.0  # seconds a stream waits for the tier's writer, at most, before going on alone
 FILE_CHUNK = 1 << 20
 SMALL_FILL = 1 << 20  # plain buffers up to this size go into the tier from memory, in one step
-MAX_FILLS = 16  # fills under way in one worker; a miss beyond them is not stored (a later one will be)
+MAX_FILLS = 16  # fills of larger buffers under way in one worker; a miss beyond them is not stored
+SMALL_PENDING = 32 << 20  # bytes of small fills under way in one worker, at most (then likewise)
 LOG_EVERY = 10.0  # seconds between two warnings of a failing tier
 MISS_MEMO = 1.0  # seconds a worker takes the tier's "absent" for granted (see TieredStore._missed)
 MISS_MEMO_SIZE = 4096  # checksums remembered so, at most (then forgotten all at once)
@@ -147,7 +149,7 @@ class PutCopy:
     async def _start_fill(self) -> None:
         """Past the size kept in memory: a fill, unless the tier holds the buffer (looked
         up only now: for a small body, a second copy costs less than the look)."""
-        if self.tier.held_locally(self.checksum):
+        if not self.tier.room_for_large() or self.tier.held_locally(self.checksum):
             self.parts = None
             return
         self.fill = LocalFill(self.tier, self.checksum, self.encoding)
@@ -155,11 +157,12 @@ class PutCopy:
             await self.fill.hand_on(part)
         self.parts = []
 
-    async def finish(self) -> None:
+    def finish(self) -> None:
+        """The back store holds the buffer: the tier's copy is published in the background."""
         if self.fill is not None:
-            await self.fill.finish()
+            self.tier.background(self.checksum, self.fill.finish())
         elif self.parts is not None:
-            await self.tier.store_small(self.checksum, b"".join(self.parts))
+            self.tier.fill_small(self.checksum, b"".join(self.parts))
 
     def abandon(self) -> None:
         if self.fill is not None:
@@ -185,7 +188,11 @@ class TieredStore:
         self.fill = fill
         self.stored = stored or (lambda size: None)
         self.recency = recency
+        self.small_files = SmallFiles(local.writer.by_rename)
+        self._has_extra_dirs = len(local.search_path.layouts) > 1
         self._filling: set[bytes] = set()
+        self._large_fills = 0
+        self._small_bytes = 0
         self._tasks: set[asyncio.Future] = set()
         self._warned = float("-inf")
         # Checksums the tier lacked a moment ago.  A miss is asked of the tier three times
@@ -197,7 +204,7 @@ class TieredStore:
     # ------------------------------------------------------------ reading
     def peek(self, checksum: bytes) -> bytes | Fast:
         """The tier's content when it holds it in memory; never ABSENT (the back store may hold it)."""
-        if self._missed_recently(checksum):
+        if self._missed_recently(checksum) or (not self.local.cache.may_hold(checksum) and self._lacks(checksum)):
             return Fast.REGULAR
         try:
             found = self.local.peek(checksum)
@@ -211,6 +218,24 @@ class TieredStore:
             self._touch(checksum)
             return found
         return Fast.REGULAR
+
+    def _lacks(self, checksum: bytes) -> bool:
+        """Whether the tier lacks the buffer, cheaply: its index does not hold it and
+        none of its files is where a fill puts it (a stat each: where the exact
+        lookup of a directory that keeps gaining files, as a tier's do under a
+        storm of misses, also drains the watch, stats the directory, its lock
+        files and the main directory).  A fill under way counts as lacking: the
+        back store answers meanwhile.  Extra directories, where other programs
+        add files, get the exact lookup."""
+        if self._has_extra_dirs or self.local.lookups.index.current().find_one(checksum) >= 0:
+            return False
+        try:
+            if self.local.lookups.find_on_disk(checksum.hex()) is None:
+                self._remember_miss(checksum)
+                return True
+        except OSError:
+            pass  # the exact lookup says what is wrong
+        return False
 
     async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
         present = await self._local(self.local.has(checksums, promised=False))
@@ -242,20 +267,28 @@ class TieredStore:
         if readable is not None:
             return readable
         readable = await self.back.open(checksum, accepted, want)
-        if readable is None or not self._may_fill(checksum):
+        if readable is None or not self._may_fill(checksum, _small_size(readable)):
             return readable
         return self._filled_from(checksum, readable)
 
-    def _may_fill(self, checksum: bytes) -> bool:
+    def _may_fill(self, checksum: bytes, small: int | None = None) -> bool:
         """One fill of a buffer at a time, and a bounded number of them: under a
         storm of misses the tier's writes must not hold the memory of every
-        buffer read, nor take the cores the answers need."""
-        return self.fill and checksum not in self._filling and len(self._filling) < MAX_FILLS
+        buffer read, nor take the cores the answers need.  ``small``: the size
+        of a small plain buffer in memory (:meth:`store_small`): those are
+        bounded by their bytes (one thread writes them, in batches), the others
+        by their number."""
+        if not self.fill or checksum in self._filling:
+            return False
+        return self._small_bytes + small <= SMALL_PENDING if small is not None else self.room_for_large()
+
+    def room_for_large(self) -> bool:
+        return self._large_fills < MAX_FILLS
 
     async def _open_local(self, checksum: bytes, accepted: frozenset[str]) -> Readable | None:
         """The tier's copy, if it has one.  A buffer the tier does not hold is
         no reason to wait for its locks: it may be being filled, slowly."""
-        if self._missed_recently(checksum):
+        if self._missed_recently(checksum) or self._lacks(checksum):
             self.metrics.local_tier(False)
             return None
         buffer = None
@@ -280,8 +313,8 @@ class TieredStore:
     def _filled_from(self, checksum: bytes, readable: Readable) -> Readable:
         """``readable``, its content also stored in the tier: at once when it
         is in memory or an open file; else as its chunks are sent."""
-        if readable.content is not None and readable.encoding is None and len(readable.content) <= SMALL_FILL:
-            self.background(checksum, self.store_small(checksum, readable.content))
+        if _small_size(readable) is not None:
+            self.fill_small(checksum, readable.content)
             return readable
         if readable.content is not None:
             self.background(checksum, self.store_proven(checksum, _aiter((readable.content,)), readable.encoding))
@@ -318,7 +351,7 @@ class TieredStore:
         the back store answered STORED or PRESENT."""
         if not self.back.writable:
             raise ReadOnly.put()
-        if not self._may_fill(checksum):
+        if not self.fill or checksum in self._filling:
             return await self.back.put(checksum, body, content_encoding)
         copy = PutCopy(self, checksum, content_encoding)
         try:
@@ -326,7 +359,7 @@ class TieredStore:
         except BaseException:
             copy.abandon()
             raise
-        self.background(checksum, copy.finish())
+        copy.finish()
         return outcome
 
     def held_locally(self, checksum: bytes) -> bool:
@@ -354,31 +387,19 @@ class TieredStore:
 
     async def store_small(self, checksum: bytes, content: bytes) -> None:
         """Store a small plain buffer that the back store holds and verified
-        (it answered its PUT, or read and hashed it): in one step in a thread,
-        without the writer's lock and fsync, which cost most of a miss.  No
-        reader of the tier waits for a lock (a buffer it lacks is read from
+        (it answered its PUT, or read and hashed it), as :mod:`.smallfiles`
+        does: without the writer's lock and fsync, which cost most of a miss.
+        No reader of the tier waits for a lock (a buffer it lacks is read from
         the back store), and a file that a crash left torn fails its
         verification when read, is removed and read again from the back store."""
+        final = self.local.search_path.publish_path(checksum.hex())
         try:
-            stored = await asyncio.get_running_loop().run_in_executor(
-                None, self._publish_small, checksum.hex(), content)
+            stored = await self.small_files.write(final, content)
         except LOCAL_FAILURES as exc:
             self._write_failed(exc)
             return
         if stored:
             self.stored(len(content))
-
-    def _publish_small(self, checksum_hex: str, content: bytes) -> bool:
-        """A temporary file (removed at the next start if this process dies)
-        linked into place; False if the tier had the buffer already."""
-        tmp, final = self._temp_for(checksum_hex)
-        try:
-            with open(tmp, "xb") as f:
-                f.write(content)
-            os.chmod(tmp, BUFFER_MODE)
-            return self.local.writer.publish(tmp, final)
-        finally:
-            unlink_quietly(tmp)
 
     def _temp_for(self, checksum_hex: str) -> tuple[str, str]:
         """A new temporary file's name in the tier, beside the plain buffer's place, and that place."""
@@ -431,14 +452,29 @@ class TieredStore:
         finally:
             os.close(fd)
 
-    def background(self, checksum: bytes, work: Awaitable[None]) -> asyncio.Future:
-        """Fill the tier without holding up the response; one fill of a buffer at a time."""
+    def fill_small(self, checksum: bytes, content: bytes) -> None:
+        """:meth:`store_small` in the background, if the small fills under way leave room."""
+        if self._small_bytes + len(content) <= SMALL_PENDING:
+            self.background(checksum, self.store_small(checksum, content), small=len(content))
+
+    def background(self, checksum: bytes, work: Awaitable[None], small: int | None = None) -> asyncio.Future:
+        """Fill the tier without holding up the response; one fill of a buffer at a time.
+        ``small``: the bytes of a small fill (bounded by their sum), else a larger one
+        (bounded by their number: each holds a stream, a file or a writer's lock)."""
         self._filling.add(checksum)
+        if small is None:
+            self._large_fills += 1
+        else:
+            self._small_bytes += small
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
 
         def done(task: asyncio.Future) -> None:
             self._tasks.discard(task)
+            if small is None:
+                self._large_fills -= 1
+            else:
+                self._small_bytes -= small
             self._filling.discard(checksum)
             self._missed.pop(checksum, None)  # filled (or not): the tier is worth a look again
             if not task.cancelled() and task.exception() is not None:
@@ -514,6 +550,14 @@ class _Counted:
         chunk = await self.body.__anext__()
         self.size += len(chunk)
         return chunk
+
+
+def _small_size(readable: Readable) -> int | None:
+    """The size of a plain buffer held in memory, small enough for :meth:`TieredStore.store_small`."""
+    content = readable.content
+    if content is None or readable.encoding is not None or len(content) > SMALL_FILL:
+        return None
+    return len(content)
 
 
 def _select(checksums: bytes, positions: list[int]) -> bytes:

@@ -33,7 +33,7 @@ from typing import AsyncIterator, Callable
 from .bufferfile import DecodingHash
 from .checksum import Hasher
 from .compression import Encoding
-from .files import BUFFER_MODE, make_group_dir, unlink_quietly, write_small_file
+from .files import BUFFER_MODE, make_group_dir, rename_no_replace, unlink_quietly, write_small_file
 from .filesystems import is_network_file_system
 from .layout import LOCK_SUFFIX, SearchPath, is_buffer_name, sidecar_path, temp_owner, temp_path
 from .locks import HeldLock, LockProtocol
@@ -174,7 +174,7 @@ class BufferWriter:
         """Put the complete file ``tmp`` in place as ``final``, unless a file is
         there already (then False): by rename where other hosts share the
         directory, by hard link elsewhere."""
-        return _rename_if_free(tmp, final) if self.by_rename else _link(tmp, final)
+        return publish_file(tmp, final, self.by_rename)
 
     async def _consume(self, body: AsyncIterator[bytes], digest: DecodingHash, fd: int | None = None) -> None:
         """Hash (and write to ``fd``, if given) the whole body, fsynced.
@@ -348,6 +348,18 @@ async def _held(path: str) -> AsyncIterator[HeldLock]:
         yield lock
     finally:
         await lock.__aexit__(None, None, None)
+
+
+def publish_file(tmp: str, final: str, by_rename: bool) -> bool:
+    """Put the complete file ``tmp`` in place as ``final`` unless a file is there
+    (then False): renamed in one step where the system can; else by rename where
+    other hosts share the directory, and by hard link elsewhere (the caller
+    removes ``tmp`` afterwards, whichever way was taken)."""
+    if not by_rename:
+        renamed = rename_no_replace(tmp, final)
+        if renamed is not None:
+            return renamed
+    return _rename_if_free(tmp, final) if by_rename else _link(tmp, final)
 
 
 def _link(tmp: str, final: str) -> bool:

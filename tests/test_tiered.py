@@ -166,6 +166,58 @@ def test_a_miss_is_looked_up_in_the_tier_once(stores):
     asyncio.run(scenario())
 
 
+def test_a_miss_takes_only_a_look_at_the_tiers_own_files(stores):
+    """Under a storm of misses the tier's directories keep changing, so the exact
+    lookup (drain the watch, stat the directory, its locks, the main directory)
+    is not taken for a buffer the index lacks: a stat of each file a fill could
+    have left decides.  A buffer filled since the last rescan is found so."""
+    s = stores()
+    data = b"filled after the tier's index was built"
+    cs = add_buffer(s.back_dir, data)
+    exact: list[str] = []
+    for name in ("find", "stamp", "lookup"):
+        method = getattr(s.local.lookups, name)
+        setattr(s.local.lookups, name, lambda *a, _m=method, _n=name, **k: exact.append(_n) or _m(*a, **k))
+
+    async def scenario():
+        assert s.store.peek(raw(sha3(b"absent"))) is Fast.REGULAR
+        assert await s.store.open(raw(sha3(b"absent too"))) is None
+        assert exact == []
+        add_buffer(s.tier, gzip.compress(data), checksum=cs, suffix=".gz")  # as a fill of another worker
+        os.unlink(buffer_path(s.back_dir, cs))  # so only the tier can answer
+        assert await read_all(await s.store.open(raw(cs))) == data
+
+    asyncio.run(scenario())
+
+
+def test_extra_directories_are_looked_up_exactly(tmp_path):
+    """A file another program copies into an extra directory is found at once,
+    not after the index's rescan (the cheap look is the tier's own)."""
+    extra, back_dir, tier = tmp_path / "extra", tmp_path / "back", tmp_path / "tier"
+    for d in (extra, back_dir, tier):
+        d.mkdir()
+    (extra / ".HASHSERVER_PREFIX").write_bytes(b"")
+    mains = [MainProcess.start(c) for c in (
+        tier_config(Config(str(back_dir), extra_dirs=[str(extra)]), str(tier)), Config(str(back_dir)))]
+    try:
+        local, back = (open_storage(m.config, Shared.create(m)) for m in mains)
+        store = TieredStore(local, back)
+        data = b"copied into the extra directory"
+
+        async def scenario():
+            cs = sha3(data)
+            assert await store.open(raw(cs)) is None
+            add_buffer(extra, data)
+            store._missed.clear()  # past the second a miss is remembered for
+            assert store.peek(raw(cs)) == data
+
+        asyncio.run(scenario())
+        store.close()
+    finally:
+        for main in mains:
+            main.stop()
+
+
 def test_large_buffer_from_an_open_file_fills_the_tier(stores):
     s = stores()
     data = os.urandom(3 << 20)
@@ -556,8 +608,15 @@ def test_without_filling_the_local_directories_are_only_read(stores):
     assert not s.in_tier(cs) and not s.in_tier(sha3(b"new")) and s.added.value == 0
 
 
-def test_fills_under_way_are_bounded(stores, monkeypatch):
-    monkeypatch.setattr(tiered, "MAX_FILLS", 2)
+@pytest.mark.parametrize("kind", ["small", "large"])
+def test_fills_under_way_are_bounded(stores, monkeypatch, kind):
+    """Small plain buffers by the bytes of those under way, larger ones by their number."""
+    if kind == "small":
+        monkeypatch.setattr(tiered, "SMALL_PENDING", 2 * len(b"buffer 0"))
+        monkeypatch.setattr(tiered, "MAX_FILLS", 0)  # not what bounds small fills
+    else:
+        monkeypatch.setattr(tiered, "SMALL_FILL", 4)  # "buffer i" is large now
+        monkeypatch.setattr(tiered, "MAX_FILLS", 2)
     s = stores()
     buffers = {add_buffer(s.back_dir, f"buffer {i}".encode()): f"buffer {i}".encode() for i in range(5)}
 
@@ -572,6 +631,19 @@ def test_fills_under_way_are_bounded(stores, monkeypatch):
 
     asyncio.run(scenario())
     assert all(s.in_tier(checksum) for checksum in buffers)
+
+
+def test_a_put_beyond_the_bound_is_not_stored_in_the_tier(stores, monkeypatch):
+    monkeypatch.setattr(tiered, "SMALL_PENDING", 10)
+    s = stores()
+    data = b"more than ten bytes"
+
+    async def scenario():
+        assert await s.store.put(raw(sha3(data)), chunks(data)) is PutOutcome.STORED
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    assert buffer_path(s.back_dir, sha3(data)).read_bytes() == data and not s.in_tier(sha3(data))
 
 
 class CollectingBack:

@@ -1,0 +1,102 @@
+"""Small buffers that are known to be right, put into a buffer directory cheaply.
+
+The local tier stores every small buffer it reads from the object store or
+takes in a PUT, after the object store vouched for it.  Under a storm of
+misses that is thousands of files a second, and the per-file cost of the
+writer's way (lock, fsync) and of a thread hand-off each made a miss with a
+tier cost twice as much as one without.  So here:
+
+- a temporary file, written and linked into place (by rename where the
+  directory is shared with other hosts), as :mod:`.writer` publishes: a
+  file under the buffer's name is always complete;
+- the directory is created only when the open finds it missing;
+- the writes of one worker go to one thread at a time, in batches: while a
+  batch is being written, the next one gathers.
+
+Nothing is fsynced: a file that a crash left torn fails its verification
+when first read, is removed, and is read again from the back store; a
+temporary file it left is removed at the next start.  (An unnamed
+``O_TMPFILE`` linked through ``/proc/self/fd`` would save the temporary
+name, but the kernels this was measured on refuse that link with EXDEV.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from .files import BUFFER_MODE, make_group_dir, unlink_quietly
+from .layout import temp_path
+from .writer import publish_file, write_all
+
+BATCH = 64  # files written by one hand-off to the thread, at most
+
+
+class SmallFiles:
+    """Writes ``content`` as the file ``final``, unless a file is there already."""
+
+    def __init__(self, by_rename: bool = False):
+        self.by_rename = by_rename
+        self._pending: list[tuple[str, bytes, asyncio.Future]] = []
+        self._busy = False
+
+    async def write(self, final: str, content: bytes) -> bool:
+        """True if the file was written, False if one was there; raises OSError."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._pending.append((final, content, done))
+        if not self._busy:
+            self._next_batch(loop)
+        return await done
+
+    def _next_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+        self._busy = True
+        job = loop.run_in_executor(None, self._write_batch, [(final, content) for final, content, _ in batch])
+        job.add_done_callback(lambda job: self._batch_done(loop, batch, job))
+
+    def _batch_done(self, loop: asyncio.AbstractEventLoop, batch: list, job: asyncio.Future) -> None:
+        self._busy = False
+        for (_, _, done), outcome in zip(batch, job.result(), strict=True):
+            if done.done():
+                continue  # its waiter was cancelled
+            if isinstance(outcome, BaseException):
+                done.set_exception(outcome)
+            else:
+                done.set_result(outcome)
+        if self._pending:
+            self._next_batch(loop)
+
+    def _write_batch(self, batch: list[tuple[str, bytes]]) -> list[bool | OSError]:
+        outcomes: list[bool | OSError] = []
+        for final, content in batch:
+            try:
+                outcomes.append(self.write_now(final, content))
+            except OSError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def write_now(self, final: str, content: bytes) -> bool:
+        """:meth:`write`, in the calling thread."""
+        directory = os.path.dirname(final)
+        tmp = temp_path(directory, os.path.basename(final))
+        try:
+            fd = _create(tmp, directory)
+            try:
+                write_all(fd, content, 0)
+                os.fchmod(fd, BUFFER_MODE)  # whatever the umask
+            finally:
+                os.close(fd)
+            return publish_file(tmp, final, self.by_rename)
+        finally:
+            unlink_quietly(tmp)
+
+
+def _create(path: str, directory: str) -> int:
+    """A new file; its directory made first if it is missing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return os.open(path, flags, BUFFER_MODE)
+    except FileNotFoundError:
+        make_group_dir(directory)
+        return os.open(path, flags, BUFFER_MODE)
