@@ -23,10 +23,12 @@ name, but the kernels this was measured on refuse that link with EXDEV.)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 
-from .files import BUFFER_MODE, make_group_dir, unlink_quietly
-from .layout import temp_path
+from .files import BUFFER_MODE, make_group_dir, rename_no_replace, unlink_quietly
+from .layout import TEMP_SUFFIX
+from .owner import owner_tag
 from .writer import publish_file, write_all
 
 BATCH = 64  # files written by one hand-off to the thread, at most
@@ -37,17 +39,24 @@ class SmallFiles:
 
     def __init__(self, by_rename: bool = False):
         self.by_rename = by_rename
+        self._tag = owner_tag()  # of this process: temporary names say whose they are
+        self._counter = itertools.count()
+        self._chmod = _umask_hides(BUFFER_MODE)
         self._pending: list[tuple[str, bytes, asyncio.Future]] = []
         self._busy = False
 
     async def write(self, final: str, content: bytes) -> bool:
         """True if the file was written, False if one was there; raises OSError."""
+        return await self.submit(final, content)
+
+    def submit(self, final: str, content: bytes) -> asyncio.Future:
+        """:meth:`write`, as a future (of the running loop) that is done when it is."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         self._pending.append((final, content, done))
         if not self._busy:
             self._next_batch(loop)
-        return await done
+        return done
 
     def _next_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
@@ -78,18 +87,43 @@ class SmallFiles:
 
     def write_now(self, final: str, content: bytes) -> bool:
         """:meth:`write`, in the calling thread."""
-        directory = os.path.dirname(final)
-        tmp = temp_path(directory, os.path.basename(final))
+        directory, name = os.path.split(final)
+        tmp = f"{directory}/.{name}.{self._tag}.{next(self._counter)}{TEMP_SUFFIX}"  # as layout.temp_path
         try:
             fd = _create(tmp, directory)
             try:
                 write_all(fd, content, 0)
-                os.fchmod(fd, BUFFER_MODE)  # whatever the umask
+                if self._chmod:
+                    os.fchmod(fd, BUFFER_MODE)
             finally:
                 os.close(fd)
-            return publish_file(tmp, final, self.by_rename)
-        finally:
+            if not self.by_rename:
+                renamed = rename_no_replace(tmp, final)
+                if renamed:
+                    return True  # nothing left to remove
+                if renamed is False:
+                    unlink_quietly(tmp)
+                    return False
+            published = publish_file(tmp, final, self.by_rename)
+        except BaseException:
             unlink_quietly(tmp)
+            raise
+        unlink_quietly(tmp)
+        return published
+
+
+def _umask_hides(mode: int) -> bool:
+    """Whether this process's umask takes bits of ``mode`` away (then files get an
+    fchmod after their creation); read from /proc, which changes nothing (setting
+    the umask to read it would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return bool(int(line.split()[1], 8) & mode)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 def _create(path: str, directory: str) -> int:

@@ -275,7 +275,7 @@ class TieredStore:
         """One fill of a buffer at a time, and a bounded number of them: under a
         storm of misses the tier's writes must not hold the memory of every
         buffer read, nor take the cores the answers need.  ``small``: the size
-        of a small plain buffer in memory (:meth:`store_small`): those are
+        of a small plain buffer in memory (:meth:`fill_small`): those are
         bounded by their bytes (one thread writes them, in batches), the others
         by their number."""
         if not self.fill or checksum in self._filling:
@@ -385,22 +385,6 @@ class TieredStore:
         if outcome is PutOutcome.STORED:
             self.stored(counted.size)
 
-    async def store_small(self, checksum: bytes, content: bytes) -> None:
-        """Store a small plain buffer that the back store holds and verified
-        (it answered its PUT, or read and hashed it), as :mod:`.smallfiles`
-        does: without the writer's lock and fsync, which cost most of a miss.
-        No reader of the tier waits for a lock (a buffer it lacks is read from
-        the back store), and a file that a crash left torn fails its
-        verification when read, is removed and read again from the back store."""
-        final = self.local.search_path.publish_path(checksum.hex())
-        try:
-            stored = await self.small_files.write(final, content)
-        except LOCAL_FAILURES as exc:
-            self._write_failed(exc)
-            return
-        if stored:
-            self.stored(len(content))
-
     def _temp_for(self, checksum_hex: str) -> tuple[str, str]:
         """A new temporary file's name in the tier, beside the plain buffer's place, and that place."""
         final = self.local.search_path.publish_path(checksum_hex)
@@ -411,7 +395,7 @@ class TieredStore:
     async def store_proven(self, checksum: bytes, body: AsyncIterator[bytes], encoding: str | None) -> None:
         """Store a body the back store proved right as it passed (it hashed it, and
         the body ended without error): a plain one is written and published without
-        hashing it again, as :meth:`store_small` does.  A compressed one goes
+        hashing it again, as :meth:`fill_small` does.  A compressed one goes
         through the tier's writer, which also measures its decoded length."""
         if encoding is not None:
             return await self.store_local(checksum, body, encoding)
@@ -453,35 +437,61 @@ class TieredStore:
             os.close(fd)
 
     def fill_small(self, checksum: bytes, content: bytes) -> None:
-        """:meth:`store_small` in the background, if the small fills under way leave room."""
-        if self._small_bytes + len(content) <= SMALL_PENDING:
-            self.background(checksum, self.store_small(checksum, content), small=len(content))
+        """Store a small plain buffer that the back store holds and verified (it
+        answered its PUT, or read and hashed it), in the background, if the small
+        fills under way leave room: as :mod:`.smallfiles` writes, without the
+        writer's lock and fsync, which cost most of a miss.  No reader of the tier
+        waits for a lock (a buffer it lacks is read from the back store), and a
+        file that a crash left torn fails its verification when read, is removed
+        and read again from the back store.  (No task: a future of the writing
+        thread's batch, and a callback.)"""
+        size = len(content)
+        if self._small_bytes + size > SMALL_PENDING:
+            return
+        written = self.small_files.submit(self.local.search_path.publish_path(checksum.hex()), content)
+        self._track(checksum, written, small=size)
+        written.add_done_callback(lambda written: self._small_written(written, size))
 
-    def background(self, checksum: bytes, work: Awaitable[None], small: int | None = None) -> asyncio.Future:
-        """Fill the tier without holding up the response; one fill of a buffer at a time.
-        ``small``: the bytes of a small fill (bounded by their sum), else a larger one
-        (bounded by their number: each holds a stream, a file or a writer's lock)."""
+    def _small_written(self, written: asyncio.Future, size: int) -> None:
+        if written.cancelled():
+            return
+        exc = written.exception()
+        if exc is None:
+            if written.result():
+                self.stored(size)
+        elif isinstance(exc, LOCAL_FAILURES):
+            self._write_failed(exc)
+
+    def background(self, checksum: bytes, work: Awaitable[None]) -> asyncio.Future:
+        """Fill the tier without holding up the response; one fill of a buffer at a time."""
+        task = asyncio.ensure_future(work)
+        self._track(checksum, task)
+        return task
+
+    def _track(self, checksum: bytes, fill: asyncio.Future, small: int | None = None) -> None:
+        """Count a fill under way until it is done.  ``small``: the bytes of a small
+        fill (bounded by their sum), else a larger one (bounded by their number: each
+        holds a stream, a file or a writer's lock)."""
         self._filling.add(checksum)
         if small is None:
             self._large_fills += 1
         else:
             self._small_bytes += small
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
+        self._tasks.add(fill)
 
-        def done(task: asyncio.Future) -> None:
-            self._tasks.discard(task)
+        def done(fill: asyncio.Future) -> None:
+            self._tasks.discard(fill)
             if small is None:
                 self._large_fills -= 1
             else:
                 self._small_bytes -= small
             self._filling.discard(checksum)
             self._missed.pop(checksum, None)  # filled (or not): the tier is worth a look again
-            if not task.cancelled() and task.exception() is not None:
-                log.error("local tier: filling %s failed", checksum.hex(), exc_info=task.exception())
+            exc = None if fill.cancelled() else fill.exception()
+            if exc is not None and not (small is not None and isinstance(exc, LOCAL_FAILURES)):  # else counted
+                log.error("local tier: filling %s failed", checksum.hex(), exc_info=exc)
 
-        task.add_done_callback(done)
-        return task
+        fill.add_done_callback(done)
 
     async def settled(self) -> None:
         """Wait for the fills under way (tests; a worker's stop)."""
@@ -553,7 +563,7 @@ class _Counted:
 
 
 def _small_size(readable: Readable) -> int | None:
-    """The size of a plain buffer held in memory, small enough for :meth:`TieredStore.store_small`."""
+    """The size of a plain buffer held in memory, small enough for :meth:`TieredStore.fill_small`."""
     content = readable.content
     if content is None or readable.encoding is not None or len(content) > SMALL_FILL:
         return None

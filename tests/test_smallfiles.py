@@ -21,11 +21,12 @@ def names(directory) -> list[str]:
     return sorted(p for _, _, files in os.walk(directory) for p in files)
 
 
-def test_a_file_is_written_once_whole_readable_by_all(tmp_path):
-    files = SmallFiles()
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_file_is_written_once_whole_readable_by_all(tmp_path, umask):
     final = tmp_path / "ab" / ("ab" + "0" * 62)  # its directory does not exist yet
-    old = os.umask(0o077)
+    old = os.umask(umask)
     try:
+        files = SmallFiles()  # the umask is the process's, read once
         assert asyncio.run(files.write(str(final), b"first")) is True
         assert asyncio.run(files.write(str(final), b"second")) is False  # there already: kept as it was
     finally:
