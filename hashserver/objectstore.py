@@ -89,11 +89,7 @@ NO_BUCKET = "<Code>NoSuchBucket</Code>"  # S3's answer to a list; a HEAD of a ke
 _DONE, _ABANDON = object(), object()
 LIST_MIN = 16  # missing buffers in a batch from which listing their directories is tried
 LIST_PAGE = 1000  # keys in a listing page (S3's maximum)
-LIST_BACKOFF = 60.0  # seconds of HEADs alone after a batch whose listings did not pay (as below)
-# Keys a batch's listings may return per checksum they answer: more, and HEADs are cheaper
-# (on SeaweedFS, /has x1000 with ~5 keys listed per checksum ran at 0.87x the HEADs' best;
-# with ~30, at 0.6x).
-LIST_WORTH = 8
+LIST_BACKOFF = 60.0  # seconds of HEADs alone after a batch whose listings mostly ran out of pages
 RANGE_END = "~"  # sorts after every suffix of a checksum's keys (".zst", ".gz", ".BUFFERLENGTH")
 Location = tuple[Encoding | None, int]  # a representation of a buffer in the bucket, and its size
 Found = tuple[str, Encoding | None, int, Any]  # its key, encoding, size, and GetResult (None: no GET yet)
@@ -256,14 +252,12 @@ class ObjectStore:
         """Where each buffer of a batch is.  A large batch lists the directories
         involved first (in a bucket of a few thousand objects a directory's one
         page answers for all its buffers), the rest by HEADs; when listings stop
-        paying (a large bucket: many pages per directory, or many more keys than
-        the batch asks about), HEADs alone for a while."""
+        paying (a large bucket: many pages per directory), HEADs alone for a while."""
         wanted = sorted(set(hexes))
         if len(wanted) < LIST_MIN or time.monotonic() < self._heads_until:
             return await self._locate_by_heads(wanted)
         listed, unresolved = await self._list_around(wanted, self.keys.buffer)
-        resolved = len(wanted) - len(unresolved)
-        if len(unresolved) * 2 > len(wanted) or len(listed) > LIST_WORTH * max(1, resolved):
+        if len(unresolved) * 2 > len(wanted):
             self._heads_until = time.monotonic() + LIST_BACKOFF
         found = {h: where for h in set(wanted) - set(unresolved)
                  if (where := self._listed_location(listed, h)) is not None}
