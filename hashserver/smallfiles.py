@@ -66,10 +66,16 @@ class SmallFiles:
 
     def _batch_done(self, loop: asyncio.AbstractEventLoop, batch: list, job: asyncio.Future) -> None:
         self._busy = False
-        for (_, _, done), outcome in zip(batch, job.result(), strict=True):
+        if job.cancelled():
+            outcomes: list = [None] * len(batch)
+        else:  # an error that is not an OSError (those are each write's own): every writer gets it
+            outcomes = job.result() if job.exception() is None else [job.exception()] * len(batch)
+        for (_, _, done), outcome in zip(batch, outcomes, strict=True):
             if done.done():
                 continue  # its waiter was cancelled
-            if isinstance(outcome, BaseException):
+            if outcome is None:
+                done.cancel()
+            elif isinstance(outcome, BaseException):
                 done.set_exception(outcome)
             else:
                 done.set_result(outcome)

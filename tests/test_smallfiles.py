@@ -60,6 +60,24 @@ def test_writes_at_once_go_in_batches_and_a_failure_is_its_writers_alone(tmp_pat
     assert leftovers(tmp_path) == [str(tmp_path / "blocked")]
 
 
+def test_an_unexpected_error_reaches_each_writer_of_its_batch_and_the_next_batch_goes_on(tmp_path, monkeypatch):
+    files = SmallFiles()
+    write_now = files.write_now
+
+    def failing(final: str, content: bytes) -> bool:
+        return 1 / 0 if content == b"bad" else write_now(final, content)
+
+    monkeypatch.setattr(files, "write_now", failing)
+
+    async def scenario():
+        first = await asyncio.gather(files.write(str(tmp_path / "a"), b"bad"), return_exceptions=True)
+        return first, await files.write(str(tmp_path / "b"), b"good")
+
+    (failed,), written = asyncio.run(scenario())
+    assert isinstance(failed, ZeroDivisionError) and written is True
+    assert (tmp_path / "b").read_bytes() == b"good"
+
+
 def test_rename_no_replace(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.write_bytes(b"new")
