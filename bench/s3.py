@@ -488,11 +488,11 @@ def say(text: str) -> None:
 
 def work_parent(cache_dir: str) -> str:
     """Where a run's SeaweedFS and the server's local tier go: beside the bench's datasets,
-    as a server's tier goes under ``$XDG_CACHE_HOME`` by default, not in ``/tmp``.  On the
-    machine this was measured on (ext4 without a journal), a new directory under a /tmp
-    that every test run fills and empties made each file created in it cost 340 us of
-    CPU against 12-18 us elsewhere on the same disk: the allocator skips inodes freed in
-    the last minutes, and /tmp's block group was full of them."""
+    as a server's tier goes under ``$XDG_CACHE_HOME`` by default, not in ``/tmp``, which
+    every test run fills and empties.  On ext4 without a journal each file created skips
+    every inode freed nearby in the last minutes: in a new directory under that /tmp
+    each cost 340 us of CPU against 12-18 us where nothing was deleted nearby (measured
+    on the 2-core machine; the bench's own runs churn this directory too, see README)."""
     parent = os.path.expanduser(cache_dir)
     os.makedirs(parent, exist_ok=True)
     return parent
