@@ -23,12 +23,10 @@ name, but the kernels this was measured on refuse that link with EXDEV.)
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 
 from .files import BUFFER_MODE, make_group_dir, rename_no_replace, unlink_quietly
-from .layout import TEMP_SUFFIX
-from .owner import owner_tag
+from .layout import temp_path
 from .writer import publish_file, write_all
 
 BATCH = 64  # files written by one hand-off to the thread, at most
@@ -39,8 +37,6 @@ class SmallFiles:
 
     def __init__(self, by_rename: bool = False):
         self.by_rename = by_rename
-        self._tag = owner_tag()  # of this process: temporary names say whose they are
-        self._counter = itertools.count()
         self._chmod = _umask_hides(BUFFER_MODE)
         self._pending: list[tuple[str, bytes, asyncio.Future]] = []
         self._busy = False
@@ -94,7 +90,7 @@ class SmallFiles:
     def write_now(self, final: str, content: bytes) -> bool:
         """:meth:`write`, in the calling thread."""
         directory, name = os.path.split(final)
-        tmp = f"{directory}/.{name}.{self._tag}.{next(self._counter)}{TEMP_SUFFIX}"  # as layout.temp_path
+        tmp = temp_path(directory, name)
         try:
             fd = _create(tmp, directory)
             try:
