@@ -48,11 +48,11 @@ def rename_no_replace(src: str, dst: str) -> bool | None:
     """Rename ``src`` to ``dst`` unless ``dst`` exists, in one step (Linux's
     ``renameat2(RENAME_NOREPLACE)``): True if renamed, False if ``dst`` was
     there; None where the system or the file system cannot do it (the caller
-    falls back).  Why not link, then unlink the temporary name: on ext4 without
-    a journal each create must then skip every inode deleted in the last few
-    minutes, and a tier storing thousands of files a second made its creates
-    cost ten times as much (measured: most of a worker's CPU in
-    ``recently_deleted``)."""
+    falls back).  One system call where a link, then the unlink of the
+    temporary name, take two: the local tier stores thousands of small files a
+    second.  (Neither frees an inode: what made creating files costly on this
+    project's test machine, ext4 without a journal skipping recently freed
+    inodes, comes from deletions elsewhere.)"""
     global _renameat2
     if _renameat2 is None:
         _renameat2 = _find_renameat2()
