@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from .files import BUFFER_MODE, make_group_dir, rename_no_replace, unlink_quietly
+from .files import BUFFER_MODE, make_group_dir, unlink_quietly
 from .layout import temp_path
 from .writer import publish_file, write_all
 
@@ -99,19 +99,10 @@ class SmallFiles:
                     os.fchmod(fd, BUFFER_MODE)
             finally:
                 os.close(fd)
-            if not self.by_rename:
-                renamed = rename_no_replace(tmp, final)
-                if renamed:
-                    return True  # nothing left to remove
-                if renamed is False:
-                    unlink_quietly(tmp)
-                    return False
-            published = publish_file(tmp, final, self.by_rename)
+            return publish_file(tmp, final, self.by_rename)
         except BaseException:
             unlink_quietly(tmp)
             raise
-        unlink_quietly(tmp)
-        return published
 
 
 def _umask_hides(mode: int) -> bool:

@@ -353,13 +353,17 @@ async def _held(path: str) -> AsyncIterator[HeldLock]:
 def publish_file(tmp: str, final: str, by_rename: bool) -> bool:
     """Put the complete file ``tmp`` in place as ``final`` unless a file is there
     (then False): renamed in one step where the system can; else by rename where
-    other hosts share the directory, and by hard link elsewhere (the caller
-    removes ``tmp`` afterwards, whichever way was taken)."""
+    other hosts share the directory, and by hard link elsewhere.  ``tmp`` is gone
+    afterwards, whichever way was taken (its name only: the buffer's file stays)."""
     if not by_rename:
         renamed = rename_no_replace(tmp, final)
         if renamed is not None:
+            if not renamed:
+                unlink_quietly(tmp)
             return renamed
-    return _rename_if_free(tmp, final) if by_rename else _link(tmp, final)
+    published = _rename_if_free(tmp, final) if by_rename else _link(tmp, final)
+    unlink_quietly(tmp)
+    return published
 
 
 def _link(tmp: str, final: str) -> bool:
