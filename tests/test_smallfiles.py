@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 
 import pytest
 
@@ -19,6 +20,16 @@ from conftest import leftovers
 
 def names(directory) -> list[str]:
     return sorted(p for _, _, files in os.walk(directory) for p in files)
+
+
+def thread_takes_over(monkeypatch, files: SmallFiles, directory) -> None:
+    """Make every write count as slow, and write one: the thread writes from then on."""
+    monkeypatch.setattr(smallfiles, "SLOW_WRITE", -1.0)
+
+    async def one():
+        return await files.write(str(directory / "first"), b"first")
+
+    assert asyncio.run(one()) is True
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
@@ -36,10 +47,40 @@ def test_a_file_is_written_once_whole_readable_by_all(tmp_path, umask):
     assert names(tmp_path) == [final.name]  # no temporary file left
 
 
+def test_quick_writes_are_done_on_the_loop_a_slow_one_sends_the_next_to_the_thread_for_a_spell(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(smallfiles, "THREAD_SPELL", 0.2)
+    files = SmallFiles()
+    threads: list[str] = []
+    write_now = files.write_now
+    monkeypatch.setattr(files, "write_now", lambda final, content: (
+        threads.append(threading.current_thread().name), write_now(final, content))[1])
+
+    async def scenario():
+        quick = files.submit(str(tmp_path / "a"), b"a")
+        assert quick.done() and quick.result() is True  # written before submit returned
+        monkeypatch.setattr(smallfiles, "SLOW_WRITE", -1.0)  # every write counts as slow
+        slow = files.submit(str(tmp_path / "b"), b"b")
+        assert slow.done()  # this one was on the loop still, and was slow
+        by_thread = files.submit(str(tmp_path / "c"), b"c")
+        assert not by_thread.done()
+        assert await by_thread is True
+        monkeypatch.setattr(smallfiles, "SLOW_WRITE", 60.0)  # quick again
+        await asyncio.sleep(0.3)  # the spell (renewed by the thread's slow batch) is over
+        again = files.submit(str(tmp_path / "d"), b"d")
+        assert again.done() and again.result() is True
+
+    asyncio.run(scenario())
+    main = threading.current_thread().name
+    assert threads[:2] == [main, main] and threads[2] != main and threads[3] == main
+    assert [(tmp_path / n).read_bytes() for n in "abcd"] == [b"a", b"b", b"c", b"d"]
+
+
 @pytest.mark.parametrize("by_rename", [False, True])
-def test_writes_at_once_go_in_batches_and_a_failure_is_its_writers_alone(tmp_path, monkeypatch, by_rename):
+def test_the_threads_writes_go_in_batches_and_a_failure_is_its_writers_alone(tmp_path, monkeypatch, by_rename):
     monkeypatch.setattr(smallfiles, "BATCH", 4)
     files = SmallFiles(by_rename=by_rename)
+    thread_takes_over(monkeypatch, files, tmp_path)
     batches: list[int] = []
     write_batch = files._write_batch
     monkeypatch.setattr(files, "_write_batch", lambda batch: batches.append(len(batch)) or write_batch(batch))
@@ -57,11 +98,14 @@ def test_writes_at_once_go_in_batches_and_a_failure_is_its_writers_alone(tmp_pat
     for path, content in wanted.items():
         assert open(path, "rb").read() == content
     assert max(batches) == 4 and sum(batches) == 21 and len(batches) >= 6  # one thread's batches, in turn
-    assert leftovers(tmp_path) == [str(tmp_path / "blocked")]
+    assert sorted(leftovers(tmp_path)) == [str(tmp_path / "blocked"), str(tmp_path / "first")]
 
 
-def test_an_unexpected_error_reaches_each_writer_of_its_batch_and_the_next_batch_goes_on(tmp_path, monkeypatch):
+@pytest.mark.parametrize("by_thread", [False, True])
+def test_an_unexpected_error_reaches_its_writer_and_the_next_write_goes_on(tmp_path, monkeypatch, by_thread):
     files = SmallFiles()
+    if by_thread:
+        thread_takes_over(monkeypatch, files, tmp_path)
     write_now = files.write_now
 
     def failing(final: str, content: bytes) -> bool:
