@@ -11,13 +11,13 @@ tier cost twice as much as one without.  So here:
   file under the buffer's name is always complete;
 - the directory is created only when the open finds it missing;
 - written on the event loop while writes are quick, as nginx writes its
-  proxy cache: a write on the loop cost 0.09 ms of a miss's CPU where a hand-off
-  to a thread cost 0.2 ms (the thread and the loop pass the GIL back and forth
-  at each system call);
-- after a write slower than :data:`SLOW_WRITE` (a disk stalled, a file system
-  that has to look far for a free inode), by one thread for
-  :data:`THREAD_SPELL` seconds, in batches: while a batch is being written, the
-  next one gathers.  Then on the loop again.
+  proxy cache: on tmpfs a write on the loop cost a miss 0.08-0.09 ms of CPU
+  where a hand-off to a thread cost 0.18-0.25 ms (the thread and the loop pass
+  the GIL back and forth at each system call);
+- once writes take longer than :data:`SLOW_WRITE` on average (a disk
+  stalled, a file system that has to look far for a free inode), by one thread
+  for :data:`THREAD_SPELL` seconds after they were last that slow, in batches:
+  while a batch is being written, the next one gathers.  Then on the loop again.
 
 Nothing is fsynced: a file that a crash left torn fails its verification
 when first read, is removed, and is read again from the back store; a
@@ -37,8 +37,9 @@ from .layout import temp_path
 from .writer import publish_file, write_all
 
 BATCH = 64  # files written by one hand-off to the thread, at most
-SLOW_WRITE = 0.005  # seconds: a write that held the loop longer sends the next ones to the thread
-THREAD_SPELL = 10.0  # seconds the thread writes, before the loop tries again
+SLOW_WRITE = 0.002  # seconds: writes that take longer, on a moving average, go to the thread
+THREAD_SPELL = 10.0  # seconds the thread writes (while they are slow, and then), before the loop tries again
+RECENT_WEIGHT = 0.2  # of the last write (or the thread's last batch) in the moving average
 
 
 class SmallFiles:
@@ -50,6 +51,7 @@ class SmallFiles:
         self._pending: list[tuple[str, bytes, asyncio.Future]] = []
         self._busy = False
         self._thread_until = float("-inf")  # time.monotonic() until which the thread writes
+        self._write_seconds = 0.0  # a write's time, on a moving average
 
     async def write(self, final: str, content: bytes) -> bool:
         """True if the file was written, False if one was there; raises OSError."""
@@ -73,8 +75,14 @@ class SmallFiles:
             done.set_result(self.write_now(final, content))
         except Exception as exc:  # an OSError is this write's own; any other reaches its writer too
             done.set_exception(exc)
+        self._timed(started, 1)
+
+    def _timed(self, started: float, writes: int) -> None:
+        """Average in the time of the last writes; too slow: the thread writes for a spell.
+        (An average: a write the loop's other work held up once is not the disk's fault.)"""
         finished = time.monotonic()
-        if finished - started > SLOW_WRITE:
+        self._write_seconds += RECENT_WEIGHT * ((finished - started) / writes - self._write_seconds)
+        if self._write_seconds > SLOW_WRITE:
             self._thread_until = finished + THREAD_SPELL
 
     def _next_batch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -109,9 +117,7 @@ class SmallFiles:
                 outcomes.append(self.write_now(final, content))
             except OSError as exc:
                 outcomes.append(exc)
-        finished = time.monotonic()
-        if finished - started > SLOW_WRITE * len(batch):  # still slow: the loop waits longer
-            self._thread_until = finished + THREAD_SPELL
+        self._timed(started, len(batch))  # still slow: the loop waits longer
         return outcomes
 
     def write_now(self, final: str, content: bytes) -> bool:
