@@ -71,6 +71,7 @@ PART_SIZE = 8 << 20  # multipart part size (S3's minimum is 5 MiB)
 UPLOAD_CONCURRENCY = 4  # parts in flight per upload: memory is about this times PART_SIZE
 QUEUE_DEPTH = 4  # body batches (about 1 MiB each) waiting for the uploader
 WHOLE_GET = 64 << 20  # objects up to this size are fetched whole and verified before open() returns
+SMALL_GET = 64 << 10  # a read asks for this many bytes first: a shorter object comes whole, in one call
 STREAM_CHUNK = 1 << 20
 HASH_INLINE = 1 << 20  # hash smaller pieces on the event loop, larger ones in a thread
 HEAD_CONCURRENCY = 64  # object-store calls in flight for one batch of /has or /buffer-length
@@ -86,13 +87,15 @@ NOT_FOUND = (NotFoundError, FileNotFoundError)
 CONFLICT = (AlreadyExistsError, PreconditionError)
 REFUSED = (PermissionDeniedError, UnauthenticatedError)
 NO_BUCKET = "<Code>NoSuchBucket</Code>"  # S3's answer to a list; a HEAD of a key only says 404
+RANGE_OF_EMPTY = ("416 Range Not Satisfiable", "<Code>InvalidRange</Code>")  # S3's answer for a range of 0 bytes
+NOT_PARTIAL = "non-partial response"  # object_store's error when a store answered a range with everything
 _DONE, _ABANDON = object(), object()
 LIST_MIN = 16  # missing buffers in a batch from which listing their directories is tried
 LIST_PAGE = 1000  # keys in a listing page (S3's maximum)
 LIST_BACKOFF = 60.0  # seconds of HEADs alone after a batch whose listings mostly ran out of pages
 RANGE_END = "~"  # sorts after every suffix of a checksum's keys (".zst", ".gz", ".BUFFERLENGTH")
 Location = tuple[Encoding | None, int]  # a representation of a buffer in the bucket, and its size
-Found = tuple[str, Encoding | None, int, Any]  # its key, encoding, size, and GetResult (None: no GET yet)
+Found = tuple[str, Encoding | None, int, Any]  # key, encoding, size; GetResult, or bytes (None: no GET yet)
 
 
 class _Abandoned(Exception):
@@ -213,9 +216,33 @@ class ObjectStore:
     async def _read(self, key: str, result) -> bytes:
         return bytes(await self._call("read", key, result.bytes_async()))
 
+    async def _get_small(self, key: str):
+        """The object's bytes if it is shorter than SMALL_GET, else its GetResult (body
+        not yet read); None if there is none.  A GET of a range hands its bytes over in
+        one call of the client, where a GET hands over a stream to read in a second call:
+        a 1 KiB object cost the client 0.11 ms less CPU and came 20% faster (obstore on
+        SeaweedFS).  A longer object costs a second GET."""
+        async def first_bytes() -> bytes | None:
+            try:
+                return bytes(await obstore.get_range_async(self.store, key, start=0, end=SMALL_GET))
+            except BaseError as exc:
+                if any(sign in str(exc) for sign in RANGE_OF_EMPTY):
+                    return b""  # the range of an empty object is not satisfiable
+                if NOT_PARTIAL in str(exc):
+                    return None  # a store that ignores ranges: the whole GET follows
+                raise
+
+        try:
+            data = await self._call("get", key, first_bytes())
+        except NOT_FOUND:
+            return None
+        if data is not None and len(data) < SMALL_GET:
+            return data
+        return await self._get(key)
+
     async def _small_object(self, key: str) -> bytes | None:
-        result = await self._get(key)
-        return None if result is None else await self._read(key, result)
+        result = await self._get_small(key)
+        return result if result is None or isinstance(result, bytes) else await self._read(key, result)
 
     # ------------------------------------------------------------- lookups
     async def _find(self, checksum_hex: str) -> Location | None:
@@ -382,7 +409,7 @@ class ObjectStore:
             return None
         key, encoding, size, result = found
         if size <= self.whole_get:
-            result = result or await self._get_present(key)
+            result = await self._get_present(key) if result is None else result
             return await self._whole(checksum, key, encoding, size, result, accepted)
         if want is Want.PART:
             return await self._spooled(checksum, key, encoding, result, accepted)
@@ -405,7 +432,9 @@ class ObjectStore:
         """The first representation present, its GET under way."""
         for encoding in (None, *ENCODINGS):
             key = self.keys.buffer(checksum_hex, encoding)
-            result = await self._get(key)
+            result = await self._get_small(key)
+            if isinstance(result, bytes):
+                return key, encoding, len(result), result
             if result is not None:
                 return key, encoding, result.meta["size"], result
         return None
@@ -465,7 +494,7 @@ class ObjectStore:
         digest = DecodingHash(self.hasher, encoding)
         try:
             if size <= HASH_INLINE:
-                data = await self._read(key, result)
+                data = result if isinstance(result, bytes) else await self._read(key, result)
                 digest.update(data)
                 return data, digest
             return await self._read_hashing(key, result, digest), digest

@@ -23,6 +23,7 @@ from seaweedfs import (
     seaweedfs,  # noqa: F401
 )
 
+from bench.servers import HOST, NginxServer
 from hashserver import s3uploads
 from hashserver.checksum import Hasher
 from hashserver.config import ConfigError
@@ -38,7 +39,7 @@ from hashserver.storage import (
 from hashserver.testing import free_port
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
-from hashserver.objectstore import ObjectStore  # noqa: E402  (needs obstore)
+from hashserver.objectstore import SMALL_GET, ObjectStore  # noqa: E402  (needs obstore)
 
 MiB = 1 << 20
 BOUND = 60.0  # seconds: a bound against hangs, not a speed requirement
@@ -153,6 +154,66 @@ def test_a_read_only_store_refuses_writes(s3_env, s3_bucket):  # noqa: F811
         run(store.put(sha3(b"x"), body_of(b"x")))
     with pytest.raises(ReadOnly):
         run(store.promise(sha3(b"x")))
+
+
+@pytest.mark.parametrize("size", [0, 1, SMALL_GET - 1, SMALL_GET, SMALL_GET + 1])
+def test_reads_on_either_side_of_the_first_gets_size(bucket_store, size):
+    """A read asks for the first SMALL_GET bytes: a shorter object comes whole (S3 refuses
+    the range of an empty one: 416), a longer one is read again whole."""
+    store, raw, _ = bucket_store
+    data = os.urandom(size)
+    checksum = sha3(data)
+    obstore.put(raw, key_of(checksum), data)
+    obstore.put(raw, key_of(sha3(data + b"z"), ".zst"), zstandard.ZstdCompressor().compress(data + b"z"))
+
+    async def scenario():
+        plain = await store.open(checksum)
+        compressed = await store.open(sha3(data + b"z"))
+        return (plain.length, await read_all(plain)), (compressed.length, await read_all(compressed))
+
+    assert run(scenario()) == ((size, data), (size + 1, data + b"z"))
+
+
+class RangeBlindMirror(NginxServer):
+    """nginx serving a copy of a bucket from a directory, byte ranges turned off
+    (``max_ranges 0``): a store that answers a GET of a range with the whole object."""
+
+    name = "nginx-mirror"
+
+    def __init__(self, workdir: str, root: str):
+        super().__init__(workdir, workers=1)
+        self.root = root
+
+    def http_config(self) -> str:
+        return f"""    server {{
+        listen {HOST}:{self.port};
+        max_ranges 0;
+        location = /healthcheck {{ return 200 "OK"; }}
+        location / {{ root {self.root}; }}
+    }}
+"""
+
+
+def test_a_store_that_ignores_ranges_is_read_whole(s3_env, tmp_path):
+    contents = [os.urandom(3000), b""]
+    for content in contents:
+        path = tmp_path / "mirror" / "bucket" / key_of(sha3(content))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    with RangeBlindMirror(str(tmp_path), str(tmp_path / "mirror")) as mirror:
+        endpoint = f"http://{HOST}:{mirror.port}"
+        raw = obstore.store.S3Store("bucket", endpoint=endpoint, client_options={"allow_http": True})
+        with pytest.raises(obstore.exceptions.BaseError, match="non-partial"):  # what the store does
+            obstore.get_range(raw, key_of(sha3(contents[0])), start=0, end=10)
+        store = make_store(s3_env, "bucket", endpoint=endpoint, writable=False)
+
+        async def scenario():
+            return [await read_all(await store.open(sha3(content))) for content in contents]
+
+        try:
+            assert run(scenario()) == contents
+        finally:
+            store.close()
 
 
 # ------------------------------------------------------------ refused and cut uploads
