@@ -56,19 +56,24 @@ def test_quick_writes_are_done_on_the_loop_a_slow_one_sends_the_next_to_the_thre
     monkeypatch.setattr(files, "write_now", lambda final, content: (
         threads.append(threading.current_thread().name), write_now(final, content))[1])
 
+    async def on_the_loop(name: str) -> asyncio.Future:
+        written = files.submit(str(tmp_path / name), name.encode())
+        assert not written.done()  # not before the step that asked is over
+        await asyncio.sleep(0)
+        assert written.done() and written.result() is True  # the loop's next round wrote it
+        return written
+
     async def scenario():
-        quick = files.submit(str(tmp_path / "a"), b"a")
-        assert quick.done() and quick.result() is True  # written before submit returned
+        await on_the_loop("a")
         monkeypatch.setattr(smallfiles, "SLOW_WRITE", -1.0)  # every write counts as slow
-        slow = files.submit(str(tmp_path / "b"), b"b")
-        assert slow.done()  # this one was on the loop still, and was slow
+        await on_the_loop("b")  # on the loop still, and slow
         by_thread = files.submit(str(tmp_path / "c"), b"c")
+        await asyncio.sleep(0)
         assert not by_thread.done()
         assert await by_thread is True
         monkeypatch.setattr(smallfiles, "SLOW_WRITE", 60.0)  # quick again
         await asyncio.sleep(0.3)  # the spell (renewed by the thread's slow batch) is over
-        again = files.submit(str(tmp_path / "d"), b"d")
-        assert again.done() and again.result() is True
+        await on_the_loop("d")
 
     asyncio.run(scenario())
     main = threading.current_thread().name
