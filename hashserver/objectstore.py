@@ -506,7 +506,7 @@ class ObjectStore:
         parts: list[bytes] = []
         hashing: asyncio.Future | None = None
         try:
-            async for chunk in self._chunks(key, result):
+            async for chunk in self._chunks(key, result, copied=False):  # copied once, by the join
                 if hashing is not None:
                     await hashing
                 hashing = loop.run_in_executor(None, digest.update, chunk)
@@ -567,7 +567,9 @@ class ObjectStore:
                             self.spool_dir, exc)
         return tempfile.TemporaryFile(buffering=0)
 
-    async def _chunks(self, key: str, result) -> AsyncIterator[bytes]:
+    async def _chunks(self, key: str, result, copied: bool = True) -> AsyncIterator[bytes]:
+        """The object's bytes, chunk by chunk; ``copied=False``: as the client's buffers
+        (bytes-like, not bytes: for a caller that copies them anyway)."""
         stream = result.stream(min_chunk_size=STREAM_CHUNK)
         while True:
             try:
@@ -575,7 +577,7 @@ class ObjectStore:
                     chunk = await stream.__anext__()
             except StopAsyncIteration:
                 return
-            yield bytes(chunk)
+            yield bytes(chunk) if copied else chunk
 
     async def _verified(self, checksum: bytes, key: str, result, encoding: Encoding | None,
                         decode: Encoding | None) -> AsyncIterator[bytes]:

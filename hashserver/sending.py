@@ -82,7 +82,7 @@ async def send(request: Request, readable: Readable, checksum_hex: str, head: bo
             headers["content-range"] = part.content_range(readable.length)
         if head:
             return responses.head_only(length, headers, status)
-        if readable.content is not None:
+        if readable.content is not None and length <= STREAM_CHUNK:
             return responses.buffer(readable.content[start:start + length], headers, status)
         return await _stream(request, readable, headers, status, start, length)
 
@@ -95,6 +95,10 @@ async def _stream(request: Request, readable: Readable, headers: dict, status: i
     try:
         if readable.file is not None:
             await _send_file(request, response, readable.file, start, length)
+        elif readable.content is not None:  # in pieces: Sanic would copy it whole behind the headers
+            view = memoryview(readable.content)[start:start + length]
+            for offset in range(0, length, STREAM_CHUNK):
+                await response.send(view[offset:offset + STREAM_CHUNK])
         else:
             async for chunk in _part(readable.chunks(), start, length):
                 await response.send(chunk)
