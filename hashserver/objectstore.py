@@ -92,7 +92,13 @@ NOT_PARTIAL = "non-partial response"  # object_store's error when a store answer
 _DONE, _ABANDON = object(), object()
 LIST_MIN = 16  # missing buffers in a batch from which listing their directories is tried
 LIST_PAGE = 1000  # keys in a listing page (S3's maximum)
-LIST_BACKOFF = 60.0  # seconds of HEADs alone after a batch whose listings mostly ran out of pages
+LIST_BACKOFF = 60.0  # seconds of HEADs alone after a batch whose listings did not pay
+# Keys a listing may return per checksum it answers and still pay: on SeaweedFS a page of
+# 1,000 keys cost about as much as 16 HEADs, and by HEADs a batch half absent costs about two
+# per checksum (an absent buffer's compressed forms are two more).  A bucket of 5,000 objects
+# listed about 30 keys per checksum of a /has x1000 (listing won); one of 300,000 about 290,
+# where listing answered 500 checksums/s and HEADs about four times as many.
+LIST_WORTH = 128
 RANGE_END = "~"  # sorts after every suffix of a checksum's keys (".zst", ".gz", ".BUFFERLENGTH")
 Location = tuple[Encoding | None, int]  # a representation of a buffer in the bucket, and its size
 Found = tuple[str, Encoding | None, int, Any]  # key, encoding, size; GetResult, or bytes (None: no GET yet)
@@ -279,12 +285,12 @@ class ObjectStore:
         """Where each buffer of a batch is.  A large batch lists the directories
         involved first (in a bucket of a few thousand objects a directory's one
         page answers for all its buffers), the rest by HEADs; when listings stop
-        paying (a large bucket: many pages per directory), HEADs alone for a while."""
+        paying (a large bucket: many pages, or many keys, per checksum), HEADs alone for a while."""
         wanted = sorted(set(hexes))
         if len(wanted) < LIST_MIN or time.monotonic() < self._heads_until:
             return await self._locate_by_heads(wanted)
         listed, unresolved = await self._list_around(wanted, self.keys.buffer)
-        if len(unresolved) * 2 > len(wanted):
+        if len(unresolved) * 2 > len(wanted) or len(listed) > LIST_WORTH * len(wanted):
             self._heads_until = time.monotonic() + LIST_BACKOFF
         found = {h: where for h in set(wanted) - set(unresolved)
                  if (where := self._listed_location(listed, h)) is not None}

@@ -541,6 +541,36 @@ def test_a_large_batch_lists_what_it_does_not_find(bucket_store, monkeypatch, pa
         assert calls[("head", "absent")] > 0 and store._heads_until > time.monotonic()
 
 
+def test_listings_of_many_keys_per_checksum_give_way_to_heads(bucket_store, monkeypatch):
+    """A listing that returns more than LIST_WORTH keys per checksum it answers costs more
+    than HEADs would (a large bucket): the next batches go by HEADs, with the same answers."""
+    import hashserver.objectstore as objectstore
+
+    monkeypatch.setattr(objectstore, "LIST_WORTH", 4)
+    store, raw, _ = bucket_store
+    present = [os.urandom(100) for _ in range(8)]
+    absent = [sha3(b"absent %d" % i) for i in range(16)]
+    for i in range(16):  # neighbours: 6 keys listed per checksum
+        for tail in "012345":
+            obstore.put(raw, key_of(sha3(b"absent %d" % i)) + tail, b"")
+    calls = store.metrics._values["hashserver_object_store_requests"]  # every call is counted
+    batch = b"".join([*map(sha3, present), *absent])
+
+    async def scenario():
+        for data in present:
+            await store.put(sha3(data), body_of(data))
+        first = await store.has(batch)
+        lists, heads = calls[("list", "ok")], calls[("head", "ok")] + calls[("head", "absent")]
+        second = await store.has(batch)
+        return first, second, lists, heads
+
+    first, second, lists, heads = run(scenario())
+    assert first == second == [True] * 8 + [False] * 16
+    assert lists > 0 and store._heads_until > time.monotonic()
+    assert calls[("list", "ok")] - lists <= 1  # the second batch: its promises' directory at most
+    assert calls[("head", "ok")] + calls[("head", "absent")] - heads >= 24  # a HEAD per checksum at least
+
+
 # -------------------------------------------------------------- through HTTP
 def test_through_http_a_corrupt_object_is_never_a_complete_200(serve, s3_env, s3_bucket, tmp_path):  # noqa: F811
     """A real server on the bucket: a small object is verified before the answer (400,
