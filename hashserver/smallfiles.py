@@ -15,10 +15,12 @@ tier cost twice as much as one without.  So here:
   proxy cache: on tmpfs a write on the loop cost a miss 0.08-0.09 ms of CPU
   where a hand-off to a thread cost 0.18-0.25 ms (the thread and the loop pass
   the GIL back and forth at each system call);
-- once writes take longer than :data:`SLOW_WRITE` on average (a disk
-  stalled, a file system that has to look far for a free inode), by one thread
-  for :data:`THREAD_SPELL` seconds after they were last that slow, in batches:
-  while a batch is being written, the next one gathers.  Then on the loop again.
+- once writes on the loop take longer than :data:`SLOW_WRITE` on average (a
+  disk stalled, a file system that has to look far for a free inode), by one
+  thread for :data:`THREAD_SPELL` seconds, those already waiting for the loop
+  included, in batches: while a batch is being written, the next one gathers.
+  Then on the loop again, its average measured afresh.  (The thread's own
+  times are no measure: under load they include waits for the GIL.)
 
 Nothing is fsynced: a file that a crash left torn fails its verification
 when first read, is removed, and is read again from the back store; a
@@ -39,8 +41,9 @@ from .writer import publish_file, write_all
 
 BATCH = 64  # files written by one hand-off to the thread, at most
 SLOW_WRITE = 0.002  # seconds: writes that take longer, on a moving average, go to the thread
-THREAD_SPELL = 10.0  # seconds the thread writes (while they are slow, and then), before the loop tries again
-RECENT_WEIGHT = 0.2  # of the last write (or the thread's last batch) in the moving average
+THREAD_SPELL = 10.0  # seconds the thread writes before the loop tries again
+RECENT_WEIGHT = 0.2  # of the last write in the moving average
+NO_SPELL = float("-inf")
 
 
 class SmallFiles:
@@ -51,7 +54,7 @@ class SmallFiles:
         self._chmod = _umask_hides(BUFFER_MODE)
         self._pending: list[tuple[str, bytes, asyncio.Future]] = []
         self._busy = False
-        self._thread_until = float("-inf")  # time.monotonic() until which the thread writes
+        self._thread_until = NO_SPELL  # time.monotonic() until which the thread writes
         self._write_seconds = 0.0  # a write's time, on a moving average
 
     async def write(self, final: str, content: bytes) -> bool:
@@ -62,31 +65,44 @@ class SmallFiles:
         """:meth:`write`, as a future (of the running loop) that is done when it is."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        if not self._busy and time.monotonic() >= self._thread_until:
-            loop.call_soon(self._write_on_loop, final, content, done)  # once the answer is on its way
-            return done
-        self._pending.append((final, content, done))
-        if not self._busy:
-            self._next_batch(loop)
+        if self._on_loop():
+            loop.call_soon(self._write_on_loop, loop, final, content, done)  # once the answer is on its way
+        else:
+            self._to_thread(loop, final, content, done)
         return done
 
-    def _write_on_loop(self, final: str, content: bytes, done: asyncio.Future) -> None:
+    def _on_loop(self) -> bool:
+        """Whether a write goes on the loop now: not while the thread writes, nor during its spell."""
+        if self._busy:
+            return False
+        if self._thread_until != NO_SPELL:
+            if time.monotonic() < self._thread_until:
+                return False
+            self._thread_until, self._write_seconds = NO_SPELL, 0.0  # over: the loop measures afresh
+        return True
+
+    def _write_on_loop(self, loop: asyncio.AbstractEventLoop, final: str, content: bytes,
+                       done: asyncio.Future) -> None:
         if done.done():
             return  # its writer gave up on it
+        if not self._on_loop():  # asked for before the writes turned slow
+            self._to_thread(loop, final, content, done)
+            return
         started = time.monotonic()
         try:
             done.set_result(self.write_now(final, content))
         except Exception as exc:  # an OSError is this write's own; any other reaches its writer too
             done.set_exception(exc)
-        self._timed(started, 1)
-
-    def _timed(self, started: float, writes: int) -> None:
-        """Average in the time of the last writes; too slow: the thread writes for a spell.
-        (An average: a write the loop's other work held up once is not the disk's fault.)"""
         finished = time.monotonic()
-        self._write_seconds += RECENT_WEIGHT * ((finished - started) / writes - self._write_seconds)
+        # An average: a write that the loop's other work held up once is not the disk's fault.
+        self._write_seconds += RECENT_WEIGHT * (finished - started - self._write_seconds)
         if self._write_seconds > SLOW_WRITE:
             self._thread_until = finished + THREAD_SPELL
+
+    def _to_thread(self, loop: asyncio.AbstractEventLoop, final: str, content: bytes, done: asyncio.Future) -> None:
+        self._pending.append((final, content, done))
+        if not self._busy:
+            self._next_batch(loop)
 
     def _next_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
@@ -113,14 +129,12 @@ class SmallFiles:
             self._next_batch(loop)
 
     def _write_batch(self, batch: list[tuple[str, bytes]]) -> list[bool | OSError]:
-        started = time.monotonic()
         outcomes: list[bool | OSError] = []
         for final, content in batch:
             try:
                 outcomes.append(self.write_now(final, content))
             except OSError as exc:
                 outcomes.append(exc)
-        self._timed(started, len(batch))  # still slow: the loop waits longer
         return outcomes
 
     def write_now(self, final: str, content: bytes) -> bool:

@@ -72,13 +72,30 @@ def test_quick_writes_are_done_on_the_loop_a_slow_one_sends_the_next_to_the_thre
         assert not by_thread.done()
         assert await by_thread is True
         monkeypatch.setattr(smallfiles, "SLOW_WRITE", 60.0)  # quick again
-        await asyncio.sleep(0.3)  # the spell (renewed by the thread's slow batch) is over
+        await asyncio.sleep(0.3)  # the spell is over
         await on_the_loop("d")
 
     asyncio.run(scenario())
     main = threading.current_thread().name
     assert threads[:2] == [main, main] and threads[2] != main and threads[3] == main
     assert [(tmp_path / n).read_bytes() for n in "abcd"] == [b"a", b"b", b"c", b"d"]
+
+
+def test_writes_waiting_for_the_loop_go_to_the_thread_once_one_was_slow(tmp_path, monkeypatch):
+    monkeypatch.setattr(smallfiles, "SLOW_WRITE", -1.0)  # every write counts as slow
+    files = SmallFiles()
+    threads: list[str] = []
+    write_now = files.write_now
+    monkeypatch.setattr(files, "write_now", lambda final, content: (
+        threads.append(threading.current_thread().name), write_now(final, content))[1])
+
+    async def scenario():
+        written = [files.submit(str(tmp_path / f"f{i}"), b"x") for i in range(5)]  # all for the loop
+        return await asyncio.gather(*written)
+
+    assert asyncio.run(scenario()) == [True] * 5
+    main = threading.current_thread().name
+    assert threads[0] == main and len(threads) == 5 and main not in threads[1:]
 
 
 @pytest.mark.parametrize("by_rename", [False, True])
