@@ -158,20 +158,25 @@ def test_a_read_only_store_refuses_writes(s3_env, s3_bucket):  # noqa: F811
 
 @pytest.mark.parametrize("size", [0, 1, SMALL_GET - 1, SMALL_GET, SMALL_GET + 1])
 def test_reads_on_either_side_of_the_first_gets_size(bucket_store, size):
-    """A read asks for the first SMALL_GET bytes: a shorter object comes whole (S3 refuses
-    the range of an empty one: 416), a longer one is read again whole."""
+    """A read asks for the first SMALL_GET bytes: a shorter object comes whole in that one
+    GET (S3 refuses the range of an empty one: 416), a longer one gets a second GET of the
+    rest (refused, 416, when there is none)."""
     store, raw, _ = bucket_store
     data = os.urandom(size)
     checksum = sha3(data)
     obstore.put(raw, key_of(checksum), data)
-    obstore.put(raw, key_of(sha3(data + b"z"), ".zst"), zstandard.ZstdCompressor().compress(data + b"z"))
+    packed = zstandard.ZstdCompressor().compress(data + b"z")
+    obstore.put(raw, key_of(sha3(data + b"z"), ".zst"), packed)
 
     async def scenario():
         plain = await store.open(checksum)
         compressed = await store.open(sha3(data + b"z"))
         return (plain.length, await read_all(plain)), (compressed.length, await read_all(compressed))
 
+    calls = store.metrics._values["hashserver_object_store_requests"]
     assert run(scenario()) == ((size, data), (size + 1, data + b"z"))
+    gets = [1 if len(stored) < SMALL_GET else 2 for stored in (data, packed)]  # its first bytes, then the rest
+    assert calls[("get", "ok")] == sum(gets)
 
 
 class RangeBlindMirror(NginxServer):
