@@ -153,6 +153,7 @@ class ObjectStore:
         self._health_task: asyncio.Task | None = None
         self._unresolved: dict[str, list[asyncio.Future]] = {}  # promise keys to delete, and who waits
         self._resolver: asyncio.Task | None = None
+        self._ranges = True  # the store answers a GET of a range with the range
         self._heads_until = float("-inf")  # batches use HEADs alone until then (listings did not pay)
 
     @classmethod
@@ -235,9 +236,12 @@ class ObjectStore:
                 if _starts_at_the_end(exc):
                     return b""  # an empty object
                 if NOT_PARTIAL in str(exc):
-                    return None  # a store that ignores ranges: the whole GET follows
+                    self._ranges = False  # a store that ignores ranges: whole GETs from now on
+                    return None
                 raise
 
+        if not self._ranges:
+            return await self._get(key)
         try:
             data = await self._call("get", key, first_bytes())
         except NOT_FOUND:

@@ -215,8 +215,12 @@ def test_a_store_that_ignores_ranges_is_read_whole(s3_env, tmp_path):
         async def scenario():
             return [await read_all(await store.open(sha3(content))) for content in contents]
 
+        calls = store.metrics._values["hashserver_object_store_requests"]
         try:
             assert run(scenario()) == contents
+            assert calls[("get", "ok")] == 3  # a range answered whole, then whole GETs only
+            assert run(scenario()) == contents
+            assert calls[("get", "ok")] == 5
         finally:
             store.close()
 

@@ -23,7 +23,8 @@ from conftest import sha3
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
 from hashserver.objectstore import WHOLE_GET  # noqa: E402  (needs obstore)
 
-SIZES = {"small": 100_000, "large": WHOLE_GET + (1 << 20)}  # verified before sending / streamed
+SIZES = {"small": 100_000, "medium": (3 << 20) + 7, "large": WHOLE_GET + (1 << 20)}  # verified first; sent
+# in pieces (more than 1 MiB in memory); streamed
 TIERS = {"bare": ("--cache-size", "0"), "tier": ("--cache-size", "1G")}
 
 pytestmark = pytest.mark.timeout(300)  # objects of 65 MiB, each read whole several times
@@ -72,6 +73,7 @@ def test_a_part_of_an_object_not_held_locally_is_verified_first(s3_serve, seawee
                 f"File corruption: file at path s3://{s3_bucket}/{key(bad[name])} "
                 "does not have the correct SHA3-256 checksum.")}), (name, asked)
             assert request(server, "GET", "/" + good[name], headers={"Range": asked}) == (206, data[start:end])
+        assert request(server, "GET", "/" + good[name]) == (200, data)
         assert not (cache / key(bad[name])).exists()
     if tier == "tier":  # the good ones were filled in whole, once verified
         for name, data in contents.items():
