@@ -113,6 +113,7 @@ class S3Document:
     server_detail: dict[str, str] = field(default_factory=dict)  # how hashserver's figure was, where it varied
     problems: list[str] = field(default_factory=list)
     load_average_at_end: list[float] | None = None
+    file_creation_us: float | None = None  # CPU per file created beside the tier, before the misses
 
 
 # ------------------------------------------------------------------ SeaweedFS
@@ -328,6 +329,7 @@ class S3Bench:
         # client's of its concurrencies (the object store's cost per call falls as they rise).
         self.connections = sorted({options.connections, max(RAW_CONCURRENCIES)})
         self.server_detail: dict[str, str] = {}
+        self.file_creation_us: float | None = None
         self.found: list[str] = []  # problems of the measurements
 
     # ------------------------------------------------------------ prepare
@@ -440,6 +442,8 @@ class S3Bench:
                 LARGE_CONCURRENCY),
         }
         values = {}
+        self.file_creation_us = file_creation_cost(self.workdir)
+        say(f"bench.s3: creating a file beside the tier: {self.file_creation_us:,.0f} us of CPU")
         for name, measure in cases.items():
             if name == "miss_get_small":
                 for connections in self.connections:
@@ -492,6 +496,23 @@ class S3Bench:
             self.seaweedfs.stop()
 
 
+def file_creation_cost(parent: str, count: int = 500) -> float:
+    """Microseconds of CPU (the kernel's included) per 1 KiB file created in a new directory
+    under ``parent``.  On ext4 without a journal a file created near recent deletions costs
+    tens of times more than elsewhere, for minutes (README): what the tier's fills pay in
+    this run.  The files stay (a deletion would raise the cost it measures); the run's
+    work directory goes at its end."""
+    directory = tempfile.mkdtemp(prefix="file-creation-", dir=parent)
+    started = time.process_time()
+    for n in range(count):
+        fd = os.open(os.path.join(directory, str(n)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            os.write(fd, bytes(1024))
+        finally:
+            os.close(fd)
+    return (time.process_time() - started) / count * 1e6
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -528,6 +549,7 @@ def run(options: S3Options) -> S3Document:
     ceilings.update({k: v for k, (v, _) in bench.raw.items()})
     doc.ceiling_detail = {k: how for k, (_, how) in bench.raw.items()}
     doc.server_detail = bench.server_detail
+    doc.file_creation_us = bench.file_creation_us
     doc.figures = {k: figure(CASES_S3[k], values[k], ceilings[k]) for k in CASES_S3}
     doc.problems += bench.found
     doc.load_average_at_end = load_average()
@@ -554,6 +576,9 @@ def table(doc: S3Document) -> str:
     lines += [f"  {CASES_S3[k].label}: ceiling by {how}"
               + (f"; hashserver's best at {doc.server_detail[k]}" if k in doc.server_detail else "")
               for k, how in doc.ceiling_detail.items()]
+    if doc.file_creation_us is not None:
+        lines.append(f"  creating a 1 KiB file beside the tier, before the misses: "
+                     f"{doc.file_creation_us:,.0f} us of CPU (each small miss and PUT creates one in the tier)")
     worst = min((f.ratio for f in doc.figures.values() if f.ratio is not None), default=None)
     lines.append(f"lowest ratio {_ratio(worst)}")
     lines += [f"problem: {p}" for p in doc.problems]

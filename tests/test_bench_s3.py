@@ -46,3 +46,5 @@ def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
     for case in CASES_S3.values():
         assert case.label in table
     assert "lowest ratio" in table
+    assert doc["file_creation_us"] > 0  # what each small fill of the tier paid, this run
+    assert f"beside the tier, before the misses: {doc['file_creation_us']:,.0f} us of CPU" in table
