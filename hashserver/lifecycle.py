@@ -58,6 +58,10 @@ HAND_OVER_WAIT = 0.01  # for Sanic to take a request start handed over, before i
 # What touching Sanic's shared worker state raises once its manager process has ended.
 STATE_MANAGER_GONE = (BrokenPipeError, ConnectionResetError, ConnectionRefusedError, EOFError, FileNotFoundError)
 STATE_MANAGER_GONE_REASON = "Sanic's state manager has ended"
+# A stopping worker's entry in that state, emptied (None) or removed under Sanic's read
+# (``manager.py`` 444: AttributeError, KeyError) or its next write (``process.py`` 58-61,
+# ``{**None}``: TypeError).
+STATE_EMPTIED = (AttributeError, TypeError, KeyError)
 SERVER_PREFIX = f"{Worker.WORKER_PREFIX}-{WorkerProcess.SERVER_LABEL}-"  # Sanic's server processes' names
 
 
@@ -242,7 +246,7 @@ class Supervisor(WorkerManager):
                 self._replace_dead_workers()
         except STATE_MANAGER_GONE:
             self._stop(STATE_MANAGER_GONE_REASON)
-        except AttributeError:  # a stopping worker's state emptied under Sanic's read (manager.py 444)
+        except STATE_EMPTIED:
             if not self._shutting_down:
                 raise
 
@@ -277,8 +281,9 @@ class Supervisor(WorkerManager):
         ranks above ``JOINED``, ``manager.py`` 223), so its ``cleanup`` gives
         each 10 s, after which the main process shuts the listening socket
         down (``sanic/mixins/startup.py`` 1176) under workers still draining.
-        Where the state manager is gone, Sanic's ``join`` fails on each process
-        in turn: each failed attempt has marked one more process joined.
+        Where the state manager is gone, or a process's entry in it emptied,
+        Sanic's ``join`` fails on each such process in turn: each failed attempt
+        has marked one more process joined.
         """
         deadline = time.monotonic() + self.grace + JOIN_MARGIN
         resend = time.monotonic() + RESEND_INTERVAL
@@ -290,7 +295,7 @@ class Supervisor(WorkerManager):
         for _ in range(len(list(self.processes))):
             try:
                 return super().join()
-            except STATE_MANAGER_GONE:
+            except (*STATE_MANAGER_GONE, *STATE_EMPTIED):  # the process is marked joined all the same
                 continue
 
 

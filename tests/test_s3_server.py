@@ -100,7 +100,7 @@ def test_bare_bucket_answers_the_http_contract(s3_serve, seaweedfs, s3_bucket): 
     assert request(server, "PUT", "/" + promised, b"promised") == (200, b"OK")
     assert request(server, "GET", "/" + promised) == (200, b"promised")
     assert request(server, "GET", "/healthcheck")[0] == 200
-    assert server.stop() == 0
+    assert server.stop() == 0, server.output()[-4000:]  # the log, if Sanic failed while stopping
     assert not os.path.exists(private[0])  # the private tier goes with the server
 
 
