@@ -11,13 +11,14 @@ import hashlib
 import itertools
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from hashserver.testing import ServerProcess, free_port, stop_all
+from hashserver.testing import POLL, ServerProcess, free_port, stop_all
 
-__all__ = ["BIN", "ServerProcess", "add_buffer", "buffer_path", "free_port", "leftovers", "sha3"]
+__all__ = ["BIN", "ServerProcess", "add_buffer", "buffer_path", "free_port", "leftovers", "sha3", "wait_for"]
 
 BIN = Path(sys.executable).parent
 _names = itertools.count()
@@ -45,6 +46,19 @@ def add_buffer(directory, data: bytes, layout: str = "prefix", checksum: str | N
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return checksum
+
+
+def wait_for(condition, what: str, bound: float = 60.0):
+    """Poll ``condition`` until it returns something true, and return that; fail after
+    ``bound`` seconds (a guard against a hang, not a speed requirement)."""
+    deadline = time.monotonic() + bound
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {bound:g} s: {what}")
+        time.sleep(POLL)
 
 
 def leftovers(directory) -> list[str]:

@@ -22,9 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from hashserver.testing import POLL
-
-from conftest import BIN, ServerProcess, add_buffer, buffer_path, free_port, sha3
+from conftest import BIN, ServerProcess, add_buffer, buffer_path, free_port, sha3, wait_for
 
 STOP_BOUND = 30.0  # hang guard: a stopped server has exited by then
 WAIT_BOUND = 60.0  # hang guard for anything else awaited
@@ -32,17 +30,6 @@ SHM = Path("/dev/shm")
 
 
 # ------------------------------------------------------------------ helpers
-def wait_for(condition, what: str, bound: float = WAIT_BOUND):
-    """Poll ``condition`` until it returns something true; fail after ``bound`` seconds."""
-    deadline = time.monotonic() + bound
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {bound:g} s: {what}")
-        time.sleep(POLL)
-
 
 def session_processes(session: int) -> list[int]:
     """Live (not zombie) processes of a session: a server runs in a session of its own."""

@@ -23,7 +23,7 @@ from hashserver.layout import SearchPath, make_layout
 from hashserver.metrics import ENV, Metrics, prepare_directory, remove_directory, render
 from hashserver.promises import PROMISE_TTL, Promises
 
-from conftest import ServerProcess, add_buffer, sha3
+from conftest import ServerProcess, add_buffer, sha3, wait_for
 
 LAPSED = PROMISE_TTL + 100  # seconds a lapsed promise's file is dated back
 EXPIRED = "hashserver_promises_expired_total"
@@ -192,13 +192,6 @@ def has(server: ServerProcess, checksums: list[str]) -> list[bool]:
     return response.json()
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "not within the bound"
-        time.sleep(0.2)
-
-
 def metrics_text(server: ServerProcess) -> str:
     response = requests.get(f"{server.url}/metrics", timeout=30)
     assert response.status_code == 200
@@ -224,10 +217,11 @@ def test_lapsed_promise_expires_through_http_a_fulfilled_one_does_not(tmp_path):
         add_buffer(directory, copied)
         for checksum in (checksums[0], checksums[2]):
             date_back(promise_file(directory, checksum))
-        wait_for(lambda: not any(promise_file(directory, c).exists() for c in checksums))
+        wait_for(lambda: not any(promise_file(directory, c).exists() for c in checksums),
+                 "the lapsed promise files removed")
         # each worker folds its counts into the shared figures once a second: wait until all are in
         wait_for(lambda: expired_count(text := metrics_text(server)) > 0
-                 and sample(text, "hashserver_promises_total") >= 3)
+                 and sample(text, "hashserver_promises_total") >= 3, "the expiry counted")
         time.sleep(1.5)  # one more fold of every worker: nothing further may arrive
         text = metrics_text(server)
         assert (sample(text, "hashserver_promises_total"), sample(text, EXPIRED)) == (3, 1)

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from hashserver.runtime import PRIVATE_TIER_PREFIX
 from hashserver.testing import clean_environ
 
 from conftest import BIN, free_port, sha3
+from conftest import wait_for as wait_for_bound
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
 
@@ -140,11 +140,8 @@ def test_read_only_server_fills_its_default_tier(s3_serve, seaweedfs, s3_bucket,
     wait_for(lambda: (tmp_path / "hashserver" / name / cs[:2] / cs).exists(), "the buffer in the default tier")
 
 
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {BOUND} s: {what}"
-        time.sleep(0.2)
+def wait_for(condition, what: str):
+    return wait_for_bound(condition, what, BOUND)
 
 
 # ------------------------------------------------------------------ startup errors
