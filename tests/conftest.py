@@ -48,16 +48,17 @@ def add_buffer(directory, data: bytes, layout: str = "prefix", checksum: str | N
     return checksum
 
 
-def wait_for(condition, what: str, bound: float = 60.0):
+def wait_for(condition, what, bound: float = 60.0):
     """Poll ``condition`` until it returns something true, and return that; fail after
-    ``bound`` seconds (a guard against a hang, not a speed requirement)."""
+    ``bound`` seconds (a guard against a hang, not a speed requirement), saying ``what``
+    was awaited (a string, or a function called at that moment to describe the state)."""
     deadline = time.monotonic() + bound
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {bound:g} s: {what}")
+            raise AssertionError(f"not within {bound:g} s: {what() if callable(what) else what}")
         time.sleep(POLL)
 
 

@@ -35,7 +35,7 @@ from seaweedfs import (
     shared_dir,  # noqa: F401
     wait_visible,
 )
-from test_writer import partial_put, wait_for
+from test_writer import partial_put
 
 from hashserver.bufferfile import BufferFile
 from hashserver.checksum import Hasher
@@ -47,7 +47,7 @@ from hashserver.reader import SETTLE_BUDGET, BufferReader
 from hashserver.storage import PutOutcome
 from hashserver.writer import BufferWriter
 
-from conftest import ServerProcess, buffer_path, sha3
+from conftest import ServerProcess, buffer_path, sha3, wait_for
 
 HTTP_TIMEOUT = 60.0  # a bound against hangs: a reader may wait on a lock or a promise
 VISIBLE_WITHIN = 10.0  # bound on waiting for one host to see what the other stored
@@ -113,8 +113,8 @@ def hosts(shared_dir: SharedDir, serve) -> Hosts:  # noqa: F811
 def visible(server: ServerProcess, checksum: str) -> float:
     """Seconds until ``server`` says the buffer is there (bounded)."""
     started = time.monotonic()
-    assert wait_for(lambda: batch(server, "/has-now", [checksum]) == [True], VISIBLE_WITHIN), \
-        f"{checksum} not visible through {server.url} after {VISIBLE_WITHIN:g} s"
+    wait_for(lambda: batch(server, "/has-now", [checksum]) == [True],
+             f"{checksum} visible through {server.url}", VISIBLE_WITHIN)
     return time.monotonic() - started
 
 
@@ -152,7 +152,7 @@ def test_the_http_contract_on_a_mount(hosts: Hosts):
 
     assert put(a, missing, b"not it") == (400, b"Incorrect checksum")
     assert not buffer_path(directory, missing).exists()
-    assert wait_for(lambda: debris(directory) == []), debris(directory)
+    wait_for(lambda: debris(directory) == [], lambda: f"no debris, but {debris(directory)}")
 
 
 # ---------------------------------------------------- 2. cross-host visibility
@@ -176,7 +176,7 @@ def test_a_promise_on_one_host_keeps_the_other_waiting_until_stored(hosts: Hosts
     data = content(7, 200_000)
     cs = sha3(data)
     assert call(hosts.a, "PUT", f"/promise/{cs}")[0] == 202
-    assert wait_for(lambda: batch(hosts.b, "/has", [cs]) == [True], VISIBLE_WITHIN)
+    wait_for(lambda: batch(hosts.b, "/has", [cs]) == [True], "b has what a stored", VISIBLE_WITHIN)
     assert batch(hosts.b, "/has-now", [cs]) == [False]
     answer: list = []
     reader = threading.Thread(target=lambda: answer.append(get(hosts.b, cs)))
@@ -186,7 +186,7 @@ def test_a_promise_on_one_host_keeps_the_other_waiting_until_stored(hosts: Hosts
     assert put(hosts.a, cs, data) == (200, b"OK")
     reader.join(HTTP_TIMEOUT)
     assert answer == [(200, data)]
-    assert wait_for(lambda: debris(hosts.dirs.b) == []), debris(hosts.dirs.b)
+    wait_for(lambda: debris(hosts.dirs.b) == [], lambda: f"no debris, but {debris(hosts.dirs.b)}")
 
 
 def test_a_compressed_buffer_stored_through_one_host_reads_through_the_other(hosts: Hosts):
@@ -213,8 +213,8 @@ def test_a_host_that_saw_the_temporary_file_reads_the_published_buffer(hosts: Ho
     writer.start()
     try:
         where = buffer_path(hosts.dirs.b, cs).parent
-        assert wait_for(lambda: where.is_dir() and any(temp_owner(n) for n in os.listdir(where)),
-                        VISIBLE_WITHIN), "b lists a's temporary file"
+        wait_for(lambda: where.is_dir() and any(temp_owner(n) for n in os.listdir(where)),
+                 "b lists a's temporary file", VISIBLE_WITHIN)
     finally:
         directory_lock.unlink()
         writer.join(HTTP_TIMEOUT)
@@ -412,7 +412,7 @@ def test_a_storm_over_both_hosts_with_cut_uploads(hosts: Hosts):
     stored = storm.stored()
     assert stored, "some PUTs were acknowledged"
     for directory in hosts.dirs:
-        assert wait_for(lambda d=directory: debris(d) == [], SETTLE), debris(directory)
+        wait_for(lambda d=directory: debris(d) == [], lambda d=directory: f"no debris, but {debris(d)}", SETTLE)
     for server in (hosts.a, hosts.b):
         for cs in stored:
             visible(server, cs)
@@ -444,9 +444,9 @@ def test_a_dead_mount_answers_503_until_it_is_mounted_again(seaweedfs: SeaweedFS
                 status, _, body = call(server, "POST", route, json.dumps([cs, missing]).encode())
                 assert status == 503 and "Storage unavailable" in json.loads(body)["message"]
             assert put(server, sha3(later), later)[0] == 503
-        assert wait_for(lambda: all(call(server, "GET", "/healthcheck")[0] == 503 for _ in range(6)))
+        wait_for(lambda: all(call(server, "GET", "/healthcheck")[0] == 503 for _ in range(6)), "/healthcheck 503")
         mount.start()
-        assert wait_for(lambda: all(call(server, "GET", "/healthcheck")[0] == 200 for _ in range(6)))
+        wait_for(lambda: all(call(server, "GET", "/healthcheck")[0] == 200 for _ in range(6)), "/healthcheck 200")
         assert get(server, cs) == (200, data)
         assert batch(server, "/has", [cs, missing]) == [True, False]
         assert put(server, sha3(later), later) == (200, b"OK")

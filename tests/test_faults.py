@@ -11,11 +11,10 @@ import time
 
 import pytest
 import requests
-from test_writer import wait_for
 
 from hashserver.directory import HEALTH_EVERY
 
-from conftest import add_buffer, buffer_path, leftovers, sha3
+from conftest import add_buffer, buffer_path, leftovers, sha3, wait_for
 
 
 def port_of(server) -> int:
@@ -117,7 +116,7 @@ def test_a_stalled_upload_is_aborted_and_leaves_nothing(serve, tmp_path):
         status, body = read_answer(sock)  # nothing more is sent
     assert status == 408
     assert "no byte" in body["message"]
-    assert wait_for(lambda: leftovers(tmp_path) == [])
+    wait_for(lambda: leftovers(tmp_path) == [], lambda: f"no leftovers, but {leftovers(tmp_path)}")
     assert not buffer_path(tmp_path, cs).exists()
 
 
@@ -128,7 +127,7 @@ def test_a_trickling_upload_is_aborted_after_its_first_30_s(serve, tmp_path):
     cs = sha3(data)
     lock = buffer_path(tmp_path, cs).with_name(cs + ".LOCK")
     with start_upload(server, cs, len(data), b"y") as sock:
-        assert wait_for(lock.exists)
+        wait_for(lock.exists, "the writer's lock")
         deadline = time.monotonic() + 90
         status = None
         while time.monotonic() < deadline:  # one byte every 0.5 s: 2 bytes/s, under 1000
@@ -142,4 +141,4 @@ def test_a_trickling_upload_is_aborted_after_its_first_30_s(serve, tmp_path):
         status, body = read_answer(sock)
     assert status == 408
     assert "below the minimum" in body["message"]
-    assert wait_for(lambda: leftovers(tmp_path) == [])
+    wait_for(lambda: leftovers(tmp_path) == [], lambda: f"no leftovers, but {leftovers(tmp_path)}")

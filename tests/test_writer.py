@@ -17,18 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import add_buffer, buffer_path, leftovers, sha3
+from conftest import add_buffer, buffer_path, leftovers, sha3, wait_for
 
 LOCK_TIMEOUT = "2"
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def partial_put(url: str, checksum: str, total: int, sent: int) -> socket.socket:
@@ -69,7 +60,7 @@ def test_wrong_body_leaves_nothing(writable):
     r = requests.put(f"{server.url}/{cs}", data=b"x" * 100000, timeout=30)
     assert (r.status_code, r.text) == (400, "Incorrect checksum")
     assert not buffer_path(directory, cs).exists()
-    assert wait_for(lambda: leftovers(directory) == [])
+    wait_for(lambda: leftovers(directory) == [], lambda: f"no leftovers, but {leftovers(directory)}")
 
 
 def test_wrong_body_for_present_buffer_is_still_rejected(writable):
@@ -106,7 +97,7 @@ def test_body_over_maximum_is_413_and_nothing_stored(serve, tmp_path):
     assert r.status_code == 413
     assert "message" in r.json()
     assert not buffer_path(tmp_path, cs).exists()
-    assert wait_for(lambda: leftovers(tmp_path) == [])
+    wait_for(lambda: leftovers(tmp_path) == [], lambda: f"no leftovers, but {leftovers(tmp_path)}")
     small = b"fits"
     assert requests.put(f"{server.url}/{sha3(small)}", data=small, timeout=30).status_code == 200
 
@@ -119,7 +110,7 @@ def test_concurrent_puts_of_the_same_buffer(writable):
         results = list(pool.map(lambda _: requests.put(f"{server.url}/{cs}", data=data, timeout=60), range(6)))
     assert [(r.status_code, r.text) for r in results] == [(200, "OK")] * 6
     assert buffer_path(directory, cs).read_bytes() == data
-    assert wait_for(lambda: leftovers(directory) == [])
+    wait_for(lambda: leftovers(directory) == [], lambda: f"no leftovers, but {leftovers(directory)}")
 
 
 def test_many_concurrent_puts_and_gets_lose_nothing(writable):
@@ -142,7 +133,7 @@ def test_many_concurrent_puts_and_gets_lose_nothing(writable):
     assert requests.post(f"{server.url}/has", json=hexes, timeout=30).json() == [True] * len(buffers)
     for data, cs in zip(buffers, hexes, strict=True):
         assert buffer_path(directory, cs).read_bytes() == data
-    assert wait_for(lambda: leftovers(directory) == [])
+    wait_for(lambda: leftovers(directory) == [], lambda: f"no leftovers, but {leftovers(directory)}")
 
 
 def test_cut_connection_leaves_no_file_and_no_lock(writable):
@@ -150,9 +141,9 @@ def test_cut_connection_leaves_no_file_and_no_lock(writable):
     cs = sha3(b"never completed")
     sock = partial_put(server.url, cs, total=4 << 20, sent=2 << 20)
     lock = buffer_path(directory, cs).with_name(cs + ".LOCK")
-    assert wait_for(lock.exists), "the writer holds the per-file lock while it writes"
+    wait_for(lock.exists, "the writer holds the per-file lock while it writes")
     sock.close()
-    assert wait_for(lambda: leftovers(directory) == []), leftovers(directory)
+    wait_for(lambda: leftovers(directory) == [], lambda: f"no leftovers, but {leftovers(directory)}")
     assert not buffer_path(directory, cs).exists()
     assert requests.get(f"{server.url}/{cs}", timeout=30).status_code == 404
 
@@ -161,7 +152,7 @@ def test_sigkill_mid_upload_then_restart_serves_nothing_partial(serve, tmp_path)
     server = serve(tmp_path, "--writable", "--lock-timeout", "60", workers=2)
     cs = sha3(b"interrupted by kill -9")
     sock = partial_put(server.url, cs, total=4 << 20, sent=2 << 20)
-    assert wait_for(lambda: any(p.endswith(".tmp") for p in leftovers(tmp_path)))
+    wait_for(lambda: any(p.endswith(".tmp") for p in leftovers(tmp_path)), "the upload's temporary file")
     os.killpg(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
     sock.close()
@@ -195,7 +186,7 @@ def test_disk_full_is_507_and_leaves_nothing(serve, tmp_path):
         assert r.status_code == 507
         assert "full" in r.json()["message"]
         assert not buffer_path(mount, cs).exists()
-        assert wait_for(lambda: leftovers(mount) == [])
+        wait_for(lambda: leftovers(mount) == [], lambda: f"no leftovers, but {leftovers(mount)}")
         small = b"still fits"
         assert requests.put(f"{server.url}/{sha3(small)}", data=small, timeout=30).status_code == 200
         server.stop()
