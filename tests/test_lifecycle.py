@@ -10,6 +10,7 @@ bounded (a hang guard, never a timing assertion).
 from __future__ import annotations
 
 import http.client
+import multiprocessing
 import os
 import selectors
 import signal
@@ -21,6 +22,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from sanic.worker.manager import WorkerManager
+from sanic.worker.process import ProcessState
+
+from hashserver.lifecycle import Supervisor
 
 from conftest import BIN, ServerProcess, add_buffer, buffer_path, free_port, sha3, wait_for
 
@@ -374,6 +379,58 @@ def assert_replacement_serves(server: ServerProcess, survivor: int, stored: dict
         assert get(server.url, f"/{sha3(new)}", timeout=10).content == new
     finally:
         os.kill(survivor, signal.SIGCONT)
+
+
+# ------------------------------------- a stopping worker's state, emptied
+class EmptiedAfterRead(dict):
+    """Sanic's shared worker state, where a stopping worker's entry is emptied
+    (None) right after the manager has read it: the race that made a stopped
+    server exit 1 (the manager's next write, ``{**None}``, raises TypeError)."""
+
+    def __init__(self, *args, name: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name, self.reads = name, 0
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if key == self.name:
+            self.reads += 1
+            if self.reads > 1:
+                return None
+        return value
+
+
+@pytest.mark.parametrize("race, error", [("emptied", AttributeError), ("emptied after the read", TypeError)])
+def test_a_stopping_workers_emptied_state_ends_the_supervisor_cleanly(race, error):
+    """Sanic's own ``_sync_states`` over a real worker process that has ended,
+    with its state entry emptied: tolerated while shutting down, raised otherwise
+    (a fault of a serving server stays visible)."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        manager = WorkerManager(1, os.getpid, {}, multiprocessing.get_context("spawn"), multiprocessing.Pipe(), {})
+        supervisor = Supervisor.adopt(manager, grace=1.0)
+        for worker in supervisor.transient.values():
+            for process in worker.processes:
+                process.start()
+        process, = supervisor.processes
+        wait_for(lambda: not process.is_alive(), "the worker process ended")
+        state_before = process.state
+        if race == "emptied":
+            supervisor.worker_state[process.name] = None  # AttributeError on Sanic's read
+        else:
+            supervisor.worker_state = EmptiedAfterRead(supervisor.worker_state, name=process.name)
+            process.worker_state = supervisor.worker_state  # TypeError on Sanic's write
+        with pytest.raises(error):
+            supervisor._sync_states()
+        if race != "emptied":  # the same race again
+            supervisor.worker_state.reads, process.state = 0, state_before
+        supervisor._shutting_down = True
+        supervisor._sync_states()  # no exception: the stop goes on
+        supervisor.join()  # Sanic's join writes the state too
+        assert process.state in (ProcessState.JOINED, ProcessState.COMPLETED, ProcessState.FAILED)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 # ------------------------------------------------------- a small /dev/shm
