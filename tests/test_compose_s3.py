@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,8 @@ pytest.importorskip(
 )
 yaml = pytest.importorskip("yaml", reason="PyYAML (a dependency of podman-compose) is not installed")
 from seaweedfs import s3_bucket, seaweedfs  # noqa: E402, F401  (fixtures)
+
+from conftest import wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.s3.yaml"
@@ -210,10 +211,9 @@ def test_nginx_in_front_of_two_real_hosts_survives_losing_one(seaweedfs, s3_buck
     proxy = ServerProcess([nginx_binary(), "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
                           port=port, log_path=tmp_path / "nginx.log").start()
     try:
-        deadline = time.monotonic() + 60
-        while not proxy.answers("/healthcheck"):
-            assert time.monotonic() < deadline and proxy.exit_code() is None, proxy.output()
-            time.sleep(0.1)
+        wait_for(lambda: proxy.answers("/healthcheck") or proxy.exit_code() is not None,
+                 lambda: f"nginx answering: {proxy.output()}")
+        assert proxy.exit_code() is None, proxy.output()
         buffers = {hashlib.sha3_256(d).hexdigest(): d for d in (os.urandom(100 + n) for n in range(12))}
         for data in buffers.values():
             assert put(port, data).body == b"OK"

@@ -41,7 +41,7 @@ from hashserver.reader import SMALL_BUFFER
 from hashserver.runtime import MainProcess, attach_main
 from hashserver.testing import ServerProcess, free_port
 
-from conftest import add_buffer, buffer_path, sha3
+from conftest import add_buffer, buffer_path, sha3, wait_for
 
 READ_TIMEOUT = 30.0
 PACE = 0.002  # between the parts of a split request, so that they travel as separate segments
@@ -789,11 +789,13 @@ def test_held_buffers_are_proven_once_the_watch_vouches(in_process):
         stamp = storage.lookups.stamp(checksum)
         return stamp is not None and storage.cache.proven(checksum, stamp) is not None
 
-    deadline = time.monotonic() + 30
-    while not in_process.call(proven):
-        assert time.monotonic() < deadline, "never proven: the watch never vouched for the directory"
+    def answered_until_proven() -> bool:
+        if in_process.call(proven):
+            return True
         assert answered_after(in_process, ("GET", request("GET", SMALL_CS))) == {("get", 200): 1}
-        time.sleep(0.2)
+        return False
+
+    wait_for(answered_until_proven, "proven: the watch vouched for the directory", 30)
     os.unlink(buffer_path(storage.search_path.main.root, SMALL_CS))
     assert answered_after(in_process, ("GET", request("GET", SMALL_CS))) == {("get", 404): 1}
 

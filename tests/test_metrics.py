@@ -39,7 +39,7 @@ from hashserver.metrics import (
 from hashserver.owner import owner_tag
 from hashserver.storage import BodyTooLarge, ChecksumMismatch
 
-from conftest import ServerProcess, add_buffer, sha3
+from conftest import ServerProcess, add_buffer, sha3, wait_for
 
 SPAWN = multiprocessing.get_context("spawn")  # as Sanic starts its workers
 _names = itertools.count()
@@ -226,10 +226,7 @@ def _is_zombie(pid: int) -> bool:
 
 def _wait_zombie(pid: int, timeout: float = 10.0) -> None:
     """Killed but not reaped: it must count as dead all the same."""
-    deadline = time.monotonic() + timeout
-    while not _is_zombie(pid):
-        assert time.monotonic() < deadline, f"process {pid} did not die"
-        time.sleep(0.02)
+    wait_for(lambda: _is_zombie(pid), f"process {pid} dead (a zombie)", timeout)
 
 
 class MonotonicScrapes:

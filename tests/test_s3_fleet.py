@@ -38,7 +38,7 @@ from hashserver.compression import Decoder, for_suffix
 from hashserver.layout import PREFIX_MARKER
 from hashserver.testing import ServerProcess
 
-from conftest import add_buffer, buffer_path, sha3
+from conftest import add_buffer, buffer_path, sha3, wait_for
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
 from hashserver.objectstore import SMALL_PUT, WHOLE_GET  # noqa: E402
@@ -159,7 +159,7 @@ def test_a_promise_on_one_host_holds_on_the_other(fleet):
     reader.join(BOUND)
     assert got and (got[0].status, got[0].body) == (200, data), got
     assert fleet.key(checksum) in fleet.keys()
-    wait_until(lambda: not [k for k in fleet.keys() if PROMISES in k],
+    wait_for(lambda: not [k for k in fleet.keys() if PROMISES in k],
                "a kept promise removed once the buffer is there (right after the PUT's answer)")
 
 
@@ -271,13 +271,6 @@ def own_seaweedfs(tmp_path_factory):
     server.stop(grace=1.0)
 
 
-def wait_until(condition, what: str, timeout: float = BOUND) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not {what} after {timeout:g} s"
-        time.sleep(0.2)
-
-
 def health(port: int) -> int:
     return request(port, "GET", "/healthcheck", timeout=BOUND).status
 
@@ -343,13 +336,13 @@ def outage(weed: SeaweedFS, a: int, b: int, only_on_a: str) -> None:
     time.sleep(1.0)
     weed.kill()
     try:
-        wait_until(lambda: health(a) == 503 and health(b) == 503, "503 from /healthcheck while SeaweedFS is down")
+        wait_for(lambda: health(a) == 503 and health(b) == 503, "503 from /healthcheck while SeaweedFS is down")
         time.sleep(3.0)  # load against the stopped store
         missing = request(b, "GET", "/" + only_on_a, timeout=BOUND)
         assert missing.status == 503 and missing.json()["message"], f"b has none locally: {missing!r}"
     finally:
         weed.start()
-    wait_until(lambda: health(a) == 200 and health(b) == 200, "/healthcheck 200 once SeaweedFS is back")
+    wait_for(lambda: health(a) == 200 and health(b) == 200, "/healthcheck 200 once SeaweedFS is back")
 
 
 # ------------------------------------------------------------- 4. corrupt objects
