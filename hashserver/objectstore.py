@@ -89,7 +89,7 @@ REFUSED = (PermissionDeniedError, UnauthenticatedError)
 NO_BUCKET = "<Code>NoSuchBucket</Code>"  # S3's answer to a list; a HEAD of a key only says 404
 RANGE_PAST_END = ("416 Range Not Satisfiable", "<Code>InvalidRange</Code>")  # S3: a range from the object's end
 NOT_PARTIAL = "non-partial response"  # object_store's error when a store answered a range with everything
-_DONE, _ABANDON = object(), object()
+_DONE, _ABANDON, _WHOLE = object(), object(), object()
 LIST_MIN = 16  # missing buffers in a batch from which listing their directories is tried
 LIST_PAGE = 1000  # keys in a listing page (S3's maximum)
 LIST_BACKOFF = 60.0  # seconds of HEADs alone after a batch whose listings did not pay
@@ -251,16 +251,22 @@ class ObjectStore:
         if len(data) < SMALL_GET:
             return data
         rest = await self._get_rest(key)
+        if rest is _WHOLE:
+            return await self._get_present(key)
         return data if rest is None else _Prefixed(data, rest)
 
     async def _get_rest(self, key: str):
-        """A GET of the object from SMALL_GET on; None if it ends there."""
+        """A GET of the object from SMALL_GET on; None if it ends there, _WHOLE if the
+        store answered this range with the whole object."""
         async def rest():
             try:
                 return await obstore.get_async(self.store, key, options={"range": {"offset": SMALL_GET}})
             except BaseError as exc:
                 if _starts_at_the_end(exc):
                     return None
+                if NOT_PARTIAL in str(exc):
+                    self._ranges = False
+                    return _WHOLE
                 raise
 
         try:
@@ -439,6 +445,8 @@ class ObjectStore:
         if size <= self.whole_get or isinstance(result, bytes):
             result = await self._get_present(key) if result is None else result
             return await self._whole(checksum, key, encoding, size, result, accepted)
+        if isinstance(result, _Prefixed):
+            result = None  # sent as it arrives, so read by one GET: see _whole_verified
         if want is Want.PART:
             return await self._spooled(checksum, key, encoding, result, accepted)
         return await self._streamed(checksum, key, encoding, size, result, accepted)
@@ -494,14 +502,20 @@ class ObjectStore:
     def _corruption(self, key: str) -> CorruptBuffer:
         return CorruptBuffer.at(self.keys.where(key), self.hasher.display_name)
 
-    def _check(self, checksum: bytes, digest: DecodingHash, key: str) -> int:
-        """The decoded length, if the content hashed to ``checksum``; else CorruptBuffer."""
+    @staticmethod
+    def _hashed_to(checksum: bytes, digest: DecodingHash) -> int | None:
+        """The decoded length, if the content hashed to ``checksum``; else None."""
         try:
             result, length = digest.finish()
         except InvalidPayload:
-            result, length = None, 0
-        self.metrics.verified(result == checksum)
-        if result != checksum:
+            return None
+        return length if result == checksum else None
+
+    def _check(self, checksum: bytes, digest: DecodingHash, key: str) -> int:
+        """The decoded length, if the content hashed to ``checksum``; else CorruptBuffer."""
+        length = self._hashed_to(checksum, digest)
+        self.metrics.verified(length is not None)
+        if length is None:
             error = self._corruption(key)
             log.error("%s", error)
             raise error
@@ -510,13 +524,34 @@ class ObjectStore:
     async def _whole(self, checksum: bytes, key: str, encoding: Encoding | None, size: int, result,
                      accepted: frozenset[str]) -> Readable:
         """An object up to ``whole_get``, verified before anything is sent."""
-        data, digest = await self._fetched(key, result, size, encoding)
-        length = self._check(checksum, digest, key)
+        data, length = await self._whole_verified(checksum, key, size, encoding, result)
         if encoding is None:
             return Readable(length, content=data)
         if encoding.accepted_by(accepted):
             return Readable(len(data), encoding.name, content=data, variant=encoding.suffix[1:], varies=True)
         return Readable(length, chunks=lambda: _decoded(encoding, data), varies=True)
+
+    async def _whole_verified(self, checksum: bytes, key: str, size: int, encoding: Encoding | None,
+                              result) -> tuple[bytes, int]:
+        """The object's bytes and decoded length, once they hashed to ``checksum``.  A read
+        joined from two GETs (:class:`_Prefixed`) that does not is read again by one GET
+        before the object is called corrupt: between the two, the object may have been
+        replaced by another encoding of the same buffer (a compressed object uploaded in
+        parts is not created conditionally, and ``aws s3 sync`` overwrites)."""
+        if isinstance(result, _Prefixed):
+            try:
+                data, digest = await self._fetched(key, result, size, encoding)
+                length = self._hashed_to(checksum, digest)
+            except CorruptBuffer:  # undecodable
+                length = None
+            if length is not None:
+                self.metrics.verified(True)
+                return data, length
+            log.info("%s: its two GETs did not hash right together; reading it by one", self.keys.where(key))
+            result = await self._get_present(key)
+            size = result.meta["size"]
+        data, digest = await self._fetched(key, result, size, encoding)
+        return data, self._check(checksum, digest, key)
 
     async def _fetched(self, key: str, result, size: int, encoding: Encoding | None) -> tuple[bytes, DecodingHash]:
         """The object's bytes, and their hash so far.  A small one is read, then hashed;
@@ -524,9 +559,9 @@ class ObjectStore:
         that the answer waits for about the longer of the two, not their sum)."""
         digest = DecodingHash(self.hasher, encoding)
         try:
-            if size <= HASH_INLINE:
+            if size <= HASH_INLINE or isinstance(result, bytes):
                 data = result if isinstance(result, bytes) else await self._read(key, result)
-                digest.update(data)
+                await self._hash(digest, data)
                 return data, digest
             return await self._read_hashing(key, result, digest), digest
         except InvalidPayload:

@@ -181,20 +181,30 @@ def test_reads_on_either_side_of_the_first_gets_size(bucket_store, size):
 
 class RangeBlindMirror(NginxServer):
     """nginx serving a copy of a bucket from a directory, byte ranges turned off
-    (``max_ranges 0``): a store that answers a GET of a range with the whole object."""
+    (``max_ranges 0``): a store that answers a GET of a range with the whole object.
+    ``open_ended_only``: blind only to ranges with no end (``bytes=N-``)."""
 
     name = "nginx-mirror"
 
-    def __init__(self, workdir: str, root: str):
+    def __init__(self, workdir: str, root: str, open_ended_only: bool = False):
         super().__init__(workdir, workers=1)
         self.root = root
+        self.open_ended_only = open_ended_only
 
     def http_config(self) -> str:
+        if self.open_ended_only:
+            locations = f"""        location / {{
+            root {self.root};
+            if ($http_range ~ "^bytes=[0-9]+-$") {{ rewrite ^ /whole$uri last; }}
+        }}
+        location /whole/ {{ internal; alias {self.root}/; max_ranges 0; }}"""
+        else:
+            locations = f"""        max_ranges 0;
+        location / {{ root {self.root}; }}"""
         return f"""    server {{
         listen {HOST}:{self.port};
-        max_ranges 0;
         location = /healthcheck {{ return 200 "OK"; }}
-        location / {{ root {self.root}; }}
+{locations}
     }}
 """
 
@@ -223,6 +233,69 @@ def test_a_store_that_ignores_ranges_is_read_whole(s3_env, tmp_path):
             assert calls[("get", "ok")] == 5
         finally:
             store.close()
+
+
+def test_a_store_that_ignores_only_the_rests_range_is_read_whole(s3_env, tmp_path):
+    """First bytes by a range, the rest answered whole (``bytes=N-`` ignored): the
+    object is read by one GET, and whole GETs from then on."""
+    content = os.urandom(SMALL_GET + 5000)
+    path = tmp_path / "mirror" / "bucket" / key_of(sha3(content))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with RangeBlindMirror(str(tmp_path), str(tmp_path / "mirror"), open_ended_only=True) as mirror:
+        endpoint = f"http://{HOST}:{mirror.port}"
+        raw = obstore.store.S3Store("bucket", endpoint=endpoint, client_options={"allow_http": True})
+        assert bytes(obstore.get_range(raw, key_of(sha3(content)), start=0, end=10)) == content[:10]
+        with pytest.raises(obstore.exceptions.BaseError, match="non-partial"):  # what the store does
+            obstore.get(raw, key_of(sha3(content)), options={"range": {"offset": 10}})
+        store = make_store(s3_env, "bucket", endpoint=endpoint, writable=False)
+        calls = store.metrics._values["hashserver_object_store_requests"]
+
+        async def scenario():
+            return await read_all(await store.open(sha3(content)))
+
+        try:
+            assert run(scenario()) == content
+            assert calls[("get", "ok")] == 3  # the first bytes, the rest answered whole, one whole GET
+            assert run(scenario()) == content
+            assert calls[("get", "ok")] == 4
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("whole_get, gets", [(64 * MiB, 3), (2 * MiB, 4)], ids=["fetched whole", "streamed"])
+def test_an_object_replaced_between_its_two_gets_is_read_by_one(s3_env, s3_bucket, whole_get, gets):  # noqa: F811
+    """Another encoding of the same buffer may replace a compressed object between the
+    GET of its first bytes and the GET of the rest (a multipart upload is not created
+    conditionally).  Fetched whole, the joined read does not hash right and the object
+    is read again by one GET instead of being called corrupt; streamed (sent as it
+    arrives), it is read by one GET from the start."""
+    store, raw = make_store(s3_env, s3_bucket, whole_get=whole_get), s3_env.s3_store(s3_bucket)
+    data = os.urandom(12 * MiB).translate(bytes(b"acgt"[i % 4] for i in range(256)))  # 2 bits a byte
+    fast, small = zstandard.compress(data, 1), zstandard.compress(data, 19)
+    assert fast != small and min(len(fast), len(small)) > SMALL_GET
+    checksum = sha3(data)
+    obstore.put(raw, key_of(checksum, ".zst"), fast)
+    get_rest = store._get_rest
+
+    async def replaced_first(key: str):
+        await obstore.put_async(raw, key, small)
+        return await get_rest(key)
+
+    store._get_rest = replaced_first
+    counts = store.metrics._values
+
+    async def scenario():
+        readable = await store.open(checksum)
+        return readable.length, await read_all(readable)
+
+    try:
+        assert run(scenario()) == (len(data), data)
+        # first bytes, rest, then one GET (streamed: after the one that counts the decoded length)
+        assert counts["hashserver_object_store_requests"][("get", "ok")] == gets
+        assert counts["hashserver_corruptions"][()] == 0 and counts["hashserver_verifications"][()] == 1
+    finally:
+        store.close()
 
 
 # ------------------------------------------------------------ refused and cut uploads
