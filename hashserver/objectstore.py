@@ -235,8 +235,7 @@ class ObjectStore:
             except BaseError as exc:
                 if _starts_at_the_end(exc):
                     return b""  # an empty object
-                if NOT_PARTIAL in str(exc):
-                    self._ranges = False  # a store that ignores ranges: whole GETs from now on
+                if self._answered_whole(exc):
                     return None
                 raise
 
@@ -264,8 +263,7 @@ class ObjectStore:
             except BaseError as exc:
                 if _starts_at_the_end(exc):
                     return None
-                if NOT_PARTIAL in str(exc):
-                    self._ranges = False
+                if self._answered_whole(exc):
                     return _WHOLE
                 raise
 
@@ -273,6 +271,13 @@ class ObjectStore:
             return await self._call("get", key, rest())
         except NOT_FOUND:
             raise self._vanished(key) from None
+
+    def _answered_whole(self, exc: BaseException) -> bool:
+        """Whether the store answered a range with the whole object: then whole GETs from now on."""
+        if NOT_PARTIAL not in str(exc):
+            return False
+        self._ranges = False
+        return True
 
     async def _small_object(self, key: str) -> bytes | None:
         result = await self._get_small(key)
