@@ -353,6 +353,11 @@ class Config:
     cache_size: int = setting(
         SIZE, "most bytes the local cache tier holds (least recently used out first); 0: no tier",
         default=DEFAULT_CACHE_SIZE, metavar="BYTES", shown_default="10G")
+    s3_lean_client: bool = setting(
+        FLAG, "an s3:// DIRECTORY's small GETs and PUTs by hashserver's own HTTP/1.1 client on the "
+        "event loop's thread (a fifth of obstore's CPU per call) where the endpoint is http://, the "
+        "credentials static and no proxy set; every other call by obstore (off: --no-s3-lean-client)",
+        default=True, shown_default="on")
     # Where each setting came from, so that errors name it as the user wrote it.
     names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -450,6 +455,8 @@ class Config:
                 self._fail(attr, value, "applies to an s3://BUCKET[/PREFIX] directory only")
         if self.cache_size != DEFAULT_CACHE_SIZE:
             self._fail("cache_size", self.cache_size, "applies to an s3://BUCKET[/PREFIX] directory only")
+        if not self.s3_lean_client:
+            self._fail("s3_lean_client", self.s3_lean_client, "applies to an s3://BUCKET[/PREFIX] directory only")
 
     def _check_object_store(self) -> None:
         try:

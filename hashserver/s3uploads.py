@@ -1,4 +1,4 @@
-"""Incomplete multipart uploads: listed and aborted with signed S3 requests.
+"""Incomplete multipart uploads: listed and aborted with signed S3 requests; the signing.
 
 obstore (0.12) completes or aborts the multipart uploads it starts itself but
 has no call to list the ones a killed process left behind, nor to abort one
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import hmac
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -64,29 +66,49 @@ class Signer:
                    config.get("secret_access_key") or env("AWS_SECRET_ACCESS_KEY") or "",
                    config.get("session_token") or config.get("token") or env("AWS_SESSION_TOKEN"))
 
-    def request(self, method: str, path: str, query: dict[str, str]) -> urllib.request.Request:
-        """A signed request (empty body) for ``path`` (``/bucket[/key]``)."""
-        url = urllib.parse.urlsplit(self.endpoint)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-        canonical_path = urllib.parse.quote(path, safe="/-_.~")
-        canonical_query = "&".join(f"{_q(k)}={_q(v)}" for k, v in sorted(query.items()))
-        headers = {"host": url.netloc, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": amz_date}
+    def signed(self, method: str, path: str, query: str, headers: dict[str, str],
+               payload_sha256: str = EMPTY_SHA256) -> dict[str, str]:
+        """``headers`` (lower-case names, ``host`` among them) with the date, the payload's
+        hash and the AWS Signature Version 4 ``authorization`` added; ``path`` and ``query``
+        as sent (quoted, the query's parameters sorted)."""
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        day = amz_date[:8]
+        headers = {**headers, "x-amz-content-sha256": payload_sha256, "x-amz-date": amz_date}
         if self.session_token:
             headers["x-amz-security-token"] = self.session_token
-        signed = ";".join(sorted(headers))
-        canonical = "\n".join([method, canonical_path, canonical_query,
-                               *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, EMPTY_SHA256])
+        names = sorted(headers)
+        signed = ";".join(names)
+        canonical = "\n".join([method, path, query, *(f"{k}:{headers[k]}" for k in names), "", signed,
+                               payload_sha256])
         scope = f"{day}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-        key = f"AWS4{self.secret_access_key}".encode()
-        for part in (day, self.region, "s3", "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        key = _signing_key(self.secret_access_key, day, self.region)
         signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
         headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.access_key_id}/{scope}, "
                                     f"SignedHeaders={signed}, Signature={signature}")
+        return headers
+
+    def request(self, method: str, path: str, query: dict[str, str]) -> urllib.request.Request:
+        """A signed request (empty body) for ``path`` (``/bucket[/key]``)."""
+        canonical_path = quote_path(path)
+        canonical_query = "&".join(f"{_q(k)}={_q(v)}" for k, v in sorted(query.items()))
+        headers = self.signed(method, canonical_path, canonical_query,
+                              {"host": urllib.parse.urlsplit(self.endpoint).netloc})
         target = f"{self.endpoint}{canonical_path}" + (f"?{canonical_query}" if canonical_query else "")
         return urllib.request.Request(target, method=method, headers=headers)
+
+
+@functools.lru_cache(maxsize=8)
+def _signing_key(secret_access_key: str, day: str, region: str) -> bytes:
+    """The day's signing key: four HMACs, the same for every request of that day."""
+    key = f"AWS4{secret_access_key}".encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def quote_path(path: str) -> str:
+    return urllib.parse.quote(path, safe="/-_.~")
 
 
 def _q(value: str) -> str:

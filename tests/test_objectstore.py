@@ -209,8 +209,12 @@ class RangeBlindMirror(NginxServer):
 """
 
 
-def test_a_store_that_ignores_ranges_is_read_whole(s3_env, tmp_path):
-    contents = [os.urandom(3000), b""]
+@pytest.mark.parametrize("lean", [True, False], ids=["lean client", "obstore"])
+def test_a_store_that_ignores_ranges_is_read_whole(s3_env, tmp_path, lean):
+    """A small object answered whole is the object; a longer one (the lean client drops
+    the connection rather than read it; obstore refuses the answer) is read by a whole
+    GET, and whole GETs only from then on."""
+    contents = [os.urandom(3000), b"", os.urandom(SMALL_GET + 5000)]
     for content in contents:
         path = tmp_path / "mirror" / "bucket" / key_of(sha3(content))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +224,8 @@ def test_a_store_that_ignores_ranges_is_read_whole(s3_env, tmp_path):
         raw = obstore.store.S3Store("bucket", endpoint=endpoint, client_options={"allow_http": True})
         with pytest.raises(obstore.exceptions.BaseError, match="non-partial"):  # what the store does
             obstore.get_range(raw, key_of(sha3(contents[0])), start=0, end=10)
-        store = make_store(s3_env, "bucket", endpoint=endpoint, writable=False)
+        store = make_store(s3_env, "bucket", endpoint=endpoint, writable=False, lean=lean)
+        assert (store.lean is not None) is lean
 
         async def scenario():
             return [await read_all(await store.open(sha3(content))) for content in contents]
@@ -228,9 +233,12 @@ def test_a_store_that_ignores_ranges_is_read_whole(s3_env, tmp_path):
         calls = store.metrics._values["hashserver_object_store_requests"]
         try:
             assert run(scenario()) == contents
-            assert calls[("get", "ok")] == 3  # a range answered whole, then whole GETs only
+            # lean: the two small ones by one GET each, the long one's whole answer dropped, one whole GET;
+            # obstore: the first's range refused, then a whole GET each
+            assert calls[("get", "ok")] == 4
+            assert store._ranges is False
             assert run(scenario()) == contents
-            assert calls[("get", "ok")] == 5
+            assert calls[("get", "ok")] == 7
         finally:
             store.close()
 

@@ -1,0 +1,293 @@
+"""The lean S3 client (hashserver.s3lean): where it applies, that SeaweedFS takes its
+signed calls, and its answer to each fault of a store, against a scripted HTTP server
+that answers each request as the test says (a store that fails on cue)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+from seaweedfs import ACCESS_KEY, SECRET_KEY, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
+
+from hashserver import s3lean
+from hashserver.checksum import Hasher
+from hashserver.config import Config
+from hashserver.s3uploads import Signer
+from hashserver.storage import PutOutcome, StorageUnavailable
+
+obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+from hashserver.objectstore import SMALL_GET, ObjectStore  # noqa: E402  (needs obstore)
+
+BOUND = 60.0  # seconds: a bound against hangs, not a speed requirement
+KEY = "buffers/ab/abcd"
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, BOUND))
+
+
+def answer(status: int, body: bytes = b"", reason: str = "X", chunked: bool = False) -> bytes:
+    if chunked:
+        return (f"HTTP/1.1 {status} {reason}\r\ntransfer-encoding: chunked\r\n\r\n{len(body):x}\r\n".encode()
+                + body + b"\r\n0\r\n\r\n")
+    return f"HTTP/1.1 {status} {reason}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+
+
+class Scripted:
+    """An HTTP server on 127.0.0.1 answering the n-th request with ``script[n]``: bytes
+    to send, "close" (close the connection without an answer), "silent" (never answer);
+    "close after" in ``hang_up_after``: close the connection once that request is answered."""
+
+    def __init__(self, script: list, hang_up_after: frozenset[int] = frozenset()):
+        self.script = script
+        self.hang_up_after = hang_up_after
+        self.requests: list[bytes] = []
+        self.connections = 0
+
+    async def __aenter__(self) -> "Scripted":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                body = await reader.readexactly(length)
+                n = len(self.requests)
+                self.requests.append(head + body)
+                step = self.script[min(n, len(self.script) - 1)]
+                if step == "close":
+                    break
+                if step == "silent":
+                    await asyncio.sleep(BOUND)
+                    break
+                writer.write(step)
+                await writer.drain()
+                if n in self.hang_up_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def client(self, **timeouts) -> s3lean.LeanClient:
+        signer = Signer(f"http://127.0.0.1:{self.port}", "us-east-1", "key", "secret")
+        return s3lean.LeanClient(signer, "bucket", **timeouts)
+
+
+# ------------------------------------------------------------------ where it applies
+def test_the_lean_client_applies_to_plain_http_with_static_credentials_and_no_proxy(monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", *s3lean.PROXY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is None  # no credentials: obstore finds them
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    client = s3lean.for_endpoint("b", "http://127.0.0.1:1/base/")
+    assert isinstance(client, s3lean.LeanClient) and client.base == "/base/b/"
+    assert s3lean.for_endpoint("b", "https://s3.example.org") is None
+    assert s3lean.for_endpoint("b", None) is None  # AWS S3 itself: https
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is None
+
+
+def test_the_setting_turns_it_off_for_a_bucket_and_is_refused_for_a_directory(seaweedfs, s3_bucket, monkeypatch,  # noqa: F811
+                                                                              tmp_path):
+    for name, value in seaweedfs.s3_env().items():
+        monkeypatch.setenv(name, value)
+    on = Config(directory=f"s3://{s3_bucket}").validate()
+    off = Config(directory=f"s3://{s3_bucket}", s3_lean_client=False).validate()
+    assert ObjectStore.from_config(on).lean is not None
+    assert ObjectStore.from_config(off).lean is None
+    with pytest.raises(Exception, match="applies to an s3://BUCKET"):
+        Config(directory=str(tmp_path), s3_lean_client=False).validate()
+
+
+# ------------------------------------------------------------------ against SeaweedFS
+@pytest.mark.parametrize("size", [0, 1000, SMALL_GET, SMALL_GET + 10], ids=["empty", "1000 B", "1 MiB", "longer"])
+def test_seaweedfs_takes_its_signed_calls(seaweedfs, s3_bucket, size):  # noqa: F811
+    """A conditional PUT, then a GET of the first MiB: the range, or all of a shorter object
+    (416, empty, for an empty one); a second PUT of the key: "exists"."""
+    signer = Signer.from_settings(s3_bucket, seaweedfs.s3_endpoint, {"access_key_id": ACCESS_KEY,
+                                                                      "secret_access_key": SECRET_KEY})
+    client = s3lean.LeanClient(signer, s3_bucket)
+    data = os.urandom(size)
+
+    async def scenario():
+        try:
+            await client.put_if_absent("p/x", data, hashlib.sha256(data).hexdigest())
+            with pytest.raises(FileExistsError):
+                await client.put_if_absent("p/x", data, hashlib.sha256(data).hexdigest())
+            status, body = await client.get_range("p/x", 0, SMALL_GET)
+            with pytest.raises(FileNotFoundError):
+                await client.get_range("p/absent", 0, SMALL_GET)
+            return status, body
+        finally:
+            client.close()
+
+    status, body = run(scenario())
+    assert (status, body) == ((416, b"") if size == 0 else (206, data[:SMALL_GET]))
+    assert bytes(obstore.get(seaweedfs.s3_store(s3_bucket), "p/x").bytes()) == data
+
+
+def test_a_wrong_signature_is_refused_with_the_stores_message(seaweedfs, s3_bucket):  # noqa: F811
+    signer = Signer.from_settings(s3_bucket, seaweedfs.s3_endpoint, {"access_key_id": ACCESS_KEY,
+                                                                      "secret_access_key": "wrong"})
+    client = s3lean.LeanClient(signer, s3_bucket)
+    with pytest.raises(s3lean.S3Error, match="HTTP 403.*SignatureDoesNotMatch") as caught:
+        run(client.get_range("p/x", 0, 10))
+    assert caught.value.status == 403
+    client.close()
+
+
+# ------------------------------------------------------------------ faults, scripted
+def test_an_answer_is_read_by_its_length_or_its_chunks_and_the_connection_kept():
+    async def scenario():
+        async with Scripted([answer(206, b"abc"), answer(206, b"defg", chunked=True)]) as server:
+            client = server.client()
+            first = await client.get_range(KEY, 0, 10)
+            second = await client.get_range(KEY, 0, 10)
+            client.close()
+            return first, second, server.connections, server.requests
+
+    first, second, connections, requests = run(scenario())
+    assert (first, second, connections) == ((206, b"abc"), (206, b"defg"), 1)
+    assert requests[0].startswith(b"GET /bucket/buffers/ab/abcd HTTP/1.1\r\n")
+    assert b"range: bytes=0-9\r\n" in requests[0] and b"authorization: AWS4-HMAC-SHA256 Credential=key/" in requests[0]
+
+
+def test_a_connection_the_store_closed_is_replaced_and_the_call_retried():
+    """The store closes a kept-alive connection (its idle timeout), or drops it before
+    answering: the call goes again on a new connection."""
+    async def scenario():
+        script = [answer(206, b"one"), "close", answer(206, b"two")]
+        async with Scripted(script, hang_up_after=frozenset({0})) as server:
+            client = server.client()
+            first = await client.get_range(KEY, 0, 10)
+            await asyncio.sleep(0.05)  # the hang-up arrives
+            second = await client.get_range(KEY, 0, 10)
+            client.close()
+            return first, second, len(server.requests), server.connections
+
+    assert run(scenario()) == ((206, b"one"), (206, b"two"), 3, 3)
+
+
+def test_a_5xx_is_retried_with_backoff_and_then_named():
+    async def scenario():
+        async with Scripted([answer(503, b"<Code>SlowDown</Code>"), answer(500), answer(206, b"ok")]) as server:
+            client = server.client()
+            recovered = await client.get_range(KEY, 0, 10)
+            calls = len(server.requests)
+        async with Scripted([answer(503, b"<Error><Code>SlowDown</Code></Error>", "Slow Down")]) as server:
+            client = server.client()
+            with pytest.raises(s3lean.S3Error, match=r"GET of .*/bucket/buffers/ab/abcd: HTTP 503 .*SlowDown"):
+                await client.get_range(KEY, 0, 10)
+            return recovered, calls, len(server.requests)
+
+    assert run(scenario()) == ((206, b"ok"), 3, s3lean.RETRIES + 1)
+
+
+def test_a_store_that_does_not_answer_is_given_up_within_the_bounds():
+    async def scenario():
+        async with Scripted(["silent"]) as server:
+            client = server.client(answer_timeout=0.2, retry_budget=0.5)
+            with pytest.raises(s3lean.S3Error, match=r"no whole answer in 0.2 s"):
+                await client.get_range(KEY, 0, 10)
+            return len(server.requests)
+
+    assert 1 <= run(scenario()) <= s3lean.RETRIES + 1
+
+
+def test_a_store_that_is_not_there_is_named():
+    async def scenario():
+        async with Scripted([answer(200)]) as server:
+            client = server.client()
+        with pytest.raises(s3lean.S3Error, match=r"cannot connect to 127.0.0.1:\d+"):  # the server is closed
+            await client.get_range(KEY, 0, 10)
+
+    run(scenario())
+
+
+def test_absent_exists_and_no_bucket_are_told_apart():
+    no_bucket = b"<Error><Code>NoSuchBucket</Code></Error>"
+
+    async def scenario():
+        async with Scripted([answer(404, b"<Code>NoSuchKey</Code>"), answer(404, no_bucket), answer(412)]) as server:
+            client = server.client()
+            with pytest.raises(FileNotFoundError):
+                await client.get_range(KEY, 0, 10)
+            with pytest.raises(s3lean.S3Error, match="NoSuchBucket"):
+                await client.get_range(KEY, 0, 10)
+            with pytest.raises(FileExistsError):
+                await client.put_if_absent(KEY, b"data", hashlib.sha256(b"data").hexdigest())
+            return server.requests[-1]
+
+    put = run(scenario())
+    assert put.startswith(b"PUT /bucket/buffers/ab/abcd HTTP/1.1\r\n") and put.endswith(b"\r\n\r\ndata")
+    assert b"if-none-match: *\r\n" in put and b"content-length: 4\r\n" in put
+    assert f"x-amz-content-sha256: {hashlib.sha256(b'data').hexdigest()}".encode() in put
+
+
+def test_a_whole_answer_longer_than_the_range_is_not_read():
+    """A store that ignores ranges answers 200 with everything: the client takes it if it
+    fits the range, else drops the connection without reading it."""
+    async def scenario():
+        async with Scripted([answer(200, b"small"), answer(200, b"x" * 100), answer(206, b"next")]) as server:
+            client = server.client()
+            results = [await client.get_range(KEY, 0, 10) for _ in range(3)]
+            return results, server.connections
+
+    assert run(scenario()) == ([(200, b"small"), (200, None), (206, b"next")], 2)
+
+
+def test_through_the_object_store_a_failing_store_is_503_and_a_missing_bucket_named():
+    async def scenario():
+        async with Scripted([answer(503)]) as failing, \
+                Scripted([answer(404, b"<Code>NoSuchBucket</Code>")]) as no_bucket:
+            found = []
+            for server in (failing, no_bucket):
+                store = object_store_on(server.port)
+                with pytest.raises(StorageUnavailable) as caught:
+                    await store.open(hashlib.sha3_256(b"x").digest())
+                found.append(str(caught.value))
+                store.close()
+            return found
+
+    failing, no_bucket = run(scenario())
+    assert "object store get of s3://bucket/buffers/" in failing and "HTTP 503" in failing
+    assert "the bucket of s3://bucket/buffers does not exist" in no_bucket
+
+
+def test_through_the_object_store_a_put_that_exists_is_present():
+    data = b"some buffer"
+
+    async def scenario():
+        async with Scripted([answer(412)]) as server:
+            store = object_store_on(server.port)
+            try:
+                return await store.put(hashlib.sha3_256(data).digest(), body([data]))
+            finally:
+                store.close()
+
+    assert run(scenario()) is PutOutcome.PRESENT
+
+
+async def body(pieces: list[bytes]):
+    for piece in pieces:
+        yield piece
+
+
+def object_store_on(port: int) -> ObjectStore:
+    store = ObjectStore("s3://bucket/buffers", endpoint=f"http://127.0.0.1:{port}", layout="prefix",
+                        hasher=Hasher(), writable=True, max_body_size=1 << 30, wait_timeout=1.0,
+                        lock_timeout=60.0)
+    store.lean = s3lean.LeanClient(Signer(f"http://127.0.0.1:{port}", "us-east-1", "key", "secret"), "bucket")
+    return store
