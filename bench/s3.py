@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import http.client
 import importlib.util
 import json
@@ -114,6 +115,9 @@ class S3Document:
     problems: list[str] = field(default_factory=list)
     load_average_at_end: list[float] | None = None
     file_creation_us: float | None = None  # CPU per file created beside the tier, before the misses
+    # hashserver's own lean S3 client alone, for the cases the server makes its calls with it: the
+    # lowest-cost raw client on this machine, reported beside obstore's ceiling (label: rate, how)
+    lean_raw: dict[str, tuple[float, str]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ SeaweedFS
@@ -208,6 +212,18 @@ def raw_put(store, objects: Sequence[dict[str, bytes]], concurrencies: Sequence[
             concurrency))
         best = max(best, (len(batch) / seconds, concurrency))
     return best
+
+
+def raw_lean(client, work: Sequence[Sequence], call, concurrencies: Sequence[int]) -> tuple[float, int]:
+    """hashserver's own lean client (hashserver.s3lean) making ``call`` on each item of
+    ``work[n]`` at ``concurrencies[n]``: (calls per second, concurrency) of the best."""
+    async def measure(items: Sequence, concurrency: int) -> float:
+        try:
+            return len(items) / await bounded(items, lambda item: call(client, item), concurrency)
+        finally:
+            client.close()
+
+    return max((asyncio.run(measure(items, c)), c) for items, c in zip(work, concurrencies, strict=True))
 
 
 def raw_has(store, batches: Sequence[list[str]]) -> tuple[float, str]:
@@ -323,6 +339,7 @@ class S3Bench:
         self.store = None
         self.dataset: Dataset | None = None
         self.raw: dict[str, tuple[float, str]] = {}
+        self.lean_raw: dict[str, tuple[float, str]] = {}
         self.fresh: dict[str, dict[str, bytes]] = {}
         self.has_batches: list[list[str]] = []
         # The small misses and PUTs: the server's best of these connection counts, as the raw
@@ -367,9 +384,11 @@ class S3Bench:
         if name == "miss_get_small":
             from hashserver.objectstore import SMALL_GET
 
-            rate, best = raw_get(self.store, [key(c) for c in self.dataset.checksums()], RAW_CONCURRENCIES,
-                                 first=SMALL_GET)
+            keys = [key(c) for c in self.dataset.checksums()]
+            rate, best = raw_get(self.store, keys, RAW_CONCURRENCIES, first=SMALL_GET)
             how = f"GET of a range (the first {SMALL_GET >> 10} KiB), concurrency {best}"
+            self.lean_ceiling(name, [keys] * len(RAW_CONCURRENCIES),
+                              lambda client, k: client.get_range(k, 0, SMALL_GET))
         elif name == "miss_get_large":
             rate, how = raw_get(self.store, [key(c) for c in self.fresh["miss_large"]], (LARGE_CONCURRENCY,))
             rate *= o.large_size / 1e6
@@ -378,12 +397,25 @@ class S3Bench:
         elif name == "put_small":
             sets = [fresh_bodies(2000, 1024, o.seed, 0x5400 + n) for n in range(len(RAW_CONCURRENCIES))]
             rate, how = raw_put(self.store, sets, RAW_CONCURRENCIES)
+            lean_sets = [list(fresh_bodies(2000, 1024, o.seed, 0x5600 + n).items()) for n in range(len(sets))]
+            self.lean_ceiling(name, lean_sets, lambda client, kv: client.put_if_absent(
+                key(kv[0]), kv[1], hashlib.sha256(kv[1]).hexdigest()))
         else:
             rate, how = raw_put(self.store, [fresh_bodies(o.large_count, o.large_size, o.seed, 0x5500)],
                                 (LARGE_CONCURRENCY,))
             rate *= o.large_size / 1e6
         self.raw[name] = (rate, how if isinstance(how, str) else f"concurrency {how}")
         say(f"bench.s3: [raw] {CASES_S3[name].label}: {rate:,.1f} {CASES_S3[name].unit} ({self.raw[name][1]})")
+
+    def lean_ceiling(self, name: str, work: list, call) -> None:
+        from hashserver.s3lean import LeanClient
+        from hashserver.s3uploads import Signer
+
+        signer = Signer.from_settings(BUCKET, self.seaweedfs.s3_endpoint, {
+            "access_key_id": self.weed.ACCESS_KEY, "secret_access_key": self.weed.SECRET_KEY})
+        rate, best = raw_lean(LeanClient(signer, BUCKET), work, call, RAW_CONCURRENCIES)
+        self.lean_raw[name] = (rate, f"concurrency {best}")
+        say(f"bench.s3: [raw, lean client] {CASES_S3[name].label}: {rate:,.1f} {CASES_S3[name].unit}")
 
     # ------------------------------------------------------------ servers
     def s3_server(self) -> S3HashServer:
@@ -550,6 +582,7 @@ def run(options: S3Options) -> S3Document:
     doc.ceiling_detail = {k: how for k, (_, how) in bench.raw.items()}
     doc.server_detail = bench.server_detail
     doc.file_creation_us = bench.file_creation_us
+    doc.lean_raw = bench.lean_raw
     doc.figures = {k: figure(CASES_S3[k], values[k], ceilings[k]) for k in CASES_S3}
     doc.problems += bench.found
     doc.load_average_at_end = load_average()
@@ -576,6 +609,11 @@ def table(doc: S3Document) -> str:
     lines += [f"  {CASES_S3[k].label}: ceiling by {how}"
               + (f"; hashserver's best at {doc.server_detail[k]}" if k in doc.server_detail else "")
               for k, how in doc.ceiling_detail.items()]
+    for k, (rate, how) in doc.lean_raw.items():
+        fig = doc.figures.get(k)
+        against = f", hashserver {_ratio(fig.value / rate)} of it" if fig is not None and fig.value and rate else ""
+        lines.append(f"  {CASES_S3[k].label}: hashserver's own lean S3 client alone (which the server's calls of this "
+                     f"case use): {rate:,.0f} {CASES_S3[k].unit} at {how}{against}")
     if doc.file_creation_us is not None:
         lines.append(f"  creating a 1 KiB file beside the tier, before the misses: "
                      f"{doc.file_creation_us:,.0f} us of CPU (each small miss and PUT creates one in the tier)")

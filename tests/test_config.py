@@ -162,7 +162,7 @@ def non_default_values(tmp_path) -> dict:
             "tls_cert": str(tmp_path / "cert.pem"), "tls_key": str(tmp_path / "key.pem"),
             "wait_timeout": 5.5, "body_idle_timeout": 7.5, "min_body_rate": 1000, "keep_alive_timeout": 9.5,
             "header_timeout": 4.5, "shutdown_grace": 2.5, "hot_path": False,
-            "memory_cache": 12345}
+            "memory_cache": 12345, "s3_lean_client": False}
 
 
 def test_env_round_trip_of_every_setting(tmp_path):
