@@ -224,12 +224,15 @@ class LeanClient:
             self.answer_timeout, connection.give_up, f"no whole answer in {self.answer_timeout:g} s")
         try:
             result = await answer
+        except BaseException:  # lost, timed out, or the caller cancelled: its answer may still come
+            connection.close()
+            raise
         finally:
             timer.cancel()
-            if connection.reusable and len(self._idle) < IDLE_CONNECTIONS:
-                self._idle.append(connection)
-            else:
-                connection.close()
+        if connection.reusable and len(self._idle) < IDLE_CONNECTIONS:
+            self._idle.append(connection)
+        else:
+            connection.close()
         return result
 
     async def _connection(self) -> _Connection:

@@ -37,7 +37,8 @@ def answer(status: int, body: bytes = b"", reason: str = "X", chunked: bool = Fa
 
 class Scripted:
     """An HTTP server on 127.0.0.1 answering the n-th request with ``script[n]``: bytes
-    to send, "close" (close the connection without an answer), "silent" (never answer);
+    to send, "close" (close the connection without an answer), "silent" (never answer),
+    ("late", seconds, bytes) (answer after a while);
     "close after" in ``hang_up_after``: close the connection once that request is answered."""
 
     def __init__(self, script: list, hang_up_after: frozenset[int] = frozenset()):
@@ -70,6 +71,9 @@ class Scripted:
                 if step == "silent":
                     await asyncio.sleep(BOUND)
                     break
+                if isinstance(step, tuple):  # ("late", seconds, answer)
+                    await asyncio.sleep(step[1])
+                    step = step[2]
                 writer.write(step)
                 await writer.drain()
                 if n in self.hang_up_after:
@@ -178,6 +182,25 @@ def test_a_connection_the_store_closed_is_replaced_and_the_call_retried():
             return first, second, len(server.requests), server.connections
 
     assert run(scenario()) == ((206, b"one"), (206, b"two"), 3, 3)
+
+
+def test_a_call_cancelled_mid_answer_leaves_no_connection_behind():
+    """A request cancelled while its answer is on the way (its client went away): that
+    answer must reach no later call, which would take another object's bytes for its own
+    (or, for a PUT, a GET's answer for "stored")."""
+    async def scenario():
+        script = [("late", 0.2, answer(206, b"first")), answer(206, b"second"), answer(206, b"third")]
+        async with Scripted(script) as server:
+            client = server.client()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.get_range(KEY, 0, 10), 0.05)
+            second = await client.get_range(KEY, 0, 10)
+            await asyncio.sleep(0.3)  # the first answer has been sent by now
+            third = await client.get_range(KEY, 0, 10)
+            client.close()
+            return second, third, server.connections
+
+    assert run(scenario()) == ((206, b"second"), (206, b"third"), 2)
 
 
 def test_a_5xx_is_retried_with_backoff_and_then_named():
