@@ -259,4 +259,6 @@ def for_endpoint(bucket: str, endpoint: str | None, config: dict | None = None) 
         return None
     if any(os.environ.get(name) for name in PROXY_VARIABLES):
         return None
+    if os.environ.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "").lower() in ("1", "true", "yes"):
+        return None  # obstore then names the bucket in the host; this client, in the path
     return LeanClient(signer, bucket)

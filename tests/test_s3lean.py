@@ -90,7 +90,8 @@ class Scripted:
 
 # ------------------------------------------------------------------ where it applies
 def test_the_lean_client_applies_to_plain_http_with_static_credentials_and_no_proxy(monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", *s3lean.PROXY_VARIABLES):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+                 *s3lean.PROXY_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is None  # no credentials: obstore finds them
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
@@ -99,6 +100,9 @@ def test_the_lean_client_applies_to_plain_http_with_static_credentials_and_no_pr
     assert isinstance(client, s3lean.LeanClient) and client.base == "/base/b/"
     assert s3lean.for_endpoint("b", "https://s3.example.org") is None
     assert s3lean.for_endpoint("b", None) is None  # AWS S3 itself: https
+    monkeypatch.setenv("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "true")
+    assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is None
+    monkeypatch.delenv("AWS_VIRTUAL_HOSTED_STYLE_REQUEST")
     monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
     assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is None
 
