@@ -13,25 +13,27 @@ It speaks HTTP/1.1 over plain TCP with keep-alive connections (httptools, alread
 Sanic's parser, reads the answers) and signs with AWS Signature Version 4 from
 static credentials.  :func:`for_endpoint` says when it applies: an ``http://``
 endpoint (an object store inside the cluster: SeaweedFS, MinIO, Ceph RGW), static
-credentials, no proxy in the environment; otherwise every call goes through obstore.
+credentials, no proxy and no ``AWS_*`` setting that only obstore follows
+(:data:`LEAN_AWS_VARIABLES` are those it follows); otherwise every call goes through obstore.
 
 Failures are as obstore's: a bounded connect and answer time, idempotent calls (both
 of these are: a repeated conditional PUT answers "exists") retried with backoff on a
-lost connection or a 5xx, 404 as :class:`FileNotFoundError`, "exists" as
-:class:`FileExistsError`, anything else as :class:`S3Error` (an :class:`OSError`).
+lost connection or a 5xx (at once on a kept-alive connection the store had closed),
+a GET's 404 as :class:`FileNotFoundError`, "exists" as :class:`FileExistsError`,
+anything else as :class:`S3Error` (an :class:`OSError`).  A call that ends without its
+whole answer aborts its connection, so that no late answer reaches another call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 import urllib.parse
 
 import httptools
 
-from .s3uploads import Signer, quote_path
+from .s3uploads import EMPTY_SHA256, Signer, quote_path
 
 CONNECT_TIMEOUT = 3.0
 ANSWER_TIMEOUT = 10.0  # one attempt: from sending the request to the answer's last byte
@@ -42,6 +44,13 @@ IDLE_CONNECTIONS = 256  # kept open for the next calls; more are closed after th
 RETRIED_STATUS = frozenset({409, 429, 500, 502, 503, 504})  # 409: a concurrent conditional write (AWS)
 ERROR_BODY = 64 << 10  # the most of an error answer kept, for its message
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
+# The AWS_* variables this client follows as obstore does (AWS_ALLOW_HTTP and AWS_CA_BUNDLE:
+# it only speaks http://), and those obstore does not read (the AWS CLI's, the shared files').
+LEAN_AWS_VARIABLES = frozenset({
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "AWS_CA_BUNDLE",
+    "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_DEFAULT_OUTPUT", "AWS_PAGER",
+})
 
 
 class S3Error(OSError):
@@ -53,34 +62,58 @@ class S3Error(OSError):
 
 
 class _Lost(Exception):
-    """The connection ended or timed out before the whole answer: worth another attempt."""
+    """The connection ended or timed out before the whole answer: worth another attempt.
+    ``stale``: a kept-alive connection that ended before any of the answer came (the store
+    closed it while idle), retried at once."""
+
+    def __init__(self, message: str, stale: bool = False):
+        super().__init__(message)
+        self.stale = stale
+
+
+class _Unreadable(Exception):
+    """The store's answer was not HTTP/1.1 as asked for."""
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; one call at a time."""
+    """One keep-alive connection; one call at a time.  Every way a call ends without its
+    whole answer aborts the connection: an answer still on its way must reach no other call."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future | None = None
-        self.limit = 0
+        self.generation = 0  # the client's, when this connection was made
+        self.calls = 0
+        self.reusable = True
+        self._reset(0)
+
+    def _reset(self, limit: int) -> None:
+        self.limit = limit
         self.status = 0
         self.length: int | None = None
+        self.chunked = False
+        self.interim = False  # a 1xx answer, which a final one follows
         self.body: list[bytes] = []
-        self.reusable = True
+        self.received = 0
+        self.content_range: bytes | None = None
 
     # --------------------------------------------------------- the call
     def ask(self, request: bytes, limit: int) -> asyncio.Future:
-        """Send ``request``; a future of (status, body), body None if longer than ``limit``."""
+        """Send ``request``; a future of (status, body), body None if longer than ``limit``
+        (an error answer's body: longer than ERROR_BODY)."""
         self.waiter = asyncio.get_running_loop().create_future()
-        self.limit, self.status, self.length, self.body = limit, 0, None, []
+        self.calls += 1
+        self._reset(limit)
         self.transport.write(request)
         return self.waiter
 
     def close(self) -> None:
+        """Abort: nothing more is sent or read (a close would wait for a stalled store to
+        take what is buffered)."""
         self.reusable = False
-        if self.transport is not None:
-            self.transport.close()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
 
     def give_up(self, why: str) -> None:
         self.close()
@@ -105,40 +138,74 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self.close()
-            self._answer(exc=S3Error(f"an unreadable answer: {exc}"))
+            self._answer(exc=_Unreadable(str(exc) or type(exc).__name__))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        self._answer(exc=_Lost(f"the connection ended{f': {exc}' if exc else ''}"))
+        if self.waiter is None:
+            return
+        if self.status and not self.interim and self.length is None and not self.chunked:
+            self._answer(self._result())  # an answer whose end is the connection's
+            return
+        stale = self.calls > 1 and self.status == 0
+        self._answer(exc=_Lost(f"the connection ended{f': {exc}' if exc else ''}", stale))
 
     # ----------------------------------------------------- httptools calls
+    def on_message_begin(self) -> None:
+        if self.waiter is None:
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-length":
+        name = name.lower()
+        if name == b"content-length":
             self.length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            self.chunked = True
+        elif name == b"content-range":
+            self.content_range = value
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200:  # interim (100 Continue, unasked for): the final answer follows
+            self.interim = True
+            self.length, self.chunked = None, False
+            return
         self.reusable = self.parser.should_keep_alive()
-        if self.length is not None and self.length > (self.limit if self.status < 300 else ERROR_BODY):
-            self.close()  # too long to read for this call: not read, and the connection is dropped
-            self._answer((self.status, None))
+        if self.length is not None and self.length > self._limit():
+            self._too_long()
 
     def on_body(self, body: bytes) -> None:
-        if self.waiter is not None:
-            self.body.append(body)
-
-    def on_message_complete(self) -> None:
         if self.waiter is None:
             return
-        body = b"".join(self.body)
-        if self.status < 300 and len(body) > self.limit:  # an answer without a length, read whole
-            body = None
-        self._answer((self.status, body))
+        self.received += len(body)
+        if self.received > self._limit():  # chunked, or till the end: cut off at the limit too
+            self._too_long()
+            return
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.waiter is None:
+            return
+        self._answer(self._result())
         if not self.reusable:
             self.close()
 
+    # ------------------------------------------------------------- inside
+    def _limit(self) -> int:
+        return self.limit if self.status < 300 else ERROR_BODY
+
+    def _too_long(self) -> None:
+        """Too long to read for this call: not read, and the connection dropped."""
+        self.close()
+        self._answer((self.status, None, self.content_range))
+
+    def _result(self) -> tuple[int, bytes, bytes | None]:
+        return self.status, b"".join(self.body), self.content_range
 
 class LeanClient:
     """GETs of a range and conditional PUTs on one bucket, over keep-alive connections."""
@@ -149,26 +216,34 @@ class LeanClient:
         self.signer = signer
         self.host = url.hostname or "localhost"
         self.port = url.port or 80
-        self.netloc = url.netloc
-        self.base = quote_path(f"{url.path.rstrip('/')}/{bucket}/")
+        self.host_header = self.host if url.port is None else f"{self.host}:{url.port}"
+        self.base = quote_path(f"{urllib.parse.unquote(url.path).rstrip('/')}/{bucket}/")
         self.where = f"{signer.endpoint}/{bucket}"
         self.connect_timeout = connect_timeout
         self.answer_timeout = answer_timeout
         self.retry_budget = retry_budget
         self._idle: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = 0  # a close() ends every connection made before it, idle or busy
 
     async def get_range(self, key: str, start: int, end: int) -> tuple[int, bytes | None]:
         """(status, body) of a GET of bytes ``start`` to ``end`` (exclusive): 206 with the
         range (shorter at the object's end); 200 if the store sent the whole object instead
         (its body None if longer than the range); 416 (body b"") if the object ends before
         ``start``.  FileNotFoundError if there is no such object."""
-        status, body = await self._call("GET", key, {"range": f"bytes={start}-{end - 1}"}, b"", end - start)
+        status, body, content_range = await self._call("GET", key, {"range": f"bytes={start}-{end - 1}"}, b"",
+                                                       end - start)
         if status == 416:
             return 416, b""
-        if status == 206 and body is None:
-            raise S3Error(f"GET of {self.where}/{key}: the answer to a range was longer than the range", status)
-        return status, body
+        if status == 206:
+            if body is None or not _is_range(content_range, start, len(body)):
+                raise S3Error(f"GET of {self.where}/{key}: the answer to bytes={start}-{end - 1} was "
+                              f"{len(body) if body is not None else 'more than that'} bytes "
+                              f"(Content-Range: {(content_range or b'none').decode(errors='replace')})", status)
+            return status, body
+        if status == 200:
+            return status, body
+        raise S3Error(f"GET of {self.where}/{key}: an unexpected answer, HTTP {status}", status)
 
     async def put_if_absent(self, key: str, data: bytes, payload_sha256: str) -> None:
         """PUT ``data`` unless the object exists: FileExistsError if it does (412)."""
@@ -176,38 +251,45 @@ class LeanClient:
                          ERROR_BODY, payload_sha256)
 
     def close(self) -> None:
+        """Close the idle connections; those of calls under way close when their call ends."""
+        self._generation += 1
         idle, self._idle = self._idle, []
         for connection in idle:
             try:
                 connection.close()
-            except RuntimeError:  # its event loop is closed
+            except RuntimeError:  # its event loop is closed: the socket goes with the transport
                 pass
 
     # ------------------------------------------------------------- inside
     async def _call(self, method: str, key: str, headers: dict[str, str], body: bytes, limit: int,
-                    payload_sha256: str = hashlib.sha256(b"").hexdigest()) -> tuple[int, bytes | None]:
+                    payload_sha256: str = EMPTY_SHA256) -> tuple[int, bytes | None, bytes | None]:
         path = self.base + quote_path(key)
         started = time.monotonic()
         wait = BACKOFF[0]
         for attempt in range(RETRIES + 1):
             last = attempt == RETRIES or time.monotonic() - started > self.retry_budget
             try:
-                status, answer = await self._attempt(method, path, headers, body, limit, payload_sha256)
+                answer = await self._attempt(method, path, headers, body, limit, payload_sha256)
+            except _Unreadable as exc:
+                raise S3Error(f"{method} of {self.where}/{key}: an unreadable answer: {exc}") from None
             except _Lost as exc:
                 if last:
                     raise S3Error(f"{method} of {self.where}/{key}: {exc}") from None
+                if exc.stale and attempt == 0:
+                    continue  # the store had closed it while idle: at once, on a new connection
             else:
-                if status not in RETRIED_STATUS or last:
-                    return self._judged(method, key, status, answer)
+                if answer[0] not in RETRIED_STATUS or last:
+                    return self._judged(method, key, answer)
             await asyncio.sleep(wait)
             wait = min(wait * 2, BACKOFF[1])
         raise AssertionError("unreachable")
 
-    def _judged(self, method: str, key: str, status: int, answer: bytes | None) -> tuple[int, bytes | None]:
-        if status < 300 or status == 416:
-            return status, answer
-        text = (answer or b"").decode(errors="replace")
-        if status == 404 and "<Code>NoSuchBucket</Code>" not in text:
+    def _judged(self, method: str, key: str, answer: tuple) -> tuple[int, bytes | None, bytes | None]:
+        status, body = answer[0], answer[1]
+        if 200 <= status < 300 or status == 416:
+            return answer
+        text = (body or b"").decode(errors="replace")
+        if status == 404 and method == "GET" and "<Code>NoSuchBucket</Code>" not in text:
             raise FileNotFoundError(f"{self.where}/{key}")
         if status == 412:
             raise FileExistsError(f"{self.where}/{key}")
@@ -215,9 +297,9 @@ class LeanClient:
         raise S3Error(f"{method} of {self.where}/{key}: HTTP {status}{f' {detail}' if detail else ''}", status)
 
     async def _attempt(self, method: str, path: str, headers: dict[str, str], body: bytes, limit: int,
-                       payload_sha256: str) -> tuple[int, bytes | None]:
+                       payload_sha256: str) -> tuple[int, bytes | None, bytes | None]:
         connection = await self._connection()
-        signed = self.signer.signed(method, path, "", {"host": self.netloc, **headers}, payload_sha256)
+        signed = self.signer.signed(method, path, "", {"host": self.host_header, **headers}, payload_sha256)
         head = "".join(f"{name}: {value}\r\n" for name, value in signed.items())
         answer = connection.ask(f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode() + body, limit)
         timer = asyncio.get_running_loop().call_later(
@@ -229,7 +311,8 @@ class LeanClient:
             raise
         finally:
             timer.cancel()
-        if connection.reusable and len(self._idle) < IDLE_CONNECTIONS:
+        if (connection.reusable and connection.generation == self._generation
+                and len(self._idle) < IDLE_CONNECTIONS):
             self._idle.append(connection)
         else:
             connection.close()
@@ -248,8 +331,21 @@ class LeanClient:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(_Connection, self.host, self.port), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise _Lost(f"cannot connect to {self.netloc}: {exc or 'timed out'}") from None
+            raise _Lost(f"cannot connect to {self.host_header}: {exc or 'timed out'}") from None
+        connection.generation = self._generation
         return connection
+
+
+def _is_range(content_range: bytes | None, start: int, length: int) -> bool:
+    """Whether ``Content-Range: bytes FIRST-LAST/SIZE`` says the ``length`` bytes from ``start``."""
+    if content_range is None or not content_range.startswith(b"bytes "):
+        return False
+    span = content_range[6:].split(b"/", 1)[0]
+    first, _, last = span.partition(b"-")
+    try:
+        return int(first) == start and int(last) - int(first) + 1 == length
+    except ValueError:
+        return False
 
 
 def for_endpoint(bucket: str, endpoint: str | None, config: dict | None = None) -> LeanClient | None:
@@ -257,8 +353,14 @@ def for_endpoint(bucket: str, endpoint: str | None, config: dict | None = None) 
     signer = Signer.from_settings(bucket, endpoint, config or {})
     if not signer.endpoint.startswith("http://") or not signer.access_key_id or not signer.secret_access_key:
         return None
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+    if any(os.environ.get(name) for name in PROXY_VARIABLES) or obstore_settings_beyond_lean(os.environ):
         return None
-    if os.environ.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "").lower() in ("1", "true", "yes"):
-        return None  # obstore then names the bucket in the host; this client, in the path
     return LeanClient(signer, bucket)
+
+
+def obstore_settings_beyond_lean(environ) -> list[str]:
+    """The ``AWS_*`` variables set that this client does not follow (obstore reads many:
+    server-side encryption, request payer, virtual-hosted style, ``AWS_TOKEN``...): with any
+    of them, every call goes through obstore, which follows them all."""
+    return sorted(name for name, value in environ.items()
+                  if name.startswith("AWS_") and value and name not in LEAN_AWS_VARIABLES)

@@ -64,7 +64,8 @@ class Signer:
         return cls(endpoint.rstrip("/"), region,
                    config.get("access_key_id") or env("AWS_ACCESS_KEY_ID") or "",
                    config.get("secret_access_key") or env("AWS_SECRET_ACCESS_KEY") or "",
-                   config.get("session_token") or config.get("token") or env("AWS_SESSION_TOKEN"))
+                   config.get("session_token") or config.get("token") or env("AWS_SESSION_TOKEN")
+                   or env("AWS_TOKEN"))
 
     def signed(self, method: str, path: str, query: str, headers: dict[str, str],
                payload_sha256: str = EMPTY_SHA256) -> dict[str, str]:

@@ -28,17 +28,23 @@ def run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, BOUND))
 
 
-def answer(status: int, body: bytes = b"", reason: str = "X", chunked: bool = False) -> bytes:
+def answer(status: int, body: bytes = b"", reason: str = "X", chunked: bool = False,
+           content_range: str | None = None, headers: str = "") -> bytes:
+    """An answer's bytes; a 206 says its range (the body's bytes from 0) unless told otherwise."""
+    if status == 206 and content_range is None:
+        content_range = f"bytes 0-{len(body) - 1}/{len(body)}"
+    head = f"HTTP/1.1 {status} {reason}\r\n{headers}" + (f"content-range: {content_range}\r\n" if content_range else "")
     if chunked:
-        return (f"HTTP/1.1 {status} {reason}\r\ntransfer-encoding: chunked\r\n\r\n{len(body):x}\r\n".encode()
+        return (f"{head}transfer-encoding: chunked\r\n\r\n{len(body):x}\r\n".encode()
                 + body + b"\r\n0\r\n\r\n")
-    return f"HTTP/1.1 {status} {reason}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+    return f"{head}content-length: {len(body)}\r\n\r\n".encode() + body
 
 
 class Scripted:
     """An HTTP server on 127.0.0.1 answering the n-th request with ``script[n]``: bytes
     to send, "close" (close the connection without an answer), "silent" (never answer),
-    ("late", seconds, bytes) (answer after a while);
+    ("late", seconds, bytes) (answer after a while), or a list of bytes to send, seconds to
+    pause and "hang up";
     "close after" in ``hang_up_after``: close the connection once that request is answered."""
 
     def __init__(self, script: list, hang_up_after: frozenset[int] = frozenset()):
@@ -74,11 +80,17 @@ class Scripted:
                 if isinstance(step, tuple):  # ("late", seconds, answer)
                     await asyncio.sleep(step[1])
                     step = step[2]
-                writer.write(step)
-                await writer.drain()
+                for part in step if isinstance(step, list) else [step]:  # bytes, pauses, "hang up"
+                    if part == "hang up":
+                        return
+                    if isinstance(part, float):
+                        await asyncio.sleep(part)
+                        continue
+                    writer.write(part)
+                    await writer.drain()
                 if n in self.hang_up_after:
                     break
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -90,21 +102,28 @@ class Scripted:
 
 # ------------------------------------------------------------------ where it applies
 def test_the_lean_client_applies_to_plain_http_with_static_credentials_and_no_proxy(monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
-                 *s3lean.PROXY_VARIABLES):
+    import os as os_module
+
+    for name in [n for n in os_module.environ if n.startswith("AWS_")] + list(s3lean.PROXY_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is None  # no credentials: obstore finds them
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    client = s3lean.for_endpoint("b", "http://127.0.0.1:1/base/")
-    assert isinstance(client, s3lean.LeanClient) and client.base == "/base/b/"
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_PROFILE", "team")  # the AWS CLI's: obstore does not read it
+    client = s3lean.for_endpoint("b", "http://user:pw@127.0.0.1:81/base%20x/")
+    assert isinstance(client, s3lean.LeanClient) and client.base == "/base%20x/b/"
+    assert client.host_header == "127.0.0.1:81" and client.signer.region == "eu-west-1"
     assert s3lean.for_endpoint("b", "https://s3.example.org") is None
     assert s3lean.for_endpoint("b", None) is None  # AWS S3 itself: https
-    monkeypatch.setenv("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "true")
-    assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is None
-    monkeypatch.delenv("AWS_VIRTUAL_HOSTED_STYLE_REQUEST")
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
-    assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is None
+    # settings obstore follows and this client does not: obstore makes every call
+    for name, value in [("AWS_TOKEN", "t"), ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "true"),
+                        ("AWS_SERVER_SIDE_ENCRYPTION", "sse-c"), ("AWS_REQUEST_PAYER", "true"),
+                        ("AWS_ENDPOINT_URL_S3", "http://elsewhere:1"), ("HTTP_PROXY", "http://proxy:3128")]:
+        monkeypatch.setenv(name, value)
+        assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is None, name
+        monkeypatch.delenv(name)
+    assert s3lean.for_endpoint("b", "http://127.0.0.1:1") is not None
 
 
 def test_the_setting_turns_it_off_for_a_bucket_and_is_refused_for_a_directory(seaweedfs, s3_bucket, monkeypatch,  # noqa: F811
@@ -213,10 +232,12 @@ def test_a_5xx_is_retried_with_backoff_and_then_named():
             client = server.client()
             recovered = await client.get_range(KEY, 0, 10)
             calls = len(server.requests)
+            client.close()
         async with Scripted([answer(503, b"<Error><Code>SlowDown</Code></Error>", "Slow Down")]) as server:
             client = server.client()
             with pytest.raises(s3lean.S3Error, match=r"GET of .*/bucket/buffers/ab/abcd: HTTP 503 .*SlowDown"):
                 await client.get_range(KEY, 0, 10)
+            client.close()
             return recovered, calls, len(server.requests)
 
     assert run(scenario()) == ((206, b"ok"), 3, s3lean.RETRIES + 1)
@@ -228,6 +249,7 @@ def test_a_store_that_does_not_answer_is_given_up_within_the_bounds():
             client = server.client(answer_timeout=0.2, retry_budget=0.5)
             with pytest.raises(s3lean.S3Error, match=r"no whole answer in 0.2 s"):
                 await client.get_range(KEY, 0, 10)
+            client.close()
             return len(server.requests)
 
     assert 1 <= run(scenario()) <= s3lean.RETRIES + 1
@@ -255,6 +277,7 @@ def test_absent_exists_and_no_bucket_are_told_apart():
                 await client.get_range(KEY, 0, 10)
             with pytest.raises(FileExistsError):
                 await client.put_if_absent(KEY, b"data", hashlib.sha256(b"data").hexdigest())
+            client.close()
             return server.requests[-1]
 
     put = run(scenario())
@@ -270,6 +293,7 @@ def test_a_whole_answer_longer_than_the_range_is_not_read():
         async with Scripted([answer(200, b"small"), answer(200, b"x" * 100), answer(206, b"next")]) as server:
             client = server.client()
             results = [await client.get_range(KEY, 0, 10) for _ in range(3)]
+            client.close()
             return results, server.connections
 
     assert run(scenario()) == ([(200, b"small"), (200, None), (206, b"next")], 2)
@@ -316,5 +340,89 @@ def object_store_on(port: int) -> ObjectStore:
     store = ObjectStore("s3://bucket/buffers", endpoint=f"http://127.0.0.1:{port}", layout="prefix",
                         hasher=Hasher(), writable=True, max_body_size=1 << 30, wait_timeout=1.0,
                         lock_timeout=60.0)
+    if store.lean is not None:
+        store.lean.close()
     store.lean = s3lean.LeanClient(Signer(f"http://127.0.0.1:{port}", "us-east-1", "key", "secret"), "bucket")
     return store
+
+
+def test_an_interim_answer_is_passed_over_for_the_final_one():
+    """1xx answers (100 Continue unasked for) come before the final answer, in the same
+    packet or apart; the final one is the call's, and nothing is left for the next call."""
+    async def scenario():
+        script = [answer(100) + answer(206, b"ok"), [answer(100), 0.05, answer(403, b"<Code>AccessDenied</Code>")],
+                  answer(206, b"next")]
+        async with Scripted(script) as server:
+            client = server.client()
+            first = await client.get_range(KEY, 0, 10)
+            with pytest.raises(s3lean.S3Error, match="PUT of .*: HTTP 403 <Code>AccessDenied</Code>"):
+                await client.put_if_absent(KEY, b"data", hashlib.sha256(b"data").hexdigest())
+            third = await client.get_range(KEY, 0, 10)
+            client.close()
+            return first, third
+
+    assert run(scenario()) == ((206, b"ok"), (206, b"next"))
+
+
+def test_an_answer_past_its_call_closes_the_connection():
+    """Bytes after a complete answer belong to no call: the connection is dropped, and the
+    next call is answered on a new one."""
+    stray = b"HTTP/1.1 206 X\r\ncontent-length: 5\r\n\r\n12"
+    async def scenario():
+        async with Scripted([answer(206, b"one") + stray, answer(206, b"two")]) as server:
+            client = server.client()
+            first = await client.get_range(KEY, 0, 10)
+            await asyncio.sleep(0.05)
+            second = await client.get_range(KEY, 0, 10)
+            client.close()
+            return first, second, server.connections
+
+    assert run(scenario()) == ((206, b"one"), (206, b"two"), 2)
+
+
+def test_a_chunked_answer_longer_than_asked_is_cut_off():
+    async def scenario():
+        async with Scripted([answer(200, b"x" * 100, chunked=True), answer(206, b"next")]) as server:
+            client = server.client()
+            results = [await client.get_range(KEY, 0, 10) for _ in range(2)]
+            client.close()
+            return results, server.connections
+
+    assert run(scenario()) == ([(200, None), (206, b"next")], 2)
+
+
+def test_an_answer_that_ends_with_its_connection_is_read_to_the_end():
+    """No length, not chunked: the body ends when the store closes the connection."""
+    close_delimited = [b"HTTP/1.1 503 Slow Down\r\nconnection: close\r\n\r\n<Code>SlowDown</Code>", "hang up"]
+
+    async def scenario():
+        async with Scripted([close_delimited]) as server:
+            client = server.client()
+            with pytest.raises(s3lean.S3Error, match="HTTP 503 <Code>SlowDown</Code>"):
+                await client.get_range(KEY, 0, 10)
+            client.close()
+            return len(server.requests)
+
+    assert run(scenario()) == s3lean.RETRIES + 1  # a 503, retried: each answer was read whole
+
+
+def test_a_partial_answer_that_is_not_the_range_asked_for_is_an_error():
+    async def scenario():
+        async with Scripted([answer(206, b"abc", content_range="bytes 5-7/100")]) as server:
+            client = server.client()
+            with pytest.raises(s3lean.S3Error, match=r"bytes=0-9 was 3 bytes \(Content-Range: bytes 5-7/100\)"):
+                await client.get_range(KEY, 0, 10)
+            client.close()
+
+    run(scenario())
+
+
+def test_a_put_answered_404_is_a_failure_not_an_absence():
+    async def scenario():
+        async with Scripted([answer(404, b"<Code>NoSuchKey</Code>")]) as server:
+            client = server.client()
+            with pytest.raises(s3lean.S3Error, match="PUT of .*: HTTP 404"):
+                await client.put_if_absent(KEY, b"data", hashlib.sha256(b"data").hexdigest())
+            client.close()
+
+    run(scenario())
