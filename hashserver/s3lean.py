@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 import urllib.parse
 
@@ -146,9 +147,9 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         if self.waiter is None:
             return
-        if self.status and not self.interim and self.length is None and not self.chunked:
-            self._answer(self._result())  # an answer whose end is the connection's
-            return
+        if exc is None and self.status >= 300 and self.length is None and not self.chunked:
+            self._answer(self._result())  # an error's message, whose end is the connection's
+            return  # (a 2xx so framed could be cut short unseen: lost, below, and retried)
         stale = self.calls > 1 and self.status == 0
         self._answer(exc=_Lost(f"the connection ended{f': {exc}' if exc else ''}", stale))
 
@@ -187,7 +188,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.interim:
-            self.interim = False
+            self.interim, self.status, self.content_range = False, 0, None
             return
         if self.waiter is None:
             return
@@ -216,7 +217,8 @@ class LeanClient:
         self.signer = signer
         self.host = url.hostname or "localhost"
         self.port = url.port or 80
-        self.host_header = self.host if url.port is None else f"{self.host}:{url.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        self.host_header = host if url.port is None else f"{host}:{url.port}"
         self.base = quote_path(f"{urllib.parse.unquote(url.path).rstrip('/')}/{bucket}/")
         self.where = f"{signer.endpoint}/{bucket}"
         self.connect_timeout = connect_timeout
@@ -253,12 +255,18 @@ class LeanClient:
     def close(self) -> None:
         """Close the idle connections; those of calls under way close when their call ends."""
         self._generation += 1
+        self._drop_idle()
+
+    def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
             try:
                 connection.close()
-            except RuntimeError:  # its event loop is closed: the socket goes with the transport
-                pass
+            except RuntimeError:  # its event loop is closed: end the TCP connection at least
+                try:
+                    connection.transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+                except (OSError, AttributeError):
+                    pass
 
     # ------------------------------------------------------------- inside
     async def _call(self, method: str, key: str, headers: dict[str, str], body: bytes, limit: int,
@@ -276,7 +284,8 @@ class LeanClient:
                 if last:
                     raise S3Error(f"{method} of {self.where}/{key}: {exc}") from None
                 if exc.stale and attempt == 0:
-                    continue  # the store had closed it while idle: at once, on a new connection
+                    self._drop_idle()  # the store closed it while idle, and likely its fellows:
+                    continue  # at once, on a new connection
             else:
                 if answer[0] not in RETRIED_STATUS or last:
                     return self._judged(method, key, answer)
@@ -327,12 +336,13 @@ class LeanClient:
             connection = self._idle.pop()
             if connection.reusable and not connection.transport.is_closing():
                 return connection
+        generation = self._generation
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(_Connection, self.host, self.port), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise _Lost(f"cannot connect to {self.host_header}: {exc or 'timed out'}") from None
-        connection.generation = self._generation
+        connection.generation = generation
         return connection
 
 

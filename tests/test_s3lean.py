@@ -114,6 +114,7 @@ def test_the_lean_client_applies_to_plain_http_with_static_credentials_and_no_pr
     client = s3lean.for_endpoint("b", "http://user:pw@127.0.0.1:81/base%20x/")
     assert isinstance(client, s3lean.LeanClient) and client.base == "/base%20x/b/"
     assert client.host_header == "127.0.0.1:81" and client.signer.region == "eu-west-1"
+    assert s3lean.for_endpoint("b", "http://[::1]:9000").host_header == "[::1]:9000"
     assert s3lean.for_endpoint("b", "https://s3.example.org") is None
     assert s3lean.for_endpoint("b", None) is None  # AWS S3 itself: https
     # settings obstore follows and this client does not: obstore makes every call
@@ -426,3 +427,41 @@ def test_a_put_answered_404_is_a_failure_not_an_absence():
             client.close()
 
     run(scenario())
+
+
+def test_a_successful_answer_cut_short_by_the_connection_is_not_taken():
+    """A 200 with neither length nor chunks ends with the connection: cut short, nothing
+    would show it, so it is a lost answer (retried), never data; an interim 100 followed by
+    a hang-up likewise."""
+    cut = [b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + b"x" * 3, "hang up"]
+
+    async def scenario():
+        found = []
+        for script in ([cut], [[answer(100), "hang up"]]):
+            async with Scripted(script) as server:
+                client = server.client()
+                with pytest.raises(s3lean.S3Error, match="the connection ended"):
+                    await client.get_range(KEY, 0, 10)
+                client.close()
+                found.append(len(server.requests))
+        return found
+
+    assert run(scenario()) == [s3lean.RETRIES + 1] * 2
+
+
+def test_a_kept_connection_found_dead_sends_the_call_to_a_new_one():
+    """The store closed its kept-alive connections (a restart): the first found dead drops
+    the others idle beside it, and the call goes at once to a new connection."""
+    async def scenario():
+        script = [answer(206, b"a"), answer(206, b"b"), answer(206, b"c"), "close", "close", answer(206, b"d")]
+        async with Scripted(script) as server:
+            client = server.client()
+            await asyncio.gather(*(client.get_range(KEY, 0, 10) for _ in range(3)))  # three kept
+            kept = len(client._idle)
+            result = await client.get_range(KEY, 0, 10)
+            idle = len(client._idle)
+            client.close()
+            return kept, result, idle, server.connections
+
+    # the dead one, then a new one (which the store closes too: backoff), then another new one
+    assert run(scenario()) == (3, (206, b"d"), 1, 5)
