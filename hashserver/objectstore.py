@@ -1,4 +1,5 @@
-"""Buffers in an S3 bucket as a :class:`~hashserver.storage.Storage` (through obstore).
+"""Buffers in an S3 bucket as a :class:`~hashserver.storage.Storage` (through obstore; the
+small GETs and PUTs each request makes through :mod:`.s3lean` where it applies).
 
 The bucket prefix holds what a buffer directory holds (:mod:`.s3keys`).  What a
 directory gets from the file system, this store gets from S3's own rules:
