@@ -239,8 +239,8 @@ class LeanClient:
             return 416, b""
         if status == 206:
             if body is None or not _is_range(content_range, start, len(body)):
-                raise S3Error(f"GET of {self.where}/{key}: the answer to bytes={start}-{end - 1} was "
-                              f"{len(body) if body is not None else 'more than that'} bytes "
+                size = f"{len(body)} bytes" if body is not None else "longer than that"
+                raise S3Error(f"GET of {self.where}/{key}: the answer to bytes={start}-{end - 1} was {size} "
                               f"(Content-Range: {(content_range or b'none').decode(errors='replace')})", status)
             return status, body
         if status == 200:

@@ -409,9 +409,12 @@ def test_an_answer_that_ends_with_its_connection_is_read_to_the_end():
 
 def test_a_partial_answer_that_is_not_the_range_asked_for_is_an_error():
     async def scenario():
-        async with Scripted([answer(206, b"abc", content_range="bytes 5-7/100")]) as server:
+        async with Scripted([answer(206, b"abc", content_range="bytes 5-7/100"),
+                             answer(206, b"x" * 100, content_range="bytes 0-99/100")]) as server:
             client = server.client()
             with pytest.raises(s3lean.S3Error, match=r"bytes=0-9 was 3 bytes \(Content-Range: bytes 5-7/100\)"):
+                await client.get_range(KEY, 0, 10)
+            with pytest.raises(s3lean.S3Error, match=r"bytes=0-9 was longer than that \(Content-Range: bytes 0-99"):
                 await client.get_range(KEY, 0, 10)
             client.close()
 
