@@ -19,7 +19,10 @@ would), and fresh objects nobody has read yet.  Then, side by side:
   (``hashserver.s3lean``), which the server's calls of those cases use;
 - a large miss once more on a second server with ``--hash-algorithm sha-256`` (today's
   Seamless), on objects named by SHA-256 under ``sha256/``: SHA3-256's hash is what
-  bounds a large miss on this machine, and this shows the rest.
+  bounds a large miss on this machine, and this shows the rest.  Each large miss is
+  also set beside the raw client's GET followed by the hash of the bytes (the least
+  that any server must do which verifies an object before its answer's headers, as
+  the contract asks up to 64 MiB), and beside the hash alone.
 
 Each figure is reported as a ratio to its ceiling, in the table format of
 :mod:`bench.report`.  Every object a case reads is fresh where it must be (a miss is
@@ -127,6 +130,9 @@ class S3Document:
     # hashserver's own lean S3 client alone, for the cases the server makes its calls with it: the
     # lowest-cost raw client on this machine, reported beside obstore's ceiling (label: rate, how)
     lean_raw: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # for the large misses: the raw client's GET then the hash of its bytes, the least a server does
+    # that verifies before it answers; and the hash alone (label: MB/s, how, the hash's MB/s)
+    verified_raw: dict[str, tuple[float, str, float]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ SeaweedFS
@@ -212,6 +218,24 @@ def raw_get(store, keys: Sequence[str], concurrencies: Sequence[int], first: int
         await obstore.get_range_async(store, k, start=0, end=first)
 
     return asyncio.run(_best(keys, get if first is None else get_first, concurrencies))
+
+
+def raw_get_hashed(store, keys: Sequence[str], algorithm: str, concurrency: int) -> tuple[float, float]:
+    """(objects per second, hashes per second): GETs of whole objects, each hashed by
+    ``algorithm`` (a hashlib name) in a thread once its bytes arrived, as the server
+    does at least before it answers; and the hash of those bytes alone."""
+    import obstore
+
+    hashing = [0.0]
+
+    async def get_hashed(k: str) -> None:
+        data = await (await obstore.get_async(store, k)).bytes_async()
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(None, lambda: hashlib.new(algorithm, data))
+        hashing[0] += time.perf_counter() - started
+
+    seconds = asyncio.run(bounded(keys, get_hashed, concurrency))
+    return len(keys) / seconds, len(keys) / hashing[0]
 
 
 def raw_put(store, objects: Sequence[dict[str, bytes]], concurrencies: Sequence[int]) -> tuple[float, int]:
@@ -354,6 +378,7 @@ class S3Bench:
         self.dataset: Dataset | None = None
         self.raw: dict[str, tuple[float, str]] = {}
         self.lean_raw: dict[str, tuple[float, str]] = {}
+        self.verified_raw: dict[str, tuple[float, str, float]] = {}
         self.fresh: dict[str, dict[str, bytes]] = {}
         self.has_batches: list[list[str]] = []
         # The small misses and PUTs: the server's best of these connection counts, as the raw
@@ -405,13 +430,13 @@ class S3Bench:
             how = f"GET of a range (the first {SMALL_GET >> 10} KiB), concurrency {best}"
             self.lean_ceiling(name, [keys] * len(RAW_CONCURRENCIES),
                               lambda client, k: client.get_range(k, 0, SMALL_GET))
-        elif name == "miss_get_large":
-            rate, how = raw_get(self.store, [key(c) for c in self.fresh["miss_large"]], (LARGE_CONCURRENCY,))
+        elif name in ("miss_get_large", "miss_get_large_sha256"):
+            sha256 = name == "miss_get_large_sha256"
+            fresh = self.fresh["miss_large_sha256" if sha256 else "miss_large"]
+            keys = [key(c, SHA256_PREFIX if sha256 else "") for c in fresh]
+            rate, how = raw_get(self.store, keys, (LARGE_CONCURRENCY,))
             rate *= o.large_size / 1e6
-        elif name == "miss_get_large_sha256":
-            rate, how = raw_get(self.store, [key(c, SHA256_PREFIX) for c in self.fresh["miss_large_sha256"]],
-                                (LARGE_CONCURRENCY,))
-            rate *= o.large_size / 1e6
+            self.verified_ceiling(name, keys, "sha256" if sha256 else "sha3_256")
         elif name == "remote_has_1000":
             rate, how = raw_has(self.store, self.has_batches)
         elif name == "put_small":
@@ -426,6 +451,15 @@ class S3Bench:
             rate *= o.large_size / 1e6
         self.raw[name] = (rate, how if isinstance(how, str) else f"concurrency {how}")
         say(f"bench.s3: [raw] {CASES_S3[name].label}: {rate:,.1f} {CASES_S3[name].unit} ({self.raw[name][1]})")
+
+    def verified_ceiling(self, name: str, keys: list[str], algorithm: str) -> None:
+        """The raw client's GET then the hash, for a large miss (read once more: SeaweedFS
+        has read these objects just before, for the plain GET, as it has for the server)."""
+        gets, hashes = raw_get_hashed(self.store, keys, algorithm, LARGE_CONCURRENCY)
+        size = self.o.large_size / 1e6
+        self.verified_raw[name] = (gets * size, f"concurrency {LARGE_CONCURRENCY}", hashes * size)
+        say(f"bench.s3: [raw, then hashed] {CASES_S3[name].label}: {gets * size:,.1f} MB/s "
+            f"({algorithm} alone {hashes * size:,.0f} MB/s)")
 
     def lean_ceiling(self, name: str, work: list, call) -> None:
         from hashserver.s3lean import LeanClient
@@ -617,6 +651,7 @@ def run(options: S3Options) -> S3Document:
     doc.server_detail = bench.server_detail
     doc.file_creation_us = bench.file_creation_us
     doc.lean_raw = bench.lean_raw
+    doc.verified_raw = bench.verified_raw
     doc.figures = {k: figure(CASES_S3[k], values[k], ceilings[k]) for k in CASES_S3}
     doc.problems += bench.found
     doc.load_average_at_end = load_average()
@@ -648,6 +683,12 @@ def table(doc: S3Document) -> str:
         against = f", hashserver {_ratio(fig.value / rate)} of it" if fig is not None and fig.value and rate else ""
         lines.append(f"  {CASES_S3[k].label}: hashserver's own lean S3 client alone (which the server's calls of this "
                      f"case use): {rate:,.0f} {CASES_S3[k].unit} at {how}{against}")
+    for k, (rate, how, hashing) in doc.verified_raw.items():
+        fig = doc.figures.get(k)
+        against = f", hashserver {_ratio(fig.value / rate)} of it" if fig is not None and fig.value and rate else ""
+        lines.append(f"  {CASES_S3[k].label}: obstore's GET, then the hash of its bytes (the least a server does "
+                     f"that verifies before it answers): {rate:,.0f} MB/s at {how}{against}; "
+                     f"the hash alone {hashing:,.0f} MB/s")
     if doc.file_creation_us is not None:
         lines.append(f"  creating a 1 KiB file beside the tier, before the misses: "
                      f"{doc.file_creation_us:,.0f} us of CPU (each small miss and PUT creates one in the tier)")

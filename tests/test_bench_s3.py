@@ -53,3 +53,9 @@ def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
     for key, (rate, how) in doc["lean_raw"].items():
         assert rate > 0 and how.startswith("concurrency "), (key, rate, how)
         assert f"{CASES_S3[key].label}: hashserver's own lean S3 client alone" in table
+    # each large miss beside the raw GET followed by the hash (the least a verifying server does)
+    assert set(doc["verified_raw"]) == {"miss_get_large", "miss_get_large_sha256"}
+    for key, (rate, how, hashing) in doc["verified_raw"].items():
+        assert rate > 0 and hashing > 0 and how == "concurrency 1", (key, rate, how, hashing)
+        assert f"{CASES_S3[key].label}: obstore's GET, then the hash of its bytes" in table
+        assert f"the hash alone {hashing:,.0f} MB/s" in table
