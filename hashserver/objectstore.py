@@ -29,9 +29,11 @@ import posixpath
 import re
 import tempfile
 import time
+from collections import deque
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, AsyncIterator, Awaitable, BinaryIO, Iterator
+from functools import partial
+from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable, Iterator
 
 import obstore
 from obstore.exceptions import (
@@ -64,7 +66,7 @@ from .storage import (
     StorageUnavailable,
     Want,
 )
-from .writer import BodyPace
+from .writer import BodyPace, SerialStage, hash_parts
 
 log = logging.getLogger("hashserver.objectstore")
 
@@ -75,7 +77,9 @@ QUEUE_DEPTH = 4  # body batches (about 1 MiB each) waiting for the uploader
 WHOLE_GET = 64 << 20  # objects up to this size are fetched whole and verified before open() returns
 SMALL_GET = 1 << 20  # a read asks for this many bytes first: a shorter object comes whole, in one call
 STREAM_CHUNK = 1 << 20
-HASH_INLINE = 1 << 20  # hash smaller pieces on the event loop, larger ones in a thread
+HASH_INLINE = 256 << 10  # hash pieces up to this on the event loop, larger ones in a thread
+HASHES_AHEAD = 2  # a body's pieces handed to its hashing thread and not yet hashed, at most
+LEAN_PUT = 1 << 20  # bodies up to this size go to the lean client (s3lean), which holds them whole
 HEAD_CONCURRENCY = 64  # object-store calls in flight for one batch of /has or /buffer-length
 HEALTH_EVERY = 1.0
 ABORT_WAIT = 10.0  # the longest a failed upload waits for its abort
@@ -704,20 +708,22 @@ class ObjectStore:
         checksum_hex = checksum.hex()
         key = self.keys.buffer(checksum_hex, encoding)
         digest = DecodingHash(self.hasher, encoding)
+        hashing = _BodyHash(digest)
         batches = writer.batches(body, self.pace, self.max_body_size)
-        first, ended = await _read_up_to(batches, self.small_put)
-        if ended:
-            data = b"".join(first)
-            await self._hash(digest, data)
-            return await self._put_small(checksum, key, encoding, digest, data)
-        if await self._find(checksum_hex) is not None:
-            for batch in first:
-                await self._hash(digest, batch)
-            async for batch in batches:
-                await self._hash(digest, batch)
-            self._verify_body(checksum, digest)
-            return PutOutcome.PRESENT
-        return await self._put_multipart(checksum, key, encoding, digest, first, batches)
+        try:
+            first, ended = await _read_up_to(batches, self.small_put, hashing.add)
+            if ended:
+                await hashing.done()
+                return await self._put_small(checksum, key, encoding, digest, b"".join(first))
+            if await self._find(checksum_hex) is not None:
+                async for batch in batches:
+                    await hashing.add(batch)
+                await hashing.done()
+                self._verify_body(checksum, digest)
+                return PutOutcome.PRESENT
+            return await self._put_multipart(checksum, key, encoding, hashing, first, batches)
+        finally:
+            await hashing.settled()
 
     def _verify_body(self, checksum: bytes, digest: DecodingHash) -> int:
         result, length = digest.finish()
@@ -730,7 +736,7 @@ class ObjectStore:
         length = self._verify_body(checksum, digest)
         if encoding is not None:
             await self._put_sidecar(checksum.hex(), length)
-        if self.lean is not None and len(data) <= HASH_INLINE:
+        if self.lean is not None and len(data) <= LEAN_PUT:
             call = self.lean.put_if_absent(key, data, hashlib.sha256(data).hexdigest())
         else:
             call = obstore.put_async(self.store, key, data, mode="create")
@@ -744,19 +750,20 @@ class ObjectStore:
         key = self.keys.sidecar(checksum_hex)
         await self._call("put", key, obstore.put_async(self.store, key, str(length).encode()))
 
-    async def _put_multipart(self, checksum: bytes, key: str, encoding: Encoding | None, digest: DecodingHash,
+    async def _put_multipart(self, checksum: bytes, key: str, encoding: Encoding | None, hashing: _BodyHash,
                              first: list[bytes], batches: AsyncIterator[bytes]) -> PutOutcome:
-        """Upload while hashing; complete only once the body hashed right, else abort."""
+        """Upload while hashing; complete only once the body hashed right, else abort.
+        (``first``: hashed, or being hashed, already.)"""
         queue: asyncio.Queue = asyncio.Queue(QUEUE_DEPTH)
         upload = asyncio.ensure_future(self._call("multipart put", key, obstore.put_async(
             self.store, key, _drain(queue), use_multipart=True, chunk_size=self.part_size,
             max_concurrency=UPLOAD_CONCURRENCY)))
         try:
             for batch in first:
-                await self._feed(queue, upload, digest, batch)
+                await self._feed(queue, upload, None, batch)
             async for batch in batches:
-                await self._feed(queue, upload, digest, batch)
-            length = self._verify_body(checksum, digest)
+                await self._feed(queue, upload, hashing, batch)
+            length = self._verify_body(checksum, await hashing.done())
             if encoding is not None:
                 await self._put_sidecar(checksum.hex(), length)
             await self._feed(queue, upload, None, _DONE)
@@ -766,20 +773,18 @@ class ObjectStore:
             raise
         return PutOutcome.STORED
 
-    async def _feed(self, queue: asyncio.Queue, upload: asyncio.Future, digest: DecodingHash | None,
+    async def _feed(self, queue: asyncio.Queue, upload: asyncio.Future, hashing: _BodyHash | None,
                     item: Any) -> None:
-        """Hash a batch and hand it to the uploader (unless the upload failed meanwhile)."""
-        hashing = None
-        if digest is not None:
-            hashing = asyncio.ensure_future(self._hash(digest, item))
+        """Hand a batch to the uploader (unless the upload failed meanwhile), and to
+        ``hashing``, if given."""
+        if hashing is not None:
+            await hashing.add(item)
         putting = asyncio.ensure_future(queue.put(item))
         try:
             await asyncio.wait({putting, upload}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not putting.done():
                 putting.cancel()
-            if hashing is not None:
-                await hashing
         if not putting.done() or putting.cancelled():
             upload.result()  # raises the upload's error
             raise StorageUnavailable(f"Storage unavailable: an upload to {self.url} ended before its body")
@@ -935,16 +940,58 @@ def _setting_name(config: Config, attr: str) -> str:
         return "--" + attr.replace("_", "-")
 
 
-async def _read_up_to(batches: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
-    """The first batches of a body, until more than ``limit`` bytes; and whether it ended."""
+async def _read_up_to(batches: AsyncIterator[bytes], limit: int,
+                      each: Callable[[bytes], Awaitable[None]]) -> tuple[list[bytes], bool]:
+    """The first batches of a body, until more than ``limit`` bytes, each given to
+    ``each`` as it arrives; and whether the body ended."""
     first: list[bytes] = []
     total = 0
     async for batch in batches:
+        await each(batch)
         first.append(batch)
         total += len(batch)
         if total > limit:
             return first, False
     return first, True
+
+
+class _BodyHash:
+    """A body's hash, taken as the body arrives.  A piece larger than HASH_INLINE goes
+    to a hashing thread and the event loop receives the next one meanwhile (the hash of
+    a large PUT no longer waits for the body, nor the body for the hash); a smaller one
+    is hashed on the loop, after those before it.  At most HASHES_AHEAD pieces wait
+    for the thread, so memory stays bounded."""
+
+    def __init__(self, digest: DecodingHash):
+        self.digest = digest
+        self._stage = SerialStage(partial(hash_parts, digest))
+        self._ahead: deque[asyncio.Future] = deque()
+
+    async def add(self, piece: bytes) -> None:
+        """Hash ``piece`` next (raises InvalidPayload for an earlier piece that did not decode)."""
+        if len(piece) <= HASH_INLINE:
+            await self.done()
+            self.digest.update(piece)
+            return
+        while len(self._ahead) >= HASHES_AHEAD:
+            await self._ahead.popleft()
+        self._ahead.append(self._stage.submit([piece]))
+
+    async def done(self) -> DecodingHash:
+        """The digest, once every piece given is hashed."""
+        while self._ahead:
+            await self._ahead.popleft()
+        return self.digest
+
+    async def settled(self) -> None:
+        """Until the thread is done with the digest, whatever happened to the body."""
+        await self._stage.settled()
+        if self._ahead:
+            await asyncio.wait(self._ahead)
+        for future in self._ahead:  # retrieved: a failed body's hash is not the error to report
+            if not future.cancelled():
+                future.exception()
+        self._ahead.clear()
 
 
 async def _drain(queue: asyncio.Queue) -> AsyncIterator[bytes]:

@@ -185,7 +185,7 @@ class BufferWriter:
         the slowest, does not wait for the event loop between batches.  At
         most IN_FLIGHT batches wait, so memory stays flat however large the body.
         """
-        hashing = SerialStage(lambda parts: _hash_parts(digest, parts))
+        hashing = SerialStage(lambda parts: hash_parts(digest, parts))
         file = BodyFile(fd) if fd is not None else None
         writing = SerialStage(file.write) if file is not None else None
         in_flight: deque[list[asyncio.Future]] = deque()
@@ -212,7 +212,7 @@ async def _all_of(futures: list[asyncio.Future]) -> None:
         await future
 
 
-def _hash_parts(digest: DecodingHash, parts: list[bytes]) -> None:
+def hash_parts(digest: DecodingHash, parts: list[bytes]) -> None:
     for part in parts:
         digest.update(part)
 

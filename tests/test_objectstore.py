@@ -31,6 +31,7 @@ from hashserver.storage import (
     BodyTooLarge,
     ChecksumMismatch,
     CorruptBuffer,
+    InvalidPayload,
     PutOutcome,
     ReadOnly,
     StillWriting,
@@ -490,6 +491,17 @@ def test_a_compressed_body_that_does_not_decode_to_its_checksum(bucket_store):
     with pytest.raises(ChecksumMismatch):
         run(store.put(sha3(b"other"), body_of(zstandard.compress(b"content")), "zstd"))
     assert keys(raw) == set()
+
+
+@pytest.mark.parametrize("size", [3 * 256 << 10, 6 * MiB], ids=["one-put", "multipart"])
+def test_a_compressed_body_that_does_not_decode_leaves_nothing(bucket_store, seaweedfs, size):  # noqa: F811
+    """Hashed in a thread while the body arrives: the decoder's error still ends the PUT,
+    however far the upload got, and leaves no object and no upload."""
+    store, raw, bucket = bucket_store
+    with pytest.raises(InvalidPayload):
+        run(store.put(sha3(b"content"), body_of(os.urandom(size), piece=1 * MiB), "zstd"))
+    assert keys(raw) == set()
+    assert incomplete_uploads(seaweedfs, bucket) == []
 
 
 def test_a_directory_synced_into_the_bucket_is_served(bucket_store, tmp_path):
