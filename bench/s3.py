@@ -127,6 +127,7 @@ class S3Document:
     problems: list[str] = field(default_factory=list)
     load_average_at_end: list[float] | None = None
     file_creation_us: float | None = None  # CPU per file created beside the tier, before the misses
+    large_write_ms: float | None = None  # CPU to write a large buffer into a new file beside the tier
     # hashserver's own lean S3 client alone, for the cases the server makes its calls with it: the
     # lowest-cost raw client on this machine, reported beside obstore's ceiling (label: rate, how)
     lean_raw: dict[str, tuple[float, str]] = field(default_factory=dict)
@@ -386,6 +387,7 @@ class S3Bench:
         self.connections = sorted({options.connections, max(RAW_CONCURRENCIES)})
         self.server_detail: dict[str, str] = {}
         self.file_creation_us: float | None = None
+        self.large_write_ms: float | None = None
         self.found: list[str] = []  # problems of the measurements
 
     # ------------------------------------------------------------ prepare
@@ -536,6 +538,8 @@ class S3Bench:
         values = {}
         self.file_creation_us = file_creation_cost(self.workdir)
         say(f"bench.s3: creating a file beside the tier: {self.file_creation_us:,.0f} us of CPU")
+        self.large_write_ms = large_write_cost(self.workdir, self.o.large_size)
+        say(f"bench.s3: writing a large buffer into a file beside the tier: {self.large_write_ms:,.1f} ms of CPU")
         for name, measure in cases.items():
             if name == "miss_get_small":
                 for connections in self.connections:
@@ -611,6 +615,27 @@ def file_creation_cost(parent: str, count: int = 500) -> float:
     return (time.process_time() - started) / count * 1e6
 
 
+def large_write_cost(parent: str, size: int, count: int = 2) -> float:
+    """Milliseconds of CPU (the kernel's included) to write ``size`` bytes into a new file
+    under ``parent``: what each large miss's and PUT's fill of the tier pays.  Most of it is
+    the copy into the page cache; on a virtual machine whose host lends memory only once
+    the guest first touches it (and takes back what the guest frees), new page-cache pages
+    cost several times more than pages used before (README).  The files stay, as the
+    tier's would."""
+    directory = tempfile.mkdtemp(prefix="large-write-", dir=parent)
+    data = os.urandom(size)
+    started = time.process_time()
+    for n in range(count):
+        fd = os.open(os.path.join(directory, str(n)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    return (time.process_time() - started) / count * 1e3
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -650,6 +675,7 @@ def run(options: S3Options) -> S3Document:
     doc.ceiling_detail = {k: how for k, (_, how) in bench.raw.items()}
     doc.server_detail = bench.server_detail
     doc.file_creation_us = bench.file_creation_us
+    doc.large_write_ms = bench.large_write_ms
     doc.lean_raw = bench.lean_raw
     doc.verified_raw = bench.verified_raw
     doc.figures = {k: figure(CASES_S3[k], values[k], ceilings[k]) for k in CASES_S3}
@@ -692,6 +718,9 @@ def table(doc: S3Document) -> str:
     if doc.file_creation_us is not None:
         lines.append(f"  creating a 1 KiB file beside the tier, before the misses: "
                      f"{doc.file_creation_us:,.0f} us of CPU (each small miss and PUT creates one in the tier)")
+    if doc.large_write_ms is not None:
+        lines.append(f"  writing a large buffer into a new file beside the tier, before the misses: "
+                     f"{doc.large_write_ms:,.1f} ms of CPU (each large miss and PUT writes one into the tier)")
     worst = min((f.ratio for f in doc.figures.values() if f.ratio is not None), default=None)
     lines.append(f"lowest ratio {_ratio(worst)}")
     lines += [f"problem: {p}" for p in doc.problems]
