@@ -21,7 +21,7 @@ from bench.cases import CASES
 from bench.cli import QUICK
 from bench.dataset import DatasetSpec, ensure_dataset
 from bench.machine import machine_info
-from bench.report import scaling_table
+from bench.report import _figure_row, scaling_table
 from bench.results import BenchDocument, Ceilings, Figure, LoadGeneratorInfo, Options, ServerRun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,3 +211,13 @@ def test_lookup_benchmark_alone(tmp_path: Path) -> None:
     assert_lookups(doc, [2000, 500])
     assert "in-process lookups" in proc.stdout and "GET 1 KiB" not in proc.stdout
     assert not list((tmp_path / "cache").glob("prefix-*"))  # no buffer directory was made
+
+
+def test_a_ratio_just_under_its_target_is_not_shown_as_the_target() -> None:
+    """0.8995 against >=0.90 is MISSED: the row must not print it as 0.90."""
+    def row(ratio: float) -> str:
+        return _figure_row(Figure("GET 1 KiB", "req/s", ratio * 1000, "directory", 1000.0, ratio, 0.9, ratio >= 0.9))
+
+    assert " 0.900  >=0.90 MISSED" not in row(0.8995) and " 0.899  >=0.90 MISSED" in row(0.8995)
+    assert " 0.900  >=0.90 met" in row(0.9)
+    assert " 0.93  >=0.90 met" in row(0.93) and " 0.85  >=0.90 MISSED" in row(0.85)
