@@ -27,6 +27,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from .compression import for_content_encoding
 from .directory import DirectoryStore
+from .directwrite import BufferPool, DirectFile
 from .eviction import Recency
 from .files import BUFFER_MODE, make_group_dir, unlink_quietly
 from .layout import temp_path
@@ -45,7 +46,6 @@ from .storage import (
     StorageUnavailable,
     Want,
 )
-from .writer import write_all
 
 log = logging.getLogger("hashserver")
 
@@ -189,6 +189,7 @@ class TieredStore:
         self.stored = stored or (lambda size: None)
         self.recency = recency
         self.small_files = SmallFiles(local.writer.by_rename)
+        self.direct_buffers = BufferPool()  # large fills go past the page cache (directwrite)
         self._has_extra_dirs = len(local.search_path.layouts) > 1
         self._filling: set[bytes] = set()
         self._large_fills = 0
@@ -410,18 +411,21 @@ class TieredStore:
             self.stored(size)
 
     async def _write_proven(self, checksum_hex: str, body: AsyncIterator[bytes]) -> int | None:
-        """The body's bytes, written in a thread to a temporary file and put in place;
+        """The body's bytes, written in a thread to a temporary file (past the page
+        cache where the file system allows: :mod:`.directwrite`) and put in place;
         its size, or None if the tier had the buffer already."""
         loop = asyncio.get_running_loop()
         tmp, final = await loop.run_in_executor(None, self._temp_for, checksum_hex)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, BUFFER_MODE)
-            size = 0
+            file = DirectFile(fd, self.direct_buffers)
             try:
                 async for chunk in body:
-                    await loop.run_in_executor(None, write_all, fd, chunk, size)
-                    size += len(chunk)
+                    await loop.run_in_executor(None, file.write, chunk)
+                await loop.run_in_executor(None, file.finish)
+                size = file.offset
             finally:
+                file.release()
                 os.close(fd)
             os.chmod(tmp, BUFFER_MODE)
             published = await loop.run_in_executor(None, self.local.writer.publish, tmp, final)
@@ -509,6 +513,7 @@ class TieredStore:
     def close(self) -> None:
         self.local.close()
         self.back.close()
+        self.direct_buffers.close()
 
     async def _local(self, answer: Awaitable[list]) -> list | None:
         """The tier's answer, or None when the tier fails."""

@@ -377,6 +377,7 @@ def test_a_fill_the_back_store_proved_is_not_hashed_again(stores):
     assert counting.started == 0
     assert s.added.value == len(from_file) + len(streamed) + len(put)
     assert stray(s.tier) == []
+    assert s.store.direct_buffers.idle >= 1  # written past the page cache (directwrite): its buffers kept
 
 
 class CorruptBack:
