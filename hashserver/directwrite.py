@@ -87,7 +87,7 @@ class DirectFile:
             write_all(self.fd, data, self.offset)
             self.offset += len(data)
             return
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         while view:
             n = min(len(view), len(self._buffer) - self._filled)
             self._buffer[self._filled:self._filled + n] = view[:n]

@@ -421,8 +421,8 @@ class TieredStore:
             file = DirectFile(fd, self.direct_buffers)
             try:
                 async for chunk in body:
-                    await loop.run_in_executor(None, file.write, chunk)
-                await loop.run_in_executor(None, file.finish)
+                    await _done_in_thread(file.write, chunk)
+                await _done_in_thread(file.finish)
                 size = file.offset
             finally:
                 file.release()
@@ -582,6 +582,17 @@ def _select(checksums: bytes, positions: list[int]) -> bytes:
 async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk
+
+
+async def _done_in_thread(work: Callable, *args) -> None:
+    """``work(*args)`` in a thread; a cancellation meanwhile is raised once the thread
+    is done with what it uses (a fill's file and buffer, closed and reused after)."""
+    future = asyncio.get_running_loop().run_in_executor(None, work, *args)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        raise
 
 
 async def _file_chunks(fd: int, length: int) -> AsyncIterator[bytes]:

@@ -683,3 +683,41 @@ def test_a_tier_falling_behind_does_not_hold_up_the_upload(stores, monkeypatch):
     asyncio.run(scenario())
     assert buffer_path(s.back_dir, cs).read_bytes() == data
     assert not s.in_tier(cs) and stray(s.tier) == []
+
+
+def test_a_cancelled_fill_lets_its_thread_finish_before_closing_the_file(stores, monkeypatch):
+    """A fill cancelled while its thread writes (a worker stopping) waits for that
+    write before its buffer goes back to the pool and its descriptor is closed: else
+    the thread would write into a buffer another fill took, or a reused descriptor."""
+    from hashserver.directwrite import DirectFile
+
+    s = stores()
+    events: list[str] = []
+    writing = threading.Event()
+    real_write, real_release = DirectFile.write, DirectFile.release
+
+    def slow_write(self, data):
+        writing.set()
+        time.sleep(0.3)
+        real_write(self, data)
+        events.append("written")
+
+    def release(self):
+        events.append("released")
+        real_release(self)
+
+    monkeypatch.setattr(DirectFile, "write", slow_write)
+    monkeypatch.setattr(DirectFile, "release", release)
+    data = os.urandom(3 << 20)
+    cs = sha3(data)
+
+    async def scenario():
+        fill = asyncio.ensure_future(s.store.store_proven(raw(cs), chunks(data), None))
+        await asyncio.get_running_loop().run_in_executor(None, writing.wait, 10)
+        fill.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fill
+
+    asyncio.run(scenario())
+    assert events == ["written", "released"]
+    assert not s.in_tier(cs) and stray(s.tier) == []
