@@ -117,6 +117,11 @@ class DecodingHash:
         self._decoder = Decoder(encoding) if encoding else None
         self.length = 0
 
+    @property
+    def decodes(self) -> bool:
+        """Whether the stream is decoded as it is hashed (a short piece may then be long)."""
+        return self._decoder is not None
+
     def update(self, data: bytes) -> None:
         out = self._decoder.feed(data) if self._decoder else data
         self.length += len(out)

@@ -45,7 +45,7 @@ class BufferPool:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return mmap.mmap(-1, self.size)
+        return mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE)
 
     def give(self, buffer: mmap.mmap) -> None:
         with self._lock:
@@ -83,11 +83,11 @@ class DirectFile:
             self._buffer = pool.take()
 
     def write(self, data: bytes | memoryview) -> None:
-        if self._buffer is None:
-            write_all(self.fd, data, self.offset)
-            self.offset += len(data)
-            return
         view = memoryview(data).cast("B")
+        if self._buffer is None:
+            write_all(self.fd, view, self.offset)
+            self.offset += len(view)
+            return
         while view:
             n = min(len(view), len(self._buffer) - self._filled)
             self._buffer[self._filled:self._filled + n] = view[:n]

@@ -969,7 +969,7 @@ class _BodyHash:
 
     async def add(self, piece: bytes) -> None:
         """Hash ``piece`` next (raises InvalidPayload for an earlier piece that did not decode)."""
-        if len(piece) <= HASH_INLINE:
+        if len(piece) <= HASH_INLINE and not self.digest.decodes:  # a small piece may decode to a lot
             await self.done()
             self.digest.update(piece)
             return
@@ -985,13 +985,12 @@ class _BodyHash:
 
     async def settled(self) -> None:
         """Until the thread is done with the digest, whatever happened to the body."""
-        await self._stage.settled()
-        if self._ahead:
-            await asyncio.wait(self._ahead)
-        for future in self._ahead:  # retrieved: a failed body's hash is not the error to report
-            if not future.cancelled():
-                future.exception()
-        self._ahead.clear()
+        try:
+            await self._stage.settled()
+        finally:
+            for future in self._ahead:  # retrieved: a failed body's hash is not the error to report
+                future.add_done_callback(writer.retrieve_exception)
+            self._ahead.clear()
 
 
 async def _drain(queue: asyncio.Queue) -> AsyncIterator[bytes]:

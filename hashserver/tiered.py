@@ -46,6 +46,7 @@ from .storage import (
     StorageUnavailable,
     Want,
 )
+from .writer import retrieve_exception
 
 log = logging.getLogger("hashserver")
 
@@ -418,14 +419,16 @@ class TieredStore:
         tmp, final = await loop.run_in_executor(None, self._temp_for, checksum_hex)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, BUFFER_MODE)
-            file = DirectFile(fd, self.direct_buffers)
+            file = None
             try:
+                file = DirectFile(fd, self.direct_buffers)
                 async for chunk in body:
                     await _done_in_thread(file.write, chunk)
                 await _done_in_thread(file.finish)
                 size = file.offset
             finally:
-                file.release()
+                if file is not None:
+                    file.release()
                 os.close(fd)
             os.chmod(tmp, BUFFER_MODE)
             published = await loop.run_in_executor(None, self.local.writer.publish, tmp, final)
@@ -591,7 +594,12 @@ async def _done_in_thread(work: Callable, *args) -> None:
     try:
         await asyncio.shield(future)
     except asyncio.CancelledError:
-        await asyncio.wait({future})
+        while not future.done():  # cancelled again meanwhile: still the thread first
+            try:
+                await asyncio.wait({future})
+            except asyncio.CancelledError:
+                pass
+        retrieve_exception(future)  # the cancellation is what the caller gets
         raise
 
 

@@ -212,6 +212,13 @@ async def _all_of(futures: list[asyncio.Future]) -> None:
         await future
 
 
+def retrieve_exception(future: asyncio.Future) -> None:
+    """Mark a done future's exception, if any, as seen: its error is reported otherwise
+    (or is no error to report), and asyncio would log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 def hash_parts(digest: DecodingHash, parts: list[bytes]) -> None:
     for part in parts:
         digest.update(part)
@@ -243,6 +250,7 @@ class SerialStage:
         done = loop.create_future()
         self._unsettled.add(done)
         done.add_done_callback(self._unsettled.discard)
+        done.add_done_callback(retrieve_exception)  # a cancelled waiter's shield no longer would
         with self._lock:
             self._queue.append((item, done))
             start, self._draining = not self._draining, True

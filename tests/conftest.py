@@ -183,3 +183,44 @@ def app_client(tmp_path):
         client.stop()
     for main in mains:
         main.stop()
+
+
+def resident_bytes(path) -> int:
+    """Bytes of the file in the page cache (mincore over a private mapping, which faults nothing in)."""
+    import ctypes
+    import mmap
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0  # no pages (and nothing to map)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    vector = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        start = ctypes.c_char.from_buffer(mapped)
+        if libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), ctypes.c_size_t(size), vector) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        del start
+    return sum(page & 1 for page in vector) * mmap.PAGESIZE
+
+
+def page_cache_dir(tmp_path):
+    """A directory whose files' pages the kernel can drop (not tmpfs, where a file is its pages)."""
+    import tempfile
+
+    from hashserver.filesystems import file_system_type
+
+    if file_system_type(str(tmp_path)) not in ("tmpfs", "ramfs"):
+        return tmp_path
+    return tempfile.mkdtemp(prefix=".test-pagecache-", dir=os.path.dirname(__file__))
+
+
+@pytest.fixture
+def page_cache_path(tmp_path) -> Path:
+    """:func:`page_cache_dir` as a fixture, removed afterwards when it is not ``tmp_path``."""
+    import shutil
+
+    directory = Path(page_cache_dir(tmp_path))
+    yield directory
+    if directory != tmp_path:
+        shutil.rmtree(directory, ignore_errors=True)

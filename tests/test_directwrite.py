@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,20 +16,17 @@ import pytest
 from hashserver import directwrite
 from hashserver.directwrite import ALIGN, BUFFER, BufferPool, DirectFile
 
+from conftest import resident_bytes
+
 SIZES = [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, BUFFER - 1, BUFFER, BUFFER + 123, 5 * BUFFER + 1]
 PIECES = [1, 100, ALIGN, 70_000, BUFFER, 3 * BUFFER]
 
 
-def direct_capable_dir(tmp_path: Path) -> Path:
-    """A directory whose file system takes O_DIRECT: the test's own (ext4 here), else
-    tmpfs (which takes it since Linux 6.6), else the checkout's."""
-    for candidate in (tmp_path, Path("/dev/shm"), Path(__file__).parent):
-        if not candidate.is_dir():
-            continue
-        with tempfile.TemporaryFile(dir=candidate) as probe:
-            if directwrite._set_direct(probe.fileno(), True):
-                return Path(tempfile.mkdtemp(dir=candidate)) if candidate != tmp_path else tmp_path
-    raise AssertionError("no file system here takes O_DIRECT")
+@pytest.fixture
+def directory(page_cache_path: Path) -> Path:
+    """A directory on a disk's file system (the test's own, unless that is tmpfs), where
+    a file's pages are cached only if written through the cache."""
+    return page_cache_path
 
 
 def write_file(path: Path, data: bytes, pool: BufferPool, seed: int) -> DirectFile:
@@ -51,33 +48,33 @@ def write_file(path: Path, data: bytes, pool: BufferPool, seed: int) -> DirectFi
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_written_past_the_cache_byte_for_byte(tmp_path, size):
-    directory = direct_capable_dir(tmp_path)
+def test_written_past_the_cache_byte_for_byte(directory, size):
     pool = BufferPool()
     data = os.urandom(size)
     path = directory / f"buffer-{size}"
     file = write_file(path, data, pool, seed=size)
-    assert file.direct  # past the page cache from the first byte to the last whole block
-    assert file.offset == size
+    assert file.direct and file.offset == size
+    # past the page cache up to the last whole block: at most the last partial page is cached
+    assert resident_bytes(path) == (mmap.PAGESIZE if size % mmap.PAGESIZE else 0)
     assert path.read_bytes() == data
     assert pool.idle == 1  # its buffer kept for the next file
 
 
-def test_a_file_system_that_refuses_o_direct_gets_plain_writes(tmp_path, monkeypatch):
+def test_a_file_system_that_refuses_o_direct_gets_plain_writes(directory, monkeypatch):
     monkeypatch.setattr(directwrite, "_set_direct", lambda fd, on: False)
     pool = BufferPool()
     data = os.urandom(3 * BUFFER + 77)
-    file = write_file(tmp_path / "plain", data, pool, seed=1)
+    file = write_file(directory / "plain", data, pool, seed=1)
     assert not file.direct and file.offset == len(data)
-    assert (tmp_path / "plain").read_bytes() == data
+    assert resident_bytes(directory / "plain") == -(-len(data) // mmap.PAGESIZE) * mmap.PAGESIZE
+    assert (directory / "plain").read_bytes() == data
     assert pool.idle == 0  # no buffer taken
 
 
 @pytest.mark.parametrize("refused_at", [1, 3])
-def test_a_write_refused_midway_goes_on_through_the_cache(tmp_path, monkeypatch, refused_at):
+def test_a_write_refused_midway_goes_on_through_the_cache(directory, monkeypatch, refused_at):
     """A file system that takes O_DIRECT but refuses a write (an alignment it wants
     and the buffer lacks): what was written stays, the rest is written plainly."""
-    directory = direct_capable_dir(tmp_path)
     real_pwrite = os.pwrite
     direct_writes = []
 
@@ -95,25 +92,25 @@ def test_a_write_refused_midway_goes_on_through_the_cache(tmp_path, monkeypatch,
     assert (directory / "refused").read_bytes() == data
 
 
-def test_a_short_write_past_the_cache_is_continued(tmp_path, monkeypatch):
-    directory = direct_capable_dir(tmp_path)
+@pytest.mark.parametrize("short", [3 * ALIGN, 512], ids=["whole-blocks", "part-of-a-block"])
+def test_a_short_write_past_the_cache_is_continued(directory, monkeypatch, short):
+    """A direct write that writes less than asked: whole blocks go on past the cache;
+    part of a block (which the next direct write could not follow), through it."""
     real_pwrite = os.pwrite
 
-    def pwrite(fd, data, offset):  # whole blocks, but only some of them at a time
+    def pwrite(fd, data, offset):
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-            return real_pwrite(fd, memoryview(data)[:min(len(data), 3 * ALIGN)], offset)
+            return real_pwrite(fd, memoryview(data)[:min(len(data), short)], offset)
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(directwrite.os, "pwrite", pwrite)
     data = os.urandom(2 * BUFFER + 999)
     file = write_file(directory / "short", data, BufferPool(), seed=2)
-    assert file.direct
+    assert file.direct is (short % ALIGN == 0)
     assert (directory / "short").read_bytes() == data
 
 
-def test_other_errors_are_raised(tmp_path, monkeypatch):
-    directory = direct_capable_dir(tmp_path)
-
+def test_other_errors_are_raised(directory, monkeypatch):
     def pwrite(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 

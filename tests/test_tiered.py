@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import mmap
 import multiprocessing
 import os
 import shutil
@@ -34,7 +35,7 @@ from hashserver.storage import (
 )
 from hashserver.tiered import TieredStore
 
-from conftest import add_buffer, buffer_path, leftovers, sha3
+from conftest import add_buffer, buffer_path, leftovers, resident_bytes, sha3
 
 
 class Stores:
@@ -352,10 +353,11 @@ class CountingHasher(Hasher):
         return super().new()
 
 
-def test_a_fill_the_back_store_proved_is_not_hashed_again(stores):
+def test_a_fill_the_back_store_proved_is_not_hashed_again(page_cache_path):
     """Plain buffers entering the tier from an open file, a decoded stream and a
-    large PUT: written and published, the tier's hasher never started."""
-    s = stores()
+    large PUT: written and published past the page cache (directwrite: at most
+    the last partial page cached), the tier's hasher never started."""
+    s = Stores(page_cache_path)
     counting = s.local.writer.hasher = CountingHasher()
     from_file = os.urandom(3 << 20)
     fcs = add_buffer(s.back_dir, from_file)
@@ -372,12 +374,14 @@ def test_a_fill_the_back_store_proved_is_not_hashed_again(stores):
         await s.store.settled()
 
     asyncio.run(scenario())
+    for checksum in (fcs, scs, pcs):  # before anything reads them
+        assert resident_bytes(buffer_path(s.tier, checksum)) <= mmap.PAGESIZE
     for checksum, data in ((fcs, from_file), (scs, streamed), (pcs, put)):
         assert buffer_path(s.tier, checksum).read_bytes() == data
     assert counting.started == 0
     assert s.added.value == len(from_file) + len(streamed) + len(put)
     assert stray(s.tier) == []
-    assert s.store.direct_buffers.idle >= 1  # written past the page cache (directwrite): its buffers kept
+    s.close()
 
 
 class CorruptBack:
@@ -685,10 +689,12 @@ def test_a_tier_falling_behind_does_not_hold_up_the_upload(stores, monkeypatch):
     assert not s.in_tier(cs) and stray(s.tier) == []
 
 
-def test_a_cancelled_fill_lets_its_thread_finish_before_closing_the_file(stores, monkeypatch):
-    """A fill cancelled while its thread writes (a worker stopping) waits for that
-    write before its buffer goes back to the pool and its descriptor is closed: else
-    the thread would write into a buffer another fill took, or a reused descriptor."""
+@pytest.mark.parametrize("cancels", [1, 2])
+def test_a_cancelled_fill_lets_its_thread_finish_before_closing_the_file(stores, monkeypatch, cancels):
+    """A fill cancelled while its thread writes (a worker stopping; once more while it
+    waits) waits for that write before its buffer goes back to the pool and its
+    descriptor is closed: else the thread would write into a buffer another fill
+    took, or a reused descriptor."""
     from hashserver.directwrite import DirectFile
 
     s = stores()
@@ -715,6 +721,9 @@ def test_a_cancelled_fill_lets_its_thread_finish_before_closing_the_file(stores,
         fill = asyncio.ensure_future(s.store.store_proven(raw(cs), chunks(data), None))
         await asyncio.get_running_loop().run_in_executor(None, writing.wait, 10)
         fill.cancel()
+        if cancels == 2:
+            await asyncio.sleep(0.05)
+            fill.cancel()
         with pytest.raises(asyncio.CancelledError):
             await fill
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import add_buffer, buffer_path, leftovers, sha3, wait_for
+from conftest import add_buffer, buffer_path, leftovers, page_cache_dir, resident_bytes, sha3, wait_for
 
 LOCK_TIMEOUT = "2"
 
@@ -525,32 +525,6 @@ def test_a_stage_hands_an_items_error_to_its_future_and_goes_on():
     assert done == [b"a", b"b"]
 
 
-def resident_bytes(path) -> int:
-    """Bytes of the file in the page cache (mincore over a private mapping, which faults nothing in)."""
-    import ctypes
-    import mmap
-
-    size = os.path.getsize(path)
-    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-    libc = ctypes.CDLL(None, use_errno=True)
-    vector = (ctypes.c_ubyte * pages)()
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
-        start = ctypes.c_char.from_buffer(mapped)
-        if libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), ctypes.c_size_t(size), vector) != 0:
-            raise OSError(ctypes.get_errno(), "mincore")
-        del start
-    return sum(page & 1 for page in vector) * mmap.PAGESIZE
-
-
-def page_cache_dir(tmp_path):
-    """A directory whose files' pages the kernel can drop (not tmpfs, where a file is its pages)."""
-    from hashserver.filesystems import file_system_type
-
-    if file_system_type(str(tmp_path)) not in ("tmpfs", "ramfs"):
-        return tmp_path
-    return tempfile.mkdtemp(prefix=".test-pagecache-", dir=os.path.dirname(__file__))
-
-
 def test_a_large_body_file_is_whole_on_disk_and_leaves_the_page_cache(tmp_path):
     """Written in parts across several writeback steps: the bytes are all there,
     and once durable, none of them hold page cache (a large upload does not
@@ -597,3 +571,40 @@ def test_a_small_body_file_stays_in_the_page_cache(tmp_path):
     if directory != tmp_path:
         os.unlink(path)
         os.rmdir(directory)
+
+
+def test_a_stage_items_error_is_retrieved_when_its_waiter_was_cancelled():
+    """A waiter cancelled (a client gone) while its item is worked on, and the work then
+    fails: no "Future exception was never retrieved" in the log (its shield dropped the
+    callback that would have retrieved it)."""
+    import asyncio
+    import gc
+
+    from hashserver.writer import SerialStage
+
+    release = threading.Event()
+
+    def work(parts: list[bytes]) -> None:
+        release.wait(30)
+        raise OSError(errno.EIO, "bad")
+
+    async def main() -> list[str]:
+        reported: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context["message"]))
+        stage = SerialStage(work)
+        waiter = asyncio.ensure_future(_await(stage.submit([b"x"])))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        await asyncio.sleep(0.01)
+        release.set()
+        await stage.settled()
+        del waiter, stage
+        gc.collect()
+        await asyncio.sleep(0.01)
+        return reported
+
+    assert asyncio.run(main()) == []
+
+
+async def _await(future):
+    await future
