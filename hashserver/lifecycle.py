@@ -173,7 +173,7 @@ class Supervisor(WorkerManager):
         manager.__class__ = cls
         manager.grace = grace
         manager._signalled = False
-        manager._stop_reason = None  # a stop asked for while the workers start
+        manager._stop_reason = None  # a stop a signal asked for, acted upon outside its handler
         manager._serving = False
         manager._last_start = {}
         for signum in STOP_SIGNALS:  # Sanic registered the method of its own class
@@ -187,12 +187,21 @@ class Supervisor(WorkerManager):
                 self.kill()
             return
         self._signalled = True
-        reason = f"Received signal {Signals(signal).name}"
-        if self._serving:
-            self._stop(reason)
+        self._stop_reason = f"Received signal {Signals(signal).name}"
+        if self._serving:  # the monitor loop ends, then stops the workers (monitor)
+            self.monitor_publisher.send(None)
         else:
-            logger.info("%s while starting: stopping once every worker has started", reason)
-            self._stop_reason = reason
+            logger.info("%s while starting: stopping once every worker has started", self._stop_reason)
+
+    def monitor(self) -> None:
+        """Sanic's, and then the stop a signal asked for.  Not in the signal's handler:
+        it runs between two steps of this thread, which may be halfway through a call
+        to the state manager (``_sync_states``); a call of its own on that connection
+        (stopping a worker sets its state) took the other's answer, and the main
+        process died of an ``UnpicklingError`` without stopping its workers."""
+        super().monitor()
+        if self._stop_reason is not None:
+            self._stop(self._stop_reason)
 
     def _stop(self, reason: str) -> None:
         """Stop every worker (gracefully: each drains), then end (:meth:`monitor`)."""

@@ -433,6 +433,54 @@ def test_a_stopping_workers_emptied_state_ends_the_supervisor_cleanly(race, erro
             signal.signal(signum, handler)
 
 
+class CountedState(dict):
+    """Sanic's shared worker state (a proxy of the state manager), its calls counted."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def __getitem__(self, key):
+        self.calls += 1
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        self.calls += 1
+        super().__setitem__(key, value)
+
+    def get(self, key, default=None):
+        self.calls += 1
+        return super().get(key, default)
+
+
+def test_a_stop_signal_leaves_the_state_manager_to_the_monitor_loop():
+    """The handler of a stop signal makes no call to the state manager: it runs between
+    two steps of the main thread, which may be halfway through one on the same
+    connection (a container's server died so of an UnpicklingError, its workers left
+    running).  The monitor loop ends and stops the workers instead."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        manager = WorkerManager(1, os.getpid, {}, multiprocessing.get_context("spawn"), multiprocessing.Pipe(), {})
+        supervisor = Supervisor.adopt(manager, grace=1.0)
+        for worker in supervisor.transient.values():
+            for process in worker.processes:
+                process.start()
+        process, = supervisor.processes
+        wait_for(lambda: not process.is_alive(), "the worker process ended")
+        state = supervisor.worker_state = process.worker_state = CountedState(supervisor.worker_state)
+        supervisor._serving = True
+        supervisor.shutdown_signal(signal.SIGTERM, None)
+        assert state.calls == 0 and not supervisor._shutting_down
+        assert supervisor.monitor_subscriber.poll(0)  # the monitor loop is woken
+        supervisor._sync_states = lambda: pytest.fail("the loop went on after the stop signal")
+        supervisor.wait_for_ack = lambda: None  # started long ago
+        supervisor.monitor()  # its loop's first step reads the wake-up and ends; then the stop
+        assert supervisor._shutting_down
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
 # ------------------------------------------------------- a small /dev/shm
 def _small_shm_available() -> bool:
     try:
