@@ -400,11 +400,10 @@ class EmptiedAfterRead(dict):
         return value
 
 
-@pytest.mark.parametrize("race, error", [("emptied", AttributeError), ("emptied after the read", TypeError)])
-def test_a_stopping_workers_emptied_state_ends_the_supervisor_cleanly(race, error):
-    """Sanic's own ``_sync_states`` over a real worker process that has ended,
-    with its state entry emptied: tolerated while shutting down, raised otherwise
-    (a fault of a serving server stays visible)."""
+@pytest.fixture
+def supervised():
+    """A Supervisor (Sanic's manager, adopted) over one real worker process that has
+    ended: (supervisor, process).  The signal handlers it installs are put back after."""
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         manager = WorkerManager(1, os.getpid, {}, multiprocessing.get_context("spawn"), multiprocessing.Pipe(), {})
@@ -414,23 +413,32 @@ def test_a_stopping_workers_emptied_state_ends_the_supervisor_cleanly(race, erro
                 process.start()
         process, = supervisor.processes
         wait_for(lambda: not process.is_alive(), "the worker process ended")
-        state_before = process.state
-        if race == "emptied":
-            supervisor.worker_state[process.name] = None  # AttributeError on Sanic's read
-        else:
-            supervisor.worker_state = EmptiedAfterRead(supervisor.worker_state, name=process.name)
-            process.worker_state = supervisor.worker_state  # TypeError on Sanic's write
-        with pytest.raises(error):
-            supervisor._sync_states()
-        if race != "emptied":  # the same race again
-            supervisor.worker_state.reads, process.state = 0, state_before
-        supervisor._shutting_down = True
-        supervisor._sync_states()  # no exception: the stop goes on
-        supervisor.join()  # Sanic's join writes the state too
-        assert process.state in (ProcessState.JOINED, ProcessState.COMPLETED, ProcessState.FAILED)
+        yield supervisor, process
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("race, error", [("emptied", AttributeError), ("emptied after the read", TypeError)])
+def test_a_stopping_workers_emptied_state_ends_the_supervisor_cleanly(supervised, race, error):
+    """Sanic's own ``_sync_states`` over a real worker process that has ended,
+    with its state entry emptied: tolerated while shutting down, raised otherwise
+    (a fault of a serving server stays visible)."""
+    supervisor, process = supervised
+    state_before = process.state
+    if race == "emptied":
+        supervisor.worker_state[process.name] = None  # AttributeError on Sanic's read
+    else:
+        supervisor.worker_state = EmptiedAfterRead(supervisor.worker_state, name=process.name)
+        process.worker_state = supervisor.worker_state  # TypeError on Sanic's write
+    with pytest.raises(error):
+        supervisor._sync_states()
+    if race != "emptied":  # the same race again
+        supervisor.worker_state.reads, process.state = 0, state_before
+    supervisor._shutting_down = True
+    supervisor._sync_states()  # no exception: the stop goes on
+    supervisor.join()  # Sanic's join writes the state too
+    assert process.state in (ProcessState.JOINED, ProcessState.COMPLETED, ProcessState.FAILED)
 
 
 class CountedState(dict):
@@ -453,32 +461,21 @@ class CountedState(dict):
         return super().get(key, default)
 
 
-def test_a_stop_signal_leaves_the_state_manager_to_the_monitor_loop():
+def test_a_stop_signal_leaves_the_state_manager_to_the_monitor_loop(supervised):
     """The handler of a stop signal makes no call to the state manager: it runs between
     two steps of the main thread, which may be halfway through one on the same
     connection (a container's server died so of an UnpicklingError, its workers left
     running).  The monitor loop ends and stops the workers instead."""
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        manager = WorkerManager(1, os.getpid, {}, multiprocessing.get_context("spawn"), multiprocessing.Pipe(), {})
-        supervisor = Supervisor.adopt(manager, grace=1.0)
-        for worker in supervisor.transient.values():
-            for process in worker.processes:
-                process.start()
-        process, = supervisor.processes
-        wait_for(lambda: not process.is_alive(), "the worker process ended")
-        state = supervisor.worker_state = process.worker_state = CountedState(supervisor.worker_state)
-        supervisor._serving = True
-        supervisor.shutdown_signal(signal.SIGTERM, None)
-        assert state.calls == 0 and not supervisor._shutting_down
-        assert supervisor.monitor_subscriber.poll(0)  # the monitor loop is woken
-        supervisor._sync_states = lambda: pytest.fail("the loop went on after the stop signal")
-        supervisor.wait_for_ack = lambda: None  # started long ago
-        supervisor.monitor()  # its loop's first step reads the wake-up and ends; then the stop
-        assert supervisor._shutting_down
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+    supervisor, process = supervised
+    state = supervisor.worker_state = process.worker_state = CountedState(supervisor.worker_state)
+    supervisor._serving = True
+    supervisor.shutdown_signal(signal.SIGTERM, None)
+    assert state.calls == 0 and not supervisor._shutting_down
+    assert supervisor.monitor_subscriber.poll(0)  # the monitor loop is woken
+    supervisor._sync_states = lambda: pytest.fail("the loop went on after the stop signal")
+    supervisor.wait_for_ack = lambda: None  # started long ago
+    supervisor.monitor()  # its loop's first step reads the wake-up and ends; then the stop
+    assert supervisor._shutting_down
 
 
 # ------------------------------------------------------- a small /dev/shm
