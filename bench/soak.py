@@ -57,10 +57,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
-import zstandard
-
 from hashserver.checksum import Hasher
-from hashserver.compression import BY_SUFFIX, Decoder, InvalidPayload, for_content_encoding
+from hashserver.compression import BY_SUFFIX, Decoder, InvalidPayload, for_content_encoding, zstd
 from hashserver.contentcache import CACHE_BYTES, ENTRY_OVERHEAD
 from hashserver.layout import PREFIX_MARKER, SIDECAR_SUFFIX, is_buffer_name
 from hashserver.reader import SMALL_BUFFER
@@ -441,7 +439,7 @@ def new_body(rng: random.Random) -> bytes:
 
 def encode(body: bytes, encoding: str) -> bytes:
     if encoding == "zstd":
-        return zstandard.ZstdCompressor().compress(body)
+        return zstd.compress(body)
     if encoding == "gzip":
         return gzip.compress(body)
     return body

@@ -78,9 +78,10 @@ class BufferFile:
         decoder = Decoder(self.encoding) if self.encoding else None
         with open(self.path, "rb", buffering=0) as f:
             while chunk := f.read(chunk_size):
-                out = decoder.feed(chunk) if decoder else chunk
-                if out:
-                    yield out
+                if decoder is None:
+                    yield chunk
+                else:
+                    yield from decoder.feed(chunk)
         if decoder is not None:
             tail = decoder.finish()
             if tail:
@@ -123,17 +124,19 @@ class DecodingHash:
         return self._decoder is not None
 
     def update(self, data: bytes) -> None:
-        out = self._decoder.feed(data) if self._decoder else data
-        self.length += len(out)
-        self._hash.update(out)
+        if self._decoder is None:
+            self.update_decoded(data)
+        else:
+            for out in self._decoder.feed(data):
+                self.update_decoded(out)
 
     def finish(self) -> tuple[bytes, int]:
         """The checksum and length of the decoded stream (raises InvalidPayload if truncated)."""
         if self._decoder is not None:
-            self.update_tail(self._decoder.finish())
+            self.update_decoded(self._decoder.finish())
         return self._hash.digest(), self.length
 
-    def update_tail(self, tail: bytes) -> None:
+    def update_decoded(self, tail: bytes) -> None:
         self.length += len(tail)
         self._hash.update(tail)
 

@@ -7,9 +7,19 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
-import zstandard
+try:
+    from compression import zstd  # the standard library's, from Python 3.14
+except ImportError:
+    from backports import zstd
+
+DECODED_PIECE = 1 << 20
+"""The most decoded bytes one step of a :class:`Decoder` hands over. A small
+body may decode to a great deal (zstd reaches 32,000:1, gzip 1,000:1), so
+decoding goes piece by piece and never holds more than this."""
+
+_ERRORS = (zlib.error, zstd.ZstdError, EOFError, ValueError)
 
 
 class InvalidPayload(Exception):
@@ -21,7 +31,7 @@ class Encoding:
     code: int  # as stored in the index; 0 is the plain file
     suffix: str  # file name suffix
     tokens: tuple[str, ...]  # Content-Encoding / Accept-Encoding names
-    decompressor: Callable[[], object]
+    decompressor: Callable[[], _Frame]
 
     @property
     def name(self) -> str:
@@ -33,16 +43,69 @@ class Encoding:
         return not codings.isdisjoint(self.tokens)
 
 
-def _zstd():
-    return zstandard.ZstdDecompressor().decompressobj()
+class _Frame:
+    """The decoder of one zstd frame or gzip member, its output bounded per call."""
+
+    eof: bool
+    unused_data: bytes
+
+    def pieces(self, data: bytes, limit: int) -> Iterator[bytes]:
+        """The output of ``data``, in pieces of at most ``limit`` bytes."""
+        raise NotImplementedError
+
+    def flush(self) -> bytes:
+        return b""
 
 
-def _gzip():
-    return zlib.decompressobj(wbits=31)
+class _ZstdFrame(_Frame):
+    def __init__(self) -> None:
+        self._obj = zstd.ZstdDecompressor()
+
+    @property
+    def eof(self) -> bool:
+        return self._obj.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._obj.unused_data
+
+    def pieces(self, data: bytes, limit: int) -> Iterator[bytes]:
+        while True:
+            out = self._obj.decompress(data, limit)
+            if out:
+                yield out
+            if self._obj.eof or self._obj.needs_input:
+                return
+            data = b""
 
 
-ZSTD = Encoding(1, ".zst", ("zstd", "x-zstd"), _zstd)
-GZIP = Encoding(2, ".gz", ("gzip", "x-gzip"), _gzip)
+class _GzipMember(_Frame):
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(wbits=31)
+
+    @property
+    def eof(self) -> bool:
+        return self._obj.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._obj.unused_data
+
+    def pieces(self, data: bytes, limit: int) -> Iterator[bytes]:
+        while True:
+            out = self._obj.decompress(data, limit)
+            if out:
+                yield out
+            data = self._obj.unconsumed_tail
+            if self._obj.eof or (not data and len(out) < limit):
+                return
+
+    def flush(self) -> bytes:
+        return self._obj.flush()
+
+
+ZSTD = Encoding(1, ".zst", ("zstd", "x-zstd"), _ZstdFrame)
+GZIP = Encoding(2, ".gz", ("gzip", "x-gzip"), _GzipMember)
 ENCODINGS = (ZSTD, GZIP)
 BY_CODE = {e.code: e for e in ENCODINGS}
 BY_SUFFIX = {e.suffix: e for e in ENCODINGS}
@@ -72,27 +135,39 @@ def for_content_encoding(header: str | None) -> Encoding | None:
 
 
 class Decoder:
-    """Streaming decompression that detects garbage and truncation."""
+    """Streaming decompression that detects garbage and truncation.
+
+    A stream may hold several zstd frames or gzip members, one after the other
+    (as ``pzstd`` and ``cat a.gz b.gz`` make them): they decode to their
+    contents, one after the other, as the command-line tools decode them.
+    """
 
     def __init__(self, encoding: Encoding):
-        self._obj = encoding.decompressor()
+        self._new_frame = encoding.decompressor
+        self._frame = self._new_frame()
         self.length = 0
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The decoded bytes of this part of the stream, in pieces of at most
+        :data:`DECODED_PIECE` (nothing is decoded until they are iterated)."""
         try:
-            out = self._obj.decompress(data)
-        except (zlib.error, zstandard.ZstdError, ValueError) as exc:
+            while data:
+                if self._frame.eof:
+                    self._frame = self._new_frame()
+                for out in self._frame.pieces(data, DECODED_PIECE):
+                    self.length += len(out)
+                    yield out
+                data = self._frame.unused_data if self._frame.eof else b""
+        except _ERRORS as exc:
             raise InvalidPayload(str(exc)) from None
-        self.length += len(out)
-        return out
 
     def finish(self) -> bytes:
+        """The last decoded bytes (few); raises :class:`InvalidPayload` if the stream is cut short."""
         try:
-            tail = self._obj.flush()
-        except (zlib.error, zstandard.ZstdError, ValueError) as exc:
+            tail = self._frame.flush()
+        except _ERRORS as exc:
             raise InvalidPayload(str(exc)) from None
         self.length += len(tail)
-        if not getattr(self._obj, "eof", True):
+        if not self._frame.eof:
             raise InvalidPayload("truncated compressed stream")
         return tail
-

@@ -447,7 +447,8 @@ class ObjectStore:
         decoder = Decoder(encoding)
         try:
             async for chunk in self._chunks(key, result):
-                decoder.feed(bytes(chunk))
+                for _ in decoder.feed(chunk):
+                    pass
             decoder.finish()
         except InvalidPayload:
             raise self._corruption(key) from None
@@ -675,11 +676,11 @@ class ObjectStore:
         pending = b""
         try:
             async for chunk in self._chunks(key, result):
-                out = decoder.feed(chunk) if decoder else chunk
-                await self._hash(digest, out)
-                if pending:
-                    yield pending
-                pending = out
+                for out in decoder.feed(chunk) if decoder else (chunk,):
+                    await self._hash(digest, out)
+                    if pending:
+                        yield pending
+                    pending = out
             if decoder is not None:
                 tail = decoder.finish()
                 digest.update(tail)
@@ -1018,8 +1019,7 @@ async def _decoded(encoding: Encoding, data: bytes) -> AsyncIterator[bytes]:
     """A small compressed object's content, decoded piece by piece."""
     decoder = Decoder(encoding)
     for start in range(0, len(data), STREAM_CHUNK):
-        out = decoder.feed(data[start:start + STREAM_CHUNK])
-        if out:
+        for out in decoder.feed(data[start:start + STREAM_CHUNK]):
             yield out
     tail = decoder.finish()
     if tail:

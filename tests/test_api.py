@@ -6,14 +6,17 @@ would, read what is stored), so the same assertions hold for both."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
 
 from hashserver import Config
+from hashserver.compression import zstd
 from hashserver.layout import PREFIX_MARKER
 
 from conftest import add_buffer, buffer_path, sha3
@@ -312,3 +315,37 @@ def test_percent_encoded_path_is_reported_decoded(client):
     response = request(client, "GET", "/%C3%A9")
     assert response.status == 400
     assert json.loads(response.body)["exception"]["input"] == "é"
+
+
+@pytest.mark.parametrize("coding", ["zstd", "gzip"])
+def test_put_of_concatenated_frames_stores_their_contents_in_order(client, place, coding):
+    """A body of several zstd frames or gzip members (``pzstd``, ``cat a.gz b.gz``)."""
+    compress = zstd.compress if coding == "zstd" else gzip.compress
+    content = b"first frame, " + b"second frame"
+    cs = sha3(content)
+    body = compress(b"first frame, ") + compress(b"second frame")
+    response = request(client, "PUT", "/" + cs, body, {"Content-Encoding": coding})
+    assert (response.status, response.body) == (200, b"OK")
+    # decoded by the server (the test client's own gzip decoder would stop after one member)
+    assert request(client, "GET", "/" + cs, headers={"Accept-Encoding": "identity"}).body == content
+    assert json.loads(request(client, "GET", "/buffer-length", json.dumps([cs])).body) == [len(content)]
+
+
+def test_put_of_a_body_that_expands_enormously_holds_little_memory(client, place):
+    """64 MiB of zeros in a zstd body of some KiB: the server decodes it piece by piece while
+    it hashes it (traced, in this process, which runs the server: a whole decode holds 64 MiB)."""
+    size = 64 << 20
+    content = bytes(size)
+    cs, body = sha3(content), zstd.compress(content)
+    del content
+    tracemalloc.start()
+    try:
+        response = request(client, "PUT", "/" + cs, body, {"Content-Encoding": "zstd"})
+        wrong = request(client, "PUT", "/" + sha3(b"other"), body, {"Content-Encoding": "zstd"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (response.status, response.body) == (200, b"OK")
+    assert (wrong.status, wrong.body) == (400, b"Incorrect checksum")
+    assert peak < 16 << 20, f"the PUTs held {peak} bytes at once"
+    assert json.loads(request(client, "GET", "/buffer-length", json.dumps([cs])).body) == [size]

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zstandard
 from seaweedfs import (
     SeaweedFS,
     SharedDir,
@@ -39,6 +38,7 @@ from test_writer import partial_put
 
 from hashserver.bufferfile import BufferFile
 from hashserver.checksum import Hasher
+from hashserver.compression import zstd
 from hashserver.filesystems import file_system_type, is_network_type, mount_of, parse_mountinfo
 from hashserver.layout import LOCK_SUFFIX, PROMISE_SUFFIX, SearchPath, make_layout, temp_owner
 from hashserver.locks import LockProtocol
@@ -142,7 +142,7 @@ def test_the_http_contract_on_a_mount(hosts: Hosts):
     assert batch(a, "/has-now", [pcs]) == [True]
 
     text = b"compressible text " * 4000
-    ccs, packed = sha3(text), zstandard.compress(text)
+    ccs, packed = sha3(text), zstd.compress(text)
     assert put(a, ccs, packed, {"Content-Encoding": "zstd"}) == (200, b"OK")
     assert buffer_path(directory, ccs, suffix=".zst").read_bytes() == packed
     assert batch(a, "/buffer-length", [ccs]) == [len(text)]
@@ -191,7 +191,7 @@ def test_a_promise_on_one_host_keeps_the_other_waiting_until_stored(hosts: Hosts
 
 def test_a_compressed_buffer_stored_through_one_host_reads_through_the_other(hosts: Hosts):
     text = b"".join(b"line %d of a compressible buffer\n" % i for i in range(30_000))
-    cs, packed = sha3(text), zstandard.compress(text)
+    cs, packed = sha3(text), zstd.compress(text)
     assert put(hosts.a, cs, packed, {"Content-Encoding": "zstd"}) == (200, b"OK")
     visible(hosts.b, cs)
     assert batch(hosts.b, "/buffer-length", [cs]) == [len(text)]

@@ -18,11 +18,11 @@ from typing import Iterator
 
 import pytest
 import requests
-import zstandard
 from openapi_spec_validator import validate
 from websockets.sync.client import connect
 
 from hashserver import Config, create_app
+from hashserver.compression import zstd
 from hashserver.testing import stop_process
 
 from conftest import BIN, add_buffer, sha3
@@ -49,7 +49,7 @@ def start_server(tmp_path, serve):
         directory = tmp_path / f"buffers{next(_names)}"
         directory.mkdir()
         # The documents' example checksum, stored compressed: both representations.
-        add_buffer(directory, zstandard.compress(b"hello"), checksum=sha3(b"hello"), suffix=".zst")
+        add_buffer(directory, zstd.compress(b"hello"), checksum=sha3(b"hello"), suffix=".zst")
         return serve(directory, *options).url
 
     return start

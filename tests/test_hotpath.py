@@ -29,12 +29,12 @@ from typing import Callable
 
 import pytest
 import uvloop
-import zstandard
 from sanic import Sanic
 from sanic.application.state import ApplicationServerInfo
 from sanic.server.protocols.http_protocol import HttpProtocol
 
 from hashserver import create_app
+from hashserver.compression import zstd
 from hashserver.config import Config
 from hashserver.hotpath import FLUSH_BYTES, SIMPLE_REQUEST, HotPath, HotPathProtocol
 from hashserver.reader import SMALL_BUFFER
@@ -64,7 +64,7 @@ def populate(directory: Path) -> None:
     for data in (SMALL, PIPELINED, LARGE):
         add_buffer(directory, data)
     buffer_path(directory, ZST_CS).parent.mkdir(exist_ok=True)
-    Path(f"{buffer_path(directory, ZST_CS)}.zst").write_bytes(zstandard.ZstdCompressor().compress(ZST))
+    Path(f"{buffer_path(directory, ZST_CS)}.zst").write_bytes(zstd.compress(ZST))
     buffer_path(directory, GZ_CS).parent.mkdir(exist_ok=True)
     Path(f"{buffer_path(directory, GZ_CS)}.gz").write_bytes(gzip.compress(GZ, mtime=0))
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from hashserver.caching import IMMUTABLE
+from hashserver.compression import zstd
 from hashserver.reader import SMALL_BUFFER
 from hashserver.testing import ServerProcess
 
@@ -71,7 +71,7 @@ def add_compressed(directory: Path, data: bytes, suffix: str = ".zst") -> str:
     cs = sha3(data)
     path = buffer_path(directory, cs)
     path.parent.mkdir(exist_ok=True)
-    encoded = zstandard.ZstdCompressor().compress(data) if suffix == ".zst" else gzip.compress(data)
+    encoded = zstd.compress(data) if suffix == ".zst" else gzip.compress(data)
     Path(str(path) + suffix).write_bytes(encoded)
     return cs
 

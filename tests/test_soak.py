@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from bench.cli import build_parser, soak_options
 from bench.soak import (
@@ -31,6 +30,7 @@ from bench.soak import (
     read_reply,
     scan_directory,
 )
+from hashserver.compression import zstd
 from hashserver.reader import SMALL_BUFFER
 
 from conftest import add_buffer, buffer_path, sha3
@@ -94,7 +94,7 @@ def batch_reply(values: list) -> Reply:
 def test_right_answers_count_nothing() -> None:
     checker = Checker()
     checker.get("a", CS, State.PRESENT, len(DATA), ok())
-    checker.get("a", CS, State.PRESENT, len(DATA), ok(zstandard.ZstdCompressor().compress(DATA),
+    checker.get("a", CS, State.PRESENT, len(DATA), ok(zstd.compress(DATA),
                                                       content_encoding="zstd"))
     checker.get("a", CS, State.PRESENT, len(DATA), ok(gzip.compress(DATA), content_encoding="gzip"))
     checker.get("b", "00" * 32, State.CUT, 0, Reply(404, {}, b"Not found"))
@@ -151,7 +151,7 @@ def test_promise_semantics_and_batch_shape_are_checked() -> None:
 
 def test_the_directory_scan_finds_leftovers_cut_files_and_wrong_content(tmp_path: Path) -> None:
     good = add_buffer(tmp_path, DATA)
-    compressed = add_buffer(tmp_path, zstandard.ZstdCompressor().compress(b"zz"), checksum=sha3(b"zz"), suffix=".zst")
+    compressed = add_buffer(tmp_path, zstd.compress(b"zz"), checksum=sha3(b"zz"), suffix=".zst")
     add_buffer(tmp_path, b"2", checksum=compressed, suffix=".BUFFERLENGTH")
     cut = add_buffer(tmp_path, b"half of it", checksum=sha3(b"half of it, and the rest"))
     wrong = add_buffer(tmp_path, b"not what it says", checksum=sha3(b"something else"))
