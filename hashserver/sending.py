@@ -18,6 +18,7 @@ Sanic 25.12.1; ``tests/test_sending.py`` fails if they change):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import select
@@ -100,8 +101,9 @@ async def _stream(request: Request, readable: Readable, headers: dict, status: i
             for offset in range(0, length, STREAM_CHUNK):
                 await response.send(view[offset:offset + STREAM_CHUNK])
         else:
-            async for chunk in _part(readable.chunks(), start, length):
-                await response.send(chunk)
+            async with contextlib.aclosing(_part(readable.chunks(), start, length, readable.length)) as part:
+                async for chunk in part:
+                    await response.send(chunk)
     except (BrokenPipeError, ConnectionResetError):
         request.transport.close()  # the client went away
         return None
@@ -114,16 +116,23 @@ async def _stream(request: Request, readable: Readable, headers: dict, status: i
     return None
 
 
-async def _part(chunks: AsyncIterator[bytes], start: int, length: int) -> AsyncIterator[bytes]:
-    """Bytes ``start`` to ``start + length`` of a stream of chunks."""
+async def _part(chunks: AsyncIterator[bytes], start: int, length: int, total: int) -> AsyncIterator[bytes]:
+    """Bytes ``start`` to ``start + length`` of a stream of ``total`` bytes in chunks.
+
+    A part that reaches the end reads the stream to its end, past its last
+    byte: the stream's own ending then runs (a tier keeps what it filled from
+    a stream only once the stream ended: ``TieredStore._teed_chunks``). Any
+    other part closes the stream where it ends.
+    """
     position, end = 0, start + length
-    async for chunk in chunks:
-        lo, hi = max(start - position, 0), min(end - position, len(chunk))
-        position += len(chunk)
-        if hi > lo:
-            yield chunk[lo:hi]
-        if position >= end:
-            break
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            lo, hi = max(start - position, 0), min(end - position, len(chunk))
+            position += len(chunk)
+            if hi > lo:
+                yield chunk[lo:hi]
+            if position >= end and end < total:
+                break
 
 
 async def _send_file(request: Request, response, file, start: int, length: int) -> None:

@@ -10,6 +10,7 @@ directory (tests/test_writer.py)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -37,6 +38,13 @@ def calls(server, operation: str) -> float:
     found = re.findall(rf'^hashserver_object_store_requests_total{{operation="{operation}",[^}}]*}} (\S+)$',
                        body.decode(), re.MULTILINE)
     return sum(float(value) for value in found)
+
+
+def tier_hits(server) -> float:
+    status, body = request(server, "GET", "/metrics")
+    assert status == 200
+    found = re.search(r'^hashserver_local_tier_requests_total{result="hit"} (\S+)$', body.decode(), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 def key(checksum: str) -> str:
@@ -81,6 +89,35 @@ def test_a_part_of_an_object_not_held_locally_is_verified_first(s3_serve, seawee
             wait_for(filled.exists, f"the {name} buffer in the tier")
             assert filled.read_bytes() == data
     assert "Traceback" not in server.output()
+
+
+def test_a_whole_get_of_an_object_not_held_locally_fills_the_tier(s3_serve, seaweedfs, s3_bucket, tmp_path,  # noqa: F811
+                                                                    contents):
+    """Read once over HTTP, whole (no part asked first), each object enters the tier and
+    is read from there next: the ones verified before sending, the streamed one, and a
+    compressed one sent decoded to a client that does not accept its encoding."""
+    raw = seaweedfs.s3_store(s3_bucket)
+    objects = {name: (sha3(data), key(sha3(data)), data) for name, data in contents.items()}
+    packed = contents["medium"][:200_000]
+    objects["gzip, decoded"] = (sha3(packed), key(sha3(packed)) + ".gz", gzip.compress(packed))
+    for _, object_key, data in objects.values():
+        obstore.put(raw, object_key, data)
+    cache = tmp_path / "cache"
+    server = s3_serve(s3_bucket, "--cache-dir", str(cache), *TIERS["tier"])
+    for name, (checksum, _, _) in objects.items():
+        content = packed if name == "gzip, decoded" else contents[name]
+        assert request(server, "GET", "/" + checksum, headers={"Accept-Encoding": "identity"}) == (200, content)
+        filled = cache / key(checksum)
+        wait_for(lambda: filled.exists() or (cache / (key(checksum) + ".gz")).exists(),
+                 f"the {name} buffer in the tier")
+    wait_for(lambda: calls(server, "get") >= len(objects), "the calls counted (folded every second)")
+    gets = calls(server, "get")
+    for name, (checksum, _, _) in objects.items():
+        content = packed if name == "gzip, decoded" else contents[name]
+        assert request(server, "GET", "/" + checksum, headers={"Accept-Encoding": "identity"}) == (200, content)
+    assert "Traceback" not in server.output()
+    wait_for(lambda: tier_hits(server) >= len(objects), "the second reads counted as the tier's hits")
+    assert calls(server, "get") == gets, "a second read went to the bucket"
 
 
 @pytest.mark.parametrize("tier", list(TIERS))
