@@ -217,7 +217,7 @@ class DirectoryStore:
                 self.metrics.promised()
         return int(self.promises.ttl)
 
-    def health(self) -> str | None:
+    async def health(self) -> str | None:
         checked, problem = self._health
         if time.monotonic() - checked < HEALTH_EVERY:
             return problem

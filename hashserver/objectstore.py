@@ -81,7 +81,8 @@ HASH_INLINE = 256 << 10  # hash pieces up to this on the event loop, larger ones
 HASHES_AHEAD = 2  # a body's pieces handed to its hashing thread and not yet hashed, at most
 LEAN_PUT = 1 << 20  # bodies up to this size go to the lean client (s3lean), which holds them whole
 HEAD_CONCURRENCY = 64  # object-store calls in flight for one batch of /has or /buffer-length
-HEALTH_EVERY = 1.0
+HEALTH_EVERY = 1.0  # a check's result stands this long; meanwhile callers share it
+HEALTH_WAIT = 5.0  # /healthcheck's longest wait for a check (it goes on: the next answer has it)
 ABORT_WAIT = 10.0  # the longest a failed upload waits for its abort
 BULK_DELETE = 1000  # keys in one DeleteObjects request (S3's maximum)
 CONNECT_TIMEOUT = "3s"
@@ -186,6 +187,9 @@ class ObjectStore:
                 result = await awaitable
             outcome = "ok"
             return result
+        except StopAsyncIteration:  # a listing with nothing (more) in it: an answer
+            outcome = "ok"
+            raise
         except NOT_FOUND:
             outcome = "absent"
             raise
@@ -844,14 +848,25 @@ class ObjectStore:
         except StopAsyncIteration:
             pass
 
-    def health(self) -> str | None:
+    async def health(self) -> str | None:
+        """The bucket's state now: a check made within the last second, or one
+        made for this call (callers at the same moment share it), waited for
+        at most HEALTH_WAIT seconds."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._checked_health()), HEALTH_WAIT)
+        except asyncio.TimeoutError:
+            problem = f"Storage unavailable: {self.url} did not answer within {HEALTH_WAIT:g} s"
+            self.metrics.health(False)
+            return problem
+
+    async def _checked_health(self) -> str | None:
         checked, problem = self._health
-        if time.monotonic() - checked >= HEALTH_EVERY and self._health_task is None:
-            try:
-                self._health_task = asyncio.get_running_loop().create_task(self._check_health())
-            except RuntimeError:
-                pass  # no event loop: the last result stands
-        return problem
+        if time.monotonic() - checked < HEALTH_EVERY:
+            return problem
+        if self._health_task is None:
+            self._health_task = asyncio.get_running_loop().create_task(self._check_health())
+        await asyncio.shield(self._health_task)
+        return self._health[1]
 
     async def _check_health(self) -> None:
         try:
@@ -859,17 +874,15 @@ class ObjectStore:
             problem = None
         except StorageUnavailable as exc:
             problem = str(exc)
+        finally:
+            self._health_task = None
         self._health = (time.monotonic(), problem)
-        self._health_task = None
         self.metrics.health(problem is None)
 
     async def _bucket_is_there(self) -> None:
         """Before an answer "absent": the bucket still exists and answers (a HEAD of a key
         in a deleted bucket is a plain 404), checked at most once a second."""
-        checked, problem = self._health
-        if time.monotonic() - checked >= HEALTH_EVERY:
-            await self._check_health()
-            checked, problem = self._health
+        problem = await self._checked_health()
         if problem is not None:
             raise StorageUnavailable(problem)
 

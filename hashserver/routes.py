@@ -183,7 +183,7 @@ async def healthcheck(request: Request) -> HTTPResponse:
     """200 while this worker can serve: not shutting down, and its storage works."""
     if getattr(request.app.ctx, "stopping", False):
         return responses.message(503, "Service unavailable: shutting down")
-    problem = storage_of(request).health()
+    problem = await storage_of(request).health()
     return responses.ok() if problem is None else responses.message(503, problem)
 
 

@@ -172,9 +172,9 @@ class Storage(Protocol):
         """Announce that this buffer is about to be stored, unless it is
         present; returns how long the promise holds (s).  Raises :class:`ReadOnly`."""
 
-    def health(self) -> str | None:
-        """None while the storage works; else what is wrong (checked cheaply:
-        at most about once a second, not on every call)."""
+    async def health(self) -> str | None:
+        """None while the storage works; else what is wrong, as checked now
+        (cheaply: a check stands for about a second, shared by the calls meanwhile)."""
 
     def close(self) -> None:
         """Release what the storage holds (watches, files)."""

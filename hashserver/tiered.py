@@ -509,9 +509,9 @@ class TieredStore:
         return await self.back.promise(checksum)
 
     # ------------------------------------------------------------ the rest
-    def health(self) -> str | None:
+    async def health(self) -> str | None:
         """The back store's: a failing tier is not a failing server (it is logged)."""
-        return self.back.health()
+        return await self.back.health()
 
     def close(self) -> None:
         self.local.close()

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+import urllib.parse
 
 import pytest
 from seaweedfs import (
@@ -40,7 +41,7 @@ from hashserver.storage import (
 from hashserver.testing import free_port
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
-from hashserver.objectstore import SMALL_GET, ObjectStore  # noqa: E402  (needs obstore)
+from hashserver.objectstore import HEALTH_EVERY, SMALL_GET, ObjectStore  # noqa: E402  (needs obstore)
 
 MiB = 1 << 20
 BOUND = 60.0  # seconds: a bound against hangs, not a speed requirement
@@ -546,12 +547,7 @@ def test_an_unreachable_object_store_is_unavailable_not_absent(s3_env):
                      store.put(checksum, body_of(b"x"))):
             with pytest.raises(StorageUnavailable, match="nobucket"):
                 await call
-        assert store.health() is None  # not checked yet: the check runs in the background
-        for _ in range(200):
-            if store.health() is not None:
-                return store.health()
-            await asyncio.sleep(0.05)
-        raise AssertionError("health() never reported the failure")
+        return await store.health()  # checked for this call
 
     assert "nobucket" in run(scenario())
 
@@ -560,12 +556,81 @@ def test_health_is_cheap_and_cached(bucket_store):
     store, _, _ = bucket_store
 
     async def scenario():
-        assert store.health() is None
-        await asyncio.sleep(0.3)
-        assert store._health_task is None  # the background check finished
-        assert store.health() is None
+        calls = store.metrics._values["hashserver_object_store_requests"]
+        lists = calls[("list", "ok")]
+        assert await asyncio.gather(*(store.health() for _ in range(5))) == [None] * 5
+        assert await store.health() is None
+        assert calls[("list", "ok")] == lists + 1  # one check, shared by the calls of the same second
+        await asyncio.sleep(HEALTH_EVERY)
+        assert await store.health() is None
+        assert calls[("list", "ok")] == lists + 2
 
     run(scenario())
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 to the object store, to take it away and bring it back."""
+
+    def __init__(self, target: str):
+        parts = urllib.parse.urlsplit(target)
+        self.target, self.port = (parts.hostname, parts.port), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        """No more connections; those open are cut."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for writer in list(self.writers):
+            writer.transport.abort()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        self.writers |= {writer, upstream_writer}
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+                self.writers.discard(sink)
+
+        await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
+
+
+def test_health_reports_the_store_as_it_is_now(s3_env, s3_bucket):  # noqa: F811
+    """Not an earlier check's result: the first call after the store went away says so, and
+    the first after it came back."""
+    relay = Relay(s3_env.s3_endpoint)
+
+    async def scenario():
+        await relay.start()
+        store = make_store(s3_env, s3_bucket, endpoint=relay.url)
+        try:
+            assert await store.health() is None
+            await relay.stop()
+            await asyncio.sleep(HEALTH_EVERY)
+            gone = await store.health()
+            await relay.start()
+            await asyncio.sleep(HEALTH_EVERY)
+            back = await store.health()
+        finally:
+            store.close()
+            await relay.stop()
+        return gone, back
+
+    gone, back = run(scenario())
+    assert gone is not None and gone.startswith("Storage unavailable") and s3_bucket in gone, gone
+    assert back is None
 
 
 def test_check_names_the_setting(s3_env, s3_bucket, monkeypatch):  # noqa: F811

@@ -503,7 +503,7 @@ def test_failing_tier_is_logged_and_requests_go_to_the_back_store(stores, hashse
         assert await s.store.put(raw(cs), chunks(data)) is PutOutcome.STORED
         await s.store.settled()
         assert await s.store.has(raw(cs)) == [True]
-        assert s.store.health() is None  # the server is healthy: the back store is
+        assert await s.store.health() is None  # the server is healthy: the back store is
 
     asyncio.run(scenario())
     assert "local tier failing" in hashserver_log.text
