@@ -551,9 +551,10 @@ class ObjectStore:
         data, length = await self._whole_verified(checksum, key, size, encoding, result)
         if encoding is None:
             return Readable(length, content=data)
+        stored = Readable(len(data), encoding.name, content=data, variant=encoding.suffix[1:], varies=True)
         if encoding.accepted_by(accepted):
-            return Readable(len(data), encoding.name, content=data, variant=encoding.suffix[1:], varies=True)
-        return Readable(length, chunks=lambda: _decoded(encoding, data), varies=True)
+            return stored
+        return Readable(length, chunks=lambda: _decoded(encoding, data), varies=True, as_stored=stored)
 
     async def _whole_verified(self, checksum: bytes, key: str, size: int, encoding: Encoding | None,
                               result) -> tuple[bytes, int]:
@@ -913,7 +914,8 @@ class ObjectStore:
                 pass
 
     async def abort_stale_uploads(self, older_than: float) -> int:
-        """Abort this prefix's incomplete multipart uploads started more than ``older_than`` s ago."""
+        """Abort this prefix's incomplete multipart uploads of buffers idle (started, and their
+        last part sent) for more than ``older_than`` s."""
         config = dict(getattr(self.store, "config", None) or {})
         signer = s3uploads.Signer.from_settings(self.keys.bucket, self.endpoint, config)
         started = time.monotonic()

@@ -150,7 +150,7 @@ def object_store_class(config: Config):
 def check_object_store(config: Config) -> None:
     """At startup: the bucket exists and takes the credentials (else
     :class:`ConfigError`), and a writable server aborts the multipart uploads
-    that writers left incomplete more than ``--lock-timeout`` ago.  In a
+    of buffers that writers left idle for more than ``--lock-timeout``.  In a
     thread with its own event loop: Sanic's main process calls
     :meth:`MainProcess.start` from its running loop."""
     store_class = object_store_class(config)

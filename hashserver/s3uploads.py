@@ -2,10 +2,17 @@
 
 obstore (0.12) completes or aborts the multipart uploads it starts itself but
 has no call to list the ones a killed process left behind, nor to abort one
-by its id; these are two plain S3 requests (``GET /bucket?uploads``,
-``DELETE /bucket/key?uploadId=``), signed here with AWS Signature Version 4
-from the same credentials obstore uses (given explicitly or from the standard
+by its id; these are plain S3 requests (``GET /bucket?uploads``,
+``GET /bucket/key?uploadId=`` for an upload's parts, ``DELETE
+/bucket/key?uploadId=``), signed here with AWS Signature Version 4 from the
+same credentials obstore uses (given explicitly or from the standard
 environment variables).
+
+An upload is left behind when it has shown no activity for a while, not when
+it started long ago: a live upload of a large body on another host of the
+fleet may have started minutes ago and still be sending parts.  And only keys
+hashserver itself writes are its to abort: in a bare bucket the others are
+other applications'.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import datetime
 import functools
 import hashlib
 import hmac
+import logging
 import os
+import posixpath
 import time
 import urllib.error
 import urllib.parse
@@ -23,9 +32,16 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from .compression import for_suffix
+from .layout import is_buffer_name
+from .s3keys import KEY_LAYOUTS, BucketKeys
+
+log = logging.getLogger("hashserver")
+
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 REQUEST_TIMEOUT = 10.0
-MAX_PAGES = 1000  # bounds the listing loop (1000 uploads a page)
+MAX_PAGES = 1000  # bounds the listing loops (1000 uploads or parts a page)
+PARTS_PAGE = 1000  # parts asked for per ListParts page (S3's default and most)
 
 
 class S3RequestError(Exception):
@@ -139,6 +155,11 @@ def _children(element: ET.Element, name: str) -> list[ET.Element]:
     return [child for child in element if child.tag.rsplit("}", 1)[-1] == name]
 
 
+def _time(text: str) -> datetime.datetime:
+    """An S3 date (``2009-10-12T17:50:30.000Z``), timezone-aware; ValueError if it is none."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def list_uploads(signer: Signer, bucket: str, prefix: str) -> list[Upload]:
     """Every incomplete multipart upload of ``bucket`` whose key starts with ``prefix`` (blocking)."""
     uploads: list[Upload] = []
@@ -146,8 +167,7 @@ def list_uploads(signer: Signer, bucket: str, prefix: str) -> list[Upload]:
     for _ in range(MAX_PAGES):
         root = ET.fromstring(send(signer.request("GET", f"/{bucket}", query)))
         for upload in _children(root, "Upload"):
-            initiated = datetime.datetime.fromisoformat(_text(upload, "Initiated").replace("Z", "+00:00"))
-            uploads.append(Upload(_text(upload, "Key"), _text(upload, "UploadId"), initiated))
+            uploads.append(Upload(_text(upload, "Key"), _text(upload, "UploadId"), _time(_text(upload, "Initiated"))))
         if _text(root, "IsTruncated").lower() != "true":
             break
         query = {**query, "key-marker": _text(root, "NextKeyMarker"),
@@ -164,11 +184,66 @@ def abort_upload(signer: Signer, bucket: str, upload: Upload) -> None:
             raise
 
 
-async def abort_older(signer: Signer, bucket: str, prefix: str, older_than: float) -> int:
-    """Abort the uploads under ``prefix`` started more than ``older_than`` seconds ago; how many."""
-    uploads = await asyncio.to_thread(list_uploads, signer, bucket, prefix)
+def newest_part(signer: Signer, bucket: str, upload: Upload) -> datetime.datetime | None:
+    """When the upload's latest part was uploaded (None: no part yet), from ListParts (blocking):
+    its last sign of life, which its start (``Initiated``) is not."""
+    newest: datetime.datetime | None = None
+    query = {"uploadId": upload.upload_id, "max-parts": str(PARTS_PAGE)}
+    for _ in range(MAX_PAGES):
+        root = ET.fromstring(send(signer.request("GET", f"/{bucket}/{upload.key}", query)))
+        for part in _children(root, "Part"):
+            modified = _time(_text(part, "LastModified"))
+            newest = modified if newest is None else max(newest, modified)
+        marker = _text(root, "NextPartNumberMarker")
+        if _text(root, "IsTruncated").lower() != "true" or not marker:
+            break
+        query = {**query, "part-number-marker": marker}
+    return newest
+
+
+def is_idle(signer: Signer, bucket: str, upload: Upload, cutoff: datetime.datetime) -> bool:
+    """Started before ``cutoff`` and no part uploaded since (blocking).  When its parts cannot
+    be listed (most often it was completed or aborted meanwhile: 404 NoSuchUpload), it is not:
+    an upload is aborted only when it is known to be idle, and one that cannot be listed must
+    not stop the others from being looked at."""
+    if upload.initiated > cutoff:
+        return False
+    try:
+        newest = newest_part(signer, bucket, upload)
+    except (S3RequestError, ValueError, ET.ParseError) as exc:
+        if not (isinstance(exc, S3RequestError) and exc.status == 404):
+            log.warning("incomplete upload %s of %s kept: its parts could not be listed: %s",
+                        upload.upload_id, upload.key, exc)
+        return False
+    return newest is None or newest <= cutoff
+
+
+def is_buffer_key(bucket: str, prefix: str, key: str) -> bool:
+    """Would this store write ``key``, ``prefix`` being its upload prefix ("" or ending in "/")?
+    A buffer, plain or compressed, in either key layout; nothing else is its to abort."""
+    checksum, dot, suffix = posixpath.basename(key).partition(".")
+    encoding = for_suffix(dot + suffix)
+    if not is_buffer_name(checksum) or (dot and encoding is None):
+        return False
+    return any(BucketKeys(bucket, prefix.rstrip("/"), layout).buffer(checksum, encoding) == key
+               for layout in KEY_LAYOUTS)
+
+
+async def abort_idle(signer: Signer, bucket: str, uploads: list[Upload], older_than: float) -> int:
+    """Abort those of ``uploads`` that have shown no activity (start, part) for more than
+    ``older_than`` seconds; how many.  One cut off from its writer has none; a live one on
+    another host sends a part at least every so often, however long its body."""
     cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than)
-    stale = [u for u in uploads if u.initiated <= cutoff]
-    for upload in stale:
-        await asyncio.to_thread(abort_upload, signer, bucket, upload)
-    return len(stale)
+    aborted = 0
+    for upload in uploads:
+        if await asyncio.to_thread(is_idle, signer, bucket, upload, cutoff):
+            await asyncio.to_thread(abort_upload, signer, bucket, upload)
+            aborted += 1
+    return aborted
+
+
+async def abort_older(signer: Signer, bucket: str, prefix: str, older_than: float) -> int:
+    """Abort the buffer uploads under ``prefix`` idle for more than ``older_than`` seconds; how many."""
+    uploads = await asyncio.to_thread(list_uploads, signer, bucket, prefix)
+    return await abort_idle(signer, bucket, [u for u in uploads if is_buffer_key(bucket, prefix, u.key)],
+                            older_than)
