@@ -122,6 +122,12 @@ class Readable:
     chunks: Callable[[], AsyncIterator[bytes]] | None = None
     variant: str = ""  # names the stored encoding ("zst", "gz") when the bytes are sent encoded
     varies: bool = False  # stored compressed: what is sent depends on Accept-Encoding
+    as_stored: "Readable | None" = None  # when decoded from bytes in memory: those, as stored
+
+    @property
+    def decoded(self) -> bool:
+        """A compressed buffer's content, decoded: not what its store holds."""
+        return self.varies and not self.variant
 
     def close(self) -> None:
         if self.file is not None:

@@ -269,9 +269,13 @@ class TieredStore:
         if readable is not None:
             return readable
         readable = await self.back.open(checksum, accepted, want)
-        if readable is None or not self._may_fill(checksum, _small_size(readable)):
-            return readable
-        return self._filled_from(checksum, readable)
+        if readable is None:
+            return None
+        stored = readable.as_stored or readable
+        if stored.decoded or not self._may_fill(checksum, _small_size(stored)):
+            return readable  # the tier holds a buffer as the back store holds it, or not at all
+        filled = self._filled_from(checksum, stored)
+        return filled if stored is readable else readable  # (in memory: filled at once)
 
     def _may_fill(self, checksum: bytes, small: int | None = None) -> bool:
         """One fill of a buffer at a time, and a bounded number of them: under a

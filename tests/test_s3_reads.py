@@ -107,9 +107,11 @@ def test_a_whole_get_of_an_object_not_held_locally_fills_the_tier(s3_serve, seaw
     for name, (checksum, _, _) in objects.items():
         content = packed if name == "gzip, decoded" else contents[name]
         assert request(server, "GET", "/" + checksum, headers={"Accept-Encoding": "identity"}) == (200, content)
-        filled = cache / key(checksum)
-        wait_for(lambda: filled.exists() or (cache / (key(checksum) + ".gz")).exists(),
-                 f"the {name} buffer in the tier")
+        filled = cache / (object_key := objects[name][1])
+        wait_for(filled.exists, f"the {name} buffer in the tier")
+        assert filled.read_bytes() == objects[name][2]  # as the bucket holds it (compressed)
+        if object_key.endswith(".gz"):
+            assert not (cache / key(checksum)).exists()
     wait_for(lambda: calls(server, "get") >= len(objects), "the calls counted (folded every second)")
     gets = calls(server, "get")
     for name, (checksum, _, _) in objects.items():
