@@ -740,8 +740,6 @@ class ObjectStore:
     async def _put_small(self, checksum: bytes, key: str, encoding: Encoding | None, digest: DecodingHash,
                          data: bytes) -> PutOutcome:
         length = self._verify_body(checksum, digest)
-        if encoding is not None:
-            await self._put_sidecar(checksum.hex(), length)
         if self.lean is not None and len(data) <= LEAN_PUT:
             call = self.lean.put_if_absent(key, data, hashlib.sha256(data).hexdigest())
         else:
@@ -750,11 +748,21 @@ class ObjectStore:
             await self._call("put", key, call)
         except CONFLICT:
             return PutOutcome.PRESENT
+        await self._put_sidecar(checksum.hex(), encoding, length)
         return PutOutcome.STORED
 
-    async def _put_sidecar(self, checksum_hex: str, length: int) -> None:
+    async def _put_sidecar(self, checksum_hex: str, encoding: Encoding | None, length: int) -> None:
+        """A compressed buffer's decoded length, beside its object once that exists (never
+        beside nothing: a PUT that fails leaves no object of its own).  Only a shortcut:
+        without it the length is counted by decoding, so a failure is logged, not raised."""
+        if encoding is None:
+            return
         key = self.keys.sidecar(checksum_hex)
-        await self._call("put", key, obstore.put_async(self.store, key, str(length).encode()))
+        try:
+            await self._call("put", key, obstore.put_async(self.store, key, str(length).encode()))
+        except StorageUnavailable as exc:
+            log.warning("no length sidecar beside %s: %s", self.keys.where(self.keys.buffer(checksum_hex, encoding)),
+                        exc)
 
     async def _put_multipart(self, checksum: bytes, key: str, encoding: Encoding | None, hashing: _BodyHash,
                              first: list[bytes], batches: AsyncIterator[bytes]) -> PutOutcome:
@@ -770,13 +778,12 @@ class ObjectStore:
             async for batch in batches:
                 await self._feed(queue, upload, hashing, batch)
             length = self._verify_body(checksum, await hashing.done())
-            if encoding is not None:
-                await self._put_sidecar(checksum.hex(), length)
             await self._feed(queue, upload, None, _DONE)
             await asyncio.shield(upload)
         except BaseException:
             await _abandon(queue, upload)
             raise
+        await self._put_sidecar(checksum.hex(), encoding, length)
         return PutOutcome.STORED
 
     async def _feed(self, queue: asyncio.Queue, upload: asyncio.Future, hashing: _BodyHash | None,

@@ -15,6 +15,7 @@ import json
 import os
 import time
 import urllib.parse
+from typing import Callable
 
 import pytest
 from seaweedfs import (
@@ -569,9 +570,11 @@ def test_health_is_cheap_and_cached(bucket_store):
 
 
 class Relay:
-    """A TCP relay on 127.0.0.1 to the object store, to take it away and bring it back."""
+    """A TCP relay on 127.0.0.1 to the object store, to take it away and bring it back, or
+    to cut each connection that sends a request whose first line ``cut`` picks."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, cut: Callable[[bytes], bool] = lambda request_line: False):
+        self.cut = cut
         parts = urllib.parse.urlsplit(target)
         self.target, self.port = (parts.hostname, parts.port), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -593,9 +596,11 @@ class Relay:
         upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
         self.writers |= {writer, upstream_writer}
 
-        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, requests: bool) -> None:
             try:
                 while data := await source.read(65536):
+                    if requests and self.cut(data.split(b"\r\n", 1)[0]):
+                        break
                     sink.write(data)
                     await sink.drain()
             except OSError:
@@ -604,7 +609,38 @@ class Relay:
                 sink.transport.abort()
                 self.writers.discard(sink)
 
-        await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
+        await asyncio.gather(pump(reader, upstream_writer, True), pump(upstream_reader, writer, False))
+
+
+@pytest.mark.parametrize("size", [1000, 8 * MiB], ids=["small", "multipart"])
+def test_a_compressed_put_whose_object_fails_leaves_no_sidecar(s3_env, s3_bucket, size):  # noqa: F811
+    """The length sidecar is written once the object exists: the store refusing the object
+    (its PUT, or the multipart upload's completion) leaves neither."""
+    data = os.urandom(size)
+    checksum = sha3(data)
+    path = f"/{s3_bucket}/{key_of(checksum, '.zst')}".encode()
+
+    def creates_the_object(line: bytes) -> bool:
+        method, _, target = line.partition(b" ")
+        if method == b"PUT":  # the object itself (its parts go to path?partNumber=...)
+            return target.startswith(path + b" ")
+        return method == b"POST" and target.startswith(path + b"?uploadId=")  # the upload's completion
+
+    relay = Relay(s3_env.s3_endpoint, cut=creates_the_object)
+
+    async def scenario():
+        await relay.start()
+        store = make_store(s3_env, s3_bucket, endpoint=relay.url)
+        try:
+            with pytest.raises(StorageUnavailable):
+                await store.put(checksum, body_of(zstd.compress(data)), "zstd")
+        finally:
+            store.close()
+            await relay.stop()
+
+    run(scenario())
+    assert keys(s3_env.s3_store(s3_bucket)) == set()
+    assert incomplete_uploads(s3_env, s3_bucket) == []
 
 
 def test_health_reports_the_store_as_it_is_now(s3_env, s3_bucket):  # noqa: F811
