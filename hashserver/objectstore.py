@@ -174,7 +174,7 @@ class ObjectStore:
                    max_body_size=config.max_body_size, wait_timeout=config.wait_timeout,
                    lock_timeout=config.lock_timeout,
                    pace=BodyPace(config.body_idle_timeout, config.min_body_rate), metrics=metrics,
-                   spool_dir=getattr(config, "cache_dir", None), setting_names=names,
+                   spool_dir=config.cache_dir if config.cache_size > 0 else None, setting_names=names,
                    lean=getattr(config, "s3_lean_client", True))
 
     # ------------------------------------------------------------- calls
