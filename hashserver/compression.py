@@ -46,8 +46,17 @@ class Encoding:
 class _Frame:
     """The decoder of one zstd frame or gzip member, its output bounded per call."""
 
-    eof: bool
-    unused_data: bytes
+    def __init__(self, obj) -> None:
+        self._obj = obj
+
+    @property
+    def eof(self) -> bool:
+        return self._obj.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        """What came after the frame's end."""
+        return self._obj.unused_data
 
     def pieces(self, data: bytes, limit: int) -> Iterator[bytes]:
         """The output of ``data``, in pieces of at most ``limit`` bytes."""
@@ -59,15 +68,7 @@ class _Frame:
 
 class _ZstdFrame(_Frame):
     def __init__(self) -> None:
-        self._obj = zstd.ZstdDecompressor()
-
-    @property
-    def eof(self) -> bool:
-        return self._obj.eof
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._obj.unused_data
+        super().__init__(zstd.ZstdDecompressor())
 
     def pieces(self, data: bytes, limit: int) -> Iterator[bytes]:
         while True:
@@ -81,15 +82,7 @@ class _ZstdFrame(_Frame):
 
 class _GzipMember(_Frame):
     def __init__(self) -> None:
-        self._obj = zlib.decompressobj(wbits=31)
-
-    @property
-    def eof(self) -> bool:
-        return self._obj.eof
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._obj.unused_data
+        super().__init__(zlib.decompressobj(wbits=31))
 
     def pieces(self, data: bytes, limit: int) -> Iterator[bytes]:
         while True:
