@@ -28,7 +28,7 @@ def _sample(data: IndexData, search_path: SearchPath) -> list[tuple[bytes, bytes
         checksum, path, encoding = data.locate(position, search_path)
         buffer = BufferFile.at(checksum.hex(), path, encoding)
         try:
-            content = None if buffer is None else buffer.read_decoded(SAMPLE_MAX_BYTES)
+            content = None if buffer is None else buffer.read_decoded(SAMPLE_MAX_BYTES, unused=True)
         except (OSError, InvalidPayload):
             content = None
         if content is not None:
