@@ -30,7 +30,7 @@ from .directory import DirectoryStore
 from .directwrite import BufferPool, DirectFile
 from .eviction import Recency
 from .files import BUFFER_MODE, make_group_dir, unlink_quietly
-from .layout import temp_path
+from .layout import sidecar_path, temp_path
 from .metrics import Metrics
 from .smallfiles import SmallFiles
 from .storage import (
@@ -389,7 +389,15 @@ class TieredStore:
             log.info("local tier: %s not stored: %s", checksum.hex(), exc or type(exc).__name__)
             return
         if outcome is PutOutcome.STORED:
-            self.stored(counted.size)
+            self.stored(counted.size + (self._sidecar_size(checksum) if encoding is not None else 0))
+
+    def _sidecar_size(self, checksum: bytes) -> int:
+        """The length sidecar the tier's writer put beside a compressed buffer (the
+        evictor's scan counts it too)."""
+        try:
+            return os.stat(sidecar_path(self.local.search_path.publish_path(checksum.hex()))).st_size
+        except OSError:
+            return 0
 
     def _temp_for(self, checksum_hex: str) -> tuple[str, str]:
         """A new temporary file's name in the tier, beside the plain buffer's place, and that place."""

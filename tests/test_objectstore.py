@@ -14,10 +14,9 @@ import hashlib
 import json
 import os
 import time
-import urllib.parse
-from typing import Callable
 
 import pytest
+from relay import Relay
 from seaweedfs import (
     SeaweedFS,
     s3_bucket,  # noqa: F401  (fixtures)
@@ -567,49 +566,6 @@ def test_health_is_cheap_and_cached(bucket_store):
         assert calls[("list", "ok")] == lists + 2
 
     run(scenario())
-
-
-class Relay:
-    """A TCP relay on 127.0.0.1 to the object store, to take it away and bring it back, or
-    to cut each connection that sends a request whose first line ``cut`` picks."""
-
-    def __init__(self, target: str, cut: Callable[[bytes], bool] = lambda request_line: False):
-        self.cut = cut
-        parts = urllib.parse.urlsplit(target)
-        self.target, self.port = (parts.hostname, parts.port), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server: asyncio.AbstractServer | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        """No more connections; those open are cut."""
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        for writer in list(self.writers):
-            writer.transport.abort()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        self.writers |= {writer, upstream_writer}
-
-        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, requests: bool) -> None:
-            try:
-                while data := await source.read(65536):
-                    if requests and self.cut(data.split(b"\r\n", 1)[0]):
-                        break
-                    sink.write(data)
-                    await sink.drain()
-            except OSError:
-                pass
-            finally:
-                sink.transport.abort()
-                self.writers.discard(sink)
-
-        await asyncio.gather(pump(reader, upstream_writer, True), pump(upstream_reader, writer, False))
 
 
 @pytest.mark.parametrize("size", [1000, 8 * MiB], ids=["small", "multipart"])

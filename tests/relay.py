@@ -1,0 +1,93 @@
+"""A TCP relay on 127.0.0.1 between a client and the object store (SeaweedFS): a real
+network fault, without touching either side.  :meth:`Relay.stop` takes the store away
+(open connections aborted, new ones refused) and :meth:`Relay.start` brings it back;
+``cut`` names requests (by their first line) whose connection is aborted before the
+request reaches the store.  :class:`RelayThread` runs one in a thread of its own, for
+a server in another process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.parse
+from typing import Callable
+
+from hashserver.testing import free_port
+
+BOUND = 60.0  # seconds: a bound against hangs
+
+
+class Relay:
+    def __init__(self, target: str, cut: Callable[[bytes], bool] = lambda request_line: False):
+        self.cut = cut
+        parts = urllib.parse.urlsplit(target)
+        self.target, self.port = (parts.hostname, parts.port), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        """No more connections; those open are cut."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for writer in list(self.writers):
+            writer.transport.abort()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.server is None:
+            writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, upstream_writer}
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, requests: bool) -> None:
+            try:
+                while data := await source.read(65536):
+                    if requests and self.cut(data.split(b"\r\n", 1)[0]):
+                        break
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+                self.writers.discard(sink)
+
+        await asyncio.gather(pump(reader, upstream_writer, True), pump(upstream_reader, writer, False))
+
+
+class RelayThread:
+    """A :class:`Relay` run by its own event loop in a thread."""
+
+    def __init__(self, target: str):
+        self.relay = Relay(target)
+        self.url = self.relay.url
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="s3-relay", daemon=True)
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(BOUND)
+
+    def start(self) -> "RelayThread":
+        if not self.thread.is_alive():
+            self.thread.start()
+        self._run(self.relay.start())
+        return self
+
+    def cut(self) -> None:
+        self._run(self.relay.stop())
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.cut()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(BOUND)
+        self.loop.close()
