@@ -58,7 +58,7 @@ from enum import Enum
 from typing import Callable
 
 from hashserver.checksum import Hasher
-from hashserver.compression import BY_SUFFIX, Decoder, InvalidPayload, for_content_encoding, zstd
+from hashserver.compression import BY_SUFFIX, InvalidPayload, decode, for_content_encoding, zstd
 from hashserver.contentcache import CACHE_BYTES, ENTRY_OVERHEAD
 from hashserver.layout import PREFIX_MARKER, SIDECAR_SUFFIX, is_buffer_name
 from hashserver.reader import SMALL_BUFFER
@@ -166,8 +166,7 @@ def decoded(reply: Reply) -> bytes | None:
         encoding = for_content_encoding(reply.headers.get("content-encoding"))
         if encoding is None:
             return reply.body
-        decoder = Decoder(encoding)
-        return decoder.feed(reply.body) + decoder.finish()
+        return decode(encoding, reply.body)
     except InvalidPayload:
         return None
 
@@ -667,8 +666,7 @@ def file_holds(path: str, checksum: str, encoding) -> bool:
         data = f.read()
     if encoding is not None:
         try:
-            decoder = Decoder(encoding)
-            data = decoder.feed(data) + decoder.finish()
+            data = decode(encoding, data)
         except InvalidPayload:
             return False
     return HASHER.digest(data).hex() == checksum

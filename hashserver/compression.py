@@ -58,6 +58,8 @@ class _Frame:
         """What came after the frame's end."""
         return self._obj.unused_data
 
+    padding = b""  # bytes that may follow a frame before the next one (or the end)
+
     def pieces(self, data: bytes, limit: int) -> Iterator[bytes]:
         """The output of ``data``, in pieces of at most ``limit`` bytes."""
         raise NotImplementedError
@@ -81,6 +83,8 @@ class _ZstdFrame(_Frame):
 
 
 class _GzipMember(_Frame):
+    padding = b"\0"  # zeros after a member, as gzip and Python's gzip module skip them
+
     def __init__(self) -> None:
         super().__init__(zlib.decompressobj(wbits=31))
 
@@ -146,6 +150,10 @@ class Decoder:
         try:
             while data:
                 if self._frame.eof:
+                    if self._frame.padding:
+                        data = bytes(data).lstrip(self._frame.padding)
+                        if not data:
+                            return
                     self._frame = self._new_frame()
                 for out in self._frame.pieces(data, DECODED_PIECE):
                     self.length += len(out)
@@ -164,3 +172,10 @@ class Decoder:
         if not self._frame.eof:
             raise InvalidPayload("truncated compressed stream")
         return tail
+
+
+def decode(encoding: Encoding, data: bytes) -> bytes:
+    """All of ``data`` decoded, at once (for bytes already held whole, and known to be small
+    or trusted: the result is held whole too).  Raises :class:`InvalidPayload`."""
+    decoder = Decoder(encoding)
+    return b"".join(decoder.feed(data)) + decoder.finish()

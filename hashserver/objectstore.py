@@ -436,12 +436,19 @@ class ObjectStore:
         return [decoded.get(h, found[h][1]) if h in found else int(h in promises) for h in hexes]
 
     async def _decoded_length(self, checksum_hex: str, encoding: Encoding) -> int:
-        """A compressed buffer's length: its sidecar, else decoded once to count."""
+        """A compressed buffer's length: its sidecar, else decoded once to count (and, on a
+        writable store, its sidecar written then: a PUT whose sidecar failed, or another
+        program's object, costs a decode once, not at every read)."""
         sidecar = await self._small_object(self.keys.sidecar(checksum_hex))
         try:
-            return int(sidecar.strip()) if sidecar is not None else await self._count_decoded(checksum_hex, encoding)
+            if sidecar is not None:
+                return int(sidecar.strip())
         except ValueError:
-            return await self._count_decoded(checksum_hex, encoding)
+            pass
+        length = await self._count_decoded(checksum_hex, encoding)
+        if self.writable and length:
+            await self._put_sidecar(checksum_hex, encoding, length)
+        return length
 
     async def _count_decoded(self, checksum_hex: str, encoding: Encoding) -> int:
         key = self.keys.buffer(checksum_hex, encoding)

@@ -22,6 +22,7 @@ import datetime
 import functools
 import hashlib
 import hmac
+import http.client
 import logging
 import os
 import posixpath
@@ -140,8 +141,8 @@ def send(request: urllib.request.Request) -> bytes:
     except urllib.error.HTTPError as exc:
         raise S3RequestError(f"{request.method} {request.full_url}: HTTP {exc.code} "
                              f"{exc.read(500).decode(errors='replace')}", exc.code) from None
-    except OSError as exc:
-        raise S3RequestError(f"{request.method} {request.full_url}: {exc}") from None
+    except (OSError, http.client.HTTPException) as exc:  # no answer, or not an HTTP one
+        raise S3RequestError(f"{request.method} {request.full_url}: {exc!r}") from None
 
 
 def _text(element: ET.Element, name: str) -> str:

@@ -93,3 +93,14 @@ def test_nothing_at_all_is_truncated(name):
 def test_garbage_does_not_decode(name):
     with pytest.raises(InvalidPayload):
         decode(COMPRESS[name][0], b"\x00garbage" * 100, 65536)
+
+
+def test_zeros_after_a_gzip_member_are_skipped():
+    """As ``gzip -d`` and Python's gzip module do (tar and dd pad so); zstd has no padding:
+    ``zstd -d`` refuses the same zeros."""
+    member = gzip.compress(b"padded")
+    for stream in (member + bytes(100), member + bytes(100) + gzip.compress(b", then more")):
+        for step in (len(stream), 7):
+            assert b"".join(decode(GZIP, stream, step)) == gzip.decompress(stream)
+    with pytest.raises(InvalidPayload):
+        decode(ZSTD, zstd.compress(b"padded") + bytes(100), 65536)

@@ -487,6 +487,31 @@ def test_compressed_buffers(bucket_store, token, suffix, compress, size):
     assert bytes(obstore.get(raw, key_of(checksum, ".BUFFERLENGTH")).bytes()) == str(len(data)).encode()
 
 
+@pytest.mark.parametrize("writable", [True, False])
+def test_a_missing_sidecar_is_counted_once_then_written(s3_env, s3_bucket, writable):  # noqa: F811
+    """A compressed object without its length sidecar (another program's, or a PUT whose
+    sidecar failed): its length is counted by decoding it, and a writable store writes the
+    sidecar then, so the next count reads it; a read-only one writes nothing."""
+    store = make_store(s3_env, s3_bucket, writable=writable)
+    raw = s3_env.s3_store(s3_bucket)
+    data = b"no sidecar beside me " * 1000
+    checksum = sha3(data)
+    obstore.put(raw, key_of(checksum, ".zst"), zstd.compress(data))
+    calls = store.metrics._values["hashserver_object_store_requests"]
+    try:
+        assert run(store.lengths(checksum)) == [len(data)]
+        gets = calls[("get", "ok")]
+        assert run(store.lengths(checksum)) == [len(data)]
+        sidecar = key_of(checksum, ".BUFFERLENGTH")
+        if writable:
+            assert bytes(obstore.get(raw, sidecar).bytes()) == str(len(data)).encode()
+            assert calls[("get", "ok")] == gets + 1  # the sidecar alone, not the object again
+        else:
+            assert keys(raw) == {key_of(checksum, ".zst")}
+    finally:
+        store.close()
+
+
 def test_a_compressed_body_that_does_not_decode_to_its_checksum(bucket_store):
     store, raw, _ = bucket_store
     with pytest.raises(ChecksumMismatch):

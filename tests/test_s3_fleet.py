@@ -34,7 +34,7 @@ from test_seamless_clients import (  # noqa: F401
 )
 from test_writer import partial_put
 
-from hashserver.compression import Decoder, for_suffix
+from hashserver.compression import decode, for_suffix
 from hashserver.layout import PREFIX_MARKER
 from hashserver.testing import ServerProcess
 
@@ -181,13 +181,12 @@ def test_a_compressed_put_is_served_by_the_other_host(fleet, encoding):
 
 
 # ------------------------------------------------------------------ 2. a storm
-def decode(content: bytes, suffix: str) -> bytes:
+def buffer_held(content: bytes, suffix: str) -> bytes:
     """The buffer a stored object holds (``suffix``: "", ".zst" or ".gz")."""
     encoding = for_suffix(suffix)
     if encoding is None:
         return content
-    decoder = Decoder(encoding)
-    return decoder.feed(content) + decoder.finish()
+    return decode(encoding, content)
 
 
 def check_bucket(fleet: Fleet, expected: set[str]) -> None:
@@ -209,7 +208,7 @@ def check_bucket(fleet: Fleet, expected: set[str]) -> None:
         assert key == fleet.key(checksum, f".{suffix}" if suffix else ""), f"stray object {key}"
         if suffix == SIDECAR[1:]:
             continue
-        decoded = decode(content, "." + suffix if suffix else "")
+        decoded = buffer_held(content, "." + suffix if suffix else "")
         assert sha3(decoded) == checksum, f"object {key} is not the buffer it is named after"
         buffers.add(checksum)
     assert buffers == expected
