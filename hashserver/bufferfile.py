@@ -137,9 +137,10 @@ class DecodingHash:
             self.update_decoded(self._decoder.finish())
         return self._hash.digest(), self.length
 
-    def update_decoded(self, tail: bytes) -> None:
-        self.length += len(tail)
-        self._hash.update(tail)
+    def update_decoded(self, data: bytes) -> None:
+        """Hash bytes already decoded."""
+        self.length += len(data)
+        self._hash.update(data)
 
 
 def read_sidecar(plain_path: str) -> int | None:
