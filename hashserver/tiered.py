@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
-from .compression import for_content_encoding
+from .compression import BY_TOKEN, for_content_encoding
 from .directory import DirectoryStore
 from .directwrite import BufferPool, DirectFile
 from .eviction import Recency
@@ -51,11 +51,13 @@ from .writer import retrieve_exception
 log = logging.getLogger("hashserver")
 
 LOCAL_FAILURES = (StorageUnavailable, DiskFull, OSError)
+BACK_FAILURES = (StorageUnavailable, CorruptBuffer, StillWriting)  # a fill's own read of the back store
 FILL_QUEUE = 8  # chunks on their way from a stream to the tier's writer
 HAND_ON_WAIT = 2.0  # seconds a stream waits for the tier's writer, at most, before going on alone
 FILE_CHUNK = 1 << 20
 SMALL_FILL = 1 << 20  # plain buffers up to this size go into the tier from memory, in one step
 MAX_FILLS = 16  # fills of larger buffers under way in one worker; a miss beyond them is not stored
+EVERY_ENCODING = frozenset(BY_TOKEN)  # accepted by a fill: a buffer comes as its store holds it
 SMALL_PENDING = 32 << 20  # bytes of small fills under way in one worker, at most (then likewise)
 LOG_EVERY = 10.0  # seconds between two warnings of a failing tier
 MISS_MEMO = 1.0  # seconds a worker takes the tier's "absent" for granted (see TieredStore._missed)
@@ -272,8 +274,10 @@ class TieredStore:
         if readable is None:
             return None
         stored = readable.as_stored or readable
-        if stored.decoded or not self._may_fill(checksum, _small_size(stored)):
-            return readable  # the tier holds a buffer as the back store holds it, or not at all
+        if stored.decoded:
+            return self._stored_form_after(checksum, readable)
+        if not self._may_fill(checksum, _small_size(stored)):
+            return readable
         filled = self._filled_from(checksum, stored)
         return filled if stored is readable else readable  # (in memory: filled at once)
 
@@ -329,6 +333,38 @@ class TieredStore:
             self.background(checksum, self._store_file(checksum, os.dup(readable.file.fileno()), readable))
             return readable
         return replace(readable, chunks=self._teed_chunks(checksum, readable))
+
+    def _stored_form_after(self, checksum: bytes, readable: Readable) -> Readable:
+        """A compressed buffer's content, decoded as it streams (one too large to be
+        decoded from memory).  The tier holds a buffer as the back store holds it, never
+        its decoded content: once the stream ended whole, the stored form is read again,
+        in the background, into the tier.  (A decoded part's spool file fills nothing.)"""
+        source = readable.chunks
+        if source is None or not self.fill:
+            return readable
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in source():
+                yield chunk
+            if self._may_fill(checksum):
+                self.background(checksum, self._fill_stored_form(checksum))
+
+        return replace(readable, chunks=chunks)
+
+    async def _fill_stored_form(self, checksum: bytes) -> None:
+        try:
+            readable = await self.back.open(checksum, EVERY_ENCODING)
+        except BACK_FAILURES as exc:
+            log.warning("local tier: %s not filled: %s", checksum.hex(), exc)
+            return
+        if readable is None or readable.decoded:
+            return
+        with readable:
+            if readable.file is not None:
+                await self._store_file(checksum, os.dup(readable.file.fileno()), readable)
+                return
+            body = _aiter((readable.content,)) if readable.content is not None else _from_back(readable.chunks())
+            await self.store_proven(checksum, body, readable.encoding)
 
     def _teed_chunks(self, checksum: bytes, readable: Readable) -> Callable[[], AsyncIterator[bytes]]:
         source = readable.chunks
@@ -597,6 +633,16 @@ def _select(checksums: bytes, positions: list[int]) -> bytes:
 async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk
+
+
+async def _from_back(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A fill's own stream from the back store: its failure is no failure of the tier."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except BACK_FAILURES as exc:
+        log.warning("local tier: not filled: %s", exc)
+        raise Abandoned() from None
 
 
 async def _done_in_thread(work: Callable, *args) -> None:

@@ -96,18 +96,21 @@ def test_a_part_of_an_object_not_held_locally_is_verified_first(s3_serve, seawee
 def test_a_whole_get_of_an_object_not_held_locally_fills_the_tier(s3_serve, seaweedfs, s3_bucket, tmp_path,  # noqa: F811
                                                                     contents):
     """Read once over HTTP, whole (no part asked first), each object enters the tier and
-    is read from there next: the ones verified before sending, the streamed one, and a
-    compressed one sent decoded to a client that does not accept its encoding."""
+    is read from there next: the ones verified before sending, the streamed one, and
+    compressed ones sent decoded to a client that does not accept their encoding (one
+    decoded from memory, one large enough to be decoded as it streams)."""
     raw = seaweedfs.s3_store(s3_bucket)
     objects = {name: (sha3(data), key(sha3(data)), data) for name, data in contents.items()}
-    packed = contents["medium"][:200_000]
-    objects["gzip, decoded"] = (sha3(packed), key(sha3(packed)) + ".gz", gzip.compress(packed))
+    packed = {"gzip, decoded": contents["medium"][:200_000], "gzip, streamed decoded": contents["large"][::-1]}
+    for name, data in packed.items():
+        objects[name] = (sha3(data), key(sha3(data)) + ".gz", gzip.compress(data, compresslevel=1))
+    assert len(objects["gzip, streamed decoded"][2]) > WHOLE_GET
     for _, object_key, data in objects.values():
         obstore.put(raw, object_key, data)
     cache = tmp_path / "cache"
     server = s3_serve(s3_bucket, "--cache-dir", str(cache), *TIERS["tier"])
     for name, (checksum, _, _) in objects.items():
-        content = packed if name == "gzip, decoded" else contents[name]
+        content = packed.get(name, contents.get(name))
         assert request(server, "GET", "/" + checksum, headers={"Accept-Encoding": "identity"}) == (200, content)
         filled = cache / (object_key := objects[name][1])
         wait_for(filled.exists, f"the {name} buffer in the tier")
@@ -117,7 +120,7 @@ def test_a_whole_get_of_an_object_not_held_locally_fills_the_tier(s3_serve, seaw
     wait_for(lambda: calls(server, "get") >= len(objects), "the calls counted (folded every second)")
     gets = calls(server, "get")
     for name, (checksum, _, _) in objects.items():
-        content = packed if name == "gzip, decoded" else contents[name]
+        content = packed.get(name, contents.get(name))
         assert request(server, "GET", "/" + checksum, headers={"Accept-Encoding": "identity"}) == (200, content)
     assert "Traceback" not in server.output()
     wait_for(lambda: tier_hits(server) >= len(objects), "the second reads counted as the tier's hits")
