@@ -22,7 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from . import lifecycle
 from .config import Config, ConfigError
@@ -83,6 +83,8 @@ class MainProcess:
             raise
         main.tier, main.metrics = tier, Metrics(main.metrics_dir)
         if tier is not None:
+            if config.writable:
+                abort_idle_uploads(config, main.metrics)
             tier.start_evictor(main.metrics)
         elif config.writable:
             main.publisher.expire_promises(Promises(main.publisher.search_path), main.metrics)
@@ -148,24 +150,31 @@ def object_store_class(config: Config):
 
 
 def check_object_store(config: Config) -> None:
-    """At startup: the bucket exists and takes the credentials (else
-    :class:`ConfigError`), and a writable server aborts the multipart uploads
-    of buffers that writers left idle for more than ``--lock-timeout``.  In a
-    thread with its own event loop: Sanic's main process calls
-    :meth:`MainProcess.start` from its running loop."""
+    """At startup: the bucket exists and takes the credentials (else :class:`ConfigError`)."""
+    _with_object_store(config, None, lambda store: store.check())
+
+
+def abort_idle_uploads(config: Config, metrics: Metrics) -> None:
+    """At the start of a writable server on a bucket, once its metrics are kept: abort
+    the multipart uploads of buffers that writers left idle for more than ``--lock-timeout``."""
+    _with_object_store(config, metrics, lambda store: abort_stale_uploads(store, config.lock_timeout))
+    metrics.fold()  # in /metrics from the first answer (with --cache-size 0 no evictor folds them)
+
+
+def _with_object_store(config: Config, metrics: Metrics | None, work: Callable[[Any], Awaitable[None]]) -> None:
+    """``work(store)`` on a store of its own, in a thread with its own event loop:
+    Sanic's main process calls :meth:`MainProcess.start` from its running loop."""
     store_class = object_store_class(config)
 
-    async def check() -> None:
-        store = store_class.from_config(config)
+    async def run() -> None:
+        store = store_class.from_config(config, metrics)
         try:
-            await store.check()
-            if config.writable:
-                await abort_stale_uploads(store, config.lock_timeout)
+            await work(store)
         finally:
             store.close()
 
     with ThreadPoolExecutor(1, thread_name_prefix="hashserver-s3-check") as pool:
-        pool.submit(asyncio.run, check()).result()
+        pool.submit(asyncio.run, run()).result()
 
 
 async def abort_stale_uploads(store, older_than: float) -> None:

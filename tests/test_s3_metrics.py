@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,25 @@ def test_object_store_calls_are_counted_by_operation_with_their_latency(s3_serve
         assert calls(samples, operation, "ok") >= 1, operation
     assert not samples.has(CALLS, outcome="error")
     histogram_matches_calls(samples)
+
+
+def test_the_startup_abort_of_idle_uploads_is_counted(s3_serve, seaweedfs, s3_bucket, monkeypatch):  # noqa: F811
+    """A writable host starting aborts the buffer uploads left idle longer than
+    ``--lock-timeout`` (another program's upload stays): its listing call is in
+    ``/metrics`` with the calls of the requests that follow."""
+    from hashserver import s3uploads
+
+    for name, value in seaweedfs.s3_env().items():  # the signer's credentials
+        monkeypatch.setenv(name, value)
+    signer = s3uploads.Signer.from_settings(s3_bucket, seaweedfs.s3_endpoint, {})
+    idle = key(sha3(b"a killed host's upload"))
+    for upload_key in (idle, "elsewhere/x"):
+        s3uploads.send(signer.request("POST", f"/{s3_bucket}/{upload_key}", {"uploads": ""}))
+    time.sleep(2.1)  # S3 dates an upload to the second
+    server = s3_serve(s3_bucket, "--writable", "--cache-size", "0", "--lock-timeout", "1")
+    assert [upload.key for upload in s3uploads.list_uploads(signer, s3_bucket, "")] == ["elsewhere/x"]
+    wait_for(lambda: calls(server, "abort stale uploads", "ok") == 1, "the startup's call counted")
+    histogram_matches_calls(scrape(server))
 
 
 def test_a_failing_object_store_is_counted_as_error(serve, seaweedfs, s3_bucket, relay):  # noqa: F811
