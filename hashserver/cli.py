@@ -47,14 +47,14 @@ def _argument(row: Setting) -> dict:
     """argparse's keywords for one setting.  Every default is None, so that
     :func:`config_from_namespace` can tell what the command line gave."""
     if row.positional:
-        text = f"{row.help} (under sanic hashserver.app: {env_names(row)})"
-        return {"metavar": row.option, "help": text.replace("%", "%%")}
+        text = f"{row.help} (environment: {env_names(row)})"
+        return {"metavar": row.option, "nargs": "?", "help": text.replace("%", "%%")}
     text = f"{row.help} (default: {row.default_text}; environment: {env_names(row)})"
     options: dict = {"help": text.replace("%", "%%")}
     if row.kind.argtype is None:  # on/off; one that is on by default can be turned off (--no-...)
         action = argparse.BooleanOptionalAction if row.default is True else "store_true"
         return {**options, "action": action, "default": None}
-    return {**options, "type": row.kind.argtype, "metavar": row.metavar,
+    return {**options, "type": row.kind.from_argument, "metavar": row.metavar,
             "choices": row.choices or None}
 
 
@@ -79,6 +79,9 @@ def config_from_namespace(args: argparse.Namespace, environ=None) -> Config:
         if given[row.attr] is not None:
             settings[row.attr] = given[row.attr]
             names[row.attr] = row.option
+    if not settings.get("directory"):
+        raise ConfigError(f"no {BY_ATTR['directory'].option}: give the buffer directory (or s3://BUCKET[/PREFIX]) "
+                          f"on the command line or in {BY_ATTR['directory'].env}")
     return Config(names=names, **settings).validate()
 
 

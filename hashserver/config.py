@@ -19,6 +19,7 @@ Nothing here runs at import time and nothing else in the package reads
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -141,15 +142,26 @@ class Kind:
     format: Callable[[Any], str]
     argtype: Callable[[str], Any] | None
     spellings: str = ""  # the accepted environment values, where not obvious
+    expected: str = "a value"  # what a value is, for the command line's errors
+
+    def from_argument(self, raw: str) -> Any:
+        """argparse's ``type``: a bad value is an error that says what a good one is
+        (argparse would name the parsing function instead)."""
+        assert self.argtype is not None
+        try:
+            return self.argtype(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not {self.expected}") from None
 
 
 TEXT = Kind(parse_text, str, str)
 FLAG = Kind(parse_bool, format_flag, None, FLAG_SPELLINGS)
-WHOLE = Kind(parse_int, str, int)
-NUMBER = Kind(parse_float, repr, float)
+WHOLE = Kind(parse_int, str, int, expected="a whole number")
+NUMBER = Kind(parse_float, repr, float, expected="a number")
 CHOICE = Kind(parse_choice, str, str)
 DIRS = Kind(parse_dirs, ";".join, split_dirs)
-SIZE = Kind(parse_size, format_size, size_in_bytes, "bytes, or with a K, M, G or T suffix (powers of 1024)")
+SIZE = Kind(parse_size, format_size, size_in_bytes, "bytes, or with a K, M, G or T suffix (powers of 1024)",
+            expected="a size (bytes, or with a K, M, G or T suffix)")
 
 
 # ------------------------------------------------------------ s3:// locations
@@ -276,8 +288,8 @@ class Config:
         CHOICE, "check that a buffer hashes to its name before serving it: once per file "
         "version, always, or never", default="once", choices=VERIFY_MODES)
     max_body_size: int = setting(
-        WHOLE, "largest PUT body accepted; a larger one gets 413",
-        default=DEFAULT_MAX_BODY_SIZE, metavar="BYTES", shown_default="64 GiB")
+        SIZE, "largest PUT body accepted; a larger one gets 413",
+        default=DEFAULT_MAX_BODY_SIZE, metavar="BYTES", shown_default="64G")
     hash_algorithm: str = setting(
         CHOICE, "the checksum algorithm of buffer names (today's Seamless uses sha-256)",
         default="sha3-256", choices=HASH_ALGORITHMS)
@@ -443,15 +455,14 @@ class Config:
         meant for every S3 client of the environment."""
         directory = self.directory
         if not os.path.exists(directory):
-            self._fail("directory", directory, "directory does not exist")
+            hint = " (a bucket is spelled s3://BUCKET[/PREFIX])" if directory.lower().startswith("s3:") else ""
+            self._fail("directory", directory, "directory does not exist" + hint)
         if not os.path.isdir(directory):
             self._fail("directory", directory, "not a directory")
         if self.writable and not os.access(directory, os.W_OK | os.X_OK):
             self._fail("directory", directory, "writable server, but the directory is not writable")
-        if self.s3_endpoint is not None and self.name("s3_endpoint") == ENDPOINT_ALIAS:
-            return
         for attr, value in (("s3_endpoint", self.s3_endpoint), ("cache_dir", self.cache_dir)):
-            if value is not None:
+            if value is not None and self.name(attr) != ENDPOINT_ALIAS:
                 self._fail(attr, value, "applies to an s3://BUCKET[/PREFIX] directory only")
         if self.cache_size != DEFAULT_CACHE_SIZE:
             self._fail("cache_size", self.cache_size, "applies to an s3://BUCKET[/PREFIX] directory only")

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -114,17 +115,57 @@ def test_help_documents_every_option():
         (["{d}", "--layout", "tree"], "--layout"),
         (["{d}", "--lock-timeout", "-1"], "--lock-timeout=-1.0"),
         (["{d}", "--layout", "vault", "--writable"], "--layout='vault'"),
-        (["{d}", "--port", "abc"], "--port: invalid int value: 'abc'"),
+        (["{d}", "--port", "abc"], "--port: 'abc' is not a whole number"),
+        (["{d}", "--lock-timeout", "soon"], "--lock-timeout: 'soon' is not a number"),
+        (["{d}", "--memory-cache", "10X"], "--memory-cache: '10X' is not a size (bytes, or with a K, M, G or T"),
+        (["{d}", "--max-body-size", "-1"], "--max-body-size: '-1' is not a size"),
+        ([], "no DIRECTORY: give the buffer directory (or s3://BUCKET[/PREFIX]) on the command line or in "
+             "HASHSERVER_DIRECTORY"),
+        (["S3://bucket/prefix"], "directory does not exist (a bucket is spelled s3://BUCKET[/PREFIX])"),
     ],
 )
 def test_cli_startup_errors_are_one_line(tmp_path, args, fragment):
     argv = [a.format(d=tmp_path) for a in args]
-    out = subprocess.run([str(BIN / "hashserver"), *argv], check=False, capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
+    out = subprocess.run([str(BIN / "hashserver"), *argv], check=False, capture_output=True, text=True, timeout=60,
+                         env=clean_environ())
+    assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert fragment in lines[0]
     assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_the_command_takes_its_directory_from_the_environment(tmp_path):
+    config = config_from_args(["--port", "1234"], {"HASHSERVER_DIRECTORY": str(tmp_path)})
+    assert (config.directory, config.port) == (str(tmp_path), 1234)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert config_from_args([str(other)], {"HASHSERVER_DIRECTORY": str(tmp_path)}).directory == str(other)
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "hashserver"), "--port", str(port), "--timeout", "30"],
+                              env=clean_environ({"HASHSERVER_DIRECTORY": str(tmp_path)}),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=5) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not answer within 30 s")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+
+
+def test_body_sizes_take_suffixes():
+    assert config_from_args(["/", "--max-body-size", "1G"], {}).max_body_size == 1 << 30
+    assert Config.from_env({"HASHSERVER_DIRECTORY": "/", "HASHSERVER_MAX_BODY_SIZE": "512M"}).max_body_size == 512 << 20
+    assert Config.from_env({"HASHSERVER_DIRECTORY": "/", "HASHSERVER_MAX_BODY_SIZE": "1000"}).max_body_size == 1000
 
 
 # ------------------------------------------------------------ the settings table

@@ -130,6 +130,13 @@ def test_s3_settings_for_a_plain_directory_are_a_mistake(tmp_path, option, value
         Config.from_env({"HASHSERVER_DIRECTORY": str(tmp_path), variable: value})
 
 
+@pytest.mark.parametrize("options", [["--cache-dir", "/tmp/tier"], ["--cache-size", "1G"], ["--no-s3-lean-client"]])
+def test_s3_settings_for_a_plain_directory_are_a_mistake_with_an_aws_endpoint_too(tmp_path, options):
+    """The environment's AWS_ENDPOINT_URL excuses itself only, not the other settings of an s3:// store."""
+    with pytest.raises(ConfigError, match="applies to an s3://BUCKET"):
+        config_from_args([str(tmp_path), *options], {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333"})
+
+
 def test_a_plain_directory_ignores_the_environments_aws_endpoint(tmp_path):
     """AWS_ENDPOINT_URL is for every S3 client of an environment: not a mistake of the server's."""
     config = config_from_args([str(tmp_path)], {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333"})
