@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import ssl
 import sys
 from functools import partial
 
@@ -96,10 +98,21 @@ def serve(config: Config) -> None:
     lifecycle.guard_startup()  # before Sanic starts its state manager: a stop signal must not orphan it
     loader = AppLoader(factory=partial(create_app, config))
     app = loader.load()
-    tls = {"cert": config.tls_cert, "key": config.tls_key} if config.tls_cert else None
+    tls = tls_settings(config.tls_cert, config.tls_key) if config.tls_cert else None
     app.prepare(host=config.host, port=config.port, workers=config.workers,
                 motd=False, access_log=False, ssl=tls)  # the protocol: server.start_main
     Sanic.serve(primary=app, app_loader=loader)
+
+
+def tls_settings(cert: str, key: str) -> dict:
+    """Sanic's ``ssl`` settings of one certificate.  Sanic reads the names a
+    certificate serves from its subjectAltName, and fails on one without (a
+    self-signed ``openssl req -subj /CN=host`` has none): its common name then."""
+    decoded = ssl._ssl._test_decode_cert(cert)  # what Sanic reads too
+    names = [name for kind, name in decoded.get("subjectAltName", ()) if kind in ("DNS", "IP Address")]
+    if not names:
+        names = [value for rdn in decoded.get("subject", ()) for kind, value in rdn if kind == "commonName"]
+    return {"cert": cert, "key": key, "names": names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     try:
         config = config_from_namespace(args)
+        check_listening(config)
     except ConfigError as exc:
         print(f"hashserver: {exc}", file=sys.stderr)
         if status is not None:
@@ -120,6 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     serve(config)
     return 0
+
+
+def check_listening(config: Config) -> None:
+    """The address and port can be listened on, said before the index is built
+    (Sanic would say it later, in a traceback)."""
+    try:
+        with socket.create_server((config.host, config.port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{config.name('host')}={config.host} {config.name('port')}={config.port}: "
+                          f"cannot listen there: {os.strerror(exc.errno) if exc.errno else exc}") from None
 
 
 def _status_file(given: str | None) -> StatusFile | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, NoReturn
@@ -531,6 +532,12 @@ class Config:
         if (self.tls_cert is None) != (self.tls_key is None):
             attr = "tls_key" if self.tls_key is None else "tls_cert"
             self._fail(attr, None, "HTTPS needs both --tls-cert and --tls-key")
+        if self.tls_cert is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert, self.tls_key)
+            except (ssl.SSLError, OSError) as exc:
+                self._fail("tls_cert", self.tls_cert, f"not a certificate that {self.name('tls_key')} "
+                           f"can serve (PEM files of a certificate and its private key): {exc}")
 
     @property
     def object_store(self) -> bool:

@@ -214,6 +214,9 @@ class LocalTier:
             except OSError as exc:
                 raise ConfigError(f"{config.name('cache_dir')}={directory!r}: cannot create it: "
                                   f"{exc.strerror or exc}") from None
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise ConfigError(f"{config.name('cache_dir')}={directory!r}: the local tier must be writable, "
+                                  f"and this directory is not")
         tier = cls(tier_config(config, directory), private, multiprocessing.Value("q", 0))
         if not private:
             from .eviction import Recency

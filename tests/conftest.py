@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ import pytest
 
 from hashserver.testing import POLL, ServerProcess, free_port, stop_all
 
-__all__ = ["BIN", "ServerProcess", "add_buffer", "buffer_path", "free_port", "leftovers", "sha3", "wait_for"]
+__all__ = ["BIN", "ServerProcess", "add_buffer", "buffer_path", "free_port", "leftovers", "self_signed", "sha3",
+           "wait_for"]
 
 BIN = Path(sys.executable).parent
 _names = itertools.count()
@@ -26,6 +28,16 @@ _names = itertools.count()
 
 def sha3(data: bytes) -> str:
     return hashlib.sha3_256(data).hexdigest()
+
+
+def self_signed(cert: Path, key: Path, alt_names: str | None = None,
+                common_name: str = "localhost") -> tuple[Path, Path]:
+    """A self-signed certificate and its key (openssl); ``alt_names``: its subjectAltName."""
+    extension = ["-addext", f"subjectAltName={alt_names}"] if alt_names else []
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", f"/CN={common_name}", *extension],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
 
 
 def buffer_path(directory, checksum: str, layout: str = "prefix", suffix: str = "") -> Path:

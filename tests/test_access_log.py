@@ -8,7 +8,9 @@ import time
 
 import requests
 
-from conftest import add_buffer, sha3
+from hashserver.testing import clean_environ
+
+from conftest import BIN, add_buffer, self_signed, sha3
 
 LINE = re.compile(r'^(\S+) "(\S+) (\S+)" (\d{3}) (\d+) (\d+\.\d{4})$', re.M)
 
@@ -57,11 +59,7 @@ def test_forwarded_addresses_are_trusted_only_from_configured_proxies(serve, tmp
 
 
 def test_https_with_a_self_signed_certificate(serve, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
+    cert, key = self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "IP:127.0.0.1,DNS:localhost")
     directory = tmp_path / "buffers"
     directory.mkdir()
     cs = add_buffer(directory, b"over TLS")
@@ -75,3 +73,24 @@ def test_https_with_a_self_signed_certificate(serve, tmp_path):
     except requests.RequestException:
         plain_answered = False
     assert not plain_answered
+
+
+def test_https_with_a_certificate_without_subject_alt_names(serve, tmp_path):
+    """``openssl req -subj /CN=host`` makes no subjectAltName (Sanic would fail to start)."""
+    cert, key = self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", common_name="127.0.0.1")
+    directory = tmp_path / "buffers"
+    directory.mkdir()
+    cs = add_buffer(directory, b"over TLS, named by CN")
+    server = serve(directory, "--tls-cert", str(cert), "--tls-key", str(key))
+    url = server.url.replace("http://", "https://")
+    assert requests.get(f"{url}/{cs}", verify=False, timeout=30).content == b"over TLS, named by CN"
+
+
+def test_a_key_that_is_not_the_certificates_is_one_line(tmp_path):
+    cert, _ = self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
+    _, other_key = self_signed(tmp_path / "other.pem", tmp_path / "other-key.pem")
+    out = subprocess.run([str(BIN / "hashserver"), str(tmp_path), "--tls-cert", str(cert), "--tls-key", str(other_key)],
+                         capture_output=True, text=True, timeout=60, env=clean_environ())
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert f"--tls-cert='{cert}': not a certificate that --tls-key can serve" in out.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -17,7 +18,7 @@ from hashserver.cli import config_from_args, settings_markdown
 from hashserver.config import SETTINGS, Config, ConfigError
 from hashserver.testing import clean_environ
 
-from conftest import BIN, free_port
+from conftest import BIN, free_port, self_signed
 
 
 def test_import_creates_and_starts_nothing():
@@ -135,6 +136,15 @@ def test_cli_startup_errors_are_one_line(tmp_path, args, fragment):
     assert "Traceback" not in out.stderr + out.stdout
 
 
+def test_a_port_in_use_is_one_line_before_the_index_is_built(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = subprocess.run([str(BIN / "hashserver"), str(tmp_path), "--port", str(port)], capture_output=True,
+                             text=True, timeout=60, env=clean_environ(), check=False)
+    assert out.returncode == 2
+    assert out.stderr == f"hashserver: --host=127.0.0.1 --port={port}: cannot listen there: Address already in use\n"
+
+
 def test_the_command_takes_its_directory_from_the_environment(tmp_path):
     config = config_from_args(["--port", "1234"], {"HASHSERVER_DIRECTORY": str(tmp_path)})
     assert (config.directory, config.port) == (str(tmp_path), 1234)
@@ -190,8 +200,7 @@ def non_default_values(tmp_path) -> dict:
     extra.mkdir(exist_ok=True)
     tokens = tmp_path / "tokens"
     tokens.write_text("# writers\nsecret\n")
-    (tmp_path / "cert.pem").write_text("")
-    (tmp_path / "key.pem").write_text("")
+    self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
     return {"directory": "s3://bucket/prefix", "s3_endpoint": "http://127.0.0.1:8333",
             "cache_dir": str(tmp_path / "cache"), "cache_size": 1024**2, "writable": True,
             "host": "0.0.0.0", "port": 9001,

@@ -6,6 +6,7 @@ tests/test_s3_fleet.py's."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import http.client
 import json
@@ -14,6 +15,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
@@ -164,6 +166,32 @@ def test_startup_errors_name_the_setting_and_exit_2(seaweedfs, s3_bucket, case, 
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith("hashserver: DIRECTORY=") and f"s3://{bucket}/prefix" in lines[0]
     assert fragment in lines[0]
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """A directory no one may write into: immutable for root (whom modes do not stop)."""
+    directory.mkdir()
+    command = ["chattr", "+i", str(directory)] if os.geteuid() == 0 else ["chmod", "500", str(directory)]
+    subprocess.run(command, check=True, timeout=30)
+    try:
+        yield
+    finally:
+        undo = ["chattr", "-i", str(directory)] if os.geteuid() == 0 else ["chmod", "700", str(directory)]
+        subprocess.run(undo, check=True, timeout=30)
+
+
+def test_a_cache_dir_that_cannot_be_written_is_one_line(seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    cache = tmp_path / "cache"
+    with unwritable(cache):
+        argv = [str(BIN / "hashserver"), f"s3://{s3_bucket}", "--s3-endpoint", seaweedfs.s3_endpoint,
+                "--port", str(free_port()), "--cache-dir", str(cache)]
+        out = subprocess.run(argv, env=clean_environ(seaweedfs.s3_env()), capture_output=True, text=True,
+                             timeout=120, check=False)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == [f"hashserver: --cache-dir='{cache}': the local tier must be writable, and this directory "
+                     f"is not"], out.stderr
 
 
 def test_bad_url_is_refused_before_starting(seaweedfs):  # noqa: F811
