@@ -39,8 +39,13 @@ def _sample(data: IndexData, search_path: SearchPath) -> list[tuple[bytes, bytes
 def check_hash_algorithm(data: IndexData, search_path: SearchPath, algorithm: str, name: str) -> None:
     """Hash a few small buffers under each algorithm; if they match another one
     and not the configured one, refuse with a line that says which to use."""
+    check_sample(_sample(data, search_path), algorithm, name, search_path.main.root)
+
+
+def check_sample(sample: list[tuple[bytes, bytes]], algorithm: str, name: str, where: str) -> None:
+    """:func:`check_hash_algorithm` of a sample of (checksum, content) from ``where``."""
     votes = dict.fromkeys(HASH_ALGORITHMS, 0)
-    for checksum, content in _sample(data, search_path):
+    for checksum, content in sample:
         for candidate in HASH_ALGORITHMS:
             if Hasher(candidate).digest(content) == checksum:
                 votes[candidate] += 1
@@ -49,7 +54,7 @@ def check_hash_algorithm(data: IndexData, search_path: SearchPath, algorithm: st
     others = [a for a, n in votes.items() if n and a != algorithm]
     if others:
         raise ConfigError(
-            f"{name}={algorithm!r}: the buffers in {search_path.main.root} are named by their "
+            f"{name}={algorithm!r}: the buffers in {where} are named by their "
             f"{others[0]} checksums; start with --hash-algorithm {others[0]} "
             f"(or HASHSERVER_HASH_ALGORITHM={others[0]})"
         )

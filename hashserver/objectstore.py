@@ -51,6 +51,7 @@ from .bufferfile import DecodingHash
 from .checksum import Hasher
 from .compression import ENCODINGS, Decoder, Encoding, InvalidPayload, for_content_encoding
 from .config import Config, ConfigError
+from .layout import is_buffer_name
 from .locks import POLL_MAX
 from .metrics import Metrics
 from .promises import PROMISE_TTL
@@ -917,6 +918,28 @@ class ObjectStore:
         self._health = (time.monotonic(), None)
         if self.writable and self.keys.layout == "prefix":
             await self._write_marker()
+
+    async def sample(self, count: int, max_bytes: int) -> list[tuple[bytes, bytes]]:
+        """(checksum, content) of up to ``count`` plain buffers of at most ``max_bytes``
+        among the first page of the prefix's listing: the startup check that the
+        buffers are named by the configured hash algorithm reads them."""
+        stream = obstore.list(self.store, prefix=self.keys.prefix or None, chunk_size=LIST_PAGE)
+        try:
+            page = await self._call("list", self.keys.prefix, stream.__anext__())
+        except StopAsyncIteration:
+            return []
+        keys = [entry["path"] for entry in page if entry["size"] <= max_bytes and self._plain_buffer_key(entry["path"])]
+        picks = keys[::max(1, len(keys) // count)][:count]
+        sample = []
+        for key in picks:
+            result = await self._get(key)
+            if result is not None:
+                sample.append((bytes.fromhex(posixpath.basename(key)), await self._read(key, result)))
+        return sample
+
+    def _plain_buffer_key(self, key: str) -> bool:
+        name = posixpath.basename(key)
+        return is_buffer_name(name) and key == self.keys.buffer(name)
 
     async def _write_marker(self) -> None:
         """As a writable prefix-layout directory holds one (empty, as layout's marker is)."""

@@ -28,7 +28,7 @@ from . import lifecycle
 from .config import Config, ConfigError
 from .directory import DirectoryStore
 from .index import GenerationStore, IndexPublisher, IndexReader
-from .integrity import check_hash_algorithm
+from .integrity import SAMPLE, SAMPLE_MAX_BYTES, check_hash_algorithm, check_sample
 from .launcher import InactivityWatch, StatusFile
 from .layout import SearchPath
 from .metrics import Metrics, index_facts, prepare_directory, remove_directory
@@ -150,8 +150,18 @@ def object_store_class(config: Config):
 
 
 def check_object_store(config: Config) -> None:
-    """At startup: the bucket exists and takes the credentials (else :class:`ConfigError`)."""
-    _with_object_store(config, None, lambda store: store.check())
+    """At startup: the bucket exists and takes the credentials, and its buffers are
+    named by the configured hash algorithm (else :class:`ConfigError`)."""
+    async def check(store) -> None:
+        await store.check()
+        try:
+            sample = await store.sample(SAMPLE, SAMPLE_MAX_BYTES)
+        except StorageUnavailable as exc:
+            log.warning("the hash algorithm of the buffers in %s not checked: %s", store.url, exc)
+            return
+        check_sample(sample, config.hash_algorithm, config.name("hash_algorithm"), store.url)
+
+    _with_object_store(config, None, check)
 
 
 def abort_idle_uploads(config: Config, metrics: Metrics) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import http.client
 import json
 import os
@@ -147,9 +148,9 @@ def wait_for(condition, what: str):
 
 
 # ------------------------------------------------------------------ startup errors
-def start_failing(seaweedfs: SeaweedFS, url: str, env: dict) -> subprocess.CompletedProcess:  # noqa: F811
+def start_failing(seaweedfs: SeaweedFS, url: str, env: dict, *options: str) -> subprocess.CompletedProcess:  # noqa: F811
     argv = [str(BIN / "hashserver"), url, "--s3-endpoint", seaweedfs.s3_endpoint, "--port", str(free_port()),
-            "--cache-size", "0"]
+            "--cache-size", "0", *options]
     return subprocess.run(argv, env=clean_environ({**seaweedfs.s3_env(), **env}), capture_output=True,
                           text=True, timeout=120, check=False)
 
@@ -166,6 +167,23 @@ def test_startup_errors_name_the_setting_and_exit_2(seaweedfs, s3_bucket, case, 
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith("hashserver: DIRECTORY=") and f"s3://{bucket}/prefix" in lines[0]
     assert fragment in lines[0]
+
+
+def test_buffers_named_by_another_hash_algorithm_are_refused_at_startup(seaweedfs, s3_bucket):  # noqa: F811
+    """As a directory is: else every GET would be a "File corruption"."""
+    raw = seaweedfs.s3_store(s3_bucket)
+    for i in range(3):
+        data = b"named by sha-256 %d" % i
+        checksum = hashlib.sha256(data).hexdigest()
+        obstore.put(raw, f"prefix/{checksum[:2]}/{checksum}", data)
+    out = start_failing(seaweedfs, f"s3://{s3_bucket}/prefix", {})
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == [f"hashserver: --hash-algorithm='sha3-256': the buffers in s3://{s3_bucket}/prefix are named "
+                     f"by their sha-256 checksums; start with --hash-algorithm sha-256 (or "
+                     f"HASHSERVER_HASH_ALGORITHM=sha-256)"], out.stderr
+    agreeing = start_failing(seaweedfs, f"s3://{s3_bucket}/prefix", {}, "--hash-algorithm", "sha-256", "--timeout", "1")
+    assert agreeing.returncode == 0, agreeing.stderr
 
 
 @contextlib.contextmanager
