@@ -51,7 +51,7 @@ from .bufferfile import DecodingHash
 from .checksum import Hasher
 from .compression import ENCODINGS, Decoder, Encoding, InvalidPayload, for_content_encoding
 from .config import Config, ConfigError
-from .layout import is_buffer_name
+from .layout import FLAT_OVER_PREFIX, is_buffer_name
 from .locks import POLL_MAX
 from .metrics import Metrics
 from .promises import PROMISE_TTL
@@ -918,6 +918,8 @@ class ObjectStore:
         self._health = (time.monotonic(), None)
         if self.writable and self.keys.layout == "prefix":
             await self._write_marker()
+        if self.keys.layout == "flat" and await self._head(self.keys.marker()) is not None:
+            log.warning(FLAT_OVER_PREFIX, self.url)
 
     async def sample(self, count: int, max_bytes: int) -> list[tuple[bytes, bytes]]:
         """(checksum, content) of up to ``count`` plain buffers of at most ``max_bytes``

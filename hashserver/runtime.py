@@ -30,7 +30,7 @@ from .directory import DirectoryStore
 from .index import GenerationStore, IndexPublisher, IndexReader
 from .integrity import SAMPLE, SAMPLE_MAX_BYTES, check_hash_algorithm, check_sample
 from .launcher import InactivityWatch, StatusFile
-from .layout import SearchPath
+from .layout import FLAT_OVER_PREFIX, PREFIX_MARKER, SearchPath
 from .metrics import Metrics, index_facts, prepare_directory, remove_directory
 from .promises import Promises
 from .storage import Storage, StorageUnavailable
@@ -98,6 +98,8 @@ class MainProcess:
         """Clean up after dead writers of ``directory`` (the buffer directory,
         or the local tier), then build and publish its index."""
         search_path = SearchPath.from_config(directory)
+        if directory.layout == "flat" and os.path.exists(os.path.join(search_path.main.root, PREFIX_MARKER)):
+            log.warning(FLAT_OVER_PREFIX, search_path.main.root)
         if directory.writable:
             write_prefix_marker(search_path)
             removed = remove_leftovers(search_path, config.lock_timeout)

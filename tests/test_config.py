@@ -145,6 +145,17 @@ def test_a_port_in_use_is_one_line_before_the_index_is_built(tmp_path):
     assert out.stderr == f"hashserver: --host=127.0.0.1 --port={port}: cannot listen there: Address already in use\n"
 
 
+def test_a_flat_layout_over_a_prefix_directory_warns(serve, tmp_path):
+    prefixed, flat = tmp_path / "prefixed", tmp_path / "flat"
+    for directory in (prefixed, flat):
+        directory.mkdir()
+    (prefixed / ".HASHSERVER_PREFIX").write_bytes(b"")
+    warning = f"{prefixed} holds .HASHSERVER_PREFIX, written by servers in the prefix layout, and this one has " \
+              f"--layout flat: buffers in its two-hex directories are not found"
+    assert warning in serve(prefixed, "--layout", "flat").output()
+    assert "holds .HASHSERVER_PREFIX" not in serve(prefixed).output() + serve(flat, "--layout", "flat").output()
+
+
 def test_the_command_takes_its_directory_from_the_environment(tmp_path):
     config = config_from_args(["--port", "1234"], {"HASHSERVER_DIRECTORY": str(tmp_path)})
     assert (config.directory, config.port) == (str(tmp_path), 1234)

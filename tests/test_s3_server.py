@@ -186,6 +186,14 @@ def test_buffers_named_by_another_hash_algorithm_are_refused_at_startup(seaweedf
     assert agreeing.returncode == 0, agreeing.stderr
 
 
+def test_a_flat_layout_over_a_prefix_bucket_warns(s3_serve, seaweedfs, s3_bucket):  # noqa: F811
+    obstore.put(seaweedfs.s3_store(s3_bucket), "prefix/.HASHSERVER_PREFIX", b"")
+    flat = s3_serve(f"{s3_bucket}/prefix", "--layout", "flat", "--cache-size", "0")
+    assert (f"s3://{s3_bucket}/prefix holds .HASHSERVER_PREFIX, written by servers in the prefix layout, and this "
+            f"one has --layout flat") in flat.output()
+    assert "holds .HASHSERVER_PREFIX" not in s3_serve(f"{s3_bucket}/prefix", "--cache-size", "0").output()
+
+
 @contextlib.contextmanager
 def unwritable(directory: Path) -> Iterator[None]:
     """A directory no one may write into: immutable for root (whom modes do not stop)."""
