@@ -362,7 +362,7 @@ class Config:
     cache_dir: str | None = setting(
         TEXT, "the local cache tier of an s3:// DIRECTORY: buffers read or written through this "
         "host, kept across restarts", default=None, metavar="DIR",
-        shown_default="one per bucket and prefix under $XDG_CACHE_HOME/hashserver")
+        shown_default="one per endpoint, bucket and prefix under $XDG_CACHE_HOME/hashserver")
     cache_size: int = setting(
         SIZE, "most bytes the local cache tier holds (least recently used out first); 0: no tier",
         default=DEFAULT_CACHE_SIZE, metavar="BYTES", shown_default="10G")
