@@ -94,6 +94,7 @@ RETRIES = {"max_retries": 3, "retry_timeout": timedelta(seconds=10),
 NOT_FOUND = (NotFoundError, FileNotFoundError)
 CONFLICT = (AlreadyExistsError, PreconditionError, FileExistsError)
 REFUSED = (PermissionDeniedError, UnauthenticatedError)
+METADATA_PATHS = ("/latest/api/token", "/latest/meta-data/")  # the instance's metadata service: credentials, last
 NO_BUCKET = "<Code>NoSuchBucket</Code>"  # S3's answer to a list; a HEAD of a key only says 404
 RANGE_PAST_END = ("416 Range Not Satisfiable", "<Code>InvalidRange</Code>")  # S3: a range from the object's end
 NOT_PARTIAL = "non-partial response"  # object_store's error when a store answered a range with everything
@@ -116,9 +117,21 @@ class _Abandoned(Exception):
     """Raised into obstore's multipart upload so that it aborts instead of completing."""
 
 
+_S3_ERROR = re.compile(r"<Code>([^<]*)</Code>(?:.*?<Message>([^<]*)</Message>)?", re.DOTALL)
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """The error in one line: its first, and the S3 error's code and message where its
+    XML body follows (they say what went wrong, e.g. which of the credentials)."""
+    text = str(exc).strip()
+    lines = text.splitlines()
+    if not lines:
+        return type(exc).__name__
+    found = _S3_ERROR.search(text)
+    if found is None or found.group(1) in lines[0]:
+        return lines[0]
+    head = lines[0].split("<?xml")[0].rstrip(" :")
+    return f"{head}: {found.group(1)}" + (f" ({found.group(2)})" if found.group(2) else "")
 
 
 def build_store(bucket: str, endpoint: str | None):
@@ -910,6 +923,10 @@ class ObjectStore:
         except StorageUnavailable as exc:
             if NO_BUCKET in str(exc.__cause__):
                 raise ConfigError(f"{directory}={self.url!r}: the bucket does not exist") from None
+            if any(path in str(exc.__cause__) for path in METADATA_PATHS):
+                raise ConfigError(f"{directory}={self.url!r}: no credentials found (AWS_ACCESS_KEY_ID and "
+                                  f"AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the instance's own role: "
+                                  f"{_first_line(exc.__cause__)})") from None
             if _refused(exc.__cause__):
                 raise ConfigError(f"{directory}={self.url!r}: the object store refused the credentials "
                                   f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): {_first_line(exc.__cause__)}") from None

@@ -157,7 +157,9 @@ def start_failing(seaweedfs: SeaweedFS, url: str, env: dict, *options: str) -> s
 
 @pytest.mark.parametrize("case, env, fragment", [
     ("missing bucket", {}, "the bucket does not exist"),
-    ("refused credentials", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "refused the credentials"),
+    ("refused credentials", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+     "refused the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): "),
+    ("refused credentials", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, ": SignatureDoesNotMatch ("),
 ])
 def test_startup_errors_name_the_setting_and_exit_2(seaweedfs, s3_bucket, case, env, fragment):  # noqa: F811
     bucket = "no-such-bucket" if case == "missing bucket" else s3_bucket
@@ -167,6 +169,21 @@ def test_startup_errors_name_the_setting_and_exit_2(seaweedfs, s3_bucket, case, 
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith("hashserver: DIRECTORY=") and f"s3://{bucket}/prefix" in lines[0]
     assert fragment in lines[0]
+
+
+def test_no_credentials_at_all_is_said_so(seaweedfs, s3_bucket):  # noqa: F811
+    """Without credentials the client asks the instance's metadata service last (here a
+    closed port of this machine's, AWS_METADATA_ENDPOINT): not "refused the credentials"."""
+    env = {name: value for name, value in seaweedfs.s3_env().items() if not name.startswith("AWS_ACCESS_KEY")
+           and not name.startswith("AWS_SECRET")}
+    env["AWS_METADATA_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+    argv = [str(BIN / "hashserver"), f"s3://{s3_bucket}", "--s3-endpoint", seaweedfs.s3_endpoint,
+            "--port", str(free_port()), "--cache-size", "0"]
+    out = subprocess.run(argv, env=clean_environ(env), capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"hashserver: DIRECTORY='s3://{s3_bucket}': no credentials found "
+                                                   f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"), out.stderr
 
 
 def test_buffers_named_by_another_hash_algorithm_are_refused_at_startup(seaweedfs, s3_bucket):  # noqa: F811
