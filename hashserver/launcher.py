@@ -88,18 +88,11 @@ class StatusFile:
         the pids and ``facts``; ``"failed"`` if that does not happen in time.
         Then keep ``"workers"`` up to date when a worker is replaced."""
 
-        def run() -> None:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                workers = ready_workers()
-                if workers is not None and _answers(host, port, tls):
-                    self.update(port=port, status="running", pid=os.getpid(), workers=workers, **facts)
-                    self._follow_workers(ready_workers, workers)
-                    return
-                time.sleep(POLL)
-            self.failed()
+        def running(workers: list[int]) -> None:
+            self.update(port=port, status="running", pid=os.getpid(), workers=workers, **facts)
+            self._follow_workers(ready_workers, workers)
 
-        threading.Thread(target=run, name="hashserver-status", daemon=True).start()
+        when_ready(ready_workers, running, self.failed, timeout, probe=lambda: _answers(host, port, tls))
 
     def _follow_workers(self, ready_workers: Callable[[], list[int] | None], reported: list[int]) -> None:
         """For the server's life: rewrite ``"workers"`` once a replacement for a
@@ -113,6 +106,31 @@ class StatusFile:
                 except OSError:
                     continue
                 reported = workers
+
+
+def when_ready(ready_workers: Callable[[], list[int] | None], then: Callable[[list[int]], None],
+               otherwise: Callable[[], None] | None = None, timeout: float = 120.0,
+               probe: Callable[[], bool] | None = None) -> None:
+    """In a thread: ``then(pids)`` once every worker has acknowledged (and ``probe()``
+    holds, if given); ``otherwise()`` if that does not happen within ``timeout``."""
+
+    def run() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = ready_workers()
+            if workers is not None and (probe is None or probe()):
+                then(workers)
+                return
+            time.sleep(POLL)
+        if otherwise is not None:
+            otherwise()
+
+    threading.Thread(target=run, name="hashserver-ready", daemon=True).start()
+
+
+def listening_url(host: str, port: int, tls: bool) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 def _answers(host: str, port: int, tls: bool) -> bool:

@@ -29,7 +29,7 @@ from .config import Config, ConfigError
 from .directory import DirectoryStore
 from .index import GenerationStore, IndexPublisher, IndexReader
 from .integrity import SAMPLE, SAMPLE_MAX_BYTES, check_hash_algorithm, check_sample
-from .launcher import InactivityWatch, StatusFile
+from .launcher import InactivityWatch, StatusFile, listening_url, when_ready
 from .layout import FLAT_OVER_PREFIX, PREFIX_MARKER, SearchPath
 from .metrics import Metrics, index_facts, prepare_directory, remove_directory
 from .promises import Promises
@@ -361,6 +361,10 @@ def attach_main(app, main: MainProcess, host: str, port: int, workers: int) -> N
     if shared.last_request is not None:
         app.shared_ctx.last_request = shared.last_request
         InactivityWatch(main.config.timeout, shared.last_request).start()
+    tls = main.config.tls_cert is not None
+    when_ready(lambda: shared.ready_workers(max(1, workers)),
+               lambda pids: log.info("serving %s on %s (%d worker%s)", main.config.directory,
+                                     listening_url(host, port, tls), len(pids), "" if len(pids) == 1 else "s"))
     if main.config.status_file:
         StatusFile(main.config.status_file).report_running_when_ready(
             host, port, lambda: shared.ready_workers(max(1, workers)), {"index": main.index_facts()},

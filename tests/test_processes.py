@@ -12,7 +12,7 @@ import requests
 
 from hashserver.testing import clean_environ
 
-from conftest import BIN, ServerProcess, add_buffer, buffer_path, free_port, sha3
+from conftest import BIN, ServerProcess, add_buffer, buffer_path, free_port, sha3, wait_for
 
 ROUNDS = 40  # new connection each time, so that every worker answers some
 
@@ -45,6 +45,12 @@ def check_serves(server, directory, writable: bool):
 def test_hashserver_command(serve, tmp_path):
     server = serve(tmp_path, "--writable", workers=2)
     check_serves(server, tmp_path, writable=True)
+
+
+def test_the_server_says_where_it_listens_once_its_workers_are_ready(serve, tmp_path):
+    server = serve(tmp_path, workers=2)
+    wait_for(lambda: "serving" in server.output(), "the line saying where it serves")
+    assert f"serving {tmp_path} on http://127.0.0.1:{server.port} (2 workers)" in server.output()
 
 
 def test_python_dash_m(tmp_path, logs):
