@@ -186,6 +186,9 @@ class HotPath:
         if ctx.storage is None or not hot_path_wanted(ctx.config):
             logger.info("hashserver: hot path off")
             return None
+        if ctx.config.access_log:
+            logger.info("hashserver: hot path off (--access-log: every request goes through the route that logs it)")
+            return None
         missing = bypassed(app)
         if missing:
             logger.warning("hashserver: hot path off, it would bypass %s", ", ".join(missing))

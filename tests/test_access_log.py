@@ -10,7 +10,7 @@ import requests
 
 from hashserver.testing import clean_environ
 
-from conftest import BIN, add_buffer, self_signed, sha3
+from conftest import BIN, add_buffer, self_signed, sha3, wait_for
 
 LINE = re.compile(r'^(\S+) "(\S+) (\S+)" (\d{3}) (\d+) (\d+\.\d{4})$', re.M)
 
@@ -43,6 +43,13 @@ def test_access_log_one_line_per_request(serve, tmp_path):
     assert ("127.0.0.1", "GET", f"/{cs}", "200", "6") == lines[0][:5]
     assert ("127.0.0.1", "GET", f"/{sha3(b'absent')}", "404", "9") == lines[1][:5]
     assert ("127.0.0.1", "POST", "/has?x=1", "200", "6") == lines[2][:5]
+
+
+def test_the_hot_path_is_off_with_the_access_log_as_documented_not_warned(serve, tmp_path):
+    server = serve(tmp_path, "--access-log")
+    requests.get(f"{server.url}/{sha3(b'absent')}", timeout=30)  # the hot path is decided at the first connection
+    wait_for(lambda: "hot path off" in server.output(), "the hot path's decision logged")
+    assert "hot path off (--access-log" in server.output() and "would bypass" not in server.output()
 
 
 def test_forwarded_addresses_are_trusted_only_from_configured_proxies(serve, tmp_path):
