@@ -81,7 +81,9 @@ STREAM_CHUNK = 1 << 20
 HASH_INLINE = 256 << 10  # hash pieces up to this on the event loop, larger ones in a thread
 HASHES_AHEAD = 2  # a body's pieces handed to its hashing thread and not yet hashed, at most
 LEAN_PUT = 1 << 20  # bodies up to this size go to the lean client (s3lean), which holds them whole
-HEAD_CONCURRENCY = 64  # object-store calls in flight for one batch of /has or /buffer-length
+HEAD_CONCURRENCY = 64  # object-store calls in flight for the batches (/has, /buffer-length) of one worker
+POOL_IDLE_TIMEOUT = "20s"  # obstore's idle connections close after this (its default: 90 s)
+POOL_MAX_IDLE = 2 * HEAD_CONCURRENCY  # idle connections obstore keeps, at most (its default: no bound)
 HEALTH_EVERY = 1.0  # a check's result stands this long; meanwhile callers share it
 HEALTH_WAIT = 5.0  # /healthcheck's longest wait for a check (it goes on: the next answer has it)
 ABORT_WAIT = 10.0  # the longest a failed upload waits for its abort
@@ -138,7 +140,8 @@ def build_store(bucket: str, endpoint: str | None):
     """An obstore S3Store: credentials and region from the standard environment,
     bounded timeouts, retries with backoff (obstore retries what is safe to retry)."""
     endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
-    client = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT, "timeout": REQUEST_TIMEOUT}
+    client = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT, "timeout": REQUEST_TIMEOUT,
+              "pool_idle_timeout": POOL_IDLE_TIMEOUT, "pool_max_idle_per_host": str(POOL_MAX_IDLE)}
     if endpoint and endpoint.startswith("http://"):
         client["allow_http"] = True
     extra = {"endpoint": endpoint} if endpoint else {}
@@ -164,6 +167,7 @@ class ObjectStore:
         self.pace = pace or BodyPace()
         self.metrics = metrics or Metrics.unobserved()
         self.store = store if store is not None else build_store(self.keys.bucket, endpoint)
+        self._batch_calls: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         # small GETs and PUTs on the event loop's thread where it can (s3lean); lean=False: obstore alone
         self.lean = s3lean.for_endpoint(self.keys.bucket, endpoint) if lean and store is None else None
         # None: the module's value, read now (a test lowers it for a whole server)
@@ -335,16 +339,24 @@ class ObjectStore:
         except ValueError:
             return False
 
-    @staticmethod
-    async def _map(items: list, one) -> list:
-        """``one(item)`` for each item, at most HEAD_CONCURRENCY at once."""
-        limit = asyncio.Semaphore(HEAD_CONCURRENCY)
+    async def _map(self, items: list, one) -> list:
+        """``one(item)`` for each item, at most HEAD_CONCURRENCY at once in this worker,
+        whatever the number of batches under way: each call holds a connection (and a
+        descriptor) until its answer."""
+        limit = self._batch_limit()
 
         async def bounded(item):
             async with limit:
                 return await one(item)
 
         return list(await asyncio.gather(*(bounded(item) for item in items)))
+
+    def _batch_limit(self) -> asyncio.Semaphore:
+        """The worker's bound on the calls of batches (one per event loop: tests run several)."""
+        loop = asyncio.get_running_loop()
+        if self._batch_calls is None or self._batch_calls[0] is not loop:
+            self._batch_calls = (loop, asyncio.Semaphore(HEAD_CONCURRENCY))
+        return self._batch_calls[1]
 
     async def _locate(self, hexes: list[str]) -> dict[str, Location]:
         """Where each buffer of a batch is.  A large batch lists the directories
@@ -654,29 +666,40 @@ class ObjectStore:
         (memory stays bounded; the file is gone when the answer closes it)."""
         decode = None if encoding is None or encoding.accepted_by(accepted) else encoding
         loop = asyncio.get_running_loop()
-        spool = await loop.run_in_executor(None, self._spool_file)
-        try:
-            async for chunk in self._verified(checksum, key, result, encoding, decode):
-                await loop.run_in_executor(None, spool.write, chunk)
-            length = spool.tell()
-            spool.seek(0)
-        except BaseException:
-            spool.close()
-            raise
+        directories = [self.spool_dir, None] if self.spool_dir is not None else [None]
+        for directory in directories:
+            spool = await loop.run_in_executor(None, self._spool_file, directory)
+            try:
+                async for chunk in self._verified(checksum, key, result, encoding, decode):
+                    await loop.run_in_executor(None, spool.write, chunk)
+                length = spool.tell()
+                spool.seek(0)
+                break
+            except OSError as exc:
+                spool.close()
+                where = directory or tempfile.gettempdir()
+                if directory is directories[-1]:
+                    raise StorageUnavailable(f"Storage unavailable: no room to hold {self.keys.where(key)} "
+                                             f"for a part of it under {where}: {exc.strerror or exc}") from None
+                log.warning("cannot spool %s under %s (%s): under the system's temporary directory",
+                            self.keys.where(key), where, exc.strerror or exc)
+                result = None  # a new GET
+            except BaseException:
+                spool.close()
+                raise
         if encoding is None or decode is not None:
             return Readable(length, file=spool, varies=encoding is not None)
         return Readable(length, encoding.name, file=spool, variant=encoding.suffix[1:], varies=True)
 
-    def _spool_file(self) -> BinaryIO:
-        """An unnamed temporary file under the spool directory (the cache directory,
-        on disk), else under the system's temporary directory."""
-        if self.spool_dir is not None:
+    def _spool_file(self, directory: str | None) -> BinaryIO:
+        """An unnamed temporary file under ``directory`` (the cache directory, on disk),
+        else under the system's temporary directory."""
+        if directory is not None:
             try:
-                os.makedirs(self.spool_dir, exist_ok=True)
-                return tempfile.TemporaryFile(dir=self.spool_dir, buffering=0)
+                os.makedirs(directory, exist_ok=True)
+                return tempfile.TemporaryFile(dir=directory, buffering=0)
             except OSError as exc:
-                log.warning("cannot spool under %s (%s): using the system's temporary directory",
-                            self.spool_dir, exc)
+                log.warning("cannot spool under %s (%s): using the system's temporary directory", directory, exc)
         return tempfile.TemporaryFile(buffering=0)
 
     async def _chunks(self, key: str, result, copied: bool = True) -> AsyncIterator[bytes]:

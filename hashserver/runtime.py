@@ -17,6 +17,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -74,6 +75,7 @@ class MainProcess:
         ``s3://`` store when the bucket is missing or refuses the credentials.
         """
         configure_logging()
+        raise_open_files_limit()
         tier = LocalTier.prepare(config) if config.object_store else None
         try:
             main = cls._index(config, tier.config if tier else config)
@@ -131,6 +133,19 @@ class MainProcess:
         if self.metrics is not None:
             self.metrics.close()
         remove_directory(self.metrics_dir)
+
+
+def raise_open_files_limit() -> None:
+    """The soft limit of open files up to the hard one, for this process and the
+    workers it starts (as nginx's worker_rlimit_nofile): each connection of a client
+    or to an object store is a descriptor, and the usual soft limit of services,
+    1024, is reached by a few hundred of each."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.info("open files limit left at %d: %s", soft, exc)
 
 
 def tier_config(config: Config, directory: str) -> Config:

@@ -28,7 +28,7 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from . import caching, responses
-from .storage import CorruptBuffer, Readable
+from .storage import CorruptBuffer, Readable, StorageUnavailable
 
 log = logging.getLogger("hashserver")
 
@@ -107,8 +107,8 @@ async def _stream(request: Request, readable: Readable, headers: dict, status: i
     except (BrokenPipeError, ConnectionResetError):
         request.transport.close()  # the client went away
         return None
-    except CorruptBuffer as exc:  # found while streaming: the headers are out already
-        log.error("%s: response cut short", exc)
+    except (CorruptBuffer, StorageUnavailable) as exc:  # found while streaming: the headers are out already
+        (log.error if isinstance(exc, CorruptBuffer) else log.warning)("%s: response cut short", exc)
         request.transport.abort()  # never a complete 200 whose body is wrong
         setattr(request.stream, SANIC_RESPONSE_FUNC, None)  # Sanic would end it again, and log an error
         return None

@@ -25,6 +25,8 @@ class Relay:
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: asyncio.AbstractServer | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.open_connections = 0
+        self.most_connections = 0  # open at once, since the start
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
@@ -47,6 +49,8 @@ class Relay:
             writer.transport.abort()
             return
         self.writers |= {writer, upstream_writer}
+        self.open_connections += 1
+        self.most_connections = max(self.most_connections, self.open_connections)
 
         async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, requests: bool) -> None:
             try:
@@ -61,7 +65,10 @@ class Relay:
                 sink.transport.abort()
                 self.writers.discard(sink)
 
-        await asyncio.gather(pump(reader, upstream_writer, True), pump(upstream_reader, writer, False))
+        try:
+            await asyncio.gather(pump(reader, upstream_writer, True), pump(upstream_reader, writer, False))
+        finally:
+            self.open_connections -= 1
 
 
 class RelayThread:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from typing import Callable
 
 import pytest
 from relay import Relay
@@ -37,11 +38,18 @@ from hashserver.storage import (
     ReadOnly,
     StillWriting,
     StorageUnavailable,
+    Want,
 )
 from hashserver.testing import free_port
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
-from hashserver.objectstore import HEALTH_EVERY, SMALL_GET, ObjectStore  # noqa: E402  (needs obstore)
+from hashserver.objectstore import (  # noqa: E402  (needs obstore)
+    HEAD_CONCURRENCY,
+    HEALTH_EVERY,
+    LIST_MIN,
+    SMALL_GET,
+    ObjectStore,
+)
 
 MiB = 1 << 20
 BOUND = 60.0  # seconds: a bound against hangs, not a speed requirement
@@ -793,3 +801,74 @@ def test_through_http_a_corrupt_object_is_never_a_complete_200(serve, s3_env, s3
     log = server.output()
     assert f"{where.rsplit('/', 1)[0]}/" in log and "response cut short" in log  # one line, named
     assert "Traceback" not in log and "smaller than content-length" not in log, log[-4000:]
+
+
+# ------------------------------------------------------------------ a part's spool
+def full_under(directory) -> Callable:
+    """ObjectStore._spool_file with ``directory`` full: its files are /dev/full (every
+    write fails with the kernel's ENOSPC)."""
+    spool_file = ObjectStore._spool_file
+    full = None if directory is None else str(directory)  # None: the system's temporary directory
+
+    def spool(store: ObjectStore, where: str | None):
+        if where == full:
+            return open("/dev/full", "r+b", buffering=0)
+        return spool_file(store, where)
+
+    return spool
+
+
+def test_a_part_spooled_where_there_is_no_room_is_spooled_in_the_system_temporary_directory(
+        s3_env, s3_bucket, tmp_path, monkeypatch, caplog):  # noqa: F811
+    raw = s3_env.s3_store(s3_bucket)
+    data = os.urandom(3 * MiB)  # above whole_get: a part is spooled
+    checksum = sha3(data)
+    obstore.put(raw, key_of(checksum), data)
+    monkeypatch.setattr(ObjectStore, "_spool_file", full_under(tmp_path))
+    store = make_store(s3_env, s3_bucket, spool_dir=str(tmp_path))
+
+    async def scenario():
+        readable = await store.open(checksum, want=Want.PART)
+        with readable:
+            assert readable.file is not None and readable.length == len(data)
+            return readable.file.read()
+
+    assert run(scenario()) == data
+    assert f"cannot spool s3://{s3_bucket}/{key_of(checksum)} under {tmp_path}" in caplog.text
+
+
+def test_a_part_with_no_room_to_spool_it_anywhere_is_unavailable(s3_env, s3_bucket, monkeypatch):  # noqa: F811
+    raw = s3_env.s3_store(s3_bucket)
+    data = os.urandom(3 * MiB)
+    checksum = sha3(data)
+    obstore.put(raw, key_of(checksum), data)
+    monkeypatch.setattr(ObjectStore, "_spool_file", full_under(None))
+    store = make_store(s3_env, s3_bucket)
+    with pytest.raises(StorageUnavailable, match=r"no room to hold s3://.* for a part of it under .*: "
+                                                 r"No space left on device"):
+        run(store.open(checksum, want=Want.PART))
+
+
+# ------------------------------------------------------------------ bounded calls
+def test_concurrent_batches_share_one_bound_on_calls(s3_env, s3_bucket):  # noqa: F811
+    """Each call holds a connection (a descriptor) until its answer: 20 batches at once
+    make no more calls at once than one batch may, whatever their number.  Connections
+    open at once: at most HEAD_CONCURRENCY calls, each a HEAD (obstore; a missing
+    buffer's two compressed forms are looked for together: twice that many) or a GET
+    of a promise (the lean client), while the other client's connections of an
+    earlier phase stay open, idle, for the next calls (764 without the shared bound)."""
+    relay = Relay(s3_env.s3_endpoint)
+    batches = [b"".join(sha3(b"missing %d %d" % (i, j)) for j in range(LIST_MIN - 1)) for i in range(20)]
+
+    async def scenario():
+        await relay.start()
+        store = make_store(s3_env, s3_bucket, endpoint=relay.url)
+        try:
+            answers = await asyncio.gather(*(store.has(batch) for batch in batches))
+        finally:
+            store.close()
+            await relay.stop()
+        assert answers == [[False] * (LIST_MIN - 1)] * len(batches)
+
+    run(scenario())
+    assert relay.most_connections <= 3 * HEAD_CONCURRENCY + 8, relay.most_connections

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import resource
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -51,6 +54,24 @@ def test_the_server_says_where_it_listens_once_its_workers_are_ready(serve, tmp_
     server = serve(tmp_path, workers=2)
     wait_for(lambda: "serving" in server.output(), "the line saying where it serves")
     assert f"serving {tmp_path} on http://127.0.0.1:{server.port} (2 workers)" in server.output()
+
+
+def test_workers_may_open_as_many_files_as_the_hard_limit_allows(tmp_path, logs):
+    """A service's usual soft limit, 1024, is a few hundred connections of clients and to
+    an object store: the server raises it to the hard limit for itself and its workers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard > 512, "this machine's hard limit leaves nothing to raise"
+    server = ServerProcess.hashserver(tmp_path, workers=2, log_path=logs / "limits.log")
+    server.argv = ["sh", "-c", 'ulimit -Sn 512 && exec "$@"', "sh", *server.argv]
+    server.start()
+    try:
+        server.wait_ready()
+        for pid in [server.pid, *server.worker_pids()]:
+            limits = Path(f"/proc/{pid}/limits").read_text()
+            soft_now = int(re.search(r"^Max open files\s+(\S+)", limits, re.MULTILINE).group(1))
+            assert soft_now > 512, limits
+    finally:
+        server.stop()
 
 
 def test_python_dash_m(tmp_path, logs):

@@ -11,11 +11,13 @@ directory (tests/test_writer.py)."""
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import os
 import re
 
 import pytest
+from relay import RelayThread
 from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
 from test_s3_server import request, s3_serve, wait_for  # noqa: F401  (s3_serve: a fixture)
 
@@ -143,3 +145,37 @@ def test_head_of_a_large_object_starts_no_get(s3_serve, seaweedfs, s3_bucket, tm
     assert calls(server, "get") == 0
     assert request(server, "HEAD", "/" + small_bad)[0] == 400  # as a directory's corrupt buffer
     assert request(server, "GET", "/" + good) == (200, data)
+
+
+def test_a_store_failing_while_an_object_streams_cuts_the_answer_with_one_line(serve, seaweedfs, s3_bucket,  # noqa: F811
+                                                                                contents):
+    """The headers are out when the store fails (a streamed object, above 64 MiB): the
+    answer is cut short, never completed, and the log says so in one line, with no
+    traceback."""
+    data = contents["large"]
+    checksum = sha3(data)
+    obstore.put(seaweedfs.s3_store(s3_bucket), key(checksum), data)
+    relay = RelayThread(seaweedfs.s3_endpoint).start()
+    try:
+        server = serve(f"s3://{s3_bucket}", "--s3-endpoint", relay.url, "--cache-size", "0",
+                       env=seaweedfs.s3_env())
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        connection.request("GET", "/" + checksum)
+        answer = connection.getresponse()
+        assert answer.status == 200 and int(answer.headers["content-length"]) == len(data)
+        received = len(answer.read(4 << 20))
+        relay.cut()
+        try:
+            while piece := answer.read(1 << 20):  # b"" at the connection's end
+                received += len(piece)
+        except http.client.IncompleteRead as cut:
+            received += len(cut.partial)
+        assert received < len(data), "a complete answer from a store that failed"
+        connection.close()
+    finally:
+        relay.close()
+    wait_for(lambda: "response cut short" in server.output(), "the cut logged")
+    output = server.output()
+    assert output.count("response cut short") == 1 and "Traceback" not in output, output[-3000:]
+    assert "will not be sent to the client" not in output  # Sanic's own error for the same event
