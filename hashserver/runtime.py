@@ -85,6 +85,7 @@ class MainProcess:
             raise
         main.tier, main.metrics = tier, Metrics(main.metrics_dir)
         if tier is not None:
+            tier.added = multiprocessing.Value("q", 0)  # (a semaphore: made once no startup error can follow)
             if config.writable:
                 abort_idle_uploads(config, main.metrics)
             tier.start_evictor(main.metrics)
@@ -224,7 +225,7 @@ class LocalTier:
 
     config: Config  # the tier as a buffer directory (tier_config)
     private: bool  # a temporary directory of this server's
-    added: Any  # multiprocessing Value: bytes the workers stored in the tier
+    added: Any = None  # multiprocessing Value: bytes the workers stored in the tier (once the tier is indexed)
     recency: Any = None  # eviction.Recency: the workers' answers from the tier, with --cache-size > 0
     evictor: Any = None  # eviction.TierEvictor, with --cache-size > 0
 
@@ -244,7 +245,7 @@ class LocalTier:
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise ConfigError(f"{config.name('cache_dir')}={directory!r}: the local tier must be writable, "
                                   f"and this directory is not")
-        tier = cls(tier_config(config, directory), private, multiprocessing.Value("q", 0))
+        tier = cls(tier_config(config, directory), private)
         if not private:
             from .eviction import Recency
 

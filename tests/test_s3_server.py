@@ -203,6 +203,22 @@ def test_buffers_named_by_another_hash_algorithm_are_refused_at_startup(seaweedf
     assert agreeing.returncode == 0, agreeing.stderr
 
 
+def test_a_local_tier_named_by_another_hash_algorithm_is_one_line_at_startup(seaweedfs, s3_bucket,  # noqa: F811
+                                                                               tmp_path):
+    cache = tmp_path / "cache"
+    data = b"in the tier, named by sha-256"
+    checksum = hashlib.sha256(data).hexdigest()
+    (cache / checksum[:2]).mkdir(parents=True)
+    (cache / checksum[:2] / checksum).write_bytes(data)
+    argv = [str(BIN / "hashserver"), f"s3://{s3_bucket}", "--s3-endpoint", seaweedfs.s3_endpoint,
+            "--port", str(free_port()), "--cache-dir", str(cache)]
+    out = subprocess.run(argv, env=clean_environ(seaweedfs.s3_env()), capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "are named by their sha-256 checksums" in lines[0], out.stderr
+
+
 def test_a_flat_layout_over_a_prefix_bucket_warns(s3_serve, seaweedfs, s3_bucket):  # noqa: F811
     obstore.put(seaweedfs.s3_store(s3_bucket), "prefix/.HASHSERVER_PREFIX", b"")
     flat = s3_serve(f"{s3_bucket}/prefix", "--layout", "flat", "--cache-size", "0")
