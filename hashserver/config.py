@@ -180,9 +180,13 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     bucket, _, prefix = url[len(S3_SCHEME):].partition("/")
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
         raise ValueError("not an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)")
-    prefix = prefix.strip("/")
+    if any(c in prefix for c in "?#\\"):
+        raise ValueError("the prefix may not hold '?', '#' or '\\'")
+    if prefix.startswith("/"):
+        raise ValueError("the prefix must be names separated by single slashes")
+    prefix = prefix.rstrip("/")
     parts = prefix.split("/") if prefix else []
-    if any(part in ("", ".", "..") for part in parts) or any(c in prefix for c in "?#\\"):
+    if any(part in ("", ".", "..") for part in parts):
         raise ValueError("the prefix must be names separated by single slashes")
     return bucket, prefix
 

@@ -39,7 +39,8 @@ def test_s3_url_is_a_store_not_a_directory(tmp_path, monkeypatch):
     ("s3://a..b", "not an S3 bucket name"),
     ("s3://bucket/a//b", "the prefix must be names separated by single slashes"),
     ("s3://bucket/a/../b", "the prefix must be names separated by single slashes"),
-    ("s3://bucket/a?b", "the prefix must be names separated by single slashes"),
+    ("s3://bucket/a?b", "the prefix may not hold '?', '#' or '\\'"),
+    ("s3://bucket//a", "the prefix must be names separated by single slashes"),
 ])
 def test_bad_s3_urls_name_the_setting(url, why):
     with pytest.raises(ConfigError) as info:
