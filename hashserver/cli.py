@@ -140,11 +140,13 @@ def check_listening(config: Config) -> None:
     """The address and port can be listened on, said before the index is built
     (Sanic would say it later, in a traceback)."""
     try:
-        with socket.create_server((config.host, config.port)):
+        family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        with socket.create_server((config.host, config.port), family=family):
             pass
     except OSError as exc:
+        why = exc.strerror if isinstance(exc, socket.gaierror) or not exc.errno else os.strerror(exc.errno)
         raise ConfigError(f"{config.name('host')}={config.host} {config.name('port')}={config.port}: "
-                          f"cannot listen there: {os.strerror(exc.errno) if exc.errno else exc}") from None
+                          f"cannot listen there: {why}") from None
 
 
 def _status_file(given: str | None) -> StatusFile | None:

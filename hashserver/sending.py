@@ -174,11 +174,13 @@ def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, count: int) -> i
     """os.sendfile on the event loop's non-blocking socket, waiting (bounded)
     whenever the socket buffer is full."""
     sent = 0
+    writable = select.poll()  # not select.select: it takes no descriptor past 1023
+    writable.register(sock_fd, select.POLLOUT)
     while sent < count:
         try:
             n = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
         except BlockingIOError:
-            if not select.select([], [sock_fd], [], SEND_STALL_TIMEOUT)[1]:
+            if not writable.poll(SEND_STALL_TIMEOUT * 1000):
                 raise ConnectionResetError("client stopped reading") from None
             continue
         if n == 0:

@@ -156,6 +156,19 @@ def test_a_flat_layout_over_a_prefix_directory_warns(serve, tmp_path):
     assert "holds .HASHSERVER_PREFIX" not in serve(prefixed).output() + serve(flat, "--layout", "flat").output()
 
 
+def test_listening_is_checked_for_ipv6_hosts_too(tmp_path):
+    from hashserver.cli import check_listening
+
+    check_listening(config_from_args([str(tmp_path), "--host", "::1", "--port", str(free_port())], {}))
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as taken:
+        port = taken.getsockname()[1]
+        in_use = rf"^--host=::1 --port={port}: cannot listen there: Address already in use$"
+        with pytest.raises(ConfigError, match=in_use):
+            check_listening(config_from_args([str(tmp_path), "--host", "::1", "--port", str(port)], {}))
+    with pytest.raises(ConfigError, match="cannot listen there: Cannot assign requested address$"):
+        check_listening(config_from_args([str(tmp_path), "--host", "10.255.255.1"], {}))
+
+
 def test_the_command_takes_its_directory_from_the_environment(tmp_path):
     config = config_from_args(["--port", "1234"], {"HASHSERVER_DIRECTORY": str(tmp_path)})
     assert (config.directory, config.port) == (str(tmp_path), 1234)

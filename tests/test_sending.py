@@ -5,6 +5,10 @@ ends the response exactly."""
 from __future__ import annotations
 
 import os
+import resource
+import socket
+import threading
+import time
 
 import pytest
 import sanic
@@ -66,3 +70,39 @@ def test_small_get_is_not_sent_zero_copy(app_client, tmp_path, monkeypatch):
     client = app_client(Config(str(tmp_path)))
     monkeypatch.setattr(sending, "_sendfile_blocking", lambda *a: pytest.fail("sendfile for a small buffer"))
     assert client.get("/" + cs)[1].body == b"small"
+
+
+def test_sendfile_waits_for_a_socket_numbered_past_1023(tmp_path):
+    """The server raises its open-files limit: a worker's sockets may be numbered past
+    1023, which select() does not take.  A full socket buffer is waited for all the same."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    data = os.urandom(8 << 20)  # far more than a socket buffer holds
+    path = tmp_path / "buffer"
+    path.write_bytes(data)
+    sender, receiver = socket.socketpair()
+    sender.setblocking(False)
+    high = os.dup2(sender.fileno(), 1500)
+    received = bytearray()
+
+    def receive() -> None:
+        while len(received) < len(data):
+            piece = receiver.recv(1 << 16)
+            if not piece:
+                return
+            received.extend(piece)
+            time.sleep(0.001)  # slower than the sender: its buffer fills
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    try:
+        with open(path, "rb") as file:
+            assert sending._sendfile_blocking(high, file.fileno(), 0, len(data)) == len(data)
+        reader.join(60)
+    finally:
+        os.close(high)
+        sender.close()
+        receiver.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert bytes(received) == data
