@@ -537,11 +537,12 @@ class Config:
             attr = "tls_key" if self.tls_key is None else "tls_cert"
             self._fail(attr, None, "HTTPS needs both --tls-cert and --tls-key")
         if self.tls_cert is not None:
-            try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert, self.tls_key)
+            try:  # an encrypted key gets an empty password (none is asked for at a terminal): refused
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert, self.tls_key, password=b"")
             except (ssl.SSLError, OSError) as exc:
-                self._fail("tls_cert", self.tls_cert, f"not a certificate that {self.name('tls_key')} "
-                           f"can serve (PEM files of a certificate and its private key): {exc}")
+                self._fail("tls_cert", self.tls_cert, f"not a certificate that {self.name('tls_key')}="
+                           f"{self.tls_key!r} can serve (PEM files of a certificate and its private key, "
+                           f"not encrypted): {exc}")
 
     @property
     def object_store(self) -> bool:

@@ -17,8 +17,8 @@ import re
 from .owner import owner_tag
 
 PREFIX_MARKER = ".HASHSERVER_PREFIX"
-FLAT_OVER_PREFIX = (f"%s holds {PREFIX_MARKER}, written by servers in the prefix layout, and this one has "
-                    "--layout flat: buffers in its two-hex directories are not found")
+FLAT_OVER_PREFIX = (f"%s holds {PREFIX_MARKER}, written by servers in the prefix layout, and this one reads "
+                    "the flat layout: buffers in its two-hex directories are not found")
 LOCK_SUFFIX = ".LOCK"
 PROMISE_SUFFIX = ".PROMISE"
 SIDECAR_SUFFIX = ".BUFFERLENGTH"

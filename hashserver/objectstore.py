@@ -22,6 +22,7 @@ directory gets from the file system, this store gets from S3's own rules:
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -665,42 +666,37 @@ class ObjectStore:
         temporary file while hashed, and sent from there only once it proved right
         (memory stays bounded; the file is gone when the answer closes it)."""
         decode = None if encoding is None or encoding.accepted_by(accepted) else encoding
-        loop = asyncio.get_running_loop()
-        directories = [self.spool_dir, None] if self.spool_dir is not None else [None]
-        for directory in directories:
-            spool = await loop.run_in_executor(None, self._spool_file, directory)
+        places = [self.spool_dir, None] if self.spool_dir is not None else [None]
+        for place in places:
             try:
-                async for chunk in self._verified(checksum, key, result, encoding, decode):
-                    await loop.run_in_executor(None, spool.write, chunk)
-                length = spool.tell()
-                spool.seek(0)
+                spool = await self._spool(checksum, key, result, encoding, decode, place)
                 break
             except OSError as exc:
-                spool.close()
-                where = directory or tempfile.gettempdir()
-                if directory is directories[-1]:
-                    raise StorageUnavailable(f"Storage unavailable: no room to hold {self.keys.where(key)} "
-                                             f"for a part of it under {where}: {exc.strerror or exc}") from None
+                where = place or tempfile.gettempdir()
+                if place is places[-1]:
+                    raise StorageUnavailable(f"Storage unavailable: cannot hold {self.keys.where(key)} for a part "
+                                             f"of it under {where}: {exc.strerror or exc}") from None
                 log.warning("cannot spool %s under %s (%s): under the system's temporary directory",
                             self.keys.where(key), where, exc.strerror or exc)
-                result = None  # a new GET
-            except BaseException:
-                spool.close()
-                raise
+                result = None  # read again
+        length = spool.tell()
+        spool.seek(0)
         if encoding is None or decode is not None:
             return Readable(length, file=spool, varies=encoding is not None)
         return Readable(length, encoding.name, file=spool, variant=encoding.suffix[1:], varies=True)
 
-    def _spool_file(self, directory: str | None) -> BinaryIO:
-        """An unnamed temporary file under ``directory`` (the cache directory, on disk),
-        else under the system's temporary directory."""
-        if directory is not None:
-            try:
-                os.makedirs(directory, exist_ok=True)
-                return tempfile.TemporaryFile(dir=directory, buffering=0)
-            except OSError as exc:
-                log.warning("cannot spool under %s (%s): using the system's temporary directory", directory, exc)
-        return tempfile.TemporaryFile(buffering=0)
+    async def _spool(self, checksum: bytes, key: str, result, encoding: Encoding | None, decode: Encoding | None,
+                     place: str | None) -> BinaryIO:
+        """The verified object (decoded if ``decode``) in an unnamed temporary file under
+        ``place`` (None: the system's temporary directory); OSError if it cannot be."""
+        spool = await asyncio.get_running_loop().run_in_executor(None, _spool_file, place)
+        try:
+            async for chunk in self._verified(checksum, key, result, encoding, decode):
+                await writer.done_in_thread(_write_all, spool, chunk)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
 
     async def _chunks(self, key: str, result, copied: bool = True) -> AsyncIterator[bytes]:
         """The object's bytes, chunk by chunk; ``copied=False``: as the client's buffers
@@ -947,8 +943,8 @@ class ObjectStore:
             if NO_BUCKET in str(exc.__cause__):
                 raise ConfigError(f"{directory}={self.url!r}: the bucket does not exist") from None
             if any(path in str(exc.__cause__) for path in METADATA_PATHS):
-                raise ConfigError(f"{directory}={self.url!r}: no credentials found (AWS_ACCESS_KEY_ID and "
-                                  f"AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the instance's own role: "
+                raise ConfigError(f"{directory}={self.url!r}: no credentials found (set AWS_ACCESS_KEY_ID and "
+                                  f"AWS_SECRET_ACCESS_KEY, or run where the instance's own role gives them: "
                                   f"{_first_line(exc.__cause__)})") from None
             if _refused(exc.__cause__):
                 raise ConfigError(f"{directory}={self.url!r}: the object store refused the credentials "
@@ -958,7 +954,7 @@ class ObjectStore:
         self._health = (time.monotonic(), None)
         if self.writable and self.keys.layout == "prefix":
             await self._write_marker()
-        if self.keys.layout == "flat" and await self._head(self.keys.marker()) is not None:
+        if self.keys.layout == "flat" and await self._marker_is_there():
             log.warning(FLAT_OVER_PREFIX, self.url)
 
     async def sample(self, count: int, max_bytes: int) -> list[tuple[bytes, bytes]]:
@@ -974,14 +970,24 @@ class ObjectStore:
         picks = keys[::max(1, len(keys) // count)][:count]
         sample = []
         for key in picks:
-            result = await self._get(key)
-            if result is not None:
-                sample.append((bytes.fromhex(posixpath.basename(key)), await self._read(key, result)))
+            try:
+                content = await self._small_object(key)
+            except NOT_FOUND:  # gone since the listing
+                content = None
+            if content is not None:
+                sample.append((bytes.fromhex(posixpath.basename(key)), content))
         return sample
 
     def _plain_buffer_key(self, key: str) -> bool:
         name = posixpath.basename(key)
         return is_buffer_name(name) and key == self.keys.buffer(name)
+
+    async def _marker_is_there(self) -> bool:
+        try:
+            return await self._head(self.keys.marker()) is not None
+        except StorageUnavailable as exc:  # a warning's question: not worth a refusal to start
+            log.info("%s: not looked for: %s", self.keys.where(self.keys.marker()), exc)
+            return False
 
     async def _write_marker(self) -> None:
         """As a writable prefix-layout directory holds one (empty, as layout's marker is)."""
@@ -1033,6 +1039,23 @@ def _setting_name(config: Config, attr: str) -> str:
         return config.name(attr)
     except KeyError:
         return "--" + attr.replace("_", "-")
+
+
+def _spool_file(place: str | None) -> BinaryIO:
+    if place is not None:
+        os.makedirs(place, exist_ok=True)
+    return tempfile.TemporaryFile(dir=place, buffering=0)
+
+
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """All of ``data``: an unbuffered write may take part of it (a disk that fills up
+    says so only at the next write)."""
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
 
 
 async def _read_up_to(batches: AsyncIterator[bytes], limit: int,

@@ -142,11 +142,18 @@ def raise_open_files_limit() -> None:
     or to an object store is a descriptor, and the usual soft limit of services,
     1024, is reached by a few hundred of each."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+    if hard == resource.RLIM_INFINITY:  # not a value setrlimit takes: the kernel's own bound is
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.info("open files limit left at %d: %s", soft, exc)
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
+                hard = int(f.read())
+        except (OSError, ValueError):
+            return
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    except (ValueError, OSError) as exc:
+        log.info("open files limit left at %d: %s", soft, exc)
 
 
 def tier_config(config: Config, directory: str) -> Config:

@@ -46,7 +46,7 @@ from .storage import (
     StorageUnavailable,
     Want,
 )
-from .writer import retrieve_exception
+from .writer import done_in_thread
 
 log = logging.getLogger("hashserver")
 
@@ -346,7 +346,7 @@ class TieredStore:
         async def chunks() -> AsyncIterator[bytes]:
             async for chunk in source():
                 yield chunk
-            if self._may_fill(checksum):
+            if self._may_fill(checksum) and not self.held_locally(checksum):  # (filled by another read meanwhile)
                 self.background(checksum, self._fill_stored_form(checksum))
 
         return replace(readable, chunks=chunks)
@@ -357,9 +357,11 @@ class TieredStore:
         except BACK_FAILURES as exc:
             log.warning("local tier: %s not filled: %s", checksum.hex(), exc)
             return
-        if readable is None or readable.decoded:
+        if readable is None:
             return
         with readable:
+            if readable.decoded:
+                return
             if readable.file is not None:
                 await self._store_file(checksum, os.dup(readable.file.fileno()), readable)
                 return
@@ -471,8 +473,8 @@ class TieredStore:
             try:
                 file = DirectFile(fd, self.direct_buffers)
                 async for chunk in body:
-                    await _done_in_thread(file.write, chunk)
-                await _done_in_thread(file.finish)
+                    await done_in_thread(file.write, chunk)
+                await done_in_thread(file.finish)
                 size = file.offset
             finally:
                 if file is not None:
@@ -643,22 +645,6 @@ async def _from_back(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except BACK_FAILURES as exc:
         log.warning("local tier: not filled: %s", exc)
         raise Abandoned() from None
-
-
-async def _done_in_thread(work: Callable, *args) -> None:
-    """``work(*args)`` in a thread; a cancellation meanwhile is raised once the thread
-    is done with what it uses (a fill's file and buffer, closed and reused after)."""
-    future = asyncio.get_running_loop().run_in_executor(None, work, *args)
-    try:
-        await asyncio.shield(future)
-    except asyncio.CancelledError:
-        while not future.done():  # cancelled again meanwhile: still the thread first
-            try:
-                await asyncio.wait({future})
-            except asyncio.CancelledError:
-                pass
-        retrieve_exception(future)  # the cancellation is what the caller gets
-        raise
 
 
 async def _file_chunks(fd: int, length: int) -> AsyncIterator[bytes]:

@@ -219,6 +219,22 @@ def retrieve_exception(future: asyncio.Future) -> None:
         future.exception()
 
 
+async def done_in_thread(work: Callable, *args) -> None:
+    """``work(*args)`` in a thread; a cancellation meanwhile is raised once the thread
+    is done with what it uses (a fill's file and buffer, closed and reused after)."""
+    future = asyncio.get_running_loop().run_in_executor(None, work, *args)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():  # cancelled again meanwhile: still the thread first
+            try:
+                await asyncio.wait({future})
+            except asyncio.CancelledError:
+                pass
+        retrieve_exception(future)  # the cancellation is what the caller gets
+        raise
+
+
 def hash_parts(digest: DecodingHash, parts: list[bytes]) -> None:
     for part in parts:
         digest.update(part)

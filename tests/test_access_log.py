@@ -6,6 +6,7 @@ import re
 import subprocess
 import time
 
+import pytest
 import requests
 
 from hashserver.testing import clean_environ
@@ -93,11 +94,17 @@ def test_https_with_a_certificate_without_subject_alt_names(serve, tmp_path):
     assert requests.get(f"{url}/{cs}", verify=False, timeout=30).content == b"over TLS, named by CN"
 
 
-def test_a_key_that_is_not_the_certificates_is_one_line(tmp_path):
-    cert, _ = self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
-    _, other_key = self_signed(tmp_path / "other.pem", tmp_path / "other-key.pem")
-    out = subprocess.run([str(BIN / "hashserver"), str(tmp_path), "--tls-cert", str(cert), "--tls-key", str(other_key)],
-                         capture_output=True, text=True, timeout=60, env=clean_environ())
+@pytest.mark.parametrize("key_kind", ["another certificate's", "encrypted"])
+def test_a_key_that_cannot_serve_the_certificate_is_one_line(tmp_path, key_kind):
+    cert, key = self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
+    if key_kind == "encrypted":
+        subprocess.run(["openssl", "pkey", "-in", str(key), "-out", str(tmp_path / "locked.pem"), "-aes256",
+                        "-passout", "pass:secret"], check=True, capture_output=True, timeout=60)
+        key = tmp_path / "locked.pem"
+    else:
+        _, key = self_signed(tmp_path / "other.pem", tmp_path / "other-key.pem")
+    out = subprocess.run([str(BIN / "hashserver"), str(tmp_path), "--tls-cert", str(cert), "--tls-key", str(key)],
+                         capture_output=True, text=True, timeout=60, env=clean_environ(), stdin=subprocess.DEVNULL)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1
-    assert f"--tls-cert='{cert}': not a certificate that --tls-key can serve" in out.stderr
+    assert f"--tls-cert='{cert}': not a certificate that --tls-key='{key}' can serve" in out.stderr

@@ -150,8 +150,8 @@ def test_a_flat_layout_over_a_prefix_directory_warns(serve, tmp_path):
     for directory in (prefixed, flat):
         directory.mkdir()
     (prefixed / ".HASHSERVER_PREFIX").write_bytes(b"")
-    warning = f"{prefixed} holds .HASHSERVER_PREFIX, written by servers in the prefix layout, and this one has " \
-              f"--layout flat: buffers in its two-hex directories are not found"
+    warning = f"{prefixed} holds .HASHSERVER_PREFIX, written by servers in the prefix layout, and this one reads " \
+              f"the flat layout: buffers in its two-hex directories are not found"
     assert warning in serve(prefixed, "--layout", "flat").output()
     assert "holds .HASHSERVER_PREFIX" not in serve(prefixed).output() + serve(flat, "--layout", "flat").output()
 

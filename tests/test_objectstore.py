@@ -13,8 +13,9 @@ import gzip
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
-from typing import Callable
 
 import pytest
 from relay import Relay
@@ -804,18 +805,22 @@ def test_through_http_a_corrupt_object_is_never_a_complete_200(serve, s3_env, s3
 
 
 # ------------------------------------------------------------------ a part's spool
-def full_under(directory) -> Callable:
-    """ObjectStore._spool_file with ``directory`` full: its files are /dev/full (every
-    write fails with the kernel's ENOSPC)."""
-    spool_file = ObjectStore._spool_file
+def full_under(directory, monkeypatch, unusable: str | None = "unset") -> None:
+    """A part's spool with ``directory`` full: its files are /dev/full (every write fails
+    with the kernel's ENOSPC); ``unusable``: a place where no file can be made at all."""
+    import hashserver.objectstore as objectstore
+
+    spool_file = objectstore._spool_file
     full = None if directory is None else str(directory)  # None: the system's temporary directory
 
-    def spool(store: ObjectStore, where: str | None):
-        if where == full:
+    def spool(place: str | None):
+        if place == full:
             return open("/dev/full", "r+b", buffering=0)
-        return spool_file(store, where)
+        if place == unusable:
+            raise PermissionError(13, "Permission denied")
+        return spool_file(place)
 
-    return spool
+    monkeypatch.setattr(objectstore, "_spool_file", spool)
 
 
 def test_a_part_spooled_where_there_is_no_room_is_spooled_in_the_system_temporary_directory(
@@ -824,7 +829,7 @@ def test_a_part_spooled_where_there_is_no_room_is_spooled_in_the_system_temporar
     data = os.urandom(3 * MiB)  # above whole_get: a part is spooled
     checksum = sha3(data)
     obstore.put(raw, key_of(checksum), data)
-    monkeypatch.setattr(ObjectStore, "_spool_file", full_under(tmp_path))
+    full_under(tmp_path, monkeypatch)
     store = make_store(s3_env, s3_bucket, spool_dir=str(tmp_path))
 
     async def scenario():
@@ -842,11 +847,45 @@ def test_a_part_with_no_room_to_spool_it_anywhere_is_unavailable(s3_env, s3_buck
     data = os.urandom(3 * MiB)
     checksum = sha3(data)
     obstore.put(raw, key_of(checksum), data)
-    monkeypatch.setattr(ObjectStore, "_spool_file", full_under(None))
+    full_under(None, monkeypatch)
     store = make_store(s3_env, s3_bucket)
-    with pytest.raises(StorageUnavailable, match=r"no room to hold s3://.* for a part of it under .*: "
+    with pytest.raises(StorageUnavailable, match=r"cannot hold s3://.* for a part of it under .*: "
                                                  r"No space left on device"):
         run(store.open(checksum, want=Want.PART))
+
+
+def test_a_part_with_a_full_spool_and_no_temporary_directory_is_unavailable(s3_env, s3_bucket, tmp_path,  # noqa: F811
+                                                                            monkeypatch):
+    raw = s3_env.s3_store(s3_bucket)
+    data = os.urandom(3 * MiB)
+    checksum = sha3(data)
+    obstore.put(raw, key_of(checksum), data)
+    full_under(tmp_path, monkeypatch, unusable=None)
+    store = make_store(s3_env, s3_bucket, spool_dir=str(tmp_path))
+    with pytest.raises(StorageUnavailable, match=r"cannot hold s3://.* for a part of it under .*: Permission denied"):
+        run(store.open(checksum, want=Want.PART))
+
+
+def test_a_spool_write_cut_short_by_the_kernel_is_an_error_not_a_short_file(tmp_path):
+    """An unbuffered write may take part of its bytes and say nothing (here: a file size
+    limit, as a disk filling up does); the spool writes the rest, and the next write fails."""
+    script = (
+        "import os, resource, signal, sys, tempfile\n"
+        "from hashserver.objectstore import _write_all\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "spool = tempfile.TemporaryFile(dir=sys.argv[1], buffering=0)\n"
+        "_write_all(spool, bytes(512 << 10))\n"
+        "try:\n"
+        "    _write_all(spool, bytes(768 << 10))\n"
+        "except OSError as exc:\n"
+        "    print('refused', spool.tell(), exc.errno)\n"
+        "else:\n"
+        "    print('written', spool.tell())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.stdout.split()[:2] == ["refused", str(1 << 20)], out.stdout + out.stderr
 
 
 # ------------------------------------------------------------------ bounded calls

@@ -183,7 +183,7 @@ def test_no_credentials_at_all_is_said_so(seaweedfs, s3_bucket):  # noqa: F811
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"hashserver: DIRECTORY='s3://{s3_bucket}': no credentials found "
-                                                   f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"), out.stderr
+                                                   f"(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"), out.stderr
 
 
 def test_buffers_named_by_another_hash_algorithm_are_refused_at_startup(seaweedfs, s3_bucket):  # noqa: F811
@@ -223,7 +223,7 @@ def test_a_flat_layout_over_a_prefix_bucket_warns(s3_serve, seaweedfs, s3_bucket
     obstore.put(seaweedfs.s3_store(s3_bucket), "prefix/.HASHSERVER_PREFIX", b"")
     flat = s3_serve(f"{s3_bucket}/prefix", "--layout", "flat", "--cache-size", "0")
     assert (f"s3://{s3_bucket}/prefix holds .HASHSERVER_PREFIX, written by servers in the prefix layout, and this "
-            f"one has --layout flat") in flat.output()
+            f"one reads the flat layout") in flat.output()
     assert "holds .HASHSERVER_PREFIX" not in s3_serve(f"{s3_bucket}/prefix", "--cache-size", "0").output()
 
 

@@ -260,6 +260,32 @@ def test_a_decoded_stream_fills_the_tier_with_the_stored_form(stores):
     asyncio.run(scenario())
 
 
+def test_a_decoded_stream_that_ends_once_the_tier_holds_the_buffer_reads_nothing_again(stores):
+    s = stores()
+    data = b"read decoded twice at once " * 1000
+    cs = sha3(data)
+    add_buffer(s.back_dir, gzip.compress(data), checksum=cs, suffix=".gz")
+    back_open = s.back.open
+    opened: list[frozenset] = []
+
+    async def counting_open(checksum, accepted=frozenset(), *args, **kwargs):
+        opened.append(accepted)
+        return await back_open(checksum, accepted, *args, **kwargs)
+
+    s.store.back.open = counting_open
+
+    async def scenario():
+        first, second = await s.store.open(raw(cs)), await s.store.open(raw(cs))  # both before any fill
+        assert await read_all(first) == data
+        await s.store.settled()
+        assert s.in_tier(cs, ".gz")
+        assert await read_all(second) == data
+        await s.store.settled()
+
+    asyncio.run(scenario())
+    assert len(opened) == 3  # the two reads, and one of the stored form
+
+
 def test_a_decoded_stream_cut_before_its_end_fills_nothing(stores):
     s = stores()
     data = os.urandom(3 << 20)  # chunks of 1 MiB, not compressible: several of them
