@@ -148,11 +148,21 @@ def wait_for(condition, what: str):
 
 
 # ------------------------------------------------------------------ startup errors
-def start_failing(seaweedfs: SeaweedFS, url: str, env: dict, *options: str) -> subprocess.CompletedProcess:  # noqa: F811
+def run_server(seaweedfs: SeaweedFS, url: str, *options: str, env: dict | None = None  # noqa: F811
+               ) -> subprocess.CompletedProcess:
+    """``hashserver URL`` on SeaweedFS, run to its end (a startup error, or ``--timeout``)."""
     argv = [str(BIN / "hashserver"), url, "--s3-endpoint", seaweedfs.s3_endpoint, "--port", str(free_port()),
-            "--cache-size", "0", *options]
-    return subprocess.run(argv, env=clean_environ({**seaweedfs.s3_env(), **env}), capture_output=True,
+            *options]
+    return subprocess.run(argv, env=clean_environ({**seaweedfs.s3_env(), **(env or {})}), capture_output=True,
                           text=True, timeout=120, check=False)
+
+
+def start_failing(seaweedfs: SeaweedFS, url: str, env: dict, *options: str) -> subprocess.CompletedProcess:  # noqa: F811
+    return run_server(seaweedfs, url, "--cache-size", "0", *options, env=env)
+
+
+def error_lines(out: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in out.stderr.splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("case, env, fragment", [
@@ -165,7 +175,7 @@ def test_startup_errors_name_the_setting_and_exit_2(seaweedfs, s3_bucket, case, 
     bucket = "no-such-bucket" if case == "missing bucket" else s3_bucket
     out = start_failing(seaweedfs, f"s3://{bucket}/prefix", env)
     assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    lines = error_lines(out)
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith("hashserver: DIRECTORY=") and f"s3://{bucket}/prefix" in lines[0]
     assert fragment in lines[0]
@@ -181,7 +191,7 @@ def test_no_credentials_at_all_is_said_so(seaweedfs, s3_bucket):  # noqa: F811
             "--port", str(free_port()), "--cache-size", "0"]
     out = subprocess.run(argv, env=clean_environ(env), capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    lines = error_lines(out)
     assert len(lines) == 1 and lines[0].startswith(f"hashserver: DIRECTORY='s3://{s3_bucket}': no credentials found "
                                                    f"(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"), out.stderr
 
@@ -195,7 +205,7 @@ def test_buffers_named_by_another_hash_algorithm_are_refused_at_startup(seaweedf
         obstore.put(raw, f"prefix/{checksum[:2]}/{checksum}", data)
     out = start_failing(seaweedfs, f"s3://{s3_bucket}/prefix", {})
     assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    lines = error_lines(out)
     assert lines == [f"hashserver: --hash-algorithm='sha3-256': the buffers in s3://{s3_bucket}/prefix are named "
                      f"by their sha-256 checksums; start with --hash-algorithm sha-256 (or "
                      f"HASHSERVER_HASH_ALGORITHM=sha-256)"], out.stderr
@@ -210,12 +220,9 @@ def test_a_local_tier_named_by_another_hash_algorithm_is_one_line_at_startup(sea
     checksum = hashlib.sha256(data).hexdigest()
     (cache / checksum[:2]).mkdir(parents=True)
     (cache / checksum[:2] / checksum).write_bytes(data)
-    argv = [str(BIN / "hashserver"), f"s3://{s3_bucket}", "--s3-endpoint", seaweedfs.s3_endpoint,
-            "--port", str(free_port()), "--cache-dir", str(cache)]
-    out = subprocess.run(argv, env=clean_environ(seaweedfs.s3_env()), capture_output=True, text=True,
-                         timeout=120, check=False)
+    out = run_server(seaweedfs, f"s3://{s3_bucket}", "--cache-dir", str(cache))
     assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    lines = error_lines(out)
     assert len(lines) == 1 and "are named by their sha-256 checksums" in lines[0], out.stderr
 
 
@@ -243,14 +250,10 @@ def unwritable(directory: Path) -> Iterator[None]:
 def test_a_cache_dir_that_cannot_be_written_is_one_line(seaweedfs, s3_bucket, tmp_path):  # noqa: F811
     cache = tmp_path / "cache"
     with unwritable(cache):
-        argv = [str(BIN / "hashserver"), f"s3://{s3_bucket}", "--s3-endpoint", seaweedfs.s3_endpoint,
-                "--port", str(free_port()), "--cache-dir", str(cache)]
-        out = subprocess.run(argv, env=clean_environ(seaweedfs.s3_env()), capture_output=True, text=True,
-                             timeout=120, check=False)
+        out = run_server(seaweedfs, f"s3://{s3_bucket}", "--cache-dir", str(cache))
     assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert lines == [f"hashserver: --cache-dir='{cache}': the local tier must be writable, and this directory "
-                     f"is not"], out.stderr
+    assert error_lines(out) == [f"hashserver: --cache-dir='{cache}': the local tier must be writable, and this "
+                                f"directory is not"], out.stderr
 
 
 def test_bad_url_is_refused_before_starting(seaweedfs):  # noqa: F811
