@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Hashable
 
 from .owner import owner_tag
 
@@ -37,15 +38,20 @@ class FileAges:
     dated in the future ages from when this process first saw that version."""
 
     def __init__(self):
-        self._first_seen: dict[tuple[str, int], float] = {}
+        self._first_seen: dict[Hashable, float] = {}
 
     def age(self, path: str, st: os.stat_result) -> float:
-        age = time.time() - st.st_mtime
+        return self.age_of((path, st.st_mtime_ns), st.st_mtime)
+
+    def age_of(self, version: Hashable, made: float) -> float:
+        """The age of a thing made at wall time ``made``; ``version`` names it, and
+        changes when it is made again."""
+        age = time.time() - made
         if age >= -FUTURE_SLACK:
             return max(age, 0.0)
         if len(self._first_seen) >= SEEN_MAX:
             self._first_seen.clear()
-        first = self._first_seen.setdefault((path, st.st_mtime_ns), time.monotonic())
+        first = self._first_seen.setdefault(version, time.monotonic())
         return time.monotonic() - first
 
 

@@ -53,7 +53,7 @@ from .checksum import Hasher
 from .compression import ENCODINGS, Decoder, Encoding, InvalidPayload, for_content_encoding
 from .config import Config, ConfigError
 from .layout import FLAT_OVER_PREFIX, is_buffer_name
-from .locks import POLL_MAX
+from .locks import POLL_MAX, FileAges
 from .metrics import Metrics
 from .promises import PROMISE_TTL
 from .s3keys import BucketKeys
@@ -89,6 +89,10 @@ HEALTH_EVERY = 1.0  # a check's result stands this long; meanwhile callers share
 HEALTH_WAIT = 5.0  # /healthcheck's longest wait for a check (it goes on: the next answer has it)
 ABORT_WAIT = 10.0  # the longest a failed upload waits for its abort
 BULK_DELETE = 1000  # keys in one DeleteObjects request (S3's maximum)
+# A resolved promise is deleted this long after its buffer's PUT was answered, not at once:
+# a host that found the object absent, then reads the promise, must still find one of the
+# two.  A lookup that took longer than this between the two looks again (_look_again).
+RESOLVED_KEPT = 30.0
 CONNECT_TIMEOUT = "3s"
 READ_TIMEOUT = "10s"  # no byte for this long: the call fails (it bounds every call but a long stream)
 REQUEST_TIMEOUT = "3600s"  # a whole call, a streamed large object included
@@ -156,7 +160,8 @@ class ObjectStore:
                  max_body_size: int, wait_timeout: float, lock_timeout: float, pace: BodyPace | None = None,
                  metrics: Metrics | None = None, store=None, whole_get: int | None = None,
                  small_put: int | None = None, part_size: int | None = None, spool_dir: str | None = None,
-                 setting_names: tuple[str, str] = ("directory", "s3_endpoint"), lean: bool = True):
+                 setting_names: tuple[str, str] = ("directory", "s3_endpoint"), lean: bool = True,
+                 resolved_kept: float = RESOLVED_KEPT):
         self.keys = BucketKeys.parse(url, layout)
         self.url = self.keys.url
         self.endpoint = endpoint
@@ -179,8 +184,10 @@ class ObjectStore:
         self.setting_names = setting_names
         self._health: tuple[float, str | None] = (float("-inf"), None)
         self._health_task: asyncio.Task | None = None
-        self._unresolved: dict[str, list[asyncio.Future]] = {}  # promise keys to delete, and who waits
+        self.resolved_kept = resolved_kept
+        self._resolved: deque[tuple[float, str]] = deque()  # (when, promise key) to delete, in order
         self._resolver: asyncio.Task | None = None
+        self._promise_ages = FileAges()  # a promise dated ahead (another host's clock) lasts PROMISE_TTL from now
         self._ranges = True  # the store answers a GET of a range with the range
         self._heads_until = float("-inf")  # batches use HEADs alone until then (listings did not pay)
 
@@ -334,11 +341,25 @@ class ObjectStore:
         return None
 
     async def _promised(self, checksum_hex: str) -> bool:
-        content = await self._small_object(self.keys.promise(checksum_hex))
+        """Whether a promise of the buffer is in force.  Its object holds its expiry by the
+        promising host's clock; one made in the future by ours (that clock ahead) lasts
+        PROMISE_TTL from when this host first saw it, as a directory's promise file does."""
+        key = self.keys.promise(checksum_hex)
+        content = await self._small_object(key)
         try:
-            return content is not None and float(content) > time.time()
+            made = float(content) - PROMISE_TTL if content is not None else None
         except ValueError:
             return False
+        return made is not None and self._promise_ages.age_of((key, content), made) < PROMISE_TTL
+
+    async def _look_again(self, started: float, hexes: list[str]) -> dict[str, Location]:
+        """Where those of ``hexes`` are that a lookup begun at ``started`` found neither
+        present nor promised, if it took so long that a promise could have been resolved
+        and deleted (RESOLVED_KEPT) between its look for the object and its read of the
+        promise: else nothing, as they were absent."""
+        if not hexes or time.monotonic() - started < self.resolved_kept:
+            return {}
+        return await self._locate(hexes)
 
     async def _map(self, items: list, one) -> list:
         """``one(item)`` for each item, at most HEAD_CONCURRENCY at once in this worker,
@@ -443,18 +464,25 @@ class ObjectStore:
 
     async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
         hexes = _hexes(checksums)
+        started = time.monotonic()
         found = await self._locate(hexes)
         missing = [h for h in hexes if h not in found]
         promises = await self._promised_among(missing) if promised and missing else set()
+        if promised:
+            found |= await self._look_again(started, [h for h in missing if h not in promises])
+            missing = [h for h in missing if h not in found]
         if missing:
             await self._bucket_is_there()
         return [h in found or h in promises for h in hexes]
 
     async def lengths(self, checksums: bytes) -> list[int]:
         hexes = _hexes(checksums)
+        started = time.monotonic()
         found = await self._locate(hexes)
         missing = [h for h in hexes if h not in found]
         promises = await self._promised_among(missing) if missing else set()
+        found |= await self._look_again(started, [h for h in missing if h not in promises])
+        missing = [h for h in missing if h not in found]
         if missing:
             await self._bucket_is_there()
         compressed = [h for h in set(found) if found[h][0] is not None]
@@ -514,11 +542,15 @@ class ObjectStore:
         (a large object's size is all it needs); the rest start the GET at once."""
         look = self._find_key if want is Want.HEADERS else self._fetch
         deadline = time.monotonic() + self.wait_timeout
+        started = time.monotonic()
         found = await look(checksum_hex)
         while found is None and await self._promised(checksum_hex):
             if time.monotonic() >= deadline:
                 raise StillWriting(max(1, round(self.wait_timeout / 3)))
             await asyncio.sleep(POLL_MAX / 5)
+            started = time.monotonic()
+            found = await look(checksum_hex)
+        if found is None and time.monotonic() - started >= self.resolved_kept:  # see _look_again
             found = await look(checksum_hex)
         return found
 
@@ -853,31 +885,25 @@ class ObjectStore:
             self.metrics.promised()
         return PROMISE_TTL
 
-    def _resolve(self, checksum_hex: str) -> asyncio.Future:
-        """A stored buffer's promise is kept no longer: deleted in one bulk request with
-        the promises of the PUTs that ended while the previous request was under way (a
-        DELETE for each PUT would halve the rate of PUTs).  The PUT is answered without
-        waiting for it (that wait was most of a small PUT's time): an object present
-        answers for its buffer whatever promise is left beside it, and a promise left
-        behind (a failure, logged; a stop) only runs out.  Done when the promise is gone."""
-        done = asyncio.get_running_loop().create_future()
-        self._unresolved.setdefault(self.keys.promise(checksum_hex), []).append(done)
+    def _resolve(self, checksum_hex: str) -> None:
+        """A stored buffer's promise is kept no longer: deleted RESOLVED_KEPT seconds
+        later, in one bulk request with the promises of the PUTs that came due meanwhile
+        (a DELETE for each PUT would halve the rate of PUTs).  The PUT is answered without
+        waiting for it: an object present answers for its buffer whatever promise is left
+        beside it, and a promise left behind (a failure, logged; a stop) only runs out."""
+        self._resolved.append((time.monotonic() + self.resolved_kept, self.keys.promise(checksum_hex)))
         if self._resolver is None:
             self._resolver = asyncio.get_running_loop().create_task(self._delete_resolved())
-        return done
 
     async def _delete_resolved(self) -> None:
-        waiting: dict[str, list[asyncio.Future]] = {}
         try:
-            while self._unresolved:
-                waiting, self._unresolved = self._unresolved, {}
-                keys = sorted(waiting)
-                for start in range(0, len(keys), BULK_DELETE):
-                    await self._delete_promises(keys[start:start + BULK_DELETE])
-                _release(waiting)
-        finally:  # cancelled (close): no PUT waits for ever
-            _release(waiting)
-            _release(self._unresolved)
+            while self._resolved:
+                await asyncio.sleep(max(0.0, self._resolved[0][0] - time.monotonic()))
+                keys: set[str] = set()
+                while self._resolved and self._resolved[0][0] <= time.monotonic() and len(keys) < BULK_DELETE:
+                    keys.add(self._resolved.popleft()[1])
+                await self._delete_promises(sorted(keys))
+        finally:
             self._resolver = None
 
     async def _delete_promises(self, keys: list[str]) -> None:
@@ -1018,11 +1044,6 @@ class ObjectStore:
         for task in (self._resolver, self._health_task):
             if task is not None:
                 task.cancel()
-
-
-def _release(waiting: dict[str, list[asyncio.Future]]) -> None:
-    for done in (f for futures in waiting.values() for f in futures if not f.done()):
-        done.set_result(None)
 
 
 def _hexes(checksums: bytes) -> list[str]:

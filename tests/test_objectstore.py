@@ -51,6 +51,7 @@ from hashserver.objectstore import (  # noqa: E402  (needs obstore)
     SMALL_GET,
     ObjectStore,
 )
+from hashserver.promises import PROMISE_TTL  # noqa: E402
 
 MiB = 1 << 20
 BOUND = 60.0  # seconds: a bound against hangs, not a speed requirement
@@ -445,12 +446,125 @@ def test_a_promise_is_kept_in_the_bucket_for_every_host(bucket_store, seaweedfs)
         assert not reading.done()  # it waits for the promised buffer
         await store.put(checksum, body_of(data))
         assert await read_all(await reading) == data
+        # The resolved promise is kept RESOLVED_KEPT (30 s) beside its buffer, then deleted.
+        assert keys(raw) == {key_of(checksum), store.keys.promise(checksum.hex())}
+
+    run(scenario())
+
+
+def test_a_resolved_promise_is_deleted_after_a_while(bucket_store, seaweedfs):  # noqa: F811
+    _, raw, bucket = bucket_store
+    store = make_store(seaweedfs, bucket, resolved_kept=1.0)
+    data = os.urandom(5000)
+    checksum = sha3(data)
+
+    async def scenario():
+        await store.promise(checksum)
+        await store.put(checksum, body_of(data))
         deadline = time.monotonic() + BOUND
-        while keys(raw) != {key_of(checksum)}:  # the promise goes right after the PUT's answer
+        while keys(raw) != {key_of(checksum)}:
             assert time.monotonic() < deadline, keys(raw)
             await asyncio.sleep(0.05)
 
-    run(scenario())
+    try:
+        run(scenario())
+    finally:
+        store.close()
+
+
+def put_during_lookup(reader: ObjectStore, writer: ObjectStore, raw, checksum: bytes, data: bytes) -> None:
+    """Make ``writer`` PUT the buffer (and resolve its promise) in the middle of a lookup
+    by ``reader``: after it found no plain and no zstd object, before it looks further
+    (the .gz object, then the promise).  With ``writer.resolved_kept`` 0 it waits until
+    the promise is gone from the bucket."""
+    real_head, real_get_small = reader._head, reader._get_small
+    done = []
+
+    async def meanwhile(key: str) -> None:
+        if key.endswith(".gz") and not done:
+            done.append(True)
+            await writer.put(checksum, body_of(data))
+            await asyncio.sleep(0.5)  # time for the writer's deletion of the promise, were it at once
+            promise = writer.keys.promise(checksum.hex())
+            while writer.resolved_kept == 0 and promise in keys(raw):
+                await asyncio.sleep(0.05)
+
+    async def head(key):
+        await meanwhile(key)
+        return await real_head(key)
+
+    async def get_small(key):
+        await meanwhile(key)
+        return await real_get_small(key)
+
+    reader._head, reader._get_small = head, get_small
+
+
+async def looked_up(reader: ObjectStore, checksum: bytes, call: str):
+    if call == "open":
+        readable = await reader.open(checksum)
+        return None if readable is None else await read_all(readable)
+    return await getattr(reader, call)(checksum)
+
+
+@pytest.mark.parametrize("call", ["has", "lengths", "open"])
+def test_a_promise_resolved_during_a_lookup_still_answers(bucket_store, seaweedfs, call):  # noqa: F811
+    """A host found no object, then the buffer was PUT through another host, which
+    resolved its promise: the promise is still there for the lookup's next step (it
+    was deleted at once, and the lookup answered absent, or 404 for a waiting GET)."""
+    store, raw, bucket = bucket_store
+    reader = make_store(seaweedfs, bucket)
+    data = os.urandom(5000)
+    checksum = sha3(data)
+
+    async def scenario():
+        await store.promise(checksum)
+        put_during_lookup(reader, store, raw, checksum, data)
+        return await looked_up(reader, checksum, call)
+
+    try:
+        answer = run(scenario())
+    finally:
+        reader.close()
+    assert answer == {"has": [True], "lengths": [1], "open": data}[call]
+
+
+@pytest.mark.parametrize("call", ["has", "lengths", "open"])
+def test_a_lookup_slower_than_a_promise_is_kept_looks_again(bucket_store, seaweedfs, call):  # noqa: F811
+    """A lookup that took longer than a resolved promise is kept (here both 0 s) may find
+    neither the object nor its promise: it looks for the object once more."""
+    _, raw, bucket = bucket_store
+    writer = make_store(seaweedfs, bucket, resolved_kept=0.0)
+    reader = make_store(seaweedfs, bucket, resolved_kept=0.0)
+    data = os.urandom(5000)
+    checksum = sha3(data)
+
+    async def scenario():
+        await writer.promise(checksum)
+        put_during_lookup(reader, writer, raw, checksum, data)
+        return await looked_up(reader, checksum, call)
+
+    try:
+        answer = run(scenario())
+    finally:
+        reader.close()
+        writer.close()
+    assert answer == {"has": [True], "lengths": [len(data)], "open": data}[call]
+
+
+def test_a_promise_dated_ahead_lasts_its_time_from_when_it_is_seen(bucket_store):
+    """A promise made by a host whose clock is an hour ahead is not in force for 70
+    minutes: PROMISE_TTL from when this host first saw it, as a directory's promise."""
+    store, raw, _ = bucket_store
+    ahead, normal = sha3(b"ahead"), sha3(b"normal")
+    obstore.put(raw, store.keys.promise(ahead.hex()), f"{time.time() + 3600 + PROMISE_TTL:.3f}".encode())
+    obstore.put(raw, store.keys.promise(normal.hex()), f"{time.time() + PROMISE_TTL:.3f}".encode())
+    assert run(store.has(ahead + normal)) == [True, True]
+    first_seen = store._promise_ages._first_seen
+    assert len(first_seen) == 1  # the promise dated ahead, not the other
+    for version in first_seen:
+        first_seen[version] -= PROMISE_TTL + 1  # as if first seen PROMISE_TTL ago
+    assert run(store.has(ahead + normal)) == [False, True]
 
 
 def test_a_promise_not_kept_runs_out_of_patience(bucket_store, seaweedfs):  # noqa: F811
