@@ -28,10 +28,11 @@ from typing import Any, Awaitable, Callable
 from . import lifecycle
 from .config import Config, ConfigError
 from .directory import DirectoryStore
+from .files import write_small_file
 from .index import GenerationStore, IndexPublisher, IndexReader
 from .integrity import SAMPLE, SAMPLE_MAX_BYTES, check_hash_algorithm, check_sample
 from .launcher import InactivityWatch, StatusFile, listening_url, when_ready
-from .layout import FLAT_OVER_PREFIX, PREFIX_MARKER, SearchPath
+from .layout import FLAT_OVER_PREFIX, PREFIX_MARKER, SearchPath, temp_path
 from .metrics import Metrics, index_facts, prepare_directory, remove_directory
 from .promises import Promises
 from .storage import Storage, StorageUnavailable
@@ -41,6 +42,7 @@ from .writer import remove_leftovers, write_prefix_marker
 log = logging.getLogger("hashserver")
 
 MAX_WORKER_SLOTS = 1024
+TIER_MARKER = ".HASHSERVER_TIER"  # in a --cache-dir: the store it is the local tier of (claim_tier)
 PRIVATE_TIER_PREFIX = "hashserver-tier-"  # + main pid: the empty tier of --cache-size 0, in the temp dir
 
 
@@ -252,6 +254,7 @@ class LocalTier:
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise ConfigError(f"{config.name('cache_dir')}={directory!r}: the local tier must be writable, "
                                   f"and this directory is not")
+            claim_tier(config, directory)
         tier = cls(tier_config(config, directory), private)
         if not private:
             from .eviction import Recency
@@ -277,6 +280,35 @@ class LocalTier:
     def remove(self) -> None:
         if self.private:
             shutil.rmtree(self.config.directory, ignore_errors=True)
+
+
+def tier_owner(config: Config) -> str:
+    """The store a local tier caches, as its marker names it: the bucket and prefix, and
+    the endpoint's host where one is given (the default: AWS)."""
+    endpoint = config.s3_endpoint
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0] if endpoint else "the default endpoint"
+    return f"{config.directory} at {host}"
+
+
+def claim_tier(config: Config, directory: str) -> None:
+    """Mark ``directory`` as the local tier of this server's store, or refuse it if it is
+    another store's: a tier answers "present" for what it holds, which another bucket (or
+    prefix) may not hold.  A tier without a marker (the first start, or an earlier
+    version's) is claimed as it is."""
+    owner = tier_owner(config)
+    marker = os.path.join(directory, TIER_MARKER)
+    try:
+        with open(marker, encoding="utf-8", errors="replace") as f:
+            claimed = f.read().strip()
+    except FileNotFoundError:
+        write_small_file(marker, temp_path(directory, TIER_MARKER.lstrip(".")), f"{owner}\n".encode())
+        return
+    except OSError as exc:
+        raise ConfigError(f"{config.name('cache_dir')}={directory!r}: cannot read {TIER_MARKER}: "
+                          f"{exc.strerror or exc}") from None
+    if claimed != owner:
+        raise ConfigError(f"{config.name('cache_dir')}={directory!r} is the local tier of {claimed}, not of "
+                          f"{owner}: each bucket and prefix needs a tier of its own (or remove that directory)")
 
 
 @dataclass

@@ -256,6 +256,25 @@ def test_a_cache_dir_that_cannot_be_written_is_one_line(seaweedfs, s3_bucket, tm
                                 f"directory is not"], out.stderr
 
 
+def test_a_cache_dir_is_the_local_tier_of_one_store(seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    """A tier answers "present" for what it holds: reused for another prefix (or bucket,
+    or endpoint) it would answer for buffers that store does not hold."""
+    cache = tmp_path / "cache"
+    first = run_server(seaweedfs, f"s3://{s3_bucket}/a", "--cache-dir", str(cache), "--timeout", "1")
+    assert first.returncode == 0, first.stderr
+    host = f"127.0.0.1:{seaweedfs.ports.s3}"
+    assert (cache / ".HASHSERVER_TIER").read_text() == f"s3://{s3_bucket}/a at {host}\n"
+    other = run_server(seaweedfs, f"s3://{s3_bucket}/b", "--cache-dir", str(cache), "--timeout", "1")
+    assert other.returncode == 2, other.stderr
+    assert error_lines(other) == [
+        f"hashserver: --cache-dir='{cache}' is the local tier of s3://{s3_bucket}/a at {host}, not of "
+        f"s3://{s3_bucket}/b at {host}: each bucket and prefix needs a tier of its own (or remove that directory)"
+    ], other.stderr
+    again = run_server(seaweedfs, f"s3://{s3_bucket}/a", "--cache-dir", str(cache), "--timeout", "1")
+    assert again.returncode == 0, again.stderr
+    assert (cache / ".HASHSERVER_TIER").read_text() == f"s3://{s3_bucket}/a at {host}\n"
+
+
 def test_bad_url_is_refused_before_starting(seaweedfs):  # noqa: F811
     out = start_failing(seaweedfs, "s3://Not_A_Bucket", {})
     assert out.returncode == 2
