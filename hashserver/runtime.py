@@ -20,6 +20,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -42,6 +43,7 @@ from .writer import remove_leftovers, write_prefix_marker
 log = logging.getLogger("hashserver")
 
 MAX_WORKER_SLOTS = 1024
+SWEEPER_STOP_WAIT = 30.0  # seconds a stop waits for a sweep under way (its calls are bounded)
 TIER_MARKER = ".HASHSERVER_TIER"  # in a --cache-dir: the store it is the local tier of (claim_tier)
 PRIVATE_TIER_PREFIX = "hashserver-tier-"  # + main pid: the empty tier of --cache-size 0, in the temp dir
 
@@ -67,6 +69,7 @@ class MainProcess:
     metrics_dir: str  # prometheus_client's multiprocess directory, shared with the workers
     tier: "LocalTier | None" = None
     metrics: Metrics | None = None  # the main process's own counts (expired promises, evictions)
+    sweeper: "UploadSweeper | None" = None  # a writable s3:// store's
 
     @classmethod
     def start(cls, config: Config) -> "MainProcess":
@@ -90,6 +93,8 @@ class MainProcess:
             tier.added = multiprocessing.Value("q", 0)  # (a semaphore: made once no startup error can follow)
             if config.writable:
                 abort_idle_uploads(config, main.metrics)
+                main.sweeper = UploadSweeper(config, main.metrics)
+                main.sweeper.start()
             tier.start_evictor(main.metrics)
         elif config.writable:
             main.publisher.expire_promises(Promises(main.publisher.search_path), main.metrics)
@@ -129,6 +134,8 @@ class MainProcess:
         return {"entries": len(self.publisher.data), "build_seconds": round(self.build_seconds, 4)}
 
     def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
         if self.tier is not None:
             self.tier.stop()
         self.publisher.stop()
@@ -191,11 +198,40 @@ def check_object_store(config: Config) -> None:
     _with_object_store(config, None, check)
 
 
-def abort_idle_uploads(config: Config, metrics: Metrics) -> None:
-    """At the start of a writable server on a bucket, once its metrics are kept: abort
-    the multipart uploads of buffers that writers left idle for more than ``--lock-timeout``."""
-    _with_object_store(config, metrics, lambda store: abort_stale_uploads(store, config.lock_timeout))
+def abort_idle_uploads(config: Config, metrics: Metrics, idle: float | None = None) -> None:
+    """At the start of a writable server on a bucket, once its metrics are kept (and then
+    every ``--lock-timeout``: :class:`UploadSweeper`): abort the multipart uploads of
+    buffers that writers left idle for more than ``idle`` s (``--lock-timeout``)."""
+    idle = config.lock_timeout if idle is None else idle
+    _with_object_store(config, metrics, lambda store: abort_stale_uploads(store, idle))
     metrics.fold()  # in /metrics from the first answer (with --cache-size 0 no evictor folds them)
+
+
+class UploadSweeper(threading.Thread):
+    """The same abort every ``--lock-timeout`` while the server runs: a writer whose
+    abort could not reach the store (it was down, or cut off), or whose upload the
+    store began only after the writer had given up on it (so it never learned its id),
+    leaves an incomplete upload that no writer will abort.  These take uploads idle
+    for twice ``--lock-timeout``: a part sent at the lowest rate accepted
+    (``--min-body-rate``) may take longer than ``--lock-timeout`` (8 MiB at 64 KiB/s:
+    128 s), and a sweep runs at any moment, not once at a start."""
+
+    def __init__(self, config: Config, metrics: Metrics):
+        super().__init__(name="hashserver-upload-sweeper", daemon=True)
+        self.config = config
+        self.metrics = metrics
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(self.config.lock_timeout):
+            try:
+                abort_idle_uploads(self.config, self.metrics, 2 * self.config.lock_timeout)
+            except Exception as exc:  # a store that cannot even be made now: the next round
+                log.warning("stale uploads not aborted: %s", exc)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(SWEEPER_STOP_WAIT)
 
 
 def _with_object_store(config: Config, metrics: Metrics | None, work: Callable[[Any], Awaitable[None]]) -> None:

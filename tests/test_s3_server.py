@@ -21,6 +21,7 @@ from typing import Iterator
 import pytest
 from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
 
+from hashserver import s3uploads
 from hashserver.runtime import PRIVATE_TIER_PREFIX
 from hashserver.testing import clean_environ
 
@@ -273,6 +274,20 @@ def test_a_cache_dir_is_the_local_tier_of_one_store(seaweedfs, s3_bucket, tmp_pa
     again = run_server(seaweedfs, f"s3://{s3_bucket}/a", "--cache-dir", str(cache), "--timeout", "1")
     assert again.returncode == 0, again.stderr
     assert (cache / ".HASHSERVER_TIER").read_text() == f"s3://{s3_bucket}/a at {host}\n"
+
+
+def test_a_running_server_aborts_uploads_left_idle(s3_serve, seaweedfs, s3_bucket):  # noqa: F811
+    """Not only at its start: an upload whose abort could not reach the store (or whose id
+    its writer never learned) is aborted by a later sweep, once idle for --lock-timeout."""
+    server = s3_serve(s3_bucket, "--writable", "--lock-timeout", "2", "--cache-size", "0")
+    signer = s3uploads.Signer.from_settings(s3_bucket, seaweedfs.s3_endpoint, {
+        "access_key_id": seaweedfs.s3_env()["AWS_ACCESS_KEY_ID"],
+        "secret_access_key": seaweedfs.s3_env()["AWS_SECRET_ACCESS_KEY"]})
+    key = f"ab/ab{'0' * 62}"
+    s3uploads.send(signer.request("POST", f"/{s3_bucket}/{key}", {"uploads": ""}))  # after the start's sweep
+    assert [u.key for u in s3uploads.list_uploads(signer, s3_bucket, "")] == [key]
+    wait_for(lambda: not s3uploads.list_uploads(signer, s3_bucket, ""), "the idle upload aborted by a later sweep")
+    assert request(server, "GET", "/healthcheck")[0] == 200
 
 
 def test_bad_url_is_refused_before_starting(seaweedfs):  # noqa: F811
