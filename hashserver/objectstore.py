@@ -88,6 +88,10 @@ POOL_MAX_IDLE = 2 * HEAD_CONCURRENCY  # idle connections obstore keeps, at most 
 HEALTH_EVERY = 1.0  # a check's result stands this long; meanwhile callers share it
 HEALTH_WAIT = 5.0  # /healthcheck's longest wait for a check (it goes on: the next answer has it)
 ABORT_WAIT = 10.0  # the longest a failed upload waits for its abort
+# A create-only PUT refused as a conflict while no object is there (AWS's 409: another
+# conditional write of the key under way, which may yet fail): tried again for this long.
+CONFLICT_BUDGET = 10.0
+CONFLICT_BACKOFF = (0.05, 1.0)  # first wait, longest wait (doubling)
 BULK_DELETE = 1000  # keys in one DeleteObjects request (S3's maximum)
 # A resolved promise is deleted this long after its buffer's PUT was answered, not at once:
 # a host that found the object absent, then reads the promise, must still find one of the
@@ -811,17 +815,41 @@ class ObjectStore:
 
     async def _put_small(self, checksum: bytes, key: str, encoding: Encoding | None, digest: DecodingHash,
                          data: bytes) -> PutOutcome:
+        """One create-only PUT.  A compressed body of a buffer the bucket holds in any form
+        is not written again, as a directory answers (a plain one's PUT is refused by the
+        store itself when the plain object is there: no HEADs for the common case)."""
         length = self._verify_body(checksum, digest)
-        if self.lean is not None and len(data) <= LEAN_PUT:
-            call = self.lean.put_if_absent(key, data, hashlib.sha256(data).hexdigest())
-        else:
-            call = obstore.put_async(self.store, key, data, mode="create")
-        try:
-            await self._call("put", key, call)
-        except CONFLICT:
+        if encoding is not None and await self._find(checksum.hex()) is not None:
+            return PutOutcome.PRESENT
+        if not await self._create(key, data):
             return PutOutcome.PRESENT
         await self._put_sidecar(checksum.hex(), encoding, length)
         return PutOutcome.STORED
+
+    async def _create(self, key: str, data: bytes) -> bool:
+        """Create the object unless it exists: True if this call created it.  A conflict
+        counts as "exists" only once a HEAD finds the object: a store may refuse a
+        create-only PUT while another write of the key is under way (AWS: 409
+        ConditionalRequestConflict), and that write may fail."""
+        deadline = time.monotonic() + CONFLICT_BUDGET
+        wait = CONFLICT_BACKOFF[0]
+        while True:
+            if self.lean is not None and len(data) <= LEAN_PUT:
+                call = self.lean.put_if_absent(key, data, hashlib.sha256(data).hexdigest())
+            else:
+                call = obstore.put_async(self.store, key, data, mode="create")
+            try:
+                await self._call("put", key, call)
+                return True
+            except CONFLICT:
+                if await self._head(key) is not None:
+                    return False
+            if time.monotonic() >= deadline:
+                raise StorageUnavailable(f"Storage unavailable: {self.keys.where(key)}: the store refused its "
+                                         f"create-only PUT as a conflict for {CONFLICT_BUDGET:g} s, and holds no "
+                                         f"such object")
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, CONFLICT_BACKOFF[1])
 
     async def _put_sidecar(self, checksum_hex: str, encoding: Encoding | None, length: int) -> None:
         """A compressed buffer's decoded length, beside its object once that exists (never

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import http.client
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -44,6 +47,7 @@ from hashserver.storage import (
 from hashserver.testing import free_port
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+from hashserver import objectstore  # noqa: E402  (needs obstore)
 from hashserver.objectstore import (  # noqa: E402  (needs obstore)
     HEAD_CONCURRENCY,
     HEALTH_EVERY,
@@ -610,6 +614,115 @@ def test_compressed_buffers(bucket_store, token, suffix, compress, size):
     assert bytes(obstore.get(raw, key_of(checksum, ".BUFFERLENGTH")).bytes()) == str(len(data)).encode()
 
 
+@pytest.mark.parametrize("size", [3000, 3 * MiB], ids=["one PUT", "multipart"])
+def test_a_compressed_put_of_a_buffer_held_in_another_form_writes_nothing(bucket_store, size):
+    """As a directory answers: already present, in whichever form."""
+    store, raw, _ = bucket_store
+    data = os.urandom(size // 2) * 2
+    checksum = sha3(data)
+
+    async def scenario():
+        assert await store.put(checksum, body_of(data)) is PutOutcome.STORED
+        assert await store.put(checksum, body_of(zstd.compress(data)), "zstd") is PutOutcome.PRESENT
+        assert await store.put(checksum, body_of(gzip.compress(data)), "gzip") is PutOutcome.PRESENT
+
+    run(scenario())
+    assert keys(raw) == {key_of(checksum)}
+
+
+class ConflictingProxy:
+    """An HTTP proxy to the object store that answers the first ``conflicts`` create-only
+    PUTs (``If-None-Match: *``) with AWS's 409 ConditionalRequestConflict, as AWS does
+    while another conditional write of the key is under way; the rest it forwards."""
+
+    BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ConditionalRequestConflict</Code>'
+            b"<Message>A conflicting operation occurred.</Message></Error>")
+
+    def __init__(self, upstream: str, conflicts: float):
+        self.conflicts = conflicts
+        self.answered = 0
+        proxy = self
+        host = upstream.split("//", 1)[1]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                if (self.command == "PUT" and self.headers.get("if-none-match") == "*"
+                        and proxy.answered < proxy.conflicts):
+                    proxy.answered += 1
+                    self.send_response(409)
+                    self.send_header("content-type", "application/xml")
+                    self.send_header("content-length", str(len(proxy.BODY)))
+                    self.end_headers()
+                    self.wfile.write(proxy.BODY)
+                    return
+                upstream_conn = http.client.HTTPConnection(host, timeout=BOUND)
+                try:
+                    upstream_conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for name, value in self.headers.items():
+                        upstream_conn.putheader(name, value)
+                    upstream_conn.endheaders(body)
+                    reply = upstream_conn.getresponse()
+                    data = reply.read()
+                finally:
+                    upstream_conn.close()
+                self.send_response(reply.status)
+                for name, value in reply.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.endpoint = f"http://{HOST}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "ConflictingProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(BOUND)
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean client", "obstore"])
+def test_a_conflict_is_present_only_if_the_object_is_there(s3_env, s3_bucket, monkeypatch, lean):  # noqa: F811
+    """A create-only PUT refused as a conflict with no object there (another write of it
+    under way, which may fail) is tried again, then unavailable: never "already present"
+    for what the bucket does not hold."""
+    monkeypatch.setattr(objectstore, "CONFLICT_BUDGET", 1.0)
+    raw = s3_env.s3_store(s3_bucket)
+    data = os.urandom(2000)
+    checksum = sha3(data)
+    with ConflictingProxy(s3_env.s3_endpoint, conflicts=float("inf")) as proxy:
+        store = make_store(s3_env, s3_bucket, endpoint=proxy.endpoint, lean=lean)
+        try:
+            with pytest.raises(StorageUnavailable, match="conflict|409"):
+                run(store.put(checksum, body_of(data)))
+        finally:
+            store.close()
+    assert key_of(checksum) not in keys(raw)
+    with ConflictingProxy(s3_env.s3_endpoint, conflicts=2) as proxy:  # the other write failed: this one goes in
+        store = make_store(s3_env, s3_bucket, endpoint=proxy.endpoint, lean=lean)
+        try:
+            assert run(store.put(checksum, body_of(data))) is PutOutcome.STORED
+        finally:
+            store.close()
+    assert bytes(obstore.get(raw, key_of(checksum)).bytes()) == data
+
+
 @pytest.mark.parametrize("writable", [True, False])
 def test_a_missing_sidecar_is_counted_once_then_written(s3_env, s3_bucket, writable):  # noqa: F811
     """A compressed object without its length sidecar (another program's, or a PUT whose
@@ -894,8 +1007,6 @@ def test_through_http_a_corrupt_object_is_never_a_complete_200(serve, s3_env, s3
     """A real server on the bucket: a small object is verified before the answer (400,
     naming the object); one above 64 MiB is streamed, and the connection ends before its
     last byte."""
-    import http.client
-
     raw = s3_env.s3_store(s3_bucket)
     small, large = os.urandom(1000), os.urandom(65 * MiB)
     for data in (small, large):
