@@ -38,6 +38,8 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 1_000_000
 DEFAULT_MEMORY_CACHE = 256 * 1024**2  # per worker: about 180,000 buffers of 1 KiB with their bookkeeping
 DEFAULT_CACHE_SIZE = 10 * 1024**3
+S3_PART_SIZE = 8 << 20  # a multipart upload's part (S3's least is 5 MiB): bounds a PUT's memory
+S3_MAX_PARTS = 10_000  # S3's most parts in one multipart upload
 S3_SCHEME = "s3://"
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 ENDPOINT_ALIAS = "AWS_ENDPOINT_URL"
@@ -485,6 +487,10 @@ class Config:
             self._fail("s3_endpoint", self.s3_endpoint, "not an http:// or https:// URL")
         if self.cache_size < 0:
             self._fail("cache_size", self.cache_size, "must be 0 (no local tier) or more bytes")
+        if self.writable and self.max_body_size > S3_PART_SIZE * S3_MAX_PARTS:
+            self._fail("max_body_size", self.max_body_size,
+                       f"at most {S3_PART_SIZE * S3_MAX_PARTS >> 20}M on an s3:// store: an upload takes at most "
+                       f"{S3_MAX_PARTS:,} parts of {S3_PART_SIZE >> 20} MiB")
 
     def _check_extra_dirs(self) -> None:
         for extra in self.extra_dirs:

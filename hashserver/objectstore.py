@@ -51,7 +51,7 @@ from . import s3lean, s3uploads, writer
 from .bufferfile import DecodingHash
 from .checksum import Hasher
 from .compression import ENCODINGS, Decoder, Encoding, InvalidPayload, for_content_encoding
-from .config import Config, ConfigError
+from .config import S3_PART_SIZE, Config, ConfigError
 from .layout import FLAT_OVER_PREFIX, is_buffer_name
 from .locks import POLL_MAX, FileAges
 from .metrics import Metrics
@@ -73,7 +73,7 @@ from .writer import BodyPace, SerialStage, hash_parts
 log = logging.getLogger("hashserver.objectstore")
 
 SMALL_PUT = 8 << 20  # bodies up to this size: buffered, then one conditional PUT
-PART_SIZE = 8 << 20  # multipart part size (S3's minimum is 5 MiB)
+PART_SIZE = S3_PART_SIZE
 UPLOAD_CONCURRENCY = 4  # parts in flight per upload: memory is about this times PART_SIZE
 QUEUE_DEPTH = 4  # body batches (about 1 MiB each) waiting for the uploader
 WHOLE_GET = 64 << 20  # objects up to this size are fetched whole and verified before open() returns

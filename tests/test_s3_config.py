@@ -56,6 +56,17 @@ def test_vault_layout_is_a_directory_only():
     assert config_from_args(["s3://bucket", "--layout", "flat"]).layout == "flat"
 
 
+def test_a_writable_s3_store_takes_bodies_s3_can_upload():
+    """S3 takes at most 10,000 parts in an upload: a larger body would fail after 78 GiB."""
+    assert config_from_args(["s3://bucket", "--writable", "--max-body-size", "80000M"]).max_body_size == 80000 << 20
+    with pytest.raises(ConfigError) as info:
+        config_from_args(["s3://bucket", "--writable", "--max-body-size", "100G"])
+    assert str(info.value) == ("--max-body-size=107374182400: at most 80000M on an s3:// store: an upload takes "
+                               "at most 10,000 parts of 8 MiB")
+    assert config_from_args(["s3://bucket", "--max-body-size", "100G"]).max_body_size == 100 << 30  # (read-only)
+    assert config_from_args(["/tmp", "--writable", "--max-body-size", "100G"]).max_body_size == 100 << 30
+
+
 # ------------------------------------------------------------------ cache size
 @pytest.mark.parametrize("raw, expected", [
     ("0", 0), ("4096", 4096), ("1K", 1024), ("1k", 1024), ("512M", 512 * 1024**2), ("10G", 10 * 1024**3),
