@@ -504,11 +504,28 @@ def put_during_lookup(reader: ObjectStore, writer: ObjectStore, raw, checksum: b
     reader._head, reader._get_small = head, get_small
 
 
-async def looked_up(reader: ObjectStore, checksum: bytes, call: str):
-    if call == "open":
-        readable = await reader.open(checksum)
-        return None if readable is None else await read_all(readable)
-    return await getattr(reader, call)(checksum)
+def answer_when_put_during_lookup(seaweedfs: SeaweedFS, bucket: str, raw, call: str,  # noqa: F811
+                                  **kept: float) -> tuple[object, bytes]:
+    """The answer of a reader's ``call`` (has, lengths, or open and read) for a promised
+    buffer that another host PUT in the middle of the lookup (:func:`put_during_lookup`);
+    ``kept``: both stores' ``resolved_kept``, if given.  Also the buffer."""
+    writer, reader = make_store(seaweedfs, bucket, **kept), make_store(seaweedfs, bucket, **kept)
+    data = os.urandom(5000)
+    checksum = sha3(data)
+
+    async def scenario():
+        await writer.promise(checksum)
+        put_during_lookup(reader, writer, raw, checksum, data)
+        if call == "open":
+            readable = await reader.open(checksum)
+            return None if readable is None else await read_all(readable)
+        return await getattr(reader, call)(checksum)
+
+    try:
+        return run(scenario()), data
+    finally:
+        reader.close()
+        writer.close()
 
 
 @pytest.mark.parametrize("call", ["has", "lengths", "open"])
@@ -516,20 +533,8 @@ def test_a_promise_resolved_during_a_lookup_still_answers(bucket_store, seaweedf
     """A host found no object, then the buffer was PUT through another host, which
     resolved its promise: the promise is still there for the lookup's next step (it
     was deleted at once, and the lookup answered absent, or 404 for a waiting GET)."""
-    store, raw, bucket = bucket_store
-    reader = make_store(seaweedfs, bucket)
-    data = os.urandom(5000)
-    checksum = sha3(data)
-
-    async def scenario():
-        await store.promise(checksum)
-        put_during_lookup(reader, store, raw, checksum, data)
-        return await looked_up(reader, checksum, call)
-
-    try:
-        answer = run(scenario())
-    finally:
-        reader.close()
+    _, raw, bucket = bucket_store
+    answer, data = answer_when_put_during_lookup(seaweedfs, bucket, raw, call)
     assert answer == {"has": [True], "lengths": [1], "open": data}[call]
 
 
@@ -538,21 +543,7 @@ def test_a_lookup_slower_than_a_promise_is_kept_looks_again(bucket_store, seawee
     """A lookup that took longer than a resolved promise is kept (here both 0 s) may find
     neither the object nor its promise: it looks for the object once more."""
     _, raw, bucket = bucket_store
-    writer = make_store(seaweedfs, bucket, resolved_kept=0.0)
-    reader = make_store(seaweedfs, bucket, resolved_kept=0.0)
-    data = os.urandom(5000)
-    checksum = sha3(data)
-
-    async def scenario():
-        await writer.promise(checksum)
-        put_during_lookup(reader, writer, raw, checksum, data)
-        return await looked_up(reader, checksum, call)
-
-    try:
-        answer = run(scenario())
-    finally:
-        reader.close()
-        writer.close()
+    answer, data = answer_when_put_during_lookup(seaweedfs, bucket, raw, call, resolved_kept=0.0)
     assert answer == {"has": [True], "lengths": [len(data)], "open": data}[call]
 
 
