@@ -821,16 +821,18 @@ class ObjectStore:
         length = self._verify_body(checksum, digest)
         if encoding is not None and await self._find(checksum.hex()) is not None:
             return PutOutcome.PRESENT
-        if not await self._create(key, data):
+        if not await self._create(key, data, plain=encoding is None):
             return PutOutcome.PRESENT
         await self._put_sidecar(checksum.hex(), encoding, length)
         return PutOutcome.STORED
 
-    async def _create(self, key: str, data: bytes) -> bool:
+    async def _create(self, key: str, data: bytes, plain: bool) -> bool:
         """Create the object unless it exists: True if this call created it.  A conflict
         counts as "exists" only once a HEAD finds the object: a store may refuse a
         create-only PUT while another write of the key is under way (AWS: 409
-        ConditionalRequestConflict), and that write may fail."""
+        ConditionalRequestConflict), and that write may fail.  A ``plain`` buffer's
+        object of another length than its verified body (another program's truncated
+        copy) is replaced: else every host would answer 400 for it, for ever."""
         deadline = time.monotonic() + CONFLICT_BUDGET
         wait = CONFLICT_BACKOFF[0]
         while True:
@@ -842,7 +844,13 @@ class ObjectStore:
                 await self._call("put", key, call)
                 return True
             except CONFLICT:
-                if await self._head(key) is not None:
+                size = await self._head(key)
+                if size is not None and plain and size != len(data):
+                    log.warning("%s held %d bytes, not the %d of its buffer: replaced by a verified PUT",
+                                self.keys.where(key), size, len(data))
+                    await self._call("put", key, obstore.put_async(self.store, key, data))
+                    return True
+                if size is not None:
                     return False
             if time.monotonic() >= deadline:
                 raise StorageUnavailable(f"Storage unavailable: {self.keys.where(key)}: the store refused its "

@@ -621,6 +621,24 @@ def test_a_compressed_put_of_a_buffer_held_in_another_form_writes_nothing(bucket
     assert keys(raw) == {key_of(checksum)}
 
 
+def test_a_put_replaces_a_plain_object_of_another_length(bucket_store):
+    """Another program's truncated copy under the buffer's name: every GET would be a 400
+    for ever; the verified PUT of the buffer replaces it."""
+    store, raw, _ = bucket_store
+    data = os.urandom(3000)
+    checksum = sha3(data)
+    obstore.put(raw, key_of(checksum), data[:1000])
+    with pytest.raises(CorruptBuffer):
+        run(store.open(checksum))
+    assert run(store.put(checksum, body_of(data))) is PutOutcome.STORED
+    assert bytes(obstore.get(raw, key_of(checksum)).bytes()) == data
+    assert run(read_all_of(store, checksum)) == data
+
+
+async def read_all_of(store: ObjectStore, checksum: bytes) -> bytes:
+    return await read_all(await store.open(checksum))
+
+
 class ConflictingProxy:
     """An HTTP proxy to the object store that answers the first ``conflicts`` create-only
     PUTs (``If-None-Match: *``) with AWS's 409 ConditionalRequestConflict, as AWS does
