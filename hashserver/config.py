@@ -295,7 +295,9 @@ class Config:
         CHOICE, "check that a buffer hashes to its name before serving it: once per file "
         "version, always, or never", default="once", choices=VERIFY_MODES)
     max_body_size: int = setting(
-        SIZE, "largest PUT body accepted; a larger one gets 413",
+        SIZE, f"largest PUT body accepted; a larger one gets 413. On a writable s3:// store at most "
+              f"{S3_PART_SIZE * S3_MAX_PARTS >> 20}M (S3 takes {S3_MAX_PARTS:,} parts of {S3_PART_SIZE >> 20} MiB "
+              f"in an upload)",
         default=DEFAULT_MAX_BODY_SIZE, metavar="BYTES", shown_default="64G")
     hash_algorithm: str = setting(
         CHOICE, "the checksum algorithm of buffer names (today's Seamless uses sha-256)",

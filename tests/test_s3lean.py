@@ -318,11 +318,17 @@ def test_through_the_object_store_a_failing_store_is_503_and_a_missing_bucket_na
     assert "the bucket of s3://bucket/buffers does not exist" in no_bucket
 
 
-def test_through_the_object_store_a_put_that_exists_is_present():
+def test_through_the_object_store_a_put_that_exists_is_present(monkeypatch):
+    """A 412 to the create-only PUT, then a HEAD (by obstore) that finds the object."""
+    for name, value in (("AWS_ACCESS_KEY_ID", "key"), ("AWS_SECRET_ACCESS_KEY", "secret"),
+                        ("AWS_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
     data = b"some buffer"
+    found = (f"HTTP/1.1 200 OK\r\ncontent-length: {len(data)}\r\netag: \"x\"\r\n"
+             f"last-modified: Thu, 26 Nov 2026 12:00:00 GMT\r\n\r\n").encode()
 
     async def scenario():
-        async with Scripted([answer(412)]) as server:
+        async with Scripted([answer(412), found]) as server:
             store = object_store_on(server.port)
             try:
                 return await store.put(hashlib.sha3_256(data).digest(), body([data]))
