@@ -938,7 +938,8 @@ class ObjectStore:
                 keys: set[str] = set()
                 while self._resolved and self._resolved[0][0] <= time.monotonic() and len(keys) < BULK_DELETE:
                     keys.add(self._resolved.popleft()[1])
-                await self._delete_promises(sorted(keys))
+                if keys:  # (none when the loop's timer fired a hair before the clock reached the first)
+                    await self._delete_promises(sorted(keys))
         finally:
             self._resolver = None
 

@@ -106,7 +106,11 @@ class _Connection(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         self.calls += 1
         self._reset(limit)
-        self.transport.write(request)
+        try:
+            self.transport.write(request)
+        except RuntimeError as exc:  # uvloop: closed under us, its connection_lost not yet run
+            self.reusable, self.waiter = False, None
+            raise _Lost(f"the connection ended: {exc}", stale=self.calls > 1) from None
         return self.waiter
 
     def close(self) -> None:

@@ -458,6 +458,35 @@ def test_a_successful_answer_cut_short_by_the_connection_is_not_taken():
     assert run(scenario()) == [s3lean.RETRIES + 1] * 2
 
 
+class ClosedUnderUs:
+    """A kept connection's transport as uvloop leaves it when the store closed it a moment
+    ago: not yet seen closing (its connection_lost not yet run), and every write refused."""
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    def abort(self) -> None:
+        pass
+
+
+def test_a_kept_connection_closed_under_the_call_sends_it_to_a_new_one():
+    """Seen under an outage: a write to such a transport raised RuntimeError, a 500."""
+    async def scenario():
+        async with Scripted([answer(206, b"a"), answer(206, b"b")]) as server:
+            client = server.client()
+            await client.get_range(KEY, 0, 10)
+            [kept] = client._idle
+            kept.transport = ClosedUnderUs()
+            result = await client.get_range(KEY, 0, 10)
+            client.close()
+            return result, server.connections
+
+    assert run(scenario()) == ((206, b"b"), 2)
+
+
 def test_a_kept_connection_found_dead_sends_the_call_to_a_new_one():
     """The store closed its kept-alive connections (a restart): the first found dead drops
     the others idle beside it, and the call goes at once to a new connection."""
