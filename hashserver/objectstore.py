@@ -468,27 +468,25 @@ class ObjectStore:
 
     async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
         hexes = _hexes(checksums)
+        found, promises = await self._look_up(hexes, promised)
+        return [h in found or h in promises for h in hexes]
+
+    async def _look_up(self, hexes: list[str], promised: bool = True) -> tuple[dict[str, Location], set[str]]:
+        """Where the buffers of a batch are, and which of the others are promised (with
+        ``promised``); "absent" for the rest is said only once the bucket answers."""
         started = time.monotonic()
         found = await self._locate(hexes)
         missing = [h for h in hexes if h not in found]
         promises = await self._promised_among(missing) if promised and missing else set()
         if promised:
             found |= await self._look_again(started, [h for h in missing if h not in promises])
-            missing = [h for h in missing if h not in found]
-        if missing:
+        if any(h not in found for h in hexes):
             await self._bucket_is_there()
-        return [h in found or h in promises for h in hexes]
+        return found, promises
 
     async def lengths(self, checksums: bytes) -> list[int]:
         hexes = _hexes(checksums)
-        started = time.monotonic()
-        found = await self._locate(hexes)
-        missing = [h for h in hexes if h not in found]
-        promises = await self._promised_among(missing) if missing else set()
-        found |= await self._look_again(started, [h for h in missing if h not in promises])
-        missing = [h for h in missing if h not in found]
-        if missing:
-            await self._bucket_is_there()
+        found, promises = await self._look_up(hexes)
         compressed = [h for h in set(found) if found[h][0] is not None]
         decoded = dict(zip(compressed, await self._map(
             compressed, lambda h: self._decoded_length(h, found[h][0])), strict=True))
