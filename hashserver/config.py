@@ -193,12 +193,17 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+def endpoint_host(endpoint: str) -> str:
+    """``host[:port]`` of an endpoint URL: what names its store (the scheme and path do not)."""
+    return endpoint.split("://", 1)[-1].split("/", 1)[0]
+
+
 def default_cache_dir(url: str, endpoint: str | None, environ: Mapping[str, str]) -> str:
     """``$XDG_CACHE_HOME/hashserver/<name>`` (``~/.cache`` if unset), one per
     store: the name is the endpoint's host (when given), the bucket and the
     prefix, slashes escaped, so that no store's tier lies inside another's."""
     bucket, prefix = parse_s3_url(url)
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0] if endpoint else ""
+    host = endpoint_host(endpoint) if endpoint else ""
     name = "/".join(part for part in (host, bucket, prefix) if part).replace("%", "%25").replace("/", "%2F")
     base = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
     return os.path.join(base, "hashserver", name)

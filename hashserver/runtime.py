@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 from . import lifecycle
-from .config import Config, ConfigError
+from .config import Config, ConfigError, endpoint_host
 from .directory import DirectoryStore
 from .files import write_small_file
 from .index import GenerationStore, IndexPublisher, IndexReader
@@ -322,7 +322,7 @@ def tier_owner(config: Config) -> str:
     """The store a local tier caches, as its marker names it: the bucket and prefix, and
     the endpoint's host where one is given (the default: AWS)."""
     endpoint = config.s3_endpoint
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0] if endpoint else "the default endpoint"
+    host = endpoint_host(endpoint) if endpoint else "the default endpoint"
     return f"{config.directory} at {host}"
 
 
