@@ -5,9 +5,11 @@ the event loop: for a GET of 1 KiB from SeaweedFS that hand-over cost the caller
 about 0.2 ms of CPU, five times what this client costs (0.04 ms; both measured at
 concurrency 32 and 128 in one process against one SeaweedFS, 3,000 GETs each).
 A small miss or a small PUT is one such call, so this client makes them: a GET of
-a range (an object's first MiB, which is all of a small one) and a conditional PUT
-(``If-None-Match: *``) of a body already in memory.  Everything else (HEADs,
-listings, multipart uploads, streamed reads) stays with obstore.
+a range (an object's first 64 MiB, all of any object read whole; cut off at the
+answer's headers when they say the object is longer) and a conditional PUT
+(``If-None-Match: *``) of a body already in memory.  A long body goes into the
+caller's buffer as it arrives (a :class:`Receiver`), which hashes it meanwhile.
+Everything else (HEADs, listings, multipart uploads, streamed reads) stays with obstore.
 
 It speaks HTTP/1.1 over plain TCP with keep-alive connections (httptools, already
 Sanic's parser, reads the answers) and signs with AWS Signature Version 4 from
@@ -16,7 +18,9 @@ endpoint (an object store inside the cluster: SeaweedFS, MinIO, Ceph RGW), stati
 credentials, no proxy and no ``AWS_*`` setting that only obstore follows
 (:data:`LEAN_AWS_VARIABLES` are those it follows); otherwise every call goes through obstore.
 
-Failures are as obstore's: a bounded connect and answer time, idempotent calls (both
+Failures are as obstore's: a bounded connect time, an answer given up when no byte of
+it came for ANSWER_TIMEOUT or the whole took longer than that plus its length at
+SLOWEST_RATE (43 s for 64 MiB, under Sanic's response timeout), idempotent calls (both
 of these are: a repeated conditional PUT answers "exists") retried with backoff on a
 lost connection or a 5xx (at once on a kept-alive connection the store had closed),
 a GET's 404 as :class:`FileNotFoundError`, "exists" as :class:`FileExistsError`,
@@ -31,15 +35,17 @@ import os
 import socket
 import time
 import urllib.parse
+from typing import Protocol
 
 import httptools
 
 from .s3uploads import EMPTY_SHA256, Signer, quote_path
 
 CONNECT_TIMEOUT = 3.0
-ANSWER_TIMEOUT = 10.0  # one attempt: from sending the request to the answer's last byte
+ANSWER_TIMEOUT = 10.0  # one attempt: no byte for this long, or no whole answer of up to SLOWEST_RATE bytes
+SLOWEST_RATE = 2_000_000  # bytes/s: a long answer has ANSWER_TIMEOUT plus its length at this rate
 RETRIES = 3
-RETRY_BUDGET = 10.0  # no new attempt once this long has passed since the first
+RETRY_BUDGET = 10.0  # no new attempt that would start later than this after the first
 BACKOFF = (0.05, 2.0)  # first wait, longest wait (doubling)
 IDLE_CONNECTIONS = 256  # kept open for the next calls; more are closed after their answer
 RETRIED_STATUS = frozenset({409, 429, 500, 502, 503, 504})  # 409: a concurrent conditional write (AWS)
@@ -76,6 +82,18 @@ class _Unreadable(Exception):
     """The store's answer was not HTTP/1.1 as asked for."""
 
 
+class Receiver(Protocol):
+    """Where a GET's body goes as it arrives, instead of into the answer's pieces (then
+    joined): the caller may work on what came while the rest comes (hash it)."""
+
+    def begin(self, length: int) -> memoryview | None:
+        """A buffer of ``length`` bytes for a successful answer's body, or None (not worth
+        it: the body is collected as usual).  Called again if the call is tried again."""
+
+    def arrived(self, end: int) -> None:
+        """The body's bytes up to ``end`` are in the buffer."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one call at a time.  Every way a call ends without its
     whole answer aborts the connection: an answer still on its way must reach no other call."""
@@ -86,11 +104,15 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.generation = 0  # the client's, when this connection was made
         self.calls = 0
+        self.arrivals = 0  # reads of the connection so far: a call's answer is still coming while they grow
         self.reusable = True
         self._reset(0)
 
-    def _reset(self, limit: int) -> None:
+    def _reset(self, limit: int, receiver: Receiver | None = None, cut_longer: bool = False) -> None:
         self.limit = limit
+        self.receiver = receiver
+        self.into: memoryview | None = None  # the receiver's buffer, once it took the body
+        self.cut_longer = cut_longer
         self.status = 0
         self.length: int | None = None
         self.chunked = False
@@ -100,12 +122,14 @@ class _Connection(asyncio.Protocol):
         self.content_range: bytes | None = None
 
     # --------------------------------------------------------- the call
-    def ask(self, request: bytes, limit: int) -> asyncio.Future:
-        """Send ``request``; a future of (status, body), body None if longer than ``limit``
-        (an error answer's body: longer than ERROR_BODY)."""
+    def ask(self, request: bytes, limit: int, receiver: Receiver | None = None,
+            cut_longer: bool = False) -> asyncio.Future:
+        """Send ``request``; a future of (status, body, Content-Range), body None if longer
+        than ``limit`` (an error answer's body: longer than ERROR_BODY), or if ``cut_longer``
+        and the answer is a range of an object longer than ``limit``."""
         self.waiter = asyncio.get_running_loop().create_future()
         self.calls += 1
-        self._reset(limit)
+        self._reset(limit, receiver, cut_longer)
         try:
             self.transport.write(request)
         except RuntimeError as exc:  # uvloop: closed under us, its connection_lost not yet run
@@ -138,6 +162,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.arrivals += 1
         if self.waiter is None:  # an answer nobody asked for: the connection is out of step
             self.close()
             return
@@ -178,15 +203,22 @@ class _Connection(asyncio.Protocol):
             self.length, self.chunked = None, False
             return
         self.reusable = self.parser.should_keep_alive()
-        if self.length is not None and self.length > self._limit():
+        if self.length is not None and self.length > self._limit() or self._of_a_longer_object():
             self._too_long()
+        elif self.receiver is not None and 200 <= self.status < 300 and self.length is not None:
+            self.into = self.receiver.begin(self.length)
 
     def on_body(self, body: bytes) -> None:
         if self.waiter is None:
             return
+        start = self.received
         self.received += len(body)
         if self.received > self._limit():  # chunked, or till the end: cut off at the limit too
             self._too_long()
+            return
+        if self.into is not None:  # no further than its length: httptools ends the body there
+            self.into[start:self.received] = body
+            self.receiver.arrived(self.received)
             return
         self.body.append(body)
 
@@ -204,13 +236,20 @@ class _Connection(asyncio.Protocol):
     def _limit(self) -> int:
         return self.limit if self.status < 300 else ERROR_BODY
 
+    def _of_a_longer_object(self) -> bool:
+        if not self.cut_longer or self.status != 206 or self.content_range is None:
+            return False
+        size = self.content_range.rpartition(b"/")[2]
+        return size.isdigit() and int(size) > self.limit
+
     def _too_long(self) -> None:
         """Too long to read for this call: not read, and the connection dropped."""
         self.close()
         self._answer((self.status, None, self.content_range))
 
-    def _result(self) -> tuple[int, bytes, bytes | None]:
-        return self.status, b"".join(self.body), self.content_range
+    def _result(self) -> tuple[int, bytes | bytearray, bytes | None]:
+        body = self.into.obj if self.into is not None else b"".join(self.body)
+        return self.status, body, self.content_range
 
 class LeanClient:
     """GETs of a range and conditional PUTs on one bucket, over keep-alive connections."""
@@ -232,16 +271,21 @@ class LeanClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0  # a close() ends every connection made before it, idle or busy
 
-    async def get_range(self, key: str, start: int, end: int) -> tuple[int, bytes | None]:
+    async def get_range(self, key: str, start: int, end: int, receiver: Receiver | None = None,
+                        cut_longer: bool = False) -> tuple[int, bytes | bytearray | None]:
         """(status, body) of a GET of bytes ``start`` to ``end`` (exclusive): 206 with the
-        range (shorter at the object's end); 200 if the store sent the whole object instead
-        (its body None if longer than the range); 416 (body b"") if the object ends before
-        ``start``.  FileNotFoundError if there is no such object."""
+        range (shorter at the object's end; its body None if ``cut_longer`` and the object
+        goes on past ``end``, cut off at the answer's headers); 200 if the store sent the
+        whole object instead (its body None if longer than the range); 416 (body b"") if
+        the object ends before ``start``.  FileNotFoundError if there is no such object.
+        A ``receiver`` may take the body as it arrives (then it is the receiver's buffer)."""
         status, body, content_range = await self._call("GET", key, {"range": f"bytes={start}-{end - 1}"}, b"",
-                                                       end - start)
+                                                       end - start, receiver=receiver, cut_longer=cut_longer)
         if status == 416:
             return 416, b""
         if status == 206:
+            if body is None and cut_longer:
+                return status, None
             if body is None or not _is_range(content_range, start, len(body)):
                 size = f"{len(body)} bytes" if body is not None else "longer than that"
                 raise S3Error(f"GET of {self.where}/{key}: the answer to bytes={start}-{end - 1} was {size} "
@@ -274,25 +318,25 @@ class LeanClient:
 
     # ------------------------------------------------------------- inside
     async def _call(self, method: str, key: str, headers: dict[str, str], body: bytes, limit: int,
-                    payload_sha256: str = EMPTY_SHA256) -> tuple[int, bytes | None, bytes | None]:
+                    payload_sha256: str = EMPTY_SHA256, **answer) -> tuple[int, bytes | None, bytes | None]:
         path = self.base + quote_path(key)
         started = time.monotonic()
         wait = BACKOFF[0]
         for attempt in range(RETRIES + 1):
-            last = attempt == RETRIES or time.monotonic() - started > self.retry_budget
             try:
-                answer = await self._attempt(method, path, headers, body, limit, payload_sha256)
+                result = await self._attempt(method, path, headers, body, limit, payload_sha256, **answer)
             except _Unreadable as exc:
                 raise S3Error(f"{method} of {self.where}/{key}: an unreadable answer: {exc}") from None
             except _Lost as exc:
-                if last:
-                    raise S3Error(f"{method} of {self.where}/{key}: {exc}") from None
                 if exc.stale and attempt == 0:
                     self._drop_idle()  # the store closed it while idle, and likely its fellows:
                     continue  # at once, on a new connection
+                if attempt == RETRIES or time.monotonic() + wait - started > self.retry_budget:
+                    raise S3Error(f"{method} of {self.where}/{key}: {exc}") from None
             else:
-                if answer[0] not in RETRIED_STATUS or last:
-                    return self._judged(method, key, answer)
+                if (result[0] not in RETRIED_STATUS or attempt == RETRIES
+                        or time.monotonic() + wait - started > self.retry_budget):
+                    return self._judged(method, key, result)
             await asyncio.sleep(wait)
             wait = min(wait * 2, BACKOFF[1])
         raise AssertionError("unreachable")
@@ -310,20 +354,20 @@ class LeanClient:
         raise S3Error(f"{method} of {self.where}/{key}: HTTP {status}{f' {detail}' if detail else ''}", status)
 
     async def _attempt(self, method: str, path: str, headers: dict[str, str], body: bytes, limit: int,
-                       payload_sha256: str) -> tuple[int, bytes | None, bytes | None]:
+                       payload_sha256: str, **answer_options) -> tuple[int, bytes | None, bytes | None]:
         connection = await self._connection()
         signed = self.signer.signed(method, path, "", {"host": self.host_header, **headers}, payload_sha256)
         head = "".join(f"{name}: {value}\r\n" for name, value in signed.items())
-        answer = connection.ask(f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode() + body, limit)
-        timer = asyncio.get_running_loop().call_later(
-            self.answer_timeout, connection.give_up, f"no whole answer in {self.answer_timeout:g} s")
+        answer = connection.ask(f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode() + body, limit,
+                                **answer_options)
+        watch = _Watch(connection, self.answer_timeout, self.answer_timeout + limit / SLOWEST_RATE)
         try:
             result = await answer
         except BaseException:  # lost, timed out, or the caller cancelled: its answer may still come
             connection.close()
             raise
         finally:
-            timer.cancel()
+            watch.cancel()
         if (connection.reusable and connection.generation == self._generation
                 and len(self._idle) < IDLE_CONNECTIONS):
             self._idle.append(connection)
@@ -348,6 +392,33 @@ class LeanClient:
             raise _Lost(f"cannot connect to {self.host_header}: {exc or 'timed out'}") from None
         connection.generation = generation
         return connection
+
+
+class _Watch:
+    """Gives a call up when its answer stalls (no byte for ``idle`` seconds) or takes longer
+    than ``whole`` seconds in all: a long answer that keeps coming is not cut off at the
+    first bound, a stalled one not kept for the second."""
+
+    def __init__(self, connection: _Connection, idle: float, whole: float):
+        self.connection = connection
+        self.idle = idle
+        self.loop = asyncio.get_running_loop()
+        self.deadline = self.loop.time() + whole
+        self.whole = whole
+        self.timer = self.loop.call_later(min(idle, whole), self._check, connection.arrivals)
+
+    def _check(self, seen: int) -> None:
+        now = self.loop.time()
+        if self.connection.arrivals == seen:
+            self.connection.give_up(f"no byte of the answer in {self.idle:g} s")
+        elif now >= self.deadline - 0.001:
+            self.connection.give_up(f"no whole answer in {self.whole:.3g} s")
+        else:
+            self.timer = self.loop.call_later(min(self.idle, self.deadline - now), self._check,
+                                              self.connection.arrivals)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 def _is_range(content_range: bytes | None, start: int, length: int) -> bool:

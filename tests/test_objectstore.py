@@ -49,6 +49,8 @@ from hashserver.testing import free_port
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
 from hashserver import objectstore  # noqa: E402  (needs obstore)
 from hashserver.objectstore import (  # noqa: E402  (needs obstore)
+    HASH_INLINE,
+    HASH_STEP,
     HEAD_CONCURRENCY,
     HEALTH_EVERY,
     LIST_MIN,
@@ -172,12 +174,17 @@ def test_a_read_only_store_refuses_writes(s3_env, s3_bucket):  # noqa: F811
         run(store.promise(sha3(b"x")))
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean client", "obstore"])
 @pytest.mark.parametrize("size", [0, 1, SMALL_GET - 1, SMALL_GET, SMALL_GET + 1])
-def test_reads_on_either_side_of_the_first_gets_size(bucket_store, size):
-    """A read asks for the first SMALL_GET bytes: a shorter object comes whole in that one
+def test_reads_on_either_side_of_the_first_gets_size(s3_env, s3_bucket, size, lean):  # noqa: F811
+    """obstore asks for the first SMALL_GET bytes: a shorter object comes whole in that one
     GET (S3 refuses the range of an empty one: 416), a longer one gets a second GET of the
-    rest (refused, 416, when there is none)."""
-    store, raw, _ = bucket_store
+    rest (refused, 416, when there is none).  The lean client asks for the first
+    ``whole_get`` bytes: an object up to that comes whole in one GET, a longer one is cut
+    off at the answer's headers and read by a GET of the whole (streamed)."""
+    store = make_store(s3_env, s3_bucket, lean=lean)
+    raw = s3_env.s3_store(s3_bucket)
+    assert (store.lean is not None) is lean
     data = os.urandom(size)
     checksum = sha3(data)
     obstore.put(raw, key_of(checksum), data)
@@ -190,9 +197,47 @@ def test_reads_on_either_side_of_the_first_gets_size(bucket_store, size):
         return (plain.length, await read_all(plain)), (compressed.length, await read_all(compressed))
 
     calls = store.metrics._values["hashserver_object_store_requests"]
-    assert run(scenario()) == ((size, data), (size + 1, data + b"z"))
-    gets = [1 if len(stored) < SMALL_GET else 2 for stored in (data, packed)]  # its first bytes, then the rest
+    try:
+        assert run(scenario()) == ((size, data), (size + 1, data + b"z"))
+    finally:
+        store.close()
+    first_get = store.whole_get if lean else SMALL_GET
+    gets = [1 if len(stored) < first_get + lean else 2 for stored in (data, packed)]  # its first bytes, then the rest
     assert calls[("get", "ok")] == sum(gets)
+
+
+@pytest.mark.parametrize("size", [2 * MiB, 2 * MiB + 1], ids=["whole_get", "longer"])
+def test_the_lean_client_cuts_a_longer_object_off_at_its_headers(s3_env, s3_bucket, size):  # noqa: F811
+    """An object up to ``whole_get`` comes in the lean client's one GET; a longer one is
+    cut off once its answer's headers say how long it is (its connection dropped, not
+    read: at most a few of its bytes were sent), then read by a GET of the whole."""
+    store = make_store(s3_env, s3_bucket)
+    assert store.lean is not None and store.whole_get == 2 * MiB
+    data = os.urandom(size)
+    obstore.put(s3_env.s3_store(s3_bucket), key_of(sha3(data)), data)
+    connections = []
+
+    async def scenario():
+        connect = asyncio.get_running_loop().create_connection
+
+        async def counted(factory, *args, **kwargs):
+            made = await connect(factory, *args, **kwargs)
+            connections.append(made[1])
+            return made
+
+        asyncio.get_running_loop().create_connection = counted
+        readable = await store.open(sha3(data))
+        return readable.content is not None, await read_all(readable)
+
+    calls = store.metrics._values["hashserver_object_store_requests"]
+    try:
+        whole, read = run(scenario())
+    finally:
+        store.close()
+    assert read == data and whole is (size <= store.whole_get)  # else streamed, its last bytes once verified
+    assert calls[("get", "ok")] == (1 if size <= store.whole_get else 2)
+    received = [connection.received for connection in connections]
+    assert received == ([size] if size <= store.whole_get else [0])
 
 
 class RangeBlindMirror(NginxServer):
@@ -230,7 +275,7 @@ def test_a_store_that_ignores_ranges_is_read_whole(s3_env, tmp_path, lean):
     """A small object answered whole is the object; a longer one (the lean client drops
     the connection rather than read it; obstore refuses the answer) is read by a whole
     GET, and whole GETs only from then on."""
-    contents = [os.urandom(3000), b"", os.urandom(SMALL_GET + 5000)]
+    contents = [os.urandom(3000), b"", os.urandom(2 * MiB + 5000)]  # the last: longer than whole_get
     for content in contents:
         path = tmp_path / "mirror" / "bucket" / key_of(sha3(content))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -272,7 +317,7 @@ def test_a_store_that_ignores_only_the_rests_range_is_read_whole(s3_env, tmp_pat
         assert bytes(obstore.get_range(raw, key_of(sha3(content)), start=0, end=10)) == content[:10]
         with pytest.raises(obstore.exceptions.BaseError, match="non-partial"):  # what the store does
             obstore.get(raw, key_of(sha3(content)), options={"range": {"offset": 10}})
-        store = make_store(s3_env, "bucket", endpoint=endpoint, writable=False)
+        store = make_store(s3_env, "bucket", endpoint=endpoint, writable=False, lean=False)  # the lean client: one GET
         calls = store.metrics._values["hashserver_object_store_requests"]
 
         async def scenario():
@@ -294,7 +339,8 @@ def test_an_object_replaced_between_its_two_gets_is_read_by_one(s3_env, s3_bucke
     conditionally).  Fetched whole, the joined read does not hash right and the object
     is read again by one GET instead of being called corrupt; streamed (sent as it
     arrives), it is read by one GET from the start."""
-    store, raw = make_store(s3_env, s3_bucket, whole_get=whole_get), s3_env.s3_store(s3_bucket)
+    store = make_store(s3_env, s3_bucket, whole_get=whole_get, lean=False)  # the lean client: one GET
+    raw = s3_env.s3_store(s3_bucket)
     data = os.urandom(12 * MiB).translate(bytes(b"acgt"[i % 4] for i in range(256)))  # 2 bits a byte
     fast, small = zstd.compress(data, 1), zstd.compress(data, 19)
     assert fast != small and min(len(fast), len(small)) > SMALL_GET
@@ -415,6 +461,49 @@ def test_a_corrupt_small_object_is_refused_before_sending(bucket_store, s3_bucke
                                  f"does not have the correct SHA3-256 checksum.")
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean client", "obstore"])
+def test_an_object_hashed_as_it_arrives_is_verified_whole(s3_env, s3_bucket, monkeypatch, lean):  # noqa: F811
+    """Objects above HASH_INLINE and up to whole_get are hashed in pieces while they
+    arrive (the lean client's into one buffer): right ones read whole, plain and
+    compressed; a wrong byte in the last piece, or a compressed object cut short, is
+    refused as corrupt before anything is sent."""
+    store = make_store(s3_env, s3_bucket, lean=lean)
+    raw = s3_env.s3_store(s3_bucket)
+    data = os.urandom(HASH_STEP + 300_000)  # two pieces and a third, short
+    packed = os.urandom(HASH_STEP) + bytes(600_000)
+    fine, wrong, cut = sha3(data), sha3(b"wrong"), sha3(b"cut")
+    obstore.put(raw, key_of(fine), data)
+    obstore.put(raw, key_of(sha3(packed), ".zst"), zstd.compress(packed))
+    obstore.put(raw, key_of(wrong), data[:-1] + bytes([data[-1] ^ 1]))
+    obstore.put(raw, key_of(cut, ".zst"), zstd.compress(packed)[:-100])
+    assert len(zstd.compress(packed)) > HASH_INLINE
+    began = []
+    begin = objectstore._HashedAsRead.begin
+    monkeypatch.setattr(objectstore._HashedAsRead, "begin",
+                        lambda self, length: began.append(length) or begin(self, length))
+
+    async def scenario():
+        read = [await read_all(await store.open(checksum)) for checksum in (fine, sha3(packed))]
+        refused = []
+        for checksum in (wrong, cut):
+            try:
+                await store.open(checksum)
+            except CorruptBuffer as exc:
+                refused.append(str(exc))
+        return read, refused
+
+    try:
+        read, refused = run(scenario())
+    finally:
+        store.close()
+    assert [bytes(r) for r in read] == [data, packed]
+    assert refused == [f"File corruption: file at path s3://{s3_bucket}/{key_of(wrong)} does not have the correct "
+                       "SHA3-256 checksum.", f"File corruption: file at path s3://{s3_bucket}/{key_of(cut, '.zst')} "
+                       "does not have the correct SHA3-256 checksum."]
+    compressed = len(zstd.compress(packed))
+    assert began == ([len(data), compressed, len(data), compressed - 100] if lean else [])
+
+
 def test_a_corrupt_large_object_fails_before_its_last_byte(bucket_store):
     store, raw, _ = bucket_store
     data = os.urandom(6 * MiB)
@@ -497,9 +586,9 @@ def put_during_lookup(reader: ObjectStore, writer: ObjectStore, raw, checksum: b
         await meanwhile(key)
         return await real_head(key)
 
-    async def get_small(key):
+    async def get_small(key, receiver=None):
         await meanwhile(key)
-        return await real_get_small(key)
+        return await real_get_small(key, receiver)
 
     reader._head, reader._get_small = head, get_small
 

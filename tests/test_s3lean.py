@@ -248,7 +248,7 @@ def test_a_store_that_does_not_answer_is_given_up_within_the_bounds():
     async def scenario():
         async with Scripted(["silent"]) as server:
             client = server.client(answer_timeout=0.2, retry_budget=0.5)
-            with pytest.raises(s3lean.S3Error, match=r"no whole answer in 0.2 s"):
+            with pytest.raises(s3lean.S3Error, match=r"no byte of the answer in 0.2 s"):
                 await client.get_range(KEY, 0, 10)
             client.close()
             return len(server.requests)
@@ -503,3 +503,74 @@ def test_a_kept_connection_found_dead_sends_the_call_to_a_new_one():
 
     # the dead one, then a new one (which the store closes too: backoff), then another new one
     assert run(scenario()) == (3, (206, b"d"), 1, 5)
+
+
+# ------------------------------------------------------------------ receivers and long answers
+class Collecting:
+    """A receiver that takes bodies longer than ``least`` and records what it was told."""
+
+    def __init__(self, least: int = 0):
+        self.least = least
+        self.begun: list[int] = []
+        self.arrivals: list[int] = []
+        self.buffer: bytearray | None = None
+
+    def begin(self, length: int) -> memoryview | None:
+        self.begun.append(length)
+        if length <= self.least:
+            return None
+        self.buffer = bytearray(length)
+        return memoryview(self.buffer)
+
+    def arrived(self, end: int) -> None:
+        self.arrivals.append(end)
+
+
+def test_a_receiver_takes_a_body_as_it_arrives_and_again_when_the_call_is_tried_again():
+    """The body goes into the receiver's buffer piece by piece; an answer cut short is
+    tried again, into a buffer begun anew; a body the receiver declines is collected."""
+    body = os.urandom(5000)
+    whole = answer(206, body)
+    script = [[whole[:-3000], 0.05, "hang up"], [whole[:-2000], 0.05, whole[-2000:]], answer(206, b"short")]
+
+    async def scenario():
+        async with Scripted(script) as server:
+            client = server.client()
+            receiver = Collecting(least=100)
+            status, got = await client.get_range(KEY, 0, 10_000, receiver)
+            short = await client.get_range(KEY, 0, 10_000, receiver)
+            client.close()
+            return status, got, short, receiver, len(server.requests)
+
+    status, got, short, receiver, calls = run(scenario())
+    assert status == 206 and got is receiver.buffer and got == body
+    assert short == (206, b"short") and calls == 3
+    assert receiver.begun == [5000, 5000, 5]
+    second = receiver.arrivals[receiver.arrivals.index(2000) + 1:]  # after the cut attempt's 2000 bytes
+    assert second[-1] == 5000 and 0 < second[0] < 5000 and second == sorted(second)
+
+
+def test_a_long_answer_that_keeps_coming_is_read_past_the_idle_bound_and_a_trickle_is_not():
+    """A call gives up when no byte came for ``answer_timeout`` or when the whole answer
+    took longer than ``answer_timeout`` plus its length at SLOWEST_RATE: a long answer in
+    pieces, each sooner than the first bound, is read whole; a short one that trickles
+    in past the second is given up."""
+    long_body = os.urandom(6000)
+    full = answer(206, long_body)
+    pieces = [full[i:i + 1100] for i in range(0, len(full), 1100)]
+    paced = [part for piece in pieces for part in (piece, 0.1)]
+    short = answer(206, b"12345678")
+    trickle = [part for i in range(len(short)) for part in (short[i:i + 1], 0.1)]
+
+    async def scenario():
+        async with Scripted([paced, trickle]) as server:
+            client = server.client(answer_timeout=0.5, retry_budget=0.1)
+            long_limit = 2 * s3lean.SLOWEST_RATE  # two seconds more for the whole answer
+            read = await client.get_range(KEY, 0, long_limit)
+            with pytest.raises(s3lean.S3Error, match=r"no whole answer in 0.5 s"):
+                await client.get_range(KEY, 0, 10)
+            client.close()
+            return read
+
+    assert len(pieces) >= 6  # the long answer takes longer than answer_timeout
+    assert run(scenario()) == (206, long_body)
