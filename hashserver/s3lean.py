@@ -237,10 +237,11 @@ class _Connection(asyncio.Protocol):
         return self.limit if self.status < 300 else ERROR_BODY
 
     def _of_a_longer_object(self) -> bool:
-        if not self.cut_longer or self.status != 206 or self.content_range is None:
+        """A range of an object longer than the limit, or of one whose size it does not say."""
+        if not self.cut_longer or self.status != 206:
             return False
-        size = self.content_range.rpartition(b"/")[2]
-        return size.isdigit() and int(size) > self.limit
+        size = (self.content_range or b"").rpartition(b"/")[2]
+        return not size.isdigit() or int(size) > self.limit
 
     def _too_long(self) -> None:
         """Too long to read for this call: not read, and the connection dropped."""

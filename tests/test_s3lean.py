@@ -574,3 +574,25 @@ def test_a_long_answer_that_keeps_coming_is_read_past_the_idle_bound_and_a_trick
 
     assert len(pieces) >= 6  # the long answer takes longer than answer_timeout
     assert run(scenario()) == (206, long_body)
+
+
+def test_a_range_of_a_longer_object_is_cut_off_at_its_headers_when_asked():
+    """``cut_longer``: a range whose Content-Range says the object goes on past the range,
+    or does not say the object's size, is not read (body None, the connection dropped);
+    a range that is the whole object is read.  Without it, the range is the answer."""
+    script = [answer(206, b"0123456789", content_range="bytes 0-9/100"),
+              answer(206, b"0123456789", content_range="bytes 0-9/*"),
+              answer(206, b"01234"),
+              answer(206, b"0123456789", content_range="bytes 0-9/100")]
+
+    async def scenario():
+        async with Scripted(script) as server:
+            client = server.client()
+            results = [await client.get_range(KEY, 0, 10, cut_longer=True) for _ in range(3)]
+            results.append(await client.get_range(KEY, 0, 10))
+            client.close()
+            return results, server.connections
+
+    results, connections = run(scenario())
+    assert results == [(206, None), (206, None), (206, b"01234"), (206, b"0123456789")]
+    assert connections == 3  # a new connection after each cut
