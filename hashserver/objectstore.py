@@ -757,25 +757,30 @@ class ObjectStore:
     async def _verified(self, checksum: bytes, key: str, result, encoding: Encoding | None,
                         decode: Encoding | None) -> AsyncIterator[bytes]:
         """The object's bytes (decoded if ``decode``), each chunk sent once the next one
-        arrived, the last one only if the whole hashed to ``checksum``."""
+        arrived, the last one only if the whole hashed to ``checksum``.  The hash runs in
+        a thread beside the reading and the sending (a chunk may go out before it is
+        hashed: only the last one waits for the verdict)."""
         if result is None:
             result = await self._get_present(key)
         decoder = Decoder(decode) if decode else None
-        digest = DecodingHash(self.hasher, None if decode else encoding)
+        hashing = _BodyHash(DecodingHash(self.hasher, None if decode else encoding))
         pending = b""
         try:
             async for chunk in self._chunks(key, result):
                 for out in decoder.feed(chunk) if decoder else (chunk,):
-                    await self._hash(digest, out)
+                    await hashing.add(out)
                     if pending:
                         yield pending
                     pending = out
             if decoder is not None:
                 tail = decoder.finish()
-                digest.update(tail)
+                await hashing.add(tail)
                 pending += tail
+            digest = await hashing.done()
         except InvalidPayload:
             raise self._corruption(key) from None
+        finally:
+            hashing.forget()
         self._check(checksum, digest, key)
         if pending:
             yield pending
@@ -1212,9 +1217,14 @@ class _BodyHash:
         try:
             await self._stage.settled()
         finally:
-            for future in self._ahead:  # retrieved: a failed body's hash is not the error to report
-                future.add_done_callback(writer.retrieve_exception)
-            self._ahead.clear()
+            self.forget()
+
+    def forget(self) -> None:
+        """Leave the pieces not yet hashed to the thread, their errors unreported: a failed
+        or abandoned body's hash is not the error to report."""
+        for future in self._ahead:
+            future.add_done_callback(writer.retrieve_exception)
+        self._ahead.clear()
 
 
 async def _drain(queue: asyncio.Queue) -> AsyncIterator[bytes]:
