@@ -1169,7 +1169,9 @@ class _HashedAsRead:
 
     def arrived(self, end: int) -> None:
         if end - self._hashed >= HASH_STEP or end == len(self.buffer):
-            self._hashes.append(self._stage.submit([self._view[self._hashed:end]]))
+            hashed = self._stage.submit([self._view[self._hashed:end]])
+            hashed.add_done_callback(writer.retrieve_exception)  # an abandoned read's error is none to report
+            self._hashes.append(hashed)
             self._hashed = end
 
     async def digest(self) -> DecodingHash:

@@ -20,7 +20,8 @@ credentials, no proxy and no ``AWS_*`` setting that only obstore follows
 
 Failures are as obstore's: a bounded connect time, an answer given up when no byte of
 it came for ANSWER_TIMEOUT or the whole took longer than that plus its length at
-SLOWEST_RATE (43 s for 64 MiB, under Sanic's response timeout), idempotent calls (both
+SLOWEST_RATE (10 s for a small answer, 43 s for 64 MiB: under Sanic's response
+timeout), idempotent calls (both
 of these are: a repeated conditional PUT answers "exists") retried with backoff on a
 lost connection or a 5xx (at once on a kept-alive connection the store had closed),
 a GET's 404 as :class:`FileNotFoundError`, "exists" as :class:`FileExistsError`,
@@ -42,8 +43,8 @@ import httptools
 from .s3uploads import EMPTY_SHA256, Signer, quote_path
 
 CONNECT_TIMEOUT = 3.0
-ANSWER_TIMEOUT = 10.0  # one attempt: no byte for this long, or no whole answer of up to SLOWEST_RATE bytes
-SLOWEST_RATE = 2_000_000  # bytes/s: a long answer has ANSWER_TIMEOUT plus its length at this rate
+ANSWER_TIMEOUT = 10.0  # one attempt: no byte for this long, or no whole answer in this plus its length at:
+SLOWEST_RATE = 2_000_000  # bytes/s
 RETRIES = 3
 RETRY_BUDGET = 10.0  # no new attempt that would start later than this after the first
 BACKOFF = (0.05, 2.0)  # first wait, longest wait (doubling)
@@ -104,7 +105,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.generation = 0  # the client's, when this connection was made
         self.calls = 0
-        self.arrivals = 0  # reads of the connection so far: a call's answer is still coming while they grow
+        self.last_byte = 0.0  # time.monotonic() of the connection's last read
         self.reusable = True
         self._reset(0)
 
@@ -162,7 +163,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.arrivals += 1
+        self.last_byte = time.monotonic()
         if self.waiter is None:  # an answer nobody asked for: the connection is out of step
             self.close()
             return
@@ -250,6 +251,7 @@ class _Connection(asyncio.Protocol):
 
     def _result(self) -> tuple[int, bytes | bytearray, bytes | None]:
         body = self.into.obj if self.into is not None else b"".join(self.body)
+        self.body, self.into, self.receiver = [], None, None  # an idle connection holds no answer
         return self.status, body, self.content_range
 
 class LeanClient:
@@ -361,7 +363,7 @@ class LeanClient:
         head = "".join(f"{name}: {value}\r\n" for name, value in signed.items())
         answer = connection.ask(f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode() + body, limit,
                                 **answer_options)
-        watch = _Watch(connection, self.answer_timeout, self.answer_timeout + limit / SLOWEST_RATE)
+        watch = _Watch(connection, self.answer_timeout, limit)
         try:
             result = await answer
         except BaseException:  # lost, timed out, or the caller cancelled: its answer may still come
@@ -396,27 +398,31 @@ class LeanClient:
 
 
 class _Watch:
-    """Gives a call up when its answer stalls (no byte for ``idle`` seconds) or takes longer
-    than ``whole`` seconds in all: a long answer that keeps coming is not cut off at the
-    first bound, a stalled one not kept for the second."""
+    """Gives a call up when no byte of its answer came for ``idle`` seconds, or when the
+    whole answer took longer than ``idle`` plus its length at SLOWEST_RATE (its length:
+    the answer's Content-Length once its headers came, till then the call's ``limit``).
+    A long answer that keeps coming is not cut off at the first bound, a short one that
+    trickles is not kept for a long one's second."""
 
-    def __init__(self, connection: _Connection, idle: float, whole: float):
-        self.connection = connection
-        self.idle = idle
+    def __init__(self, connection: _Connection, idle: float, limit: int):
+        self.connection, self.idle, self.limit = connection, idle, limit
         self.loop = asyncio.get_running_loop()
-        self.deadline = self.loop.time() + whole
-        self.whole = whole
-        self.timer = self.loop.call_later(min(idle, whole), self._check, connection.arrivals)
+        self.started = connection.last_byte = time.monotonic()
+        self.timer = self.loop.call_later(idle, self._check)
 
-    def _check(self, seen: int) -> None:
-        now = self.loop.time()
-        if self.connection.arrivals == seen:
+    def _whole(self) -> float:
+        length = self.connection.length if self.connection.status else None
+        return self.idle + min(self.limit, self.limit if length is None else length) / SLOWEST_RATE
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        deadline = self.started + self._whole()
+        if now - self.connection.last_byte >= self.idle - 0.001:
             self.connection.give_up(f"no byte of the answer in {self.idle:g} s")
-        elif now >= self.deadline - 0.001:
-            self.connection.give_up(f"no whole answer in {self.whole:.3g} s")
+        elif now >= deadline - 0.001:
+            self.connection.give_up(f"no whole answer in {self._whole():.3g} s")
         else:
-            self.timer = self.loop.call_later(min(self.idle, self.deadline - now), self._check,
-                                              self.connection.arrivals)
+            self.timer = self.loop.call_later(min(self.connection.last_byte + self.idle, deadline) - now, self._check)
 
     def cancel(self) -> None:
         self.timer.cancel()

@@ -550,11 +550,13 @@ def test_a_receiver_takes_a_body_as_it_arrives_and_again_when_the_call_is_tried_
     assert second[-1] == 5000 and 0 < second[0] < 5000 and second == sorted(second)
 
 
-def test_a_long_answer_that_keeps_coming_is_read_past_the_idle_bound_and_a_trickle_is_not():
+def test_a_long_answer_that_keeps_coming_is_read_past_the_idle_bound_and_a_trickle_is_not(monkeypatch):
     """A call gives up when no byte came for ``answer_timeout`` or when the whole answer
-    took longer than ``answer_timeout`` plus its length at SLOWEST_RATE: a long answer in
-    pieces, each sooner than the first bound, is read whole; a short one that trickles
-    in past the second is given up."""
+    took longer than ``answer_timeout`` plus its Content-Length at SLOWEST_RATE (here
+    5,000 bytes/s): a long answer in pieces, each sooner than the first bound, is read
+    whole; a short one that trickles in past the second is given up, however long the
+    range asked for (the call's limit)."""
+    monkeypatch.setattr(s3lean, "SLOWEST_RATE", 5000)  # 6,000 bytes: 1.2 s more for the whole answer
     long_body = os.urandom(6000)
     full = answer(206, long_body)
     pieces = [full[i:i + 1100] for i in range(0, len(full), 1100)]
@@ -565,15 +567,69 @@ def test_a_long_answer_that_keeps_coming_is_read_past_the_idle_bound_and_a_trick
     async def scenario():
         async with Scripted([paced, trickle]) as server:
             client = server.client(answer_timeout=0.5, retry_budget=0.1)
-            long_limit = 2 * s3lean.SLOWEST_RATE  # two seconds more for the whole answer
-            read = await client.get_range(KEY, 0, long_limit)
-            with pytest.raises(s3lean.S3Error, match=r"no whole answer in 0.5 s"):
-                await client.get_range(KEY, 0, 10)
+            read = await client.get_range(KEY, 0, 1 << 30)
+            with pytest.raises(s3lean.S3Error, match=r"no whole answer in 0.502 s"):
+                await client.get_range(KEY, 0, 1 << 30)  # 8 bytes: not the limit's 215,000 s
             client.close()
             return read
 
     assert len(pieces) >= 6  # the long answer takes longer than answer_timeout
     assert run(scenario()) == (206, long_body)
+
+
+def test_an_idle_connection_holds_no_answer():
+    """The body of an answer (up to 64 MiB in a receiver's buffer) is the caller's alone
+    once the call returns: a kept-alive connection, which may stay idle long, keeps none."""
+    async def scenario():
+        async with Scripted([answer(206, os.urandom(5000)), answer(206, b"small")]) as server:
+            client = server.client()
+            await client.get_range(KEY, 0, 10_000, Collecting())
+            await client.get_range(KEY, 0, 10_000)
+            kept = [(c.into, c.receiver, c.body) for c in client._idle]
+            client.close()
+            return kept
+
+    assert run(scenario()) == [(None, None, [])]
+
+
+def test_a_read_abandoned_mid_hash_reports_no_error_of_its_hashes(caplog):
+    """A read into the object store's receiver (a compressed object: hashed as decoded)
+    whose client went away: the hashing thread's errors for the bytes that came are not
+    logged as 'Future exception was never retrieved'."""
+    import gc
+    import logging
+    from functools import partial
+
+    from hashserver import objectstore
+    from hashserver.bufferfile import DecodingHash
+    from hashserver.compression import ZSTD
+
+    junk = os.urandom(3 << 20)  # not zstd: its hash fails
+    whole = answer(206, junk)
+    part = whole[:len(whole) - len(junk) + (3 << 19)]
+
+    async def scenario():
+        async with Scripted([[part, 30.0, "hang up"]]) as server:
+            client = server.client()
+            receiver = objectstore._HashedAsRead(partial(DecodingHash, Hasher(), ZSTD))
+            task = asyncio.ensure_future(client.get_range(KEY, 0, 64 << 20, receiver, cut_longer=True))
+            await asyncio.sleep(0.5)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0.2)  # the thread is done with the bytes that came
+            client.close()
+            hashes = list(receiver._hashes)
+            del receiver
+            gc.collect()
+            return hashes
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        hashes = run(scenario())
+        failed = sum(h.done() and not h.cancelled() and h._exception is not None for h in hashes)  # unretrieved
+        del hashes
+        gc.collect()
+    assert failed  # the scenario did fail a hash
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 def test_a_range_of_a_longer_object_is_cut_off_at_its_headers_when_asked():
