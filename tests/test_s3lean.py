@@ -652,3 +652,18 @@ def test_a_range_of_a_longer_object_is_cut_off_at_its_headers_when_asked():
     results, connections = run(scenario())
     assert results == [(206, None), (206, None), (206, b"01234"), (206, b"0123456789")]
     assert connections == 3  # a new connection after each cut
+
+
+def test_a_range_shorter_than_its_object_is_an_error_when_all_of_it_was_asked_for():
+    """``cut_longer``: the object fits the range, so its answer must be all of it; a store
+    that sends less (its Content-Range says so) is an error, not a short buffer."""
+    async def scenario():
+        async with Scripted([answer(206, b"0123456789", content_range="bytes 0-9/50")]) as server:
+            client = server.client()
+            try:
+                with pytest.raises(s3lean.S3Error, match=r"was 10 bytes \(Content-Range: bytes 0-9/50\)"):
+                    await client.get_range(KEY, 0, 100, cut_longer=True)
+            finally:
+                client.close()
+
+    run(scenario())
