@@ -1177,11 +1177,9 @@ class _HashedAsRead:
     async def digest(self) -> DecodingHash:
         """The digest of the whole buffer (raises InvalidPayload if it did not decode)."""
         try:
-            for hashed in self._hashes:
+            for hashed in self._hashes:  # the first error is the one raised
                 await hashed
         finally:
-            for hashed in self._hashes:  # the first error is the one raised
-                hashed.add_done_callback(writer.retrieve_exception)
             await self._stage.settled()
         return self._digest
 

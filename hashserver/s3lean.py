@@ -417,11 +417,12 @@ class _Watch:
 
     def _check(self) -> None:
         now = time.monotonic()
-        deadline = self.started + self._whole()
+        whole = self._whole()
+        deadline = self.started + whole
         if now - self.connection.last_byte >= self.idle - 0.001:
             self.connection.give_up(f"no byte of the answer in {self.idle:g} s")
         elif now >= deadline - 0.001:
-            self.connection.give_up(f"no whole answer in {self._whole():.3g} s")
+            self.connection.give_up(f"no whole answer in {whole:.3g} s")
         else:
             self.timer = self.loop.call_later(min(self.connection.last_byte + self.idle, deadline) - now, self._check)
 
