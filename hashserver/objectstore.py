@@ -238,12 +238,15 @@ class ObjectStore:
 
     @contextmanager
     def _failures(self, operation: str, key: str) -> Iterator[None]:
-        """A failure of the object store is StorageUnavailable; not-found and
+        """A failure of the object store, or no memory for its answer, is StorageUnavailable; not-found and
         already-exists are answers, which the caller decides about."""
         try:
             yield
         except (*NOT_FOUND, *CONFLICT):
             raise
+        except MemoryError as exc:  # a large object's buffer, while many are read at once
+            raise StorageUnavailable(f"Storage unavailable: no memory on this host to read "
+                                     f"{self.keys.where(key)} now") from exc
         except (BaseError, OSError) as exc:
             if NO_BUCKET in str(exc):
                 raise StorageUnavailable(f"Storage unavailable: the bucket of {self.url} does not exist") from exc

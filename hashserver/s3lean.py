@@ -85,7 +85,8 @@ class _Unreadable(Exception):
 
 class Receiver(Protocol):
     """Where a GET's body goes as it arrives, instead of into the answer's pieces (then
-    joined): the caller may work on what came while the rest comes (hash it)."""
+    joined): the caller may work on what came while the rest comes (hash it).  An
+    exception from either method ends the call with it, unchanged and not tried again."""
 
     def begin(self, length: int) -> memoryview | None:
         """A buffer of ``length`` bytes for a successful answer's body, or None (not worth
@@ -207,7 +208,10 @@ class _Connection(asyncio.Protocol):
         if self.length is not None and self.length > self._limit() or self._of_a_longer_object():
             self._too_long()
         elif self.receiver is not None and 200 <= self.status < 300 and self.length is not None:
-            self.into = self.receiver.begin(self.length)
+            try:
+                self.into = self.receiver.begin(self.length)
+            except Exception as exc:
+                self._receiver_failed(exc)
 
     def on_body(self, body: bytes) -> None:
         if self.waiter is None:
@@ -219,7 +223,10 @@ class _Connection(asyncio.Protocol):
             return
         if self.into is not None:  # no further than its length: httptools ends the body there
             self.into[start:self.received] = body
-            self.receiver.arrived(self.received)
+            try:
+                self.receiver.arrived(self.received)
+            except Exception as exc:
+                self._receiver_failed(exc)
             return
         self.body.append(body)
 
@@ -241,8 +248,14 @@ class _Connection(asyncio.Protocol):
         """A range of an object longer than the limit, or of one whose size it does not say."""
         if not self.cut_longer or self.status != 206:
             return False
-        size = (self.content_range or b"").rpartition(b"/")[2]
-        return not size.isdigit() or int(size) > self.limit
+        size = _object_size(self.content_range)
+        return size is None or size > self.limit
+
+    def _receiver_failed(self, exc: Exception) -> None:
+        """The caller's own failure (no memory for the body): the call's, as it is, not an
+        unreadable answer of the store's, and not tried again."""
+        self.close()
+        self._answer(exc=exc)
 
     def _too_long(self) -> None:
         """Too long to read for this call: not read, and the connection dropped."""
@@ -289,7 +302,7 @@ class LeanClient:
         if status == 206:
             if body is None and cut_longer:
                 return status, None
-            cut_short = cut_longer and body is not None and not content_range.endswith(b"/%d" % (start + len(body)))
+            cut_short = cut_longer and body is not None and _object_size(content_range) != start + len(body)
             if body is None or not _is_range(content_range, start, len(body)) or cut_short:
                 size = f"{len(body)} bytes" if body is not None else "longer than that"
                 raise S3Error(f"GET of {self.where}/{key}: the answer to bytes={start}-{end - 1} was {size} "
@@ -413,7 +426,9 @@ class _Watch:
 
     def _whole(self) -> float:
         length = self.connection.length if self.connection.status else None
-        return self.idle + min(self.limit, self.limit if length is None else length) / SLOWEST_RATE
+        if length is None or length > self.limit:
+            length = self.limit
+        return self.idle + length / SLOWEST_RATE
 
     def _check(self) -> None:
         now = time.monotonic()
@@ -440,6 +455,12 @@ def _is_range(content_range: bytes | None, start: int, length: int) -> bool:
         return int(first) == start and int(last) - int(first) + 1 == length
     except ValueError:
         return False
+
+
+def _object_size(content_range: bytes | None) -> int | None:
+    """The object's size that ``Content-Range: bytes FIRST-LAST/SIZE`` states, None if none."""
+    size = (content_range or b"").rpartition(b"/")[2]
+    return int(size) if size.isdigit() else None
 
 
 def for_endpoint(bucket: str, endpoint: str | None, config: dict | None = None) -> LeanClient | None:

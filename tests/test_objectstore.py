@@ -504,6 +504,36 @@ def test_an_object_hashed_as_it_arrives_is_verified_whole(s3_env, s3_bucket, mon
     assert began == ([len(data), compressed, len(data), compressed - 100] if lean else [])
 
 
+def test_no_memory_for_an_object_is_a_503_that_names_it_not_an_unreadable_answer(s3_env, s3_bucket,  # noqa: F811
+                                                                                  monkeypatch):
+    """The lean client's receiver cannot get a buffer for the object (MemoryError): the
+    read is StorageUnavailable (503) saying so, not the object store's fault; the object
+    is read once memory is there again."""
+    store = make_store(s3_env, s3_bucket, lean=True)
+    data = os.urandom(HASH_INLINE + 1000)
+    checksum = sha3(data)
+    obstore.put(s3_env.s3_store(s3_bucket), key_of(checksum), data)
+    begin = objectstore._HashedAsRead.begin
+
+    def no_memory(self, length):
+        raise MemoryError()
+
+    async def scenario():
+        monkeypatch.setattr(objectstore._HashedAsRead, "begin", no_memory)
+        with pytest.raises(StorageUnavailable) as refused:
+            await store.open(checksum)
+        monkeypatch.setattr(objectstore._HashedAsRead, "begin", begin)
+        return str(refused.value), bytes(await read_all(await store.open(checksum)))
+
+    try:
+        refused, read = run(scenario())
+    finally:
+        store.close()
+    assert refused == (f"Storage unavailable: no memory on this host to read "
+                       f"s3://{s3_bucket}/{key_of(checksum)} now")
+    assert read == data
+
+
 def test_a_corrupt_large_object_fails_before_its_last_byte(bucket_store):
     store, raw, _ = bucket_store
     data = os.urandom(6 * MiB)

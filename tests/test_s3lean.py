@@ -550,6 +550,47 @@ def test_a_receiver_takes_a_body_as_it_arrives_and_again_when_the_call_is_tried_
     assert second[-1] == 5000 and 0 < second[0] < 5000 and second == sorted(second)
 
 
+class Failing(Collecting):
+    """A receiver that fails in ``begin`` (no memory for the body) or in ``arrived``."""
+
+    def __init__(self, where: str):
+        super().__init__()
+        self.where = where
+
+    def begin(self, length: int) -> memoryview | None:
+        view = super().begin(length)
+        if self.where == "begin":
+            raise MemoryError(f"no {length} bytes")
+        return view
+
+    def arrived(self, end: int) -> None:
+        super().arrived(end)
+        if self.where == "arrived":
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+
+@pytest.mark.parametrize("where", ["begin", "arrived"])
+def test_a_receiver_that_fails_ends_the_call_with_its_own_error_not_tried_again(where):
+    """The receiver's failure is the caller's, not the store's: the call raises it as it
+    is (not 'an unreadable answer'), makes no second request for it, and the next call,
+    on a new connection, is answered."""
+    body = os.urandom(5000)
+
+    async def scenario():
+        async with Scripted([[answer(206, body)[:-2000], 0.05, answer(206, body)[-2000:]],
+                             answer(206, b"next")]) as server:
+            client = server.client()
+            with pytest.raises(MemoryError if where == "begin" else RuntimeError) as failed:
+                await client.get_range(KEY, 0, 10_000, Failing(where))
+            following = await client.get_range(KEY, 0, 10_000)
+            client.close()
+            return failed.value, following, len(server.requests), server.connections
+
+    failed, following, requests, connections = run(scenario())
+    assert not isinstance(failed, s3lean.S3Error)
+    assert following == (206, b"next") and requests == 2 and connections == 2
+
+
 def test_a_long_answer_that_keeps_coming_is_read_past_the_idle_bound_and_a_trickle_is_not(monkeypatch):
     """A call gives up when no byte came for ``answer_timeout`` or when the whole answer
     took longer than ``answer_timeout`` plus its Content-Length at SLOWEST_RATE (here
