@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.s3 import CASES_S3, CEILINGS
+from bench.s3 import CASES_S3, CEILINGS, LARGE_WARM_UP
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds; a quick run takes a minute or two on two busy cores
@@ -46,6 +46,8 @@ def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
     for case in CASES_S3.values():
         assert case.label in table
     assert "lowest ratio" in table
+    assert (f"large cases: 3 fresh objects each, one at a time, after {LARGE_WARM_UP} unmeasured per worker of "
+            f"the server (over 2 connections) and one of the raw client's") in table
     assert doc["file_creation_us"] > 0  # what each small fill of the tier paid, this run
     assert f"beside the tier, before the misses: {doc['file_creation_us']:,.0f} us of CPU" in table
     assert doc["large_write_ms"] > 0 and doc["large_write_buffered_ms"] > 0  # what each large fill paid, this run
