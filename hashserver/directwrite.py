@@ -99,6 +99,10 @@ class DirectFile:
                     self.write(view)
                     return
 
+    def write_all(self, pieces: list[bytes | memoryview]) -> None:
+        for piece in pieces:
+            self.write(piece)
+
     def finish(self) -> None:
         """Write what the buffer holds: its whole blocks past the cache, the rest through it."""
         if self._buffer is None:

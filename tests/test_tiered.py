@@ -374,8 +374,12 @@ def test_corrupt_tier_file_is_removed_and_read_from_the_back_store(stores, hashs
 
 
 # ------------------------------------------------------------------ writing
-def test_put_goes_to_the_back_store_then_the_tier(stores):
+def test_put_goes_to_the_back_store_then_the_tier(stores, monkeypatch):
     s = stores()
+    steps = []  # the tier writer's hand-offs to its thread
+    write_all = tiered.DirectFile.write_all
+    monkeypatch.setattr(tiered.DirectFile, "write_all", lambda self, pieces: steps.append(len(pieces))
+                        or write_all(self, pieces))
     data = b"stored through the tier"
     cs = sha3(data)
 
@@ -398,9 +402,11 @@ def test_put_goes_to_the_back_store_then_the_tier(stores):
         large = os.urandom(3 << 20)  # past the size kept in memory: the tier's writer takes it as it passes
         lcs = sha3(large)
         parts = [large[i:i + 65536] for i in range(0, len(large), 65536)]
+        steps.clear()
         assert await s.store.put(raw(lcs), chunks(*parts)) is PutOutcome.STORED
         await s.store.settled()
         assert buffer_path(s.tier, lcs).read_bytes() == large
+        assert steps == [16, 16, 16]  # its 48 chunks written a MiB at a time, not one by one
 
     asyncio.run(scenario())
     assert stray(s.tier) == [] and stray(s.back_dir) == []
