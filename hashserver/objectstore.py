@@ -245,8 +245,8 @@ class ObjectStore:
         except (*NOT_FOUND, *CONFLICT):
             raise
         except MemoryError as exc:  # a large object's buffer, while many are read at once
-            raise StorageUnavailable(f"Storage unavailable: no memory on this host to read "
-                                     f"{self.keys.where(key)} now") from exc
+            raise StorageUnavailable(f"Storage unavailable: no memory on this host for the object store "
+                                     f"{operation} of {self.keys.where(key)} now") from exc
         except (BaseError, OSError) as exc:
             if NO_BUCKET in str(exc):
                 raise StorageUnavailable(f"Storage unavailable: the bucket of {self.url} does not exist") from exc

@@ -121,7 +121,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.limit = limit
         self.receiver = receiver
         self.into: memoryview | None = None  # the receiver's buffer, once it took the body
-        self.direct = False  # the rest of the body is read straight into ``into``
+        self.direct = False  # the rest of the body is read into ``into``, not parsed
+        self.straight = False  # the last read went straight into ``into``
         self.cut_longer = cut_longer
         self.status = 0
         self.length: int | None = None
@@ -172,35 +173,52 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.direct and self.into is not None and self.received < len(self.into):
-            return self.into[self.received:]
+        """The receiver's buffer, but for the body's last bytes (half of READ_SIZE): those
+        come through ``scratch``, where a read has room for whatever follows the body
+        (bytes the store should not have sent: they end the connection, as parsed ones do)."""
+        self.straight = False
+        if self.direct and self.into is not None:
+            end = len(self.into) - READ_SIZE // 2
+            if self.received < end:
+                self.straight = True
+                return self.into[self.received:end]
         return self.scratch
 
     def buffer_updated(self, nbytes: int) -> None:
         self.last_byte = time.monotonic()
+        data = self.scratch[:nbytes]
         if self.direct:
-            self._read_into(nbytes)
-            return
+            data = self._read_into(nbytes)
+            if not data:
+                return
         if self.waiter is None:  # an answer nobody asked for: the connection is out of step
             self.close()
             return
         try:
-            self.parser.feed_data(self.scratch[:nbytes])
+            self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self.close()
             self._answer(exc=_Unreadable(str(exc) or type(exc).__name__))
             return
         self.direct = self.into is not None and self.waiter is not None  # a body under way, taken
 
-    def _read_into(self, nbytes: int) -> None:
-        """``nbytes`` more of the body are in the receiver's buffer; at its end, the answer
-        is complete (and the parser, which did not see the body, begins anew)."""
-        self.received += nbytes
+    def _read_into(self, nbytes: int) -> memoryview:
+        """``nbytes`` more of the body were read (into the receiver's buffer, or into
+        ``scratch``: then copied there); at its end, the answer is complete (and the
+        parser, which did not see the body, begins anew).  What came after the body."""
+        if self.straight:
+            taken, after = nbytes, self.scratch[:0]
+        else:
+            taken = min(nbytes, len(self.into) - self.received)
+            self.into[self.received:self.received + taken] = self.scratch[:taken]
+            after = self.scratch[taken:nbytes]
+        self.received += taken
         self._arrived()
         if self.received == len(self.into) and self.waiter is not None:
             self.direct = False
             self.parser = httptools.HttpResponseParser(self)
             self.on_message_complete()
+        return after
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -238,6 +256,8 @@ class _Connection(asyncio.BufferedProtocol):
         elif self.receiver is not None and 200 <= self.status < 300 and self.length is not None:
             try:
                 self.into = self.receiver.begin(self.length)
+                if self.into is not None and len(self.into) != self.length:
+                    raise ValueError(f"a receiver's buffer of {len(self.into)} bytes for {self.length}")
             except Exception as exc:
                 self._receiver_failed(exc)
 

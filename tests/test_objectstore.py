@@ -529,7 +529,7 @@ def test_no_memory_for_an_object_is_a_503_that_names_it_not_an_unreadable_answer
         refused, read = run(scenario())
     finally:
         store.close()
-    assert refused == (f"Storage unavailable: no memory on this host to read "
+    assert refused == (f"Storage unavailable: no memory on this host for the object store get of "
                        f"s3://{s3_bucket}/{key_of(checksum)} now")
     assert read == data
 

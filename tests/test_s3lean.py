@@ -591,6 +591,33 @@ def test_a_body_a_receiver_took_is_read_straight_into_its_buffer_and_the_connect
     assert sum(seen_by_parser) < 10_000  # each taken body's first 1000 bytes, and b"small"
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("size", [100_000, 1 << 20])
+def test_bytes_after_a_taken_body_end_the_connection_not_the_next_answer(loop, size):
+    """A store (or proxy) that sends more than the Content-Length of a body the receiver
+    took: what follows is not taken as the next call's answer (on either event loop,
+    whether the read ended at the body's end or not); the connection is dropped and the
+    next call answered on a new one."""
+    import uvloop
+
+    body = os.urandom(size)
+    script = [answer(206, body) + answer(206, b"STALE"), answer(206, b"fresh")]
+
+    async def scenario():
+        async with Scripted(script) as server:
+            client = server.client()
+            receiver = Collecting()
+            first = await client.get_range(KEY, 0, 1 << 21, receiver)
+            second = await client.get_range(KEY, 0, 1 << 21)
+            client.close()
+            return first, second, server.connections
+
+    first, second, connections = (asyncio.run if loop == "asyncio" else uvloop.run)(
+        asyncio.wait_for(scenario(), BOUND))
+    assert (first[0], bytes(first[1])) == (206, body)
+    assert second == (206, b"fresh") and connections == 2
+
+
 class Failing(Collecting):
     """A receiver that fails in ``begin`` (no memory for the body) or in ``arrived``."""
 
