@@ -637,6 +637,24 @@ class Failing(Collecting):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
 
+def test_a_receiver_buffer_of_another_length_than_the_body_is_refused():
+    """A buffer longer than the body would never fill (the call would wait for bytes that
+    are not coming): the call ends at once with the receiver's error, and is not retried."""
+    class Longer(Collecting):
+        def begin(self, length: int) -> memoryview | None:
+            return memoryview(bytearray(length + 1))
+
+    async def scenario():
+        async with Scripted([answer(206, os.urandom(5000))]) as server:
+            client = server.client()
+            with pytest.raises(ValueError, match="a receiver's buffer of 5001 bytes for 5000"):
+                await client.get_range(KEY, 0, 10_000, Longer())
+            client.close()
+            return len(server.requests)
+
+    assert run(scenario()) == 1
+
+
 @pytest.mark.parametrize("where", ["begin", "arrived"])
 def test_a_receiver_that_fails_ends_the_call_with_its_own_error_not_tried_again(where):
     """The receiver's failure is the caller's, not the store's: the call raises it as it
