@@ -807,15 +807,16 @@ class ObjectStore:
         key = self.keys.buffer(checksum_hex, encoding)
         digest = DecodingHash(self.hasher, encoding)
         hashing = _BodyHash(digest)
-        batches = writer.batches(body, self.pace, self.max_body_size)
+        batches = writer.batch_parts(body, self.pace, self.max_body_size)
         try:
-            first, ended = await _read_up_to(batches, self.small_put, hashing.add)
+            first, ended = await _read_up_to(batches, self.small_put, hashing.add_parts)
             if ended:
                 await hashing.done()
-                return await self._put_small(checksum, key, encoding, digest, b"".join(first))
+                return await self._put_small(checksum, key, encoding, digest,
+                                             b"".join(piece for parts in first for piece in parts))
             if await self._find(checksum_hex) is not None:
-                async for batch in batches:
-                    await hashing.add(batch)
+                async for parts in batches:
+                    await hashing.add_parts(parts)
                 await hashing.done()
                 self._verify_body(checksum, digest)
                 return PutOutcome.PRESENT
@@ -889,7 +890,7 @@ class ObjectStore:
                         exc)
 
     async def _put_multipart(self, checksum: bytes, key: str, encoding: Encoding | None, hashing: _BodyHash,
-                             first: list[bytes], batches: AsyncIterator[bytes]) -> PutOutcome:
+                             first: list[list[bytes]], batches: AsyncIterator[list[bytes]]) -> PutOutcome:
         """Upload while hashing; complete only once the body hashed right, else abort.
         (``first``: hashed, or being hashed, already.)"""
         queue: asyncio.Queue = asyncio.Queue(QUEUE_DEPTH)
@@ -915,7 +916,7 @@ class ObjectStore:
         """Hand a batch to the uploader (unless the upload failed meanwhile), and to
         ``hashing``, if given."""
         if hashing is not None:
-            await hashing.add(item)
+            await hashing.add_parts(item)
         putting = asyncio.ensure_future(queue.put(item))
         try:
             await asyncio.wait({putting, upload}, return_when=asyncio.FIRST_COMPLETED)
@@ -1132,16 +1133,16 @@ def _write_all(file: BinaryIO, data: bytes) -> None:
         view = view[written:]
 
 
-async def _read_up_to(batches: AsyncIterator[bytes], limit: int,
-                      each: Callable[[bytes], Awaitable[None]]) -> tuple[list[bytes], bool]:
+async def _read_up_to(batches: AsyncIterator[list[bytes]], limit: int,
+                      each: Callable[[list[bytes]], Awaitable[None]]) -> tuple[list[list[bytes]], bool]:
     """The first batches of a body, until more than ``limit`` bytes, each given to
     ``each`` as it arrives; and whether the body ended."""
-    first: list[bytes] = []
+    first: list[list[bytes]] = []
     total = 0
     async for batch in batches:
         await each(batch)
         first.append(batch)
-        total += len(batch)
+        total += sum(map(len, batch))
         if total > limit:
             return first, False
     return first, True
@@ -1201,13 +1202,17 @@ class _BodyHash:
 
     async def add(self, piece: bytes) -> None:
         """Hash ``piece`` next (raises InvalidPayload for an earlier piece that did not decode)."""
-        if len(piece) <= HASH_INLINE and not self.digest.decodes:  # a small piece may decode to a lot
+        await self.add_parts([piece])
+
+    async def add_parts(self, pieces: list[bytes]) -> None:
+        """Hash ``pieces`` next, in order: a batch of a body, not joined."""
+        if sum(map(len, pieces)) <= HASH_INLINE and not self.digest.decodes:  # a small piece may decode to a lot
             await self.done()
-            self.digest.update(piece)
+            hash_parts(self.digest, pieces)
             return
         while len(self._ahead) >= HASHES_AHEAD:
             await self._ahead.popleft()
-        self._ahead.append(self._stage.submit([piece]))
+        self._ahead.append(self._stage.submit(pieces))
 
     async def done(self) -> DecodingHash:
         """The digest, once every piece given is hashed."""
@@ -1231,14 +1236,17 @@ class _BodyHash:
 
 
 async def _drain(queue: asyncio.Queue) -> AsyncIterator[bytes]:
-    """What obstore uploads: the queue's batches until _DONE; _ABANDON aborts the upload."""
+    """What obstore uploads: the pieces of the queue's batches until _DONE (not joined:
+    on a machine where new pages fault dearly, the join cost the event loop more than
+    handing obstore four pieces for one); _ABANDON aborts the upload."""
     while True:
         item = await queue.get()
         if item is _DONE:
             return
         if item is _ABANDON:
             raise _Abandoned()
-        yield item
+        for piece in item:
+            yield piece
 
 
 async def _abandon(queue: asyncio.Queue, upload: asyncio.Future) -> None:

@@ -436,12 +436,6 @@ async def batch_parts(body: AsyncIterator[bytes], pace: BodyPace,
         yield pending
 
 
-async def batches(body: AsyncIterator[bytes], pace: BodyPace, max_body_size: int) -> AsyncIterator[bytes]:
-    """:func:`batch_parts`, each batch joined into one ``bytes``."""
-    async for parts in batch_parts(body, pace, max_body_size):
-        yield parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 def write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
