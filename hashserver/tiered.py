@@ -46,7 +46,7 @@ from .storage import (
     StorageUnavailable,
     Want,
 )
-from .writer import BATCH, done_in_thread
+from .writer import BATCH, done_in_thread, gathered
 
 log = logging.getLogger("hashserver")
 
@@ -472,7 +472,7 @@ class TieredStore:
             file = None
             try:
                 file = DirectFile(fd, self.direct_buffers)
-                async for chunks in _gathered(body, BATCH):
+                async for chunks in gathered(body, BATCH):
                     await done_in_thread(file.write_all, chunks)
                 await done_in_thread(file.finish)
                 size = file.offset
@@ -645,21 +645,6 @@ async def _from_back(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except BACK_FAILURES as exc:
         log.warning("local tier: not filled: %s", exc)
         raise Abandoned() from None
-
-
-async def _gathered(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[list[bytes]]:
-    """``chunks`` in lists of about ``size`` bytes: one step for the writing thread
-    each, not one per chunk as it came off a socket (a 16 MiB PUT: 66 chunks)."""
-    gathered: list[bytes] = []
-    held = 0
-    async for chunk in chunks:
-        gathered.append(chunk)
-        held += len(chunk)
-        if held >= size:
-            yield gathered
-            gathered, held = [], 0
-    if gathered:
-        yield gathered
 
 
 async def _file_chunks(fd: int, length: int) -> AsyncIterator[bytes]:

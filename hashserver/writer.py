@@ -416,22 +416,34 @@ def _rename_if_free(tmp: str, final: str) -> bool:
     return True
 
 
-async def batch_parts(body: AsyncIterator[bytes], pace: BodyPace,
-                      max_body_size: int) -> AsyncIterator[list[bytes]]:
+def batch_parts(body: AsyncIterator[bytes], pace: BodyPace,
+                max_body_size: int) -> AsyncIterator[list[bytes]]:
     """The body's chunks in lists of about BATCH bytes (fewer, larger steps for
     the threads, without joining them), paced (stalled uploads end) and
     bounded by ``max_body_size``."""
-    pending: list[bytes] = []
-    pending_size = total = 0
-    async for chunk in pace.paced(body):
+    return gathered(_bounded(pace.paced(body), max_body_size), BATCH)
+
+
+async def _bounded(chunks: AsyncIterator[bytes], max_body_size: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in chunks:
         total += len(chunk)
         if total > max_body_size:
             raise BodyTooLarge(max_body_size)
+        yield chunk
+
+
+async def gathered(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[list[bytes]]:
+    """``chunks`` in lists of about ``size`` bytes, not joined: one step each for a
+    thread, not one per chunk as it came off a socket (a 16 MiB PUT: 66 chunks)."""
+    pending: list[bytes] = []
+    held = 0
+    async for chunk in chunks:
         pending.append(chunk)
-        pending_size += len(chunk)
-        if pending_size >= BATCH:
+        held += len(chunk)
+        if held >= size:
             yield pending
-            pending, pending_size = [], 0
+            pending, held = [], 0
     if pending:
         yield pending
 
