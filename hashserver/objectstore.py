@@ -76,6 +76,7 @@ SMALL_PUT = 8 << 20  # bodies up to this size: buffered, then one conditional PU
 PART_SIZE = S3_PART_SIZE
 UPLOAD_CONCURRENCY = 4  # parts in flight per upload: memory is about this times PART_SIZE
 QUEUE_DEPTH = 4  # body batches (about 1 MiB each) waiting for the uploader
+PIECES_UNJOINED = 8  # a batch of more pieces than this goes to obstore joined
 WHOLE_GET = 64 << 20  # objects up to this size are fetched whole and verified before open() returns
 SMALL_GET = 1 << 20  # a read asks for this many bytes first: a shorter object comes whole, in one call
 STREAM_CHUNK = 1 << 20
@@ -1236,15 +1237,20 @@ class _BodyHash:
 
 
 async def _drain(queue: asyncio.Queue) -> AsyncIterator[bytes]:
-    """What obstore uploads: the pieces of the queue's batches until _DONE (not joined:
-    on a machine where new pages fault dearly, the join cost the event loop more than
-    handing obstore four pieces for one); _ABANDON aborts the upload."""
+    """What obstore uploads: the queue's batches until _DONE, each as its pieces (on a
+    machine where new pages fault dearly, a join cost the event loop more than handing
+    obstore four pieces for one) unless they are many and small (a slow client's body
+    comes in pieces of a few KiB, and each piece handed over costs a call from obstore's
+    thread into the event loop); _ABANDON aborts the upload."""
     while True:
         item = await queue.get()
         if item is _DONE:
             return
         if item is _ABANDON:
             raise _Abandoned()
+        if len(item) > PIECES_UNJOINED:
+            yield b"".join(item)
+            continue
         for piece in item:
             yield piece
 

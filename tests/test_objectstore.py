@@ -504,6 +504,21 @@ def test_an_object_hashed_as_it_arrives_is_verified_whole(s3_env, s3_bucket, mon
     assert began == ([len(data), compressed, len(data), compressed - 100] if lean else [])
 
 
+def test_an_upload_takes_a_batch_as_its_pieces_unless_they_are_many():
+    """A PUT's batch (about a MiB) goes to obstore as the pieces it came in, not joined;
+    a batch of many small pieces (a slow client's) goes joined, one call for the lot."""
+    large = [os.urandom(300_000) for _ in range(4)]
+    small = [os.urandom(4000) for _ in range(objectstore.PIECES_UNJOINED + 1)]
+
+    async def drained():
+        queue: asyncio.Queue = asyncio.Queue()
+        for item in (large, small, objectstore._DONE):
+            queue.put_nowait(item)
+        return [piece async for piece in objectstore._drain(queue)]
+
+    assert asyncio.run(drained()) == [*large, b"".join(small)]
+
+
 def test_no_memory_for_an_object_is_a_503_that_names_it_not_an_unreadable_answer(s3_env, s3_bucket,  # noqa: F811
                                                                                   monkeypatch):
     """The lean client's receiver cannot get a buffer for the object (MemoryError): the
