@@ -24,6 +24,10 @@ would), and fresh objects nobody has read yet.  Then, side by side:
   that any server must do which verifies an object before its answer's headers, as
   the contract asks up to 64 MiB), and beside the hash alone.
 
+The large cases (GET miss and PUT of 16 MiB, one at a time) are measured by pairs:
+the raw client's call on one fresh object, then the server's on its own, object after
+object, each figure the size over the median of its times (:meth:`S3Bench.large_pairs`).
+
 Each figure is reported as a ratio to its ceiling, in the table format of
 :mod:`bench.report`.  Every object a case reads is fresh where it must be (a miss is
 read once; a /has body names checksums never asked before), so a case that would run
@@ -67,13 +71,13 @@ SHA256_PREFIX = "sha256/"  # buffers named by SHA-256, for a server with --hash-
 HAS_SIZE = 1000
 RAW_CONCURRENCIES = (8, 32, 128)  # the raw client's sweep for small objects (best counts)
 HEAD_CONCURRENCIES = (16, 64, 256)
-LARGE_CONCURRENCY = 1  # large objects one at a time, by the server and by the raw client
 # Before a large case, unmeasured, this many large misses (or PUTs) per worker of the server,
 # over as many connections as workers, and one by the raw client: a worker's first large
 # object costs it about half as much again as the next (its threads started, its memory
 # first touched: 44-52 ms against 30 for a 16 MiB SHA-256 miss, measured), and the
 # SHA-256 server is new when its case begins, where the raw client has long been at work.
 LARGE_WARM_UP = 2
+PAIRED = ("miss_get_large", "miss_get_large_sha256", "put_large")  # measured by pairs (S3Bench.large_pairs)
 HTTP_TIMEOUT = 120.0
 # After the warm-up filled the tier, its directories have changed: until the main process
 # rescanned them once they settled (hashserver.index.scan.SETTLE_NS), each hit stats them
@@ -213,37 +217,61 @@ async def _best(items: Sequence, call, concurrencies: Sequence[int]) -> tuple[fl
     return best
 
 
-def raw_get(store, keys: Sequence[str], concurrencies: Sequence[int], first: int | None = None) -> tuple[float, int]:
-    """GETs of whole objects; with ``first``, GETs of the first ``first`` bytes of small
-    objects (their whole), as the server reads them: the client hands the bytes of a
-    range over in one call, those of a GET in two."""
+def raw_get_first(store, keys: Sequence[str], concurrencies: Sequence[int], first: int) -> tuple[float, int]:
+    """GETs of the first ``first`` bytes of small objects (their whole), as the server
+    reads them: the client hands the bytes of a range over in one call, those of a GET
+    in two."""
     import obstore
-
-    async def get(k: str) -> None:
-        await (await obstore.get_async(store, k)).bytes_async()
 
     async def get_first(k: str) -> None:
         await obstore.get_range_async(store, k, start=0, end=first)
 
-    return asyncio.run(_best(keys, get if first is None else get_first, concurrencies))
+    return asyncio.run(_best(keys, get_first, concurrencies))
 
 
-def raw_get_hashed(store, keys: Sequence[str], algorithm: str, concurrency: int) -> tuple[float, float]:
-    """(objects per second, hashes per second): GETs of whole objects, each hashed by
-    ``algorithm`` (a hashlib name) in a thread once its bytes arrived, as the server
-    does at least before it answers; and the hash of those bytes alone."""
-    import obstore
+class RawCalls:
+    """The raw client's calls one at a time, each timed: a large case's half of its pairs."""
 
-    hashing = [0.0]
+    def __init__(self, store):
+        import obstore
 
-    async def get_hashed(k: str) -> None:
-        data = await (await obstore.get_async(store, k)).bytes_async()
+        self.obstore = obstore
+        self.store = store
+        self.loop = asyncio.new_event_loop()
+
+    def get(self, k: str) -> tuple[float, bytes]:
+        """(seconds, the object's bytes) of one GET."""
+        async def get() -> bytes:
+            return await (await self.obstore.get_async(self.store, k)).bytes_async()
+
         started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(None, lambda: hashlib.new(algorithm, data))
-        hashing[0] += time.perf_counter() - started
+        data = self.loop.run_until_complete(get())
+        return time.perf_counter() - started, data
 
-    seconds = asyncio.run(bounded(keys, get_hashed, concurrency))
-    return len(keys) / seconds, len(keys) / hashing[0]
+    def get_hashed(self, k: str, algorithm: str) -> tuple[float, float]:
+        """(seconds, of which hashing) of one GET, then the hash of its bytes (a hashlib
+        name) in a thread, as a server does at least before it answers."""
+        async def get_hashed() -> float:
+            data = await (await self.obstore.get_async(self.store, k)).bytes_async()
+            started = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(None, lambda: hashlib.new(algorithm, data))
+            return time.perf_counter() - started
+
+        started = time.perf_counter()
+        hashing = self.loop.run_until_complete(get_hashed())
+        return time.perf_counter() - started, hashing
+
+    def put(self, k: str, body: bytes) -> float:
+        """Seconds of one create-only PUT, as the server creates objects."""
+        async def put() -> None:
+            await self.obstore.put_async(self.store, k, body, mode="create")
+
+        started = time.perf_counter()
+        self.loop.run_until_complete(put())
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.loop.close()
 
 
 def raw_put(store, objects: Sequence[dict[str, bytes]], concurrencies: Sequence[int]) -> tuple[float, int]:
@@ -349,6 +377,19 @@ def http_all(port: int, method: str, items: Sequence[tuple[str, bytes | None]], 
     return time.perf_counter() - started, problems
 
 
+def timed_request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
+                  problems: Callable[[str, list[str]], None], where: str) -> float:
+    """Seconds of one request on a keep-alive connection, its whole answer read."""
+    started = time.perf_counter()
+    conn.request(method, path, body=body)
+    response = conn.getresponse()
+    response.read()
+    seconds = time.perf_counter() - started
+    if response.status != 200:
+        problems(where, [f"{method} {path[:20]}...: {response.status}"])
+    return seconds
+
+
 def index_gauges(port: int) -> tuple[float, float]:
     """(entries, generation) of a server's index, from its /metrics."""
     text = request(port, "GET", "/metrics").body.decode()
@@ -443,19 +484,10 @@ class S3Bench:
             from hashserver.objectstore import SMALL_GET
 
             keys = [key(c) for c in self.dataset.checksums()]
-            rate, best = raw_get(self.store, keys, RAW_CONCURRENCIES, first=SMALL_GET)
+            rate, best = raw_get_first(self.store, keys, RAW_CONCURRENCIES, SMALL_GET)
             how = f"GET of a range (the first {SMALL_GET >> 10} KiB), concurrency {best}"
             self.lean_ceiling(name, [keys] * len(RAW_CONCURRENCIES),
                               lambda client, k: client.get_range(k, 0, SMALL_GET))
-        elif name in ("miss_get_large", "miss_get_large_sha256"):
-            sha256 = name == "miss_get_large_sha256"
-            fresh = self.fresh["miss_large_sha256" if sha256 else "miss_large"]
-            keys = [key(c, SHA256_PREFIX if sha256 else "") for c in fresh]
-            warm = list(self.fresh[f"warm {'miss_large_sha256' if sha256 else 'miss_large'}"])[-1:]
-            raw_get(self.store, [key(c, SHA256_PREFIX if sha256 else "") for c in warm], (LARGE_CONCURRENCY,))
-            rate, how = raw_get(self.store, keys, (LARGE_CONCURRENCY,))
-            rate *= o.large_size / 1e6
-            self.verified_ceiling(name, keys, "sha256" if sha256 else "sha3_256")
         elif name == "remote_has_1000":
             rate, how = raw_has(self.store, self.has_batches)
         elif name == "put_small":
@@ -465,22 +497,9 @@ class S3Bench:
             self.lean_ceiling(name, lean_sets, lambda client, kv: client.put_if_absent(
                 key(kv[0]), kv[1], hashlib.sha256(kv[1]).hexdigest()))
         else:
-            warm = list(self.fresh["warm put_large"].items())[-1:]
-            raw_put(self.store, [dict(warm)], (LARGE_CONCURRENCY,))
-            rate, how = raw_put(self.store, [fresh_bodies(o.large_count, o.large_size, o.seed, 0x5500)],
-                                (LARGE_CONCURRENCY,))
-            rate *= o.large_size / 1e6
+            raise ValueError(f"{name}: measured by pairs (large_pairs), not here")
         self.raw[name] = (rate, how if isinstance(how, str) else f"concurrency {how}")
         say(f"bench.s3: [raw] {CASES_S3[name].label}: {rate:,.1f} {CASES_S3[name].unit} ({self.raw[name][1]})")
-
-    def verified_ceiling(self, name: str, keys: list[str], algorithm: str) -> None:
-        """The raw client's GET then the hash, for a large miss (read once more: SeaweedFS
-        has read these objects just before, for the plain GET, as it has for the server)."""
-        gets, hashes = raw_get_hashed(self.store, keys, algorithm, LARGE_CONCURRENCY)
-        size = self.o.large_size / 1e6
-        self.verified_raw[name] = (gets * size, f"concurrency {LARGE_CONCURRENCY}", hashes * size)
-        say(f"bench.s3: [raw, then hashed] {CASES_S3[name].label}: {gets * size:,.1f} MB/s "
-            f"({algorithm} alone {hashes * size:,.0f} MB/s)")
 
     def lean_ceiling(self, name: str, work: list, call) -> None:
         from hashserver.s3lean import LeanClient
@@ -546,9 +565,9 @@ class S3Bench:
                 "remote_has_1000", server.port, "POST", [("/has", json.dumps(b).encode()) for b in self.has_batches],
                 4),
             "miss_get_small": lambda: self.best_of_connections("miss_get_small", "GET", "miss_small", server.port),
-            "miss_get_large": lambda: self.counted_large("miss_get_large", server.port, "GET", "miss_large"),
+            "miss_get_large": lambda: self.large_pairs("miss_get_large", server.port),
             "put_small": lambda: self.best_of_connections("put_small", "PUT", "put_small", server.port),
-            "put_large": lambda: self.counted_large("put_large", server.port, "PUT", "put_large"),
+            "put_large": lambda: self.large_pairs("put_large", server.port),
         }
         values = {}
         self.file_creation_us = file_creation_cost(self.workdir)
@@ -561,14 +580,14 @@ class S3Bench:
                 for connections in self.connections:
                     objects = self.fresh[f"miss_small {connections}"]
                     asyncio.run(upload(self.store, {key(c): b for c, b in objects.items()}))
-            self.ceiling(name)
+            if name not in PAIRED:
+                self.ceiling(name)
             values[name] = measure()
         return values
 
     def sha256_misses(self, server: HashServer) -> dict[str, float]:
         name = "miss_get_large_sha256"
-        self.ceiling(name)
-        return {name: self.counted_large(name, server.port, "GET", "miss_large_sha256")}
+        return {name: self.large_pairs(name, server.port)}
 
     def best_of_connections(self, name: str, method: str, fresh: str, port: int) -> float:
         """The server's best over :attr:`connections`, each round on its own fresh objects."""
@@ -605,16 +624,58 @@ class S3Bench:
         say(f"bench.s3: [s3] {case.label}: {value:,.1f} {case.unit}")
         return value
 
-    def counted_large(self, name: str, port: int, method: str, objects: str) -> float:
-        """A large case, once the server's workers were warmed up (see LARGE_WARM_UP) on
-        objects of their own, as fresh as the case's."""
-        def items(which: str) -> list:
-            return [("/" + c, b if method == "PUT" else None) for c, b in self.fresh[which].items()]
-
-        warm = items(f"warm {objects}")[:LARGE_WARM_UP * self.o.workers]  # the rest: the raw client's
-        _, problems = http_all(port, method, warm, self.o.workers)
+    def large_pairs(self, name: str, port: int) -> float:
+        """A large case by pairs, object after object: the raw client's call on a fresh object
+        (for a miss, then its GET once more followed by the hash), then the server's call on
+        its own fresh object; each figure is the size over the median of its times.  Both
+        sides so meet the machine in the same state: its load drifts over seconds, and a
+        case measured as ten raw calls and then ten of the server's put the SHA-256 miss at
+        0.49-0.76 of the raw GET over five runs.  Before the pairs, unmeasured, the
+        server's workers get LARGE_WARM_UP calls each and the raw client one."""
+        o = self.o
+        put = name == "put_large"
+        sha256 = name == "miss_get_large_sha256"
+        objects = "put_large" if put else "miss_large_sha256" if sha256 else "miss_large"
+        prefix = SHA256_PREFIX if sha256 else ""
+        method = "PUT" if put else "GET"
+        served = [("/" + c, b if put else None) for c, b in self.fresh[objects].items()]
+        warm = [("/" + c, b if put else None) for c, b in self.fresh[f"warm {objects}"].items()]
+        _, problems = http_all(port, method, warm[:LARGE_WARM_UP * o.workers], o.workers)
         self.problems(f"s3 {name} warm-up", problems[:5])
-        return self.counted(name, port, method, items(objects), LARGE_CONCURRENCY)
+        raw = RawCalls(self.store)
+        server = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
+        raw_bodies = list(fresh_bodies(o.large_count, o.large_size, o.seed, 0x5500).items())
+        times: dict[str, list[float]] = {"raw": [], "server": [], "hashed": [], "hash": []}
+        try:
+            warm_checksum, warm_body = warm[-1]
+            if put:
+                raw.put(key(warm_checksum[1:]), warm_body)
+            else:
+                raw.get(key(warm_checksum[1:], prefix))
+            for i, (path, body) in enumerate(served):
+                if put:
+                    times["raw"].append(raw.put(key(raw_bodies[i][0]), raw_bodies[i][1]))
+                else:
+                    times["raw"].append(raw.get(key(path[1:], prefix))[0])
+                    seconds, hashing = raw.get_hashed(key(path[1:], prefix), "sha256" if sha256 else "sha3_256")
+                    times["hashed"].append(seconds)
+                    times["hash"].append(hashing)
+                times["server"].append(timed_request(server, method, path, body, self.problems, f"s3 {name}"))
+        finally:
+            server.close()
+            raw.close()
+        size = o.large_size / 1e6
+        rate = {side: size / float(np.median(t)) for side, t in times.items() if t}
+        how = f"concurrency 1, in turns with hashserver's ({o.large_count} each, medians)"
+        self.raw[name] = (rate["raw"], how)
+        say(f"bench.s3: [raw] {CASES_S3[name].label}: {rate['raw']:,.1f} MB/s ({how})")
+        if not put:
+            algorithm = "sha256" if sha256 else "sha3_256"
+            self.verified_raw[name] = (rate["hashed"], how, rate["hash"])
+            say(f"bench.s3: [raw, then hashed] {CASES_S3[name].label}: {rate['hashed']:,.1f} MB/s "
+                f"({algorithm} alone {rate['hash']:,.0f} MB/s)")
+        say(f"bench.s3: [s3] {CASES_S3[name].label}: {rate['server']:,.1f} MB/s")
+        return rate["server"]
 
     def problems(self, where: str, found: list[str]) -> None:
         self.found += [f"{where}: {p}" for p in found]
@@ -744,7 +805,8 @@ def table(doc: S3Document) -> str:
     lines += [f"  {CASES_S3[k].label}: ceiling by {how}"
               + (f"; hashserver's best at {doc.server_detail[k]}" if k in doc.server_detail else "")
               for k, how in doc.ceiling_detail.items()]
-    lines.append(f"  large cases: {o.large_count} fresh objects each, one at a time, after {LARGE_WARM_UP} unmeasured "
+    lines.append(f"  large cases: {o.large_count} fresh objects each, one at a time, the raw client's call and "
+                 f"hashserver's in turns, each figure the size over the median time; after {LARGE_WARM_UP} unmeasured "
                  f"per worker of the server (over {o.workers} connections) and one of the raw client's")
     for k, (rate, how) in doc.lean_raw.items():
         fig = doc.figures.get(k)
