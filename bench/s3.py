@@ -17,9 +17,10 @@ would), and fresh objects nobody has read yet.  Then, side by side:
   object store's own cost per call falls as more arrive at once, for both.  Small
   misses and PUTs also report the raw rate of hashserver's own lean client
   (``hashserver.s3lean``), which the server's calls of those cases use;
-- a large miss once more on a second server with ``--hash-algorithm sha-256`` (today's
-  Seamless), on objects named by SHA-256 under ``sha256/``: SHA3-256's hash is what
-  bounds a large miss on this machine, and this shows the rest.  Each large miss is
+- a large miss and a large PUT once more on a second server with ``--hash-algorithm
+  sha-256`` (today's Seamless), on objects named by SHA-256 under ``sha256/``: SHA3-256's
+  hash is what bounds a large miss on this machine (and takes a core from SeaweedFS at
+  a large PUT), and these show the rest.  Each large miss is
   also set beside the raw client's GET followed by the hash of the bytes (the least
   that any server must do which verifies an object before its answer's headers, as
   the contract asks up to 64 MiB), and beside the hash alone.
@@ -77,7 +78,14 @@ HEAD_CONCURRENCIES = (16, 64, 256)
 # first touched: 44-52 ms against 30 for a 16 MiB SHA-256 miss, measured), and the
 # SHA-256 server is new when its case begins, where the raw client has long been at work.
 LARGE_WARM_UP = 2
-PAIRED = ("miss_get_large", "miss_get_large_sha256", "put_large")  # measured by pairs (S3Bench.large_pairs)
+# The cases measured by pairs (S3Bench.large_pairs): (the server's objects, their keys' prefix,
+# the hash they are named by, the stream of the raw client's own fresh objects for a PUT).
+PAIRED = {
+    "miss_get_large": ("miss_large", "", "sha3_256", None),
+    "miss_get_large_sha256": ("miss_large_sha256", SHA256_PREFIX, "sha256", None),
+    "put_large": ("put_large", "", "sha3_256", 0x5500),
+    "put_large_sha256": ("put_large_sha256", SHA256_PREFIX, "sha256", 0x5501),
+}
 HTTP_TIMEOUT = 120.0
 # After the warm-up filled the tier, its directories have changed: until the main process
 # rescanned them once they settled (hashserver.index.scan.SETTLE_NS), each hit stats them
@@ -105,6 +113,8 @@ CASES_S3: dict[str, Case] = {c.key: c for c in (
          per_request=HAS_SIZE),
     Case("put_small", "PUT 1 KiB, new", "req/s", "write", "raw_put", 0.7),
     Case("put_large", "PUT large, new", "MB/s", "write", "raw_put", 0.7, payload="large"),
+    # The same on the SHA-256 server: a large PUT apart from SHA3-256's hash, as for the miss.
+    Case("put_large_sha256", "PUT large, sha-256", "MB/s", "write", "raw_put", 0.7, payload="large"),
 )}
 CEILINGS = {"directory": "directory store", "raw_get": "obstore GET", "raw_has": "obstore HEAD/LIST",
             "raw_put": "obstore PUT"}
@@ -454,12 +464,14 @@ class S3Bench:
             "has_present": fresh_bodies(12 * HAS_SIZE // 2, 1024, o.seed, 0x5303),
             "put_large": fresh_bodies(o.large_count, o.large_size, o.seed, 0x5305),
             "miss_large_sha256": fresh_bodies(o.large_count, o.large_size, o.seed, 0x5306, sha256_hex),
+            "put_large_sha256": fresh_bodies(o.large_count, o.large_size, o.seed, 0x5307, sha256_hex),
         }
         warm = LARGE_WARM_UP * o.workers + 1  # the last for the raw client
         self.fresh.update({
             "warm miss_large": fresh_bodies(warm, o.large_size, o.seed, 0x5702),
             "warm put_large": fresh_bodies(warm, o.large_size, o.seed, 0x5705),
             "warm miss_large_sha256": fresh_bodies(warm, o.large_size, o.seed, 0x5706, sha256_hex),
+            "warm put_large_sha256": fresh_bodies(warm, o.large_size, o.seed, 0x5707, sha256_hex),
         })
         for n, connections in enumerate(self.connections):  # a fresh set for each round
             self.fresh[f"miss_small {connections}"] = fresh_bodies(small, 1024, o.seed, 0x5301 + 0x10 * n)
@@ -585,9 +597,8 @@ class S3Bench:
             values[name] = measure()
         return values
 
-    def sha256_misses(self, server: HashServer) -> dict[str, float]:
-        name = "miss_get_large_sha256"
-        return {name: self.large_pairs(name, server.port)}
+    def sha256_cases(self, server: HashServer) -> dict[str, float]:
+        return {name: self.large_pairs(name, server.port) for name in ("miss_get_large_sha256", "put_large_sha256")}
 
     def best_of_connections(self, name: str, method: str, fresh: str, port: int) -> float:
         """The server's best over :attr:`connections`, each round on its own fresh objects."""
@@ -633,10 +644,8 @@ class S3Bench:
         0.49-0.76 of the raw GET over five runs.  Before the pairs, unmeasured, the
         server's workers get LARGE_WARM_UP calls each and the raw client one."""
         o = self.o
-        put = name == "put_large"
-        sha256 = name == "miss_get_large_sha256"
-        objects = "put_large" if put else "miss_large_sha256" if sha256 else "miss_large"
-        prefix = SHA256_PREFIX if sha256 else ""
+        objects, prefix, algorithm, raw_stream = PAIRED[name]
+        put = raw_stream is not None
         method = "PUT" if put else "GET"
         served = [("/" + c, b if put else None) for c, b in self.fresh[objects].items()]
         warm = [("/" + c, b if put else None) for c, b in self.fresh[f"warm {objects}"].items()]
@@ -644,20 +653,20 @@ class S3Bench:
         self.problems(f"s3 {name} warm-up", problems[:5])
         raw = RawCalls(self.store)
         server = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
-        raw_bodies = list(fresh_bodies(o.large_count, o.large_size, o.seed, 0x5500).items())
+        raw_bodies = list(fresh_bodies(o.large_count, o.large_size, o.seed, raw_stream).items()) if put else []
         times: dict[str, list[float]] = {"raw": [], "server": [], "hashed": [], "hash": []}
         try:
             warm_checksum, warm_body = warm[-1]
             if put:
-                raw.put(key(warm_checksum[1:]), warm_body)
+                raw.put(key(warm_checksum[1:], prefix), warm_body)
             else:
                 raw.get(key(warm_checksum[1:], prefix))
             for i, (path, body) in enumerate(served):
                 if put:
-                    times["raw"].append(raw.put(key(raw_bodies[i][0]), raw_bodies[i][1]))
+                    times["raw"].append(raw.put(key(raw_bodies[i][0], prefix), raw_bodies[i][1]))
                 else:
                     times["raw"].append(raw.get(key(path[1:], prefix))[0])
-                    seconds, hashing = raw.get_hashed(key(path[1:], prefix), "sha256" if sha256 else "sha3_256")
+                    seconds, hashing = raw.get_hashed(key(path[1:], prefix), algorithm)
                     times["hashed"].append(seconds)
                     times["hash"].append(hashing)
                 times["server"].append(timed_request(server, method, path, body, self.problems, f"s3 {name}"))
@@ -670,7 +679,6 @@ class S3Bench:
         self.raw[name] = (rate["raw"], how)
         say(f"bench.s3: [raw] {CASES_S3[name].label}: {rate['raw']:,.1f} MB/s ({how})")
         if not put:
-            algorithm = "sha256" if sha256 else "sha3_256"
             self.verified_raw[name] = (rate["hashed"], how, rate["hash"])
             say(f"bench.s3: [raw, then hashed] {CASES_S3[name].label}: {rate['hashed']:,.1f} MB/s "
                 f"({algorithm} alone {rate['hash']:,.0f} MB/s)")
@@ -768,7 +776,7 @@ def run(options: S3Options) -> S3Document:
                     values, ceilings = bench.hits(server, directory)
                 values.update(bench.misses_and_puts(server))  # the directory server stopped
             with bench.s3_server(sha256=True) as server:
-                values.update(bench.sha256_misses(server))
+                values.update(bench.sha256_cases(server))
         finally:
             bench.stop()
     ceilings.update({k: v for k, (v, _) in bench.raw.items()})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.s3 import CASES_S3, CEILINGS, LARGE_WARM_UP
+from bench.s3 import CASES_S3, CEILINGS, LARGE_WARM_UP, PAIRED
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds; a quick run takes a minute or two on two busy cores
@@ -50,7 +50,7 @@ def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
             f"each figure the size over the median time; after {LARGE_WARM_UP} unmeasured per worker of "
             f"the server (over 2 connections) and one of the raw client's") in table
     paired = "concurrency 1, in turns with hashserver's (3 each, medians)"
-    for key in ("miss_get_large", "miss_get_large_sha256", "put_large"):
+    for key in PAIRED:  # the large cases, GETs and PUTs, on both servers
         assert doc["ceiling_detail"][key] == paired, key
     assert doc["file_creation_us"] > 0  # what each small fill of the tier paid, this run
     assert f"beside the tier, before the misses: {doc['file_creation_us']:,.0f} us of CPU" in table
