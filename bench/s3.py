@@ -25,9 +25,11 @@ would), and fresh objects nobody has read yet.  Then, side by side:
   that any server must do which verifies an object before its answer's headers, as
   the contract asks up to 64 MiB), and beside the hash alone.
 
-The large cases (GET miss and PUT of 16 MiB, one at a time) are measured by pairs:
-the raw client's call on one fresh object, then the server's on its own, object after
-object, each figure the size over the median of its times (:meth:`S3Bench.large_pairs`).
+The large cases (GET miss and PUT of 16 MiB, one at a time) are measured by pairs,
+object after object: a miss is the raw client's GET of a fresh object (then its GET
+once more, followed by the hash), then the server's GET of the same object; a PUT is
+the raw client's PUT of one fresh object, then the server's PUT of another.  Each
+figure is the size over the median of its times (:meth:`S3Bench.large_pairs`).
 
 Each figure is reported as a ratio to its ceiling, in the table format of
 :mod:`bench.report`.  Every object a case reads is fresh where it must be (a miss is
@@ -249,14 +251,14 @@ class RawCalls:
         self.store = store
         self.loop = asyncio.new_event_loop()
 
-    def get(self, k: str) -> tuple[float, bytes]:
-        """(seconds, the object's bytes) of one GET."""
-        async def get() -> bytes:
-            return await (await self.obstore.get_async(self.store, k)).bytes_async()
+    def get(self, k: str) -> float:
+        """Seconds of one GET, its bytes read whole."""
+        async def get() -> None:
+            await (await self.obstore.get_async(self.store, k)).bytes_async()
 
         started = time.perf_counter()
-        data = self.loop.run_until_complete(get())
-        return time.perf_counter() - started, data
+        self.loop.run_until_complete(get())
+        return time.perf_counter() - started
 
     def get_hashed(self, k: str, algorithm: str) -> tuple[float, float]:
         """(seconds, of which hashing) of one GET, then the hash of its bytes (a hashlib
@@ -636,9 +638,8 @@ class S3Bench:
         return value
 
     def large_pairs(self, name: str, port: int) -> float:
-        """A large case by pairs, object after object: the raw client's call on a fresh object
-        (for a miss, then its GET once more followed by the hash), then the server's call on
-        its own fresh object; each figure is the size over the median of its times.  Both
+        """A large case by pairs, object after object (see the module's docstring): the raw
+        client's call, then the server's; each figure is the size over the median of its times.  Both
         sides so meet the machine in the same state: its load drifts over seconds, and a
         case measured as ten raw calls and then ten of the server's put the SHA-256 miss at
         0.49-0.76 of the raw GET over five runs.  Before the pairs, unmeasured, the
@@ -665,7 +666,7 @@ class S3Bench:
                 if put:
                     times["raw"].append(raw.put(key(raw_bodies[i][0], prefix), raw_bodies[i][1]))
                 else:
-                    times["raw"].append(raw.get(key(path[1:], prefix))[0])
+                    times["raw"].append(raw.get(key(path[1:], prefix)))
                     seconds, hashing = raw.get_hashed(key(path[1:], prefix), algorithm)
                     times["hashed"].append(seconds)
                     times["hash"].append(hashing)
