@@ -40,6 +40,23 @@ def self_signed(cert: Path, key: Path, alt_names: str | None = None,
     return cert, key
 
 
+def signed_by_a_test_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """(the CA's certificate, a server certificate for 127.0.0.1 that it signed, the
+    server's key): for clients that take no self-signed certificate as a server's
+    (rustls, in obstore, takes none that is a CA's)."""
+    ca, ca_key = self_signed(directory / "ca.pem", directory / "ca.key", common_name="hashserver test CA")
+    cert, key, request = directory / "server.pem", directory / "server.key", directory / "server.csr"
+    extensions = directory / "server.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                          "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(request),
+                    "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(extensions)],
+                   check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
 def buffer_path(directory, checksum: str, layout: str = "prefix", suffix: str = "") -> Path:
     """Where a buffer file (``suffix``: ``.zst``, ``.gz``, ``.BUFFERLENGTH``...) lives."""
     directory = Path(directory)

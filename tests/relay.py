@@ -2,12 +2,16 @@
 network fault, without touching either side.  :meth:`Relay.stop` takes the store away
 (open connections aborted, new ones refused) and :meth:`Relay.start` brings it back;
 ``cut`` names requests (by their first line) whose connection is aborted before the
-request reaches the store.  :class:`RelayThread` runs one in a thread of its own, for
-a server in another process."""
+request reaches the store.  Given an ``ssl`` context it is the store's HTTPS end (TLS
+on the client's side, plain HTTP to the store), and it keeps every request's
+``x-amz-content-sha256`` (signed body or not).  :class:`RelayThread` runs one in a
+thread of its own, for a server in another process."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl as _ssl
 import threading
 import urllib.parse
 from typing import Callable
@@ -15,21 +19,26 @@ from typing import Callable
 from hashserver.testing import free_port
 
 BOUND = 60.0  # seconds: a bound against hangs
+CONTENT_SHA256 = re.compile(rb"\r\nx-amz-content-sha256: ([^\r\n]*)\r\n", re.IGNORECASE)
+HEADER_SPAN = 200  # bytes kept from one read to the next, so that a header split by a read is still found
 
 
 class Relay:
-    def __init__(self, target: str, cut: Callable[[bytes], bool] = lambda request_line: False):
+    def __init__(self, target: str, cut: Callable[[bytes], bool] = lambda request_line: False,
+                 ssl: _ssl.SSLContext | None = None):
         self.cut = cut
+        self.ssl = ssl
         parts = urllib.parse.urlsplit(target)
         self.target, self.port = (parts.hostname, parts.port), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl else 'http'}://127.0.0.1:{self.port}"
+        self.content_sha256: list[bytes] = []  # each request's x-amz-content-sha256, in order
         self.server: asyncio.AbstractServer | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.open_connections = 0
         self.most_connections = 0  # open at once, since the start
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port, ssl=self.ssl)
 
     async def stop(self) -> None:
         """No more connections; those open are cut."""
@@ -53,10 +62,13 @@ class Relay:
         self.most_connections = max(self.most_connections, self.open_connections)
 
         async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, requests: bool) -> None:
+            seen = b""
             try:
                 while data := await source.read(65536):
                     if requests and self.cut(data.split(b"\r\n", 1)[0]):
                         break
+                    if requests:
+                        seen = self._note_headers(seen + data)
                     sink.write(data)
                     await sink.drain()
             except OSError:
@@ -69,6 +81,15 @@ class Relay:
             await asyncio.gather(pump(reader, upstream_writer, True), pump(upstream_reader, writer, False))
         finally:
             self.open_connections -= 1
+
+
+    def _note_headers(self, data: bytes) -> bytes:
+        """Keeps the content hashes that ``data`` holds; returns what to look at again."""
+        end = 0
+        for found in CONTENT_SHA256.finditer(data):
+            self.content_sha256.append(found.group(1))
+            end = found.end() - 2
+        return data[max(end, len(data) - HEADER_SPAN):]
 
 
 class RelayThread:

@@ -15,6 +15,7 @@ import http.client
 import http.server
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -45,6 +46,8 @@ from hashserver.storage import (
     Want,
 )
 from hashserver.testing import free_port
+
+from conftest import signed_by_a_test_ca
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
 from hashserver import objectstore  # noqa: E402  (needs obstore)
@@ -767,6 +770,48 @@ def test_a_put_replaces_a_plain_object_of_another_length(bucket_store):
     assert run(store.put(checksum, body_of(data))) is PutOutcome.STORED
     assert bytes(obstore.get(raw, key_of(checksum)).bytes()) == data
     assert run(read_all_of(store, checksum)) == data
+
+
+@pytest.mark.parametrize("tls, setting, signed", [(True, None, False), (False, None, True),
+                                                   (True, "false", True), (False, "true", False)],
+                         ids=["https", "http", "https, AWS_UNSIGNED_PAYLOAD=false", "http, AWS_UNSIGNED_PAYLOAD=true"])
+def test_bodies_go_unsigned_over_https_alone(s3_env, s3_bucket, tmp_path, monkeypatch,  # noqa: F811
+                                             tls, setting, signed):
+    """Over HTTPS no body is signed (TLS guards it, and signing hashes every byte once
+    more); over plain HTTP each is, so that the store refuses one damaged on its way;
+    ``AWS_UNSIGNED_PAYLOAD``, where set, decides.  The store (here behind an HTTPS
+    relay, which sees every request's ``x-amz-content-sha256``) takes both kinds."""
+    context = None
+    if tls:
+        ca, cert, key = signed_by_a_test_ca(tmp_path)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # before the store's client is made
+    if setting is not None:
+        monkeypatch.setenv("AWS_UNSIGNED_PAYLOAD", setting)
+    relay = Relay(s3_env.s3_endpoint, ssl=context)
+    large, small = os.urandom(12 * MiB), os.urandom(600_000)  # in parts of 5 MiB; in one create-only PUT
+
+    async def scenario():
+        await relay.start()
+        store = make_store(s3_env, s3_bucket, endpoint=relay.url, lean=False)
+        try:
+            for data in (large, small):
+                assert await store.put(sha3(data), body_of(data, MiB)) is PutOutcome.STORED
+                assert await read_all_of(store, sha3(data)) == data
+        finally:
+            store.close()
+            await relay.stop()
+
+    run(scenario())
+    seen = set(relay.content_sha256)
+    bodies = [large[:5 * MiB], large[5 * MiB:10 * MiB], large[10 * MiB:], small]
+    if signed:
+        assert {hashlib.sha256(body).hexdigest().encode() for body in bodies} <= seen
+        assert b"UNSIGNED-PAYLOAD" not in seen
+    else:
+        assert seen == {b"UNSIGNED-PAYLOAD"} and len(relay.content_sha256) >= len(bodies) + 2  # + multipart's two POSTs
+    assert bytes(obstore.get(s3_env.s3_store(s3_bucket), key_of(sha3(large))).bytes()) == large
 
 
 async def read_all_of(store: ObjectStore, checksum: bytes) -> bytes:
