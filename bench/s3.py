@@ -374,11 +374,9 @@ def http_all(port: int, method: str, items: Sequence[tuple[str, bytes | None]], 
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
         try:
             for path, body in queue:
-                conn.request(method, path, body=body)
-                response = conn.getresponse()
-                response.read()
-                if response.status != expect:
-                    problems.append(f"{method} {path[:20]}...: {response.status}")
+                problem = exchange(conn, method, path, body, expect)
+                if problem:
+                    problems.append(problem)
         finally:
             conn.close()
 
@@ -389,16 +387,24 @@ def http_all(port: int, method: str, items: Sequence[tuple[str, bytes | None]], 
     return time.perf_counter() - started, problems
 
 
+def exchange(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
+             expect: int = 200) -> str | None:
+    """One request on a keep-alive connection, its whole answer read; a problem if
+    its status is not ``expect``."""
+    conn.request(method, path, body=body)
+    response = conn.getresponse()
+    response.read()
+    return None if response.status == expect else f"{method} {path[:20]}...: {response.status}"
+
+
 def timed_request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
                   problems: Callable[[str, list[str]], None], where: str) -> float:
     """Seconds of one request on a keep-alive connection, its whole answer read."""
     started = time.perf_counter()
-    conn.request(method, path, body=body)
-    response = conn.getresponse()
-    response.read()
+    problem = exchange(conn, method, path, body)
     seconds = time.perf_counter() - started
-    if response.status != 200:
-        problems(where, [f"{method} {path[:20]}...: {response.status}"])
+    if problem:
+        problems(where, [problem])
     return seconds
 
 
