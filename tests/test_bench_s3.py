@@ -16,7 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from seaweedfs import (
+    s3_bucket,  # noqa: F401  (fixtures)
+    seaweedfs,  # noqa: F401
+)
 
 from bench.s3 import CASES_S3, CEILINGS, LARGE_WARM_UP, PAIRED
 
@@ -62,9 +67,32 @@ def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
     for key, (rate, how) in doc["lean_raw"].items():
         assert rate > 0 and how.startswith("concurrency "), (key, rate, how)
         assert f"{CASES_S3[key].label}: hashserver's own lean S3 client alone" in table
-    # each large miss beside the raw GET followed by the hash (the least a verifying server does)
-    assert set(doc["verified_raw"]) == {"miss_get_large", "miss_get_large_sha256"}
+    # each large case beside the least a verifying server does: a miss's raw GET followed by the
+    # hash, a PUT's raw multipart upload beside the hash and the tier's copy
+    assert set(doc["verified_raw"]) == {"miss_get_large", "miss_get_large_sha256", "put_large", "put_large_sha256"}
     for key, (rate, how, hashing) in doc["verified_raw"].items():
         assert rate > 0 and hashing > 0 and how == paired, (key, rate, how, hashing)
-        assert f"{CASES_S3[key].label}: obstore's GET, then the hash of its bytes" in table
+        least = "obstore's multipart PUT of the body held in memory" if key.startswith("put") else \
+            "obstore's GET, then the hash of its bytes"
+        assert f"{CASES_S3[key].label}: {least}" in table
         assert f"the hash alone {hashing:,.0f} MB/s" in table
+
+
+def test_the_least_work_of_a_put_uploads_the_body_and_copies_it(seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    """The least-work line of a large PUT measures real work: the object holds the body (in
+    parts), the copy beside holds it too, and the hash took time."""
+    import obstore
+
+    from bench.s3 import RawCalls
+
+    body = np.random.default_rng(7).bytes(17 << 20)  # three parts of the server's 8 MiB
+    raw = RawCalls(seaweedfs.s3_store(s3_bucket))
+    try:
+        seconds, hashing = raw.put_verified("aa/least", body, "sha3_256", str(tmp_path))
+    finally:
+        raw.close()
+    assert 0 < hashing < seconds
+    stored = obstore.get(seaweedfs.s3_store(s3_bucket), "aa/least")
+    assert bytes(stored.bytes()) == body
+    assert obstore.head(seaweedfs.s3_store(s3_bucket), "aa/least")["e_tag"].endswith('-3"')  # a multipart upload
+    assert (tmp_path / "aa-least").read_bytes() == body
