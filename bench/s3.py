@@ -89,7 +89,7 @@ PAIRED = {
     "put_large": ("put_large", "", "sha3_256", 0x5500),
     "put_large_sha256": ("put_large_sha256", SHA256_PREFIX, "sha256", 0x5501),
 }
-LEAST_STREAM = 0x100  # added to a PUT's raw stream: the fresh objects of its least-work calls
+LEAST_STREAM = 0x400  # added to a PUT's raw stream: the fresh objects of its least-work calls
 # What the least-work line of a large case measures (RawCalls.get_hashed, RawCalls.put_verified), by "is a PUT".
 LEAST_WORK = {
     False: "obstore's GET, then the hash of its bytes (the least a server does that verifies before it answers)",
@@ -297,14 +297,16 @@ class RawCalls:
         self.loop.run_until_complete(put())
         return time.perf_counter() - started
 
-    def put_verified(self, k: str, body: bytes, algorithm: str, directory: str) -> tuple[float, float]:
+    def put_verified(self, k: str, body: bytes, algorithm: str, expected: str, directory: str) -> tuple[float, float]:
         """(seconds, of which hashing) of the least a server does for a large PUT that it
         verifies and keeps a copy of, the body already in memory: obstore's multipart upload
-        of it (the server's part size and parts in flight) completed only once its hash (a
-        hashlib name) is taken, a MiB at a time in one thread, while another thread writes
-        its copy into a new file under ``directory`` as the tier does (past the page cache,
-        :mod:`hashserver.directwrite`).  The copy's end is written after the time is taken,
-        as a server answers before it publishes its copy."""
+        of it (the server's part size and parts in flight), completed only once its hash (a
+        hashlib name), taken a MiB at a time in one thread, came out ``expected`` (else the
+        upload is aborted and ValueError raised), while another thread writes its copy into
+        a new file under ``directory`` as the tier does (past the page cache,
+        :mod:`hashserver.directwrite`).  The copy holds nothing back: its writes still
+        queued when the upload completes, and its end, are written after the time is
+        taken (a server answers before its tier's copy is published)."""
         from hashserver.directwrite import DirectFile
         from hashserver.objectstore import PART_SIZE, UPLOAD_CONCURRENCY
 
@@ -312,19 +314,16 @@ class RawCalls:
         steps = [view[i:i + BATCH] for i in range(0, len(view), BATCH)]  # as the server's batches
         digest = hashlib.new(algorithm)
         hashing = [0.0]
+        hashed: list[asyncio.Future] = []
+        written: list[asyncio.Future] = []
 
         def hash_step(step: memoryview) -> None:
             started = time.perf_counter()
             digest.update(step)
             hashing[0] += time.perf_counter() - started
 
-        fd = os.open(os.path.join(directory, k.replace("/", "-")), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        copy = DirectFile(fd, self.buffers)
-
-        async def put_verified() -> list[asyncio.Future]:
+        async def put_verified(copy: DirectFile) -> None:
             loop = asyncio.get_running_loop()
-            hashed: list[asyncio.Future] = []
-            written: list[asyncio.Future] = []
 
             async def pieces() -> AsyncIterator[memoryview]:
                 for step in steps:
@@ -332,23 +331,30 @@ class RawCalls:
                     written.append(loop.run_in_executor(self.copier, copy.write, step))
                     yield step
                 await asyncio.gather(*hashed)
+                if digest.hexdigest() != expected:
+                    raise ValueError(f"{k}: the body hashed to {digest.hexdigest()}, not {expected}")
 
             await self.obstore.put_async(self.store, k, pieces(), use_multipart=True, chunk_size=PART_SIZE,
                                          max_concurrency=UPLOAD_CONCURRENCY)
-            return written
 
+        fd = os.open(os.path.join(directory, k.replace("/", "-")), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        copy = None
         try:
+            copy = DirectFile(fd, self.buffers)
             started = time.perf_counter()
-            written = self.loop.run_until_complete(put_verified())
+            self.loop.run_until_complete(put_verified(copy))
             seconds = time.perf_counter() - started
             self.loop.run_until_complete(asyncio.gather(*written))
             copy.finish()
-        finally:
-            copy.release()
+        finally:  # no thread may still use the buffer or the descriptor, whatever failed
+            self.loop.run_until_complete(asyncio.gather(*hashed, *written, return_exceptions=True))
+            if copy is not None:
+                copy.release()
             os.close(fd)
         return seconds, hashing[0]
 
     def close(self) -> None:
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.hasher.shutdown()
         self.copier.shutdown()
         self.buffers.close()
@@ -730,21 +736,23 @@ class S3Bench:
         raw = RawCalls(self.store)
         server = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
         raw_bodies = list(fresh_bodies(o.large_count, o.large_size, o.seed, raw_stream).items()) if put else []
-        least_bodies = list(fresh_bodies(o.large_count, o.large_size, o.seed, raw_stream + LEAST_STREAM).items()) \
-            if put else []
+        least_bodies = list(fresh_bodies(o.large_count + 1, o.large_size, o.seed, raw_stream + LEAST_STREAM,
+                                         sha256_hex if algorithm == "sha256" else checksum_hex).items()) if put else []
         copies = tempfile.mkdtemp(prefix="raw-copies-", dir=self.workdir) if put else ""
         times: dict[str, list[float]] = {"raw": [], "server": [], "hashed": [], "hash": []}
         try:
             warm_checksum, warm_body = warm[-1]
             if put:
                 raw.put(key(warm_checksum[1:], prefix), warm_body)
+                least, least_body = least_bodies.pop()
+                raw.put_verified(key(least, prefix), least_body, algorithm, least, copies)
             else:
                 raw.get(key(warm_checksum[1:], prefix))
             for i, (path, body) in enumerate(served):
                 if put:
                     times["raw"].append(raw.put(key(raw_bodies[i][0], prefix), raw_bodies[i][1]))
                     least, least_body = least_bodies[i]
-                    seconds, hashing = raw.put_verified(key(least, prefix), least_body, algorithm, copies)
+                    seconds, hashing = raw.put_verified(key(least, prefix), least_body, algorithm, least, copies)
                 else:
                     times["raw"].append(raw.get(key(path[1:], prefix)))
                     seconds, hashing = raw.get_hashed(key(path[1:], prefix), algorithm)
@@ -895,7 +903,7 @@ def table(doc: S3Document) -> str:
               for k, how in doc.ceiling_detail.items()]
     lines.append(f"  large cases: {o.large_count} fresh objects each, one at a time, the raw client's call and "
                  f"hashserver's in turns, each figure the size over the median time; after {LARGE_WARM_UP} unmeasured "
-                 f"per worker of the server (over {o.workers} connections) and one of the raw client's")
+                 f"per worker of the server (over {o.workers} connections) and one of each of the raw client's calls")
     for k, (rate, how) in doc.lean_raw.items():
         fig = doc.figures.get(k)
         against = f", hashserver {_ratio(fig.value / rate)} of it" if fig is not None and fig.value and rate else ""

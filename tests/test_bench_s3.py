@@ -11,6 +11,7 @@ and on whatever else it is doing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -19,11 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from seaweedfs import (
+    ACCESS_KEY,
+    REGION,
+    SECRET_KEY,
     s3_bucket,  # noqa: F401  (fixtures)
     seaweedfs,  # noqa: F401
 )
 
 from bench.s3 import CASES_S3, CEILINGS, LARGE_WARM_UP, PAIRED
+from hashserver import s3uploads
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds; a quick run takes a minute or two on two busy cores
@@ -53,7 +58,7 @@ def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
     assert "lowest ratio" in table
     assert (f"large cases: 3 fresh objects each, one at a time, the raw client's call and hashserver's in turns, "
             f"each figure the size over the median time; after {LARGE_WARM_UP} unmeasured per worker of "
-            f"the server (over 2 connections) and one of the raw client's") in table
+            f"the server (over 2 connections) and one of each of the raw client's calls") in table
     paired = "concurrency 1, in turns with hashserver's (3 each, medians)"
     for key in PAIRED:  # the large cases, GETs and PUTs, on both servers
         assert doc["ceiling_detail"][key] == paired, key
@@ -80,19 +85,28 @@ def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
 
 def test_the_least_work_of_a_put_uploads_the_body_and_copies_it(seaweedfs, s3_bucket, tmp_path):  # noqa: F811
     """The least-work line of a large PUT measures real work: the object holds the body (in
-    parts), the copy beside holds it too, and the hash took time."""
+    parts), the copy beside holds it too, and the hash took time; a body that hashes to
+    another checksum leaves no object, as a verifying server's PUT would."""
     import obstore
 
     from bench.s3 import RawCalls
 
     body = np.random.default_rng(7).bytes(17 << 20)  # three parts of the server's 8 MiB
+    name = hashlib.sha3_256(body).hexdigest()
     raw = RawCalls(seaweedfs.s3_store(s3_bucket))
     try:
-        seconds, hashing = raw.put_verified("aa/least", body, "sha3_256", str(tmp_path))
+        seconds, hashing = raw.put_verified("aa/least", body, "sha3_256", name, str(tmp_path))
+        with pytest.raises(ValueError, match="the body hashed to"):
+            raw.put_verified("aa/wrong", body, "sha3_256", "0" * 64, str(tmp_path))
     finally:
         raw.close()
     assert 0 < hashing < seconds
-    stored = obstore.get(seaweedfs.s3_store(s3_bucket), "aa/least")
-    assert bytes(stored.bytes()) == body
-    assert obstore.head(seaweedfs.s3_store(s3_bucket), "aa/least")["e_tag"].endswith('-3"')  # a multipart upload
+    store = seaweedfs.s3_store(s3_bucket)
+    assert bytes(obstore.get(store, "aa/least").bytes()) == body
+    assert obstore.head(store, "aa/least")["e_tag"].endswith('-3"')  # a multipart upload
     assert (tmp_path / "aa-least").read_bytes() == body
+    with pytest.raises(FileNotFoundError):  # obstore's NotFoundError
+        obstore.head(store, "aa/wrong")
+    signer = s3uploads.Signer.from_settings(s3_bucket, seaweedfs.s3_endpoint, {
+        "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY, "region": REGION})
+    assert s3uploads.list_uploads(signer, s3_bucket, "") == []  # the refused upload was aborted

@@ -772,30 +772,34 @@ def test_a_put_replaces_a_plain_object_of_another_length(bucket_store):
     assert run(read_all_of(store, checksum)) == data
 
 
-@pytest.mark.parametrize("tls, setting, signed", [(True, None, False), (False, None, True),
-                                                   (True, "false", True), (False, "true", False)],
-                         ids=["https", "http", "https, AWS_UNSIGNED_PAYLOAD=false", "http, AWS_UNSIGNED_PAYLOAD=true"])
-def test_bodies_go_unsigned_over_https_alone(s3_env, s3_bucket, tmp_path, monkeypatch,  # noqa: F811
-                                             tls, setting, signed):
-    """Over HTTPS no body is signed (TLS guards it, and signing hashes every byte once
-    more); over plain HTTP each is, so that the store refuses one damaged on its way;
-    ``AWS_UNSIGNED_PAYLOAD``, where set, decides.  The store (here behind an HTTPS
-    relay, which sees every request's ``x-amz-content-sha256``) takes both kinds."""
+@pytest.mark.parametrize("tls, setting, lean, signed", [
+    (True, None, False, True), (False, None, False, True), (False, None, True, True),
+    (True, "true", False, False), (False, "true", True, False)],
+    ids=["https", "http", "http, lean client", "https, AWS_UNSIGNED_PAYLOAD=true", "http, AWS_UNSIGNED_PAYLOAD=true"])
+def test_bodies_are_signed_unless_the_environment_says_not(s3_env, s3_bucket, tmp_path, monkeypatch,  # noqa: F811
+                                                           tls, setting, lean, signed):
+    """Every body goes with its SHA-256 in the request's signature, over HTTPS too (a store
+    that checks it refuses a body damaged on its way), unless ``AWS_UNSIGNED_PAYLOAD=true``
+    (which also turns the lean client off).  The store, here behind a relay that sees every
+    request's ``x-amz-content-sha256`` (and is its HTTPS end where ``tls``), takes both."""
     context = None
     if tls:
         ca, cert, key = signed_by_a_test_ca(tmp_path)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # before the store's client is made
-    if setting is not None:
+    if setting is None:
+        monkeypatch.delenv("AWS_UNSIGNED_PAYLOAD", raising=False)
+    else:
         monkeypatch.setenv("AWS_UNSIGNED_PAYLOAD", setting)
     relay = Relay(s3_env.s3_endpoint, ssl=context)
     large, small = os.urandom(12 * MiB), os.urandom(600_000)  # in parts of 5 MiB; in one create-only PUT
 
     async def scenario():
         await relay.start()
-        store = make_store(s3_env, s3_bucket, endpoint=relay.url, lean=False)
+        store = make_store(s3_env, s3_bucket, endpoint=relay.url, lean=lean)
         try:
+            assert (store.lean is not None) == (lean and setting is None)
             for data in (large, small):
                 assert await store.put(sha3(data), body_of(data, MiB)) is PutOutcome.STORED
                 assert await read_all_of(store, sha3(data)) == data
