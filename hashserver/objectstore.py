@@ -184,7 +184,11 @@ class ObjectStore:
         self.lock_timeout = lock_timeout
         self.pace = pace or BodyPace()
         self.metrics = metrics or Metrics.unobserved()
-        self.store = store if store is not None else build_store(self.keys.bucket, endpoint)
+        try:
+            self.store = store if store is not None else build_store(self.keys.bucket, endpoint)
+        except BaseError as exc:  # a setting obstore cannot take: an AWS_* variable of the environment
+            raise ConfigError(f"{setting_names[1]}={endpoint or 'default'!r}: obstore cannot make an S3 client of it "
+                              f"and the AWS_* environment variables: {_first_line(exc)}") from None
         self._batch_calls: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         # small GETs and PUTs on the event loop's thread where it can (s3lean); lean=False: obstore alone
         self.lean = s3lean.for_endpoint(self.keys.bucket, endpoint) if lean and store is None else None

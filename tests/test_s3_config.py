@@ -99,6 +99,19 @@ def test_bad_cache_size_on_the_command_line_is_one_line():
     assert out.stderr.count("\n") == 1 and "--cache-size" in out.stderr and "'lots'" in out.stderr
 
 
+def test_an_aws_variable_obstore_cannot_take_is_one_line():
+    """Credentials and the like come from the AWS_* environment, which obstore parses: a
+    value it refuses stops the start with one line, not a traceback."""
+    env = clean_environ({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_REGION": "us-east-1",
+                         "AWS_UNSIGNED_PAYLOAD": "maybe"})
+    out = subprocess.run([str(BIN / "hashserver"), "s3://bucket", "--s3-endpoint", "http://127.0.0.1:9"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("hashserver: --s3-endpoint='http://127.0.0.1:9': obstore cannot make an S3 client")
+    assert 'failed to parse "maybe" as boolean' in out.stderr
+
+
 # ------------------------------------------------------------------ cache dir
 def test_default_cache_dir_is_one_per_store(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
