@@ -298,12 +298,9 @@ class RawCalls:
         """Seconds of one create-only PUT, as the server creates objects up to 8 MiB; or
         (``in_parts``) of a multipart upload in the server's parts, as many in flight, as it
         uploads larger ones."""
-        from hashserver.objectstore import PART_SIZE, UPLOAD_CONCURRENCY
-
         async def put() -> None:
             if in_parts:
-                await self.obstore.put_async(self.store, k, body, use_multipart=True, chunk_size=PART_SIZE,
-                                             max_concurrency=UPLOAD_CONCURRENCY)
+                await self.upload_in_parts(k, body)
             else:
                 await self.obstore.put_async(self.store, k, body, mode="create")
 
@@ -322,7 +319,6 @@ class RawCalls:
         queued when the upload completes, and its end, are written after the time is
         taken (a server answers before its tier's copy is published)."""
         from hashserver.directwrite import DirectFile
-        from hashserver.objectstore import PART_SIZE, UPLOAD_CONCURRENCY
 
         view = memoryview(body)
         steps = [view[i:i + BATCH] for i in range(0, len(view), BATCH)]  # as the server's batches
@@ -348,8 +344,7 @@ class RawCalls:
                 if digest.hexdigest() != expected:
                     raise ValueError(f"{k}: the body hashed to {digest.hexdigest()}, not {expected}")
 
-            await self.obstore.put_async(self.store, k, pieces(), use_multipart=True, chunk_size=PART_SIZE,
-                                         max_concurrency=UPLOAD_CONCURRENCY)
+            await self.upload_in_parts(k, pieces())
 
         fd = os.open(os.path.join(directory, k.replace("/", "-")), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         copy = None
@@ -366,6 +361,14 @@ class RawCalls:
                 copy.release()
             os.close(fd)
         return seconds, hashing[0]
+
+    def upload_in_parts(self, k: str, data) -> Awaitable:
+        """obstore's multipart upload of ``data`` (bytes, or an async iterator of pieces) in the
+        server's part size, as many parts in flight as the server's."""
+        from hashserver.objectstore import PART_SIZE, UPLOAD_CONCURRENCY
+
+        return self.obstore.put_async(self.store, k, data, use_multipart=True, chunk_size=PART_SIZE,
+                                      max_concurrency=UPLOAD_CONCURRENCY)
 
     def close(self) -> None:
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
