@@ -137,27 +137,40 @@ def scan_tier(layout: Layout, target: int, recency: Recency | None = None) -> Sc
     return Scan(total, oldest)
 
 
-def evict(entries: list[Entry], excess: int, recency: Recency | None = None) -> tuple[int, int]:
-    """Unlink the oldest entries until ``excess`` bytes are gone; returns
-    (buffers, bytes) evicted.  One used since the scan is spared."""
-    count = freed = 0
+def evict(entries: list[Entry], excess: int, recency: Recency | None = None) -> list[Entry]:
+    """Unlink the oldest entries until ``excess`` bytes are gone; returns those
+    evicted.  One used since the scan is spared."""
+    evicted: list[Entry] = []
+    freed = 0
     for entry in entries:
         if freed >= excess:
             break
         if _used_since(entry, recency):
+            log.info("local tier: %s spared, used since the scan", _name(entry))
             continue
         for path in entry.paths:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        count += 1
+        evicted.append(entry)
         freed += entry.size
-    return count, freed
+    return evicted
+
+
+def _name(entry: Entry) -> str:
+    return os.path.basename(entry.paths[0])[:64]
+
+
+def _described(entries: list[Entry], shown: int = 3) -> str:
+    """The first few entries evicted and how long ago each was last used, for the log."""
+    now = time.time_ns()
+    named = ", ".join(f"{_name(e)[:12]} ({(now - e.used_ns) / 1e9:.1f} s)" for e in entries[:shown])
+    return named + (", ..." if len(entries) > shown else "")
 
 
 def _used_since(entry: Entry, recency: Recency | None) -> bool:
-    name = os.path.basename(entry.paths[0])[:64]
+    name = _name(entry)
     if recency is not None and recency.last_used_ns(name) > entry.used_ns:
         return True
     for path in entry.paths:
@@ -205,16 +218,18 @@ class TierEvictor:
         added = self.added.value  # before the scan: what lands meanwhile is counted twice at worst
         low_water = int(self.limit * LOW_WATER)
         scan = scan_tier(self.layout, max(0, self.estimate - low_water), self.recency)
-        count = freed = 0
+        evicted: list[Entry] = []
         if scan.total > self.limit:
             if sum(entry.size for entry in scan.oldest) < scan.total - low_water:
                 scan = scan_tier(self.layout, scan.total - low_water, self.recency)  # the estimate was low
-            count, freed = evict(scan.oldest, scan.total - low_water, self.recency)
+            evicted = evict(scan.oldest, scan.total - low_water, self.recency)
+        freed = sum(entry.size for entry in evicted)
         self.base, self.added_at_base, self.scanned_at = scan.total - freed, added, time.monotonic()
-        if count:
-            self.metrics.local_tier_evicted(count)
-            log.info("local tier: evicted %d buffers (%d bytes); %d bytes held", count, freed, self.base)
-        return count
+        if evicted:
+            self.metrics.local_tier_evicted(len(evicted))
+            log.info("local tier: evicted %d buffers (%d bytes), last used: %s; %d bytes held",
+                     len(evicted), freed, _described(evicted), self.base)
+        return len(evicted)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="hashserver-evictor", daemon=True)

@@ -75,6 +75,22 @@ def held(cache: Path, checksums: list[str]) -> list[bool]:
     return [in_tier(cache, checksum).exists() for checksum in checksums]
 
 
+def file_times(cache: Path, checksums: list[str]) -> str:
+    """Each tier file's access and modification times (ns, from the first's access): what
+    the evictor's scan saw of their last uses, for a failure's message."""
+    times = []
+    for checksum in checksums:
+        try:
+            st = in_tier(cache, checksum).stat()
+            times.append((st.st_atime_ns, st.st_mtime_ns))
+        except FileNotFoundError:
+            times.append(None)
+    origin = min((t[0] for t in times if t), default=0)
+    return "times (atime, mtime): " + ", ".join(
+        f"{checksum[:8]} gone" if t is None else f"{checksum[:8]} ({t[0] - origin}, {t[1] - origin})"
+        for checksum, t in zip(checksums, times, strict=True))
+
+
 # ------------------------------------------------------------------ restarts
 def test_tier_is_kept_across_a_restart(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
     """Buffers read through a server are answered from the tier by the next server on the
@@ -194,7 +210,8 @@ def test_least_recently_used_is_evicted_first(s3_serve, seaweedfs, s3_bucket, tm
     read_through(server, cache, d, buffers[3])
     wait_for(lambda: not in_tier(cache, b).exists() or not all(held(cache, [a, c, d])),
              lambda: f"an eviction (held: {held(cache, sums)}, tier: {tier_bytes(cache)} bytes)")
-    assert held(cache, sums) == [True, False, True, True], "A, B, C, D: B (least recently used) not the one out"
+    assert held(cache, sums) == [True, False, True, True], \
+        f"A, B, C, D: B (least recently used) not the one out; {file_times(cache, sums)}\n{server.output()}"
     wait_for(lambda: metric(server, "hashserver_local_tier_evictions_total") >= 1, "the eviction counted")
     assert metric(server, "hashserver_local_tier_evictions_total") == 1
     assert "Traceback" not in server.output()
