@@ -11,6 +11,7 @@ from typing import NoReturn
 from sanic import Sanic
 
 from . import access_log, lifecycle, routes
+from .bodyreader import BodyWindowMixin
 from .config import Config, ConfigError
 from .hotpath import HotPathProtocol
 from .launcher import StatusFile
@@ -20,13 +21,14 @@ from .runtime import AppContext, MainProcess, attach_main, open_storage, resolve
 from .tokens import Guard
 
 
-class ServerProtocol(HeaderDeadlineMixin, HotPathProtocol):
+class ServerProtocol(HeaderDeadlineMixin, BodyWindowMixin, HotPathProtocol):
     """Every worker's protocol: the hot path's, with the request-header deadline
     (``--header-timeout`` from a request's first byte) and the connections known
-    for draining (:mod:`hashserver.lifecycle`).  With the hot path off, Sanic's
-    protocol with the deadline."""
+    for draining (:mod:`hashserver.lifecycle`), reading a PUT's body ahead of its
+    reader (:mod:`hashserver.bodyreader`).  With the hot path off, Sanic's
+    protocol with the deadline and the body's window."""
 
-    __slots__ = HeaderDeadlineMixin.SLOTS
+    __slots__ = (*HeaderDeadlineMixin.SLOTS, *BodyWindowMixin.SLOTS)
 
     def _header_pending(self) -> bool:
         return bool(self._pending) or super()._header_pending()

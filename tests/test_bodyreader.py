@@ -181,3 +181,51 @@ def test_request_body_gives_a_body_whole_in_pieces_as_they_arrived():
         checksum, pieces = response.text.split()
         assert checksum == sha3(data)
         assert int(pieces) <= most_pieces
+
+
+def held_ahead(protocol_class, size: int) -> tuple[int, bool]:
+    """On a bare Sanic app whose protocol is ``protocol_class``: a PUT of ``size`` bytes
+    whose handler takes the first piece, then waits while the rest arrives.  Returns
+    how many bytes the connection had buffered once it stopped reading (none arriving
+    for a while), and whether the whole body then read hashed right."""
+    import asyncio
+
+    from sanic import Sanic
+    from sanic.response import json
+
+    app = Sanic(f"window_{protocol_class.__name__}")
+    data = os.urandom(size)
+
+    @app.put("/", stream=True)
+    async def handler(request):
+        body = bodyreader.request_body(request)
+        digest = hashlib.sha3_256(await body.__anext__())
+        buffer = request.stream.recv_buffer
+        held, quiet = len(buffer), 0
+        for _ in range(500):  # until nothing arrived for 0.2 s (a bound, not a speed)
+            await asyncio.sleep(0.02)
+            quiet = quiet + 1 if len(buffer) == held else 0
+            held = len(buffer)
+            if quiet == 10:
+                break
+        async for piece in body:
+            digest.update(piece)
+        return json({"held": held, "checksum": digest.hexdigest()})
+
+    _, response = app.test_client.put("/", content=data, server_kwargs={"protocol": protocol_class})
+    return response.json["held"], response.json["checksum"] == sha3(data)
+
+
+def test_a_body_is_read_ahead_of_its_reader_within_the_window():
+    """Sanic stops reading at 64 KiB buffered (plus a read); the window reads on while
+    the reader is busy, up to BODY_WINDOW (plus a read), and no further."""
+    from sanic.server.protocols.http_protocol import HttpProtocol
+
+    class WindowProtocol(bodyreader.BodyWindowMixin, HttpProtocol):
+        __slots__ = bodyreader.BodyWindowMixin.SLOTS
+
+    read = 1 << 20  # more than the event loop's one read from a socket
+    held, whole = held_ahead(HttpProtocol, 3 * bodyreader.BODY_WINDOW)
+    assert whole and held < 64 * 1024 + read, held
+    held, whole = held_ahead(WindowProtocol, 3 * bodyreader.BODY_WINDOW)
+    assert whole and bodyreader.BODY_WINDOW <= held < bodyreader.BODY_WINDOW + read, held
