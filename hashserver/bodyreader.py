@@ -38,6 +38,16 @@ _SLOTS = ("recv_buffer", "request_body", "request_bytes_left", "_receive_more", 
 # half of that, 16 MiB nothing more; this window measured the same as the raised threshold.
 # Whatever has arrived is taken at once: taken in pieces of at most 1 MiB, PUTs took 9% longer.
 BODY_WINDOW = 4 << 20
+# Bodies a worker reads ahead at once; the rest are read as Sanic reads them.  A body read
+# ahead comes in pieces of up to BODY_WINDOW, and the hashing and writing stages downstream
+# hold a few pieces each: about 18 MB an upload at most, against about 4 MB otherwise.
+WINDOWS = 4
+
+
+class _Windows:
+    """The windows open in this worker (a process: each worker counts its own)."""
+
+    open = 0
 
 
 class BodyWindowMixin:
@@ -46,7 +56,9 @@ class BodyWindowMixin:
 
     For a protocol class: ``class P(BodyWindowMixin, SomeHttpProtocol)`` with
     ``__slots__ = (..., *BodyWindowMixin.SLOTS)``.  Sanic pauses reading in
-    ``data_received``; here it resumes at once while the window is open.
+    ``data_received``; here it resumes at once while the window is open and a
+    body is still to be read (a window a failed PUT left open until its reader
+    is collected reads nothing ahead meanwhile).
     """
 
     __slots__ = ()
@@ -58,20 +70,26 @@ class BodyWindowMixin:
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if len(self.recv_buffer) < self.body_window and self.transport is not None:
+        if len(self.recv_buffer) < self.body_window and self.transport is not None and self._reading_body():
             self.transport.resume_reading()
+
+    def _reading_body(self) -> bool:
+        http = getattr(self, "_http", None)
+        return http is not None and http.request_body is True
 
 
 async def request_body(request: Request) -> AsyncIterator[bytes]:
-    """The body of ``request``, piece by piece (each as much as had arrived)."""
+    """The body of ``request``, piece by piece (each as much as had arrived).
+    Close it (``contextlib.aclosing``) when not read to its end: that closes its window."""
     http = request.stream
     if http is None:
         return
     window = getattr(http, "protocol", None) if http.request_body is True else None
-    if not hasattr(window, "body_window"):
+    if not hasattr(window, "body_window") or _Windows.open >= WINDOWS:
         window = None
     if window is not None:
         window.body_window = BODY_WINDOW
+        _Windows.open += 1
     try:
         first = await http.read()
         if first:
@@ -91,6 +109,7 @@ async def request_body(request: Request) -> AsyncIterator[bytes]:
     finally:
         if window is not None:
             window.body_window = 0
+            _Windows.open -= 1
 
 
 def _take(http, buffer: bytearray) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import aclosing
 from typing import Callable
 from urllib.parse import unquote
 
@@ -243,7 +244,8 @@ async def put_buffer(request: Request, checksum: str) -> HTTPResponse:
     except (Unauthorized, ReadOnly) as exc:  # storage.put counts the refusals it makes
         metrics_of(request).put_rejected("unauthorized" if isinstance(exc, Unauthorized) else "read-only")
         raise
-    await storage.put(raw, request_body(request), request.headers.get("content-encoding"))
+    async with aclosing(request_body(request)) as body:
+        await storage.put(raw, body, request.headers.get("content-encoding"))
     return responses.ok()
 
 

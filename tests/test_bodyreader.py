@@ -16,6 +16,7 @@ import requests
 from sanic.http.http1 import Http
 
 from hashserver import bodyreader
+from hashserver.server import ServerProtocol
 
 from conftest import ServerProcess, buffer_path, leftovers, sha3
 
@@ -229,3 +230,45 @@ def test_a_body_is_read_ahead_of_its_reader_within_the_window():
     assert whole and held < 64 * 1024 + read, held
     held, whole = held_ahead(WindowProtocol, 3 * bodyreader.BODY_WINDOW)
     assert whole and bodyreader.BODY_WINDOW <= held < bodyreader.BODY_WINDOW + read, held
+    assert bodyreader._Windows.open == 0
+    assert issubclass(ServerProtocol, bodyreader.BodyWindowMixin)  # the server's protocol reads ahead
+
+
+def test_a_worker_reads_at_most_windows_bodies_ahead(monkeypatch):
+    """With WINDOWS windows open in the worker, the next body is read as Sanic reads it."""
+    from sanic.server.protocols.http_protocol import HttpProtocol
+
+    class WindowProtocol(bodyreader.BodyWindowMixin, HttpProtocol):
+        __slots__ = bodyreader.BodyWindowMixin.SLOTS
+
+    monkeypatch.setattr(bodyreader._Windows, "open", bodyreader.WINDOWS)
+    held, whole = held_ahead(WindowProtocol, 3 * bodyreader.BODY_WINDOW)
+    assert whole and held < 64 * 1024 + (1 << 20), held
+    assert bodyreader._Windows.open == bodyreader.WINDOWS
+
+
+def test_a_body_left_unread_closes_its_window():
+    """A reader that stops after the first piece and closes the body (as the PUT route
+    does, whatever storage.put raised): the window is closed at once, not when the
+    reader is collected."""
+    from contextlib import aclosing
+
+    from sanic import Sanic
+    from sanic.response import json
+    from sanic.server.protocols.http_protocol import HttpProtocol
+
+    class WindowProtocol(bodyreader.BodyWindowMixin, HttpProtocol):
+        __slots__ = bodyreader.BodyWindowMixin.SLOTS
+
+    app = Sanic("window_closed")
+
+    @app.put("/", stream=True)
+    async def handler(request):
+        protocol = request.stream.protocol
+        async with aclosing(bodyreader.request_body(request)) as body:
+            await body.__anext__()
+            during = protocol.body_window
+        return json({"during": during, "after": protocol.body_window, "open": bodyreader._Windows.open})
+
+    _, response = app.test_client.put("/", content=os.urandom(3 << 20), server_kwargs={"protocol": WindowProtocol})
+    assert response.json == {"during": bodyreader.BODY_WINDOW, "after": 0, "open": 0}
