@@ -14,6 +14,7 @@ import time
 import pytest
 import requests
 from sanic.http.http1 import Http
+from sanic.server.protocols.http_protocol import HttpProtocol
 
 from hashserver import bodyreader
 from hashserver.server import ServerProtocol
@@ -184,6 +185,12 @@ def test_request_body_gives_a_body_whole_in_pieces_as_they_arrived():
         assert int(pieces) <= most_pieces
 
 
+class WindowProtocol(bodyreader.BodyWindowMixin, HttpProtocol):
+    """Sanic's protocol with the body's window alone (no hot path, no deadline)."""
+
+    __slots__ = bodyreader.BodyWindowMixin.SLOTS
+
+
 def held_ahead(protocol_class, size: int) -> tuple[int, bool]:
     """On a bare Sanic app whose protocol is ``protocol_class``: a PUT of ``size`` bytes
     whose handler takes the first piece, then waits while the rest arrives.  Returns
@@ -220,11 +227,6 @@ def held_ahead(protocol_class, size: int) -> tuple[int, bool]:
 def test_a_body_is_read_ahead_of_its_reader_within_the_window():
     """Sanic stops reading at 64 KiB buffered (plus a read); the window reads on while
     the reader is busy, up to BODY_WINDOW (plus a read), and no further."""
-    from sanic.server.protocols.http_protocol import HttpProtocol
-
-    class WindowProtocol(bodyreader.BodyWindowMixin, HttpProtocol):
-        __slots__ = bodyreader.BodyWindowMixin.SLOTS
-
     read = 1 << 20  # more than the event loop's one read from a socket
     held, whole = held_ahead(HttpProtocol, 3 * bodyreader.BODY_WINDOW)
     assert whole and held < 64 * 1024 + read, held
@@ -236,11 +238,6 @@ def test_a_body_is_read_ahead_of_its_reader_within_the_window():
 
 def test_a_worker_reads_at_most_windows_bodies_ahead(monkeypatch):
     """With WINDOWS windows open in the worker, the next body is read as Sanic reads it."""
-    from sanic.server.protocols.http_protocol import HttpProtocol
-
-    class WindowProtocol(bodyreader.BodyWindowMixin, HttpProtocol):
-        __slots__ = bodyreader.BodyWindowMixin.SLOTS
-
     monkeypatch.setattr(bodyreader._Windows, "open", bodyreader.WINDOWS)
     held, whole = held_ahead(WindowProtocol, 3 * bodyreader.BODY_WINDOW)
     assert whole and held < 64 * 1024 + (1 << 20), held
@@ -255,11 +252,6 @@ def test_a_body_left_unread_closes_its_window():
 
     from sanic import Sanic
     from sanic.response import json
-    from sanic.server.protocols.http_protocol import HttpProtocol
-
-    class WindowProtocol(bodyreader.BodyWindowMixin, HttpProtocol):
-        __slots__ = bodyreader.BodyWindowMixin.SLOTS
-
     app = Sanic("window_closed")
 
     @app.put("/", stream=True)
