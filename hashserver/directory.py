@@ -171,6 +171,9 @@ class DirectoryStore:
             self.cache.prove(checksum, buffer.identity, stamp)
         return content
 
+    async def fetch(self, checksum: bytes) -> bytes | Fast:
+        return Fast.REGULAR  # peek never sends here: it reads what a directory holds itself
+
     async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
         with storage_errors(self.metrics):
             present = self.lookups.lookup(checksums, promised, with_lengths=False).present

@@ -6,7 +6,12 @@ as its protocol class, answers the requests it fully understands in
 ``data_received`` itself, when :meth:`Storage.peek <hashserver.storage.Storage.peek>`
 can answer them without waiting (a small plain buffer, held in memory or read
 and verified there and then as the regular route would read it, or one
-certainly absent), and hands every other byte to Sanic unchanged.  Where the
+certainly absent), and hands every other byte to Sanic unchanged.  Where
+peek sends a GET to :meth:`Storage.fetch <hashserver.storage.Storage.fetch>`
+(a small miss of a bucket's local tier), its answer is written once the fetch
+is done, from a task of its own; the bytes after that request wait for it
+(held, up to :data:`HELD_BYTES`; then reading pauses), and a fetch that cannot
+answer hands the request, and all after it, to Sanic.  Where the
 directory watch vouches for a buffer's directory, a held buffer and an
 absence are decided with no system call but the drain of the watch
 (:meth:`DirectoryStore.peek <hashserver.directory.DirectoryStore.peek>`).  Its answers are those
@@ -36,7 +41,11 @@ Sanic internals used (checked against Sanic 25.12.1):
 - ``_can_write`` (cleared by ``pause_writing``): nothing is answered while the
   client is not reading, so a client that pipelines without reading cannot
   grow the write buffer without bound;
-- ``_time``, the keep-alive clock, and ``check_timeouts``;
+- ``_time``, the keep-alive clock, and ``check_timeouts`` (a fetch under way
+  counts as activity: its own timeouts bound it);
+- ``close_if_idle``, which a stopping server calls on each connection (one
+  whose GET is being fetched is answered, then closed), and ``connection_lost``
+  (a fetch whose client is gone is cancelled, as Sanic cancels a handler);
 - how ``Http.http1_response_header`` writes a complete response: the
   response's headers in order, ``content-length`` set, ``connection``, then
   ``content-type`` if missing (no ``Date``: Sanic 25.12.1 sends none; no
@@ -53,6 +62,7 @@ guarded by a token, runs with the hot path off (and says so once in its log).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from binascii import unhexlify
@@ -67,13 +77,15 @@ from sanic.response import HTTPResponse
 from sanic.server.protocols.http_protocol import HttpProtocol
 
 from . import caching, responses
-from .storage import Fast, Storage
+from .routes import known_condition
+from .storage import CorruptBuffer, Fast, Storage, StorageUnavailable
 
 __all__ = ["HotPath", "HotPathProtocol"]
 
 # Until the settings table has a ``hot_path`` row, the switch is this variable.
 MAX_HEAD = 4096  # a longer request head is Sanic's (it has its own limit)
 FLUSH_BYTES = 65536  # Sanic's write buffer high-water mark: write, then check for a pause
+HELD_BYTES = 65536  # received while a GET is fetched: beyond this, reading pauses until it is answered
 REQUEST_STARTS = (b"GET /", b"HEAD /")
 
 # Request headers that cannot change the answer of GET /<checksum>.
@@ -171,7 +183,8 @@ class HotPath:
         self.get_absent, self.head_absent = not_found_answer(False), not_found_answer(True)
         self.absent_body_length = len(responses.not_found().body)
         # (route, status) -> [requests, body bytes sent, seconds spent]
-        self.counts = {key: [0, 0, 0.0] for key in (("get", 200), ("get", 404), ("head", 200), ("head", 404))}
+        self.counts = {key: [0, 0, 0.0] for key in (("get", 200), ("get", 404), ("head", 200), ("head", 404),
+                                                    ("get", 400), ("get", 503))}
 
     @classmethod
     def of(cls, app: Sanic) -> HotPath | None:
@@ -204,12 +217,34 @@ class HotPath:
             ctx.metrics.count_elsewhere(hot.totals)
         return hot
 
-    def answer(self, method: bytes, checksum_hex: bytes) -> bytes | None:
-        """The whole answer, or None where the regular route must answer."""
+    def answer(self, method: bytes, checksum_hex: bytes) -> bytes | Fast | None:
+        """The whole answer; :attr:`Fast.FETCH` where :meth:`fetched` gives it; None
+        where the regular route must answer (a HEAD the storage would fetch for
+        included: the regular route's looks up the object without reading it)."""
         started = perf_counter()
         found = self.storage.peek(unhexlify(checksum_hex))
         if found is Fast.REGULAR:
             return None
+        if found is Fast.FETCH:
+            return found if method == b"GET" else None
+        return self._complete(method, checksum_hex, found, started)
+
+    async def fetched(self, checksum_hex: bytes) -> bytes | None:
+        """The whole answer to a GET that :meth:`answer` left to :meth:`Storage.fetch`,
+        or None where the regular route must answer."""
+        started = perf_counter()
+        try:
+            found = await self.storage.fetch(unhexlify(checksum_hex))
+        except (CorruptBuffer, StorageUnavailable) as exc:
+            response = known_condition(exc, "GET", "/" + checksum_hex.decode())
+            self._count(("get", response.status), len(response.body), started)
+            return render_head(response, len(response.body)) + response.body
+        except Exception:
+            error_logger.exception("hashserver: hot path fetch failed; the regular route answers")
+            return None
+        return None if isinstance(found, Fast) else self._complete(b"GET", checksum_hex, found, started)
+
+    def _complete(self, method: bytes, checksum_hex: bytes, found: bytes | Fast, started: float) -> bytes:
         if method == b"HEAD":
             if found is Fast.ABSENT:
                 answer, key, sent = self.head_absent, ("head", 404), 0
@@ -220,11 +255,14 @@ class HotPath:
         else:
             answer = self.get_template % (checksum_hex.lower(), len(found)) + found
             key, sent = ("get", 200), len(found)
+        self._count(key, sent, started)
+        return answer
+
+    def _count(self, key: tuple[str, int], sent: int, started: float) -> None:
         counts = self.counts[key]
         counts[0] += 1
         counts[1] += sent
         counts[2] += perf_counter() - started
-        return answer
 
     def activity(self, now: float) -> None:
         if self.stamp is not None:
@@ -241,12 +279,16 @@ class HotPathProtocol(HttpProtocol):
     """Sanic's HTTP/1.1 protocol, answering simple requests for small
     buffers and absent ones in ``data_received`` (see the module's docstring)."""
 
-    __slots__ = ("_hot", "_pending")
+    __slots__ = ("_hot", "_pending", "_fetch", "_held", "_fetched_length", "_close_after_fetch")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._hot = HotPath.of(self.app)
         self._pending = b""  # the start of a request split across reads, not yet Sanic's
+        self._fetch: asyncio.Task | None = None  # a GET answered once its buffer is fetched
+        self._held = b""  # while it is: the bytes from that request on (everything after waits for its answer)
+        self._fetched_length = 0  # that request's length
+        self._close_after_fetch = False  # the server stops: close once the fetched GET is answered
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -256,6 +298,8 @@ class HotPathProtocol(HttpProtocol):
             self.close()
 
     def _receive(self, data: bytes) -> None:
+        if self._fetch is not None:
+            return self._hold(data)
         if self._pending:
             data, self._pending = self._pending + data, b""
         if not data or self._hot is None or not self._sanic_idle():
@@ -298,6 +342,10 @@ class HotPathProtocol(HttpProtocol):
         while position < len(data) and size < FLUSH_BYTES:
             match = SIMPLE_REQUEST.match(data, position, position + MAX_HEAD)
             answer = match and self._answer(hot, match[1], match[2])
+            if answer is Fast.FETCH:
+                self._start_fetch(match[2], data[position:], match.end() - position)
+                position = len(data)
+                break
             if not answer:
                 break
             out.append(answer)
@@ -317,6 +365,52 @@ class HotPathProtocol(HttpProtocol):
             error_logger.exception("hashserver: hot path lookup failed; the regular route answers")
             return None
 
+    def _start_fetch(self, checksum_hex: bytes, held: bytes, length: int) -> None:
+        """Answer the GET at the start of ``held`` once its buffer is fetched; the
+        bytes after it, and those still to come, wait for its answer."""
+        self._held, self._fetched_length = held, length
+        self._fetch = self.loop.create_task(self._answer_fetched(checksum_hex))
+
+    def _hold(self, data: bytes) -> None:
+        self._held += data
+        if len(self._held) > HELD_BYTES:
+            self.transport.pause_reading()
+
+    async def _answer_fetched(self, checksum_hex: bytes) -> None:
+        try:
+            answer = await self._hot.fetched(checksum_hex)
+            held, length = self._held, self._fetched_length
+            self._fetch, self._held = None, b""
+            if self.transport.is_closing():
+                return
+            self.transport.resume_reading()  # if holding paused it
+            if answer is None:  # the regular route answers it, and Sanic what follows
+                super().data_received(held)
+                return
+            self.transport.write(answer)
+            self.state["requests_count"] += 1
+            self._time = time.monotonic()
+            self._hot.activity(self._time)
+            if self._close_after_fetch:
+                self.close()
+            elif len(held) > length:
+                HotPathProtocol.data_received(self, held[length:])
+        except Exception:
+            error_logger.exception("hashserver: hot path failed; closing the connection")
+            self.close()
+
+    def close_if_idle(self) -> bool:
+        """At a stop: a connection whose GET is being fetched closes once it is answered."""
+        if self._fetch is not None:
+            self._close_after_fetch = True
+            return False
+        return super().close_if_idle()
+
+    def connection_lost(self, exc) -> None:
+        if self._fetch is not None:
+            self._fetch.cancel()  # as Sanic cancels a handler whose connection is gone
+        super().connection_lost(exc)
+
     @staticmethod
     def _may_complete(data: bytes, position: int) -> bool:
         """Whether the rest may be the start of a simple request still arriving."""
@@ -333,6 +427,8 @@ class HotPathProtocol(HttpProtocol):
         answers 408 as it would have, had it held the request itself."""
         if self._pending and time.monotonic() - self._time > self.request_timeout:
             self.hand_over_pending()
+        if self._fetch is not None:
+            self._time = time.monotonic()  # not idle: the fetch's own timeouts bound it
         super().check_timeouts()
 
     def hand_over_pending(self) -> None:

@@ -79,6 +79,7 @@ QUEUE_DEPTH = 4  # body batches (about 1 MiB each) waiting for the uploader
 PIECES_UNJOINED = 8  # a batch of more pieces than this goes to obstore joined
 WHOLE_GET = 64 << 20  # objects up to this size are fetched whole and verified before open() returns
 SMALL_GET = 1 << 20  # a read asks for this many bytes first: a shorter object comes whole, in one call
+FETCH_MAX = SMALL_GET  # the longest object fetch() hands to the hot path (as the directory's small buffers)
 STREAM_CHUNK = 1 << 20
 HASH_INLINE = 256 << 10  # hash pieces up to this on the event loop, larger ones in a thread
 HASHES_AHEAD = 2  # a body's pieces handed to its hashing thread and not yet hashed, at most
@@ -292,10 +293,7 @@ class ObjectStore:
         ``whole_get`` (its GetResult is obstore's then)."""
         async def first_bytes() -> bytes | bytearray | None:
             if self.lean is not None:
-                status, data = await self.lean.get_range(key, 0, self.whole_get, receiver, cut_longer=True)
-                if data is None and status == 200:  # the whole object instead of the range, too long to take
-                    self._ranges = False
-                return data
+                return await self._lean_whole(key, self.whole_get, receiver)
             try:
                 return bytes(await obstore.get_range_async(self.store, key, start=0, end=SMALL_GET))
             except BaseError as exc:
@@ -319,6 +317,14 @@ class ObjectStore:
         if rest is _WHOLE:
             return await self._get_present(key)
         return data if rest is None else _Prefixed(data, rest)
+
+    async def _lean_whole(self, key: str, limit: int, receiver: _HashedAsRead | None) -> bytes | bytearray | None:
+        """The object's bytes by the lean client's GET, None if it is longer than ``limit``
+        (cut off at the answer's headers).  FileNotFoundError if there is none."""
+        status, data = await self.lean.get_range(key, 0, limit, receiver, cut_longer=True)
+        if data is None and status == 200:  # the whole object instead of the range, too long to take
+            self._ranges = False
+        return data
 
     async def _get_rest(self, key: str):
         """A GET of the object from SMALL_GET on; None if it ends there, _WHOLE if the
@@ -482,7 +488,27 @@ class ObjectStore:
         return listed, max(listed, default=first)
 
     def peek(self, checksum: bytes) -> bytes | Fast:
-        return Fast.REGULAR  # only a call to the object store could tell
+        """Only a call to the object store could tell: :meth:`fetch` where the lean
+        client makes it (one GET, cut off at the headers of a longer object)."""
+        return Fast.FETCH if self.lean is not None and self._ranges else Fast.REGULAR
+
+    async def fetch(self, checksum: bytes) -> bytes | Fast:
+        """The buffer's plain object up to FETCH_MAX, once it hashed to ``checksum``;
+        REGULAR where there is none (the regular route looks for compressed objects and
+        promises) or it is longer."""
+        if self.lean is None:
+            return Fast.REGULAR
+        key = self.keys.buffer(checksum.hex())
+        receiver = _HashedAsRead(partial(DecodingHash, self.hasher, None))
+        try:
+            data = await self._call("get", key, self._lean_whole(key, FETCH_MAX, receiver))
+        except NOT_FOUND:
+            return Fast.REGULAR
+        if data is None:
+            return Fast.REGULAR
+        data, digest = await self._fetched(key, receiver if isinstance(data, bytearray) else data, len(data), None)
+        self._check(checksum, digest, key)
+        return data
 
     async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
         hexes = _hexes(checksums)

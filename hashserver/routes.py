@@ -273,17 +273,26 @@ _ERRORS = {
 LINGER = 1 << 20  # of a body too large, read (and discarded) before closing
 
 
+def known_condition(exc: Exception, method: str, path: str) -> HTTPResponse | None:
+    """The answer to an exception of a known condition (a storage failure is
+    logged), None for any other; the hot path's errors are answered here too."""
+    for kind, respond in _ERRORS.items():
+        if isinstance(exc, kind):
+            if isinstance(exc, StorageUnavailable):
+                log.warning("%s %s: %s", method, path, exc)
+            return respond(exc)
+    return None
+
+
 async def error_response(request: Request, exc: Exception) -> HTTPResponse:
     """The one place where an exception becomes a response."""
     if isinstance(exc, (Unauthorized, BodyStalled)) or getattr(exc, "announced", False):
         sending.refuse_body(request)  # nothing more of the body is read
     elif isinstance(exc, (BatchTooLarge, BodyTooLarge)):
         sending.refuse_body(request, LINGER)
-    for kind, respond in _ERRORS.items():
-        if isinstance(exc, kind):
-            if isinstance(exc, StorageUnavailable):
-                log.warning("%s %s: %s", request.method, request.path, exc)
-            return respond(exc)
+    response = known_condition(exc, request.method, request.path)
+    if response is not None:
+        return response
     if isinstance(exc, SanicException):
         return responses.message(exc.status_code, str(exc) or "Error")
     log.exception("unexpected error in %s %s", request.method, request.path)

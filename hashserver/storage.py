@@ -6,8 +6,9 @@ storage (today the buffer directory, :mod:`hashserver.directory`) implements
 it.  What a handler needs to answer is here and nothing more: presence and
 lengths of a batch, one buffer opened for sending (in memory, as an open
 file to send zero-copy, or as a stream of decoded chunks), storing one from a
-stream of chunks, promising one; and, for a hot path that cannot await
-anything, :meth:`Storage.peek`.
+stream of chunks, promising one; and, for a hot path under Sanic's
+protocol, :meth:`Storage.peek`, which answers without awaiting, and
+:meth:`Storage.fetch`, which a peek sends to the object store.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Fast(enum.Enum):
 
     ABSENT = "absent"  # certainly absent: no lock, no promise, no file
     REGULAR = "regular"  # not decidable without waiting or reading: take the regular path
+    FETCH = "fetch"  # not held here, but :meth:`Storage.fetch` may get it (a GET of its one plain object)
 
 
 class Want(enum.Enum):
@@ -151,7 +153,14 @@ class Storage(Protocol):
     def peek(self, checksum: bytes) -> bytes | Fast:
         """Without awaiting: the verified content of a small plain buffer (held
         in memory, or read and verified now as the regular route reads it),
-        :attr:`Fast.ABSENT`, or :attr:`Fast.REGULAR`."""
+        :attr:`Fast.ABSENT`, :attr:`Fast.REGULAR`, or :attr:`Fast.FETCH`."""
+
+    async def fetch(self, checksum: bytes) -> bytes | Fast:
+        """After a peek answered :attr:`Fast.FETCH`: the verified content of a
+        small plain buffer, fetched (and kept where the storage keeps what it
+        fetched), or :attr:`Fast.REGULAR` for anything else (absent, larger,
+        stored compressed, promised: the regular route looks further).  Raises
+        :class:`CorruptBuffer`, :class:`StorageUnavailable`."""
 
     async def has(self, checksums: bytes, promised: bool = True) -> list[bool]:
         """Presence of each checksum, exactly; ``promised``: a pending promise counts."""

@@ -207,9 +207,11 @@ class TieredStore:
 
     # ------------------------------------------------------------ reading
     def peek(self, checksum: bytes) -> bytes | Fast:
-        """The tier's content when it holds it in memory; never ABSENT (the back store may hold it)."""
+        """The tier's content when it holds it in memory; where the tier lacks the
+        buffer, FETCH if the back store's peek says so (:meth:`fetch` keeps what it
+        gets), else REGULAR (never ABSENT: the back store may hold it)."""
         if self._missed_recently(checksum) or (not self.local.cache.may_hold(checksum) and self._lacks(checksum)):
-            return Fast.REGULAR
+            return self._from_back(checksum)
         try:
             found = self.local.peek(checksum)
         except LOCAL_FAILURES as exc:
@@ -217,11 +219,24 @@ class TieredStore:
             return Fast.REGULAR
         if found is Fast.ABSENT:
             self._remember_miss(checksum)
-        elif isinstance(found, bytes):
+            return self._from_back(checksum)
+        if isinstance(found, bytes):
             self.metrics.local_tier(True)
             self._touch(checksum)
             return found
         return Fast.REGULAR
+
+    def _from_back(self, checksum: bytes) -> Fast:
+        return Fast.FETCH if self.back.peek(checksum) is Fast.FETCH else Fast.REGULAR
+
+    async def fetch(self, checksum: bytes) -> bytes | Fast:
+        """The back store's fetch, kept in the tier as a miss that :meth:`open` answers is."""
+        content = await self.back.fetch(checksum)
+        if not isinstance(content, Fast):
+            self.metrics.local_tier(False)
+            if self._may_fill(checksum, len(content)):
+                self.fill_small(checksum, content)
+        return content
 
     def _lacks(self, checksum: bytes) -> bool:
         """Whether the tier lacks the buffer, cheaply: its index does not hold it and

@@ -770,7 +770,8 @@ def answered_after(served: InProcess, *requests: tuple[str, bytes]) -> dict:
 
 def test_the_hot_path_answers_held_buffers_and_absent_ones(in_process):
     # The fixture's first GETs: small plain buffers not held yet, read from their files by the hot path itself.
-    assert in_process.answered == {("get", 200): 2, ("get", 404): 0, ("head", 200): 0, ("head", 404): 0}
+    assert in_process.answered == {("get", 200): 2, ("get", 404): 0, ("head", 200): 0, ("head", 404): 0,
+                                   ("get", 400): 0, ("get", 503): 0}
     assert answered_after(in_process, ("GET", request("GET", SMALL_CS)), ("GET", request("GET", SMALL_CS.upper())),
                           ("HEAD", request("HEAD", SMALL_CS)), ("GET", request("GET", ABSENT_CS)),
                           ("HEAD", request("HEAD", ABSENT_CS)),

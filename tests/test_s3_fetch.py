@@ -1,0 +1,263 @@
+"""Small misses on a bucket answered by the hot path (:meth:`Storage.fetch`).
+
+A simple ``GET /<checksum>`` of a small plain buffer that the local tier lacks is
+answered inside Sanic's protocol once its object is fetched and verified, with no
+request object, router or middleware.  The differential tests send the same raw bytes
+to two real servers on one bucket (each its own tier), one with the hot path and one
+without, and compare every answer byte for byte.  The in-process tests read what the
+hot path itself answered, and make the store slow or take it away (a TCP relay)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import threading
+import time
+
+import pytest
+from relay import RelayThread
+from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
+from test_hotpath import CLOSED, InProcess, Pair, Side, request, statuses
+from test_s3_server import s3_serve  # noqa: F401  (a fixture)
+
+from conftest import sha3, wait_for
+
+obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+from hashserver.config import Config  # noqa: E402
+from hashserver.objectstore import FETCH_MAX  # noqa: E402  (needs obstore)
+
+pytestmark = pytest.mark.timeout(300)
+
+SLOW = 1.0  # seconds the slow store holds each GET (and every call with it: the relay waits)
+
+
+def key(checksum: str, suffix: str = "") -> str:
+    return f"{checksum[:2]}/{checksum}{suffix}"
+
+
+class Objects:
+    """Objects put straight into the bucket, each a miss for a server that has not read it."""
+
+    def __init__(self, weed: SeaweedFS, bucket: str):
+        self.store = weed.s3_store(bucket)
+
+    def plain(self, data: bytes) -> str:
+        checksum = sha3(data)
+        obstore.put(self.store, key(checksum), data)
+        return checksum
+
+    def corrupt(self, data: bytes) -> str:
+        checksum = sha3(data)
+        obstore.put(self.store, key(checksum), data[:-1] + bytes([data[-1] ^ 1]))
+        return checksum
+
+    def gzipped(self, data: bytes) -> str:
+        checksum = sha3(data)
+        obstore.put(self.store, key(checksum, ".gz"), gzip.compress(data))
+        return checksum
+
+
+@pytest.fixture
+def pair(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    """Two servers on one bucket, with the hot path and without; each its own tier."""
+    sides = []
+    for name, switch in (("hot", "1"), ("regular", "0")):
+        server = s3_serve(s3_bucket, "--cache-dir", str(tmp_path / name), env={"HASHSERVER_HOT_PATH": switch})
+        sides.append(Side(server, tmp_path / name))
+    return Pair(*sides)
+
+
+def exchange(*requests: tuple[str, bytes]):
+    """Send the requests in one write on one connection; their replies, in order."""
+    def run(side: Side) -> list:
+        connection = side.connect()
+        try:
+            connection.send(b"".join(raw for _, raw in requests))
+            return connection.replies(*(method for method, _ in requests))
+        finally:
+            connection.close()
+    return run
+
+
+def test_misses_are_answered_as_the_regular_route_answers_them(pair, seaweedfs, s3_bucket):  # noqa: F811
+    objects = Objects(seaweedfs, s3_bucket)
+    small, empty = objects.plain(os.urandom(1000)), objects.plain(b"")
+    at_most, longer = objects.plain(os.urandom(FETCH_MAX)), objects.plain(os.urandom(FETCH_MAX + 1))
+    corrupt, packed, absent = objects.corrupt(os.urandom(2000)), objects.gzipped(b"z" * 5000), sha3(b"absent")
+    for checksum, status in ((small, 200), (empty, 200), (at_most, 200), (longer, 200), (corrupt, 400),
+                             (packed, 200), (absent, 404)):
+        replies = pair.both(exchange(("GET", request("GET", checksum))))
+        assert statuses(replies) == [status], checksum
+    message = json.loads(pair.both(exchange(("GET", request("GET", corrupt))))[0].body)["message"]
+    assert message == (f"File corruption: file at path s3://{s3_bucket}/{key(corrupt)} "
+                       "does not have the correct SHA3-256 checksum.")
+
+
+def test_pipelined_misses_hits_and_regular_requests_stay_in_order(pair, seaweedfs, s3_bucket):  # noqa: F811
+    objects = Objects(seaweedfs, s3_bucket)
+    data = [os.urandom(100 + i) for i in range(4)]
+    a, b, c, d = (objects.plain(x) for x in data)
+    requests = [("GET", request("GET", a)), ("GET", request("GET", a)), ("HEAD", request("HEAD", b)),
+                ("GET", request("GET", sha3(b"absent"))), ("GET", request("GET", c.upper())),
+                ("GET", request("GET", d, "X-Other: 1")), ("GET", request("GET", b))]
+    replies = pair.both(exchange(*requests))
+    assert statuses(replies) == [200, 200, 200, 404, 200, 200, 200]
+    assert [reply.body for reply in replies] == [data[0], data[0], b"", replies[3].body, data[2], data[3], data[1]]
+
+
+# ------------------------------------------------------------------ in process
+@pytest.fixture
+def relay(seaweedfs):  # noqa: F811
+    started = RelayThread(seaweedfs.s3_endpoint).start()
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def served(seaweedfs, s3_bucket, relay, tmp_path, monkeypatch):  # noqa: F811
+    """The app with its hot path on a bucket behind a relay, in this process."""
+    for name, value in seaweedfs.s3_env().items():
+        monkeypatch.setenv(name, value)
+    config = Config(f"s3://{s3_bucket}", s3_endpoint=relay.url, cache_dir=str(tmp_path / "tier")).validate()
+    server = InProcess(config)
+    yield server
+    server.stop()
+
+
+def answered_after(served: InProcess, *requests: tuple[str, bytes]) -> tuple[dict, list]:
+    """What the hot path answered of these requests (sent one by one on one connection), and the replies."""
+    before = served.answered
+    connection = served.connect()
+    replies = []
+    for method, raw in requests:
+        connection.send(raw)
+        replies += connection.replies(method)
+    connection.close()
+    return {k: n - before[k] for k, n in served.answered.items() if n != before[k]}, replies
+
+
+def test_the_hot_path_fetches_small_plain_objects_only(served, seaweedfs, s3_bucket):  # noqa: F811
+    objects = Objects(seaweedfs, s3_bucket)
+    small, longer = os.urandom(1000), os.urandom(FETCH_MAX + 1)
+    small_cs, longer_cs, packed = objects.plain(small), objects.plain(longer), objects.gzipped(b"y" * 3000)
+    answered, replies = answered_after(served, ("GET", request("GET", small_cs)))
+    assert answered == {("get", 200): 1} and replies[0].body == small
+    for method, checksum in (("HEAD", objects.plain(b"head")), ("GET", longer_cs), ("GET", packed),
+                             ("GET", sha3(b"absent"))):
+        answered, replies = answered_after(served, (method, request(method, checksum)))
+        assert answered == {}, (method, checksum)  # the regular route answered
+        assert statuses(replies) == [404 if checksum == sha3(b"absent") else 200]
+    tier = served.app.ctx.storage
+    wait_for(lambda: served.call(lambda: tier.held_locally(bytes.fromhex(small_cs))), "the fetched buffer in the tier")
+    answered, replies = answered_after(served, ("GET", request("GET", small_cs)))
+    assert answered == {("get", 200): 1} and replies[0].body == small  # now from the tier, without a fetch
+
+
+def test_a_corrupt_small_object_is_a_400_from_the_hot_path(served, seaweedfs, s3_bucket):  # noqa: F811
+    checksum = Objects(seaweedfs, s3_bucket).corrupt(os.urandom(500))
+    answered, replies = answered_after(served, ("GET", request("GET", checksum)))
+    assert answered == {("get", 400): 1}
+    assert json.loads(replies[0].body) == {"message": (
+        f"File corruption: file at path s3://{s3_bucket}/{key(checksum)} does not have the correct SHA3-256 checksum.")}
+    assert not served.call(lambda: served.app.ctx.storage.held_locally(bytes.fromhex(checksum)))
+
+
+def test_a_store_gone_is_a_503_from_the_hot_path_and_it_recovers(served, relay, seaweedfs, s3_bucket):  # noqa: F811
+    data = os.urandom(700)
+    checksum = Objects(seaweedfs, s3_bucket).plain(data)
+    relay.cut()
+    answered, replies = answered_after(served, ("GET", request("GET", checksum)))
+    assert answered == {("get", 503): 1}
+    assert replies[0].status == 503 and json.loads(replies[0].body)["message"].startswith("Storage unavailable")
+    relay.start()
+    answered, replies = answered_after(served, ("GET", request("GET", checksum)))
+    assert answered == {("get", 200): 1} and replies[0].body == data
+
+
+def slow_gets(relay: RelayThread) -> None:
+    """Each GET the store receives from now on waits SLOW seconds (in the relay's thread)."""
+    def slow(request_line: bytes) -> bool:
+        if request_line.startswith(b"GET "):
+            time.sleep(SLOW)
+        return False
+    relay.relay.cut = slow
+
+
+def test_requests_sent_while_a_get_is_fetched_wait_for_its_answer(served, relay, seaweedfs, s3_bucket):  # noqa: F811
+    objects = Objects(seaweedfs, s3_bucket)
+    first, second = os.urandom(300), os.urandom(301)
+    first_cs, second_cs = objects.plain(first), objects.plain(second)
+    slow_gets(relay)
+    connection = served.connect()
+    connection.send(request("GET", first_cs))
+    time.sleep(SLOW / 5)  # the first is being fetched
+    # the regular route would answer the first of these at once (no call to the store)
+    connection.send(request("GET", "/abc"), request("GET", second_cs), request("GET", first_cs, "X-A: 1"))
+    replies = connection.replies("GET", "GET", "GET", "GET")
+    connection.close()
+    assert statuses(replies) == [200, 400, 200, 200]
+    assert [replies[0].body, replies[2].body, replies[3].body] == [first, second, first]
+
+
+def test_a_client_gone_while_its_get_is_fetched_leaves_the_worker_serving(
+        served, relay, seaweedfs, s3_bucket):  # noqa: F811
+    objects = Objects(seaweedfs, s3_bucket)
+    gone, after = objects.plain(os.urandom(400)), os.urandom(401)
+    after_cs = objects.plain(after)
+    slow_gets(relay)
+    connection = served.connect()
+    connection.send(request("GET", gone))
+    time.sleep(SLOW / 5)
+    connection.close()
+    relay.relay.cut = lambda request_line: False
+    answered, replies = answered_after(served, ("GET", request("GET", after_cs)))
+    assert answered == {("get", 200): 1} and replies[0].body == after
+
+
+def test_a_stop_while_a_get_is_fetched_answers_it_then_closes(served, relay, seaweedfs, s3_bucket):  # noqa: F811
+    data = os.urandom(600)
+    checksum = Objects(seaweedfs, s3_bucket).plain(data)
+    slow_gets(relay)
+    connection = served.connect()
+    connection.send(request("GET", checksum))
+    time.sleep(SLOW / 5)
+    protocol = next(iter(served.server.connections))
+    assert served.call(protocol.close_if_idle) is False  # as a stopping server asks each connection
+    replies = connection.replies("GET", "GET")
+    connection.close()
+    assert replies[0].body == data and replies[1] == CLOSED
+
+
+def test_past_a_bound_reading_pauses_until_the_fetched_get_is_answered(served, relay, seaweedfs, s3_bucket):  # noqa: F811
+    """Requests that arrive while a GET is fetched are held, up to a bound; then reading
+    pauses until the GET is answered, and every request is answered after it."""
+    data = os.urandom(200)
+    checksum = Objects(seaweedfs, s3_bucket).plain(data)
+    slow_gets(relay)
+    connection = served.connect()
+    connection.send(request("GET", checksum))
+    time.sleep(SLOW / 5)
+    count = 4000  # about 100 KB of requests the regular route answers at once: more than is held
+    sender = threading.Thread(target=connection.sock.sendall, args=(request("GET", "/abc") * count,))
+    sender.start()
+    protocol = next(iter(served.server.connections))
+    wait_for(lambda: not served.call(protocol.transport.is_reading), "reading paused while the GET is fetched", SLOW)
+    replies = connection.replies(*["GET"] * (count + 1))
+    assert served.call(protocol.transport.is_reading)
+    sender.join(30)
+    connection.close()
+    assert replies[0].body == data and statuses(replies[1:]) == [400] * count
+
+
+def test_a_fetch_that_fails_unexpectedly_leaves_the_get_to_the_regular_route(
+        served, seaweedfs, s3_bucket, monkeypatch):  # noqa: F811
+    data = os.urandom(800)
+    checksum = Objects(seaweedfs, s3_bucket).plain(data)
+
+    async def failing(checksum: bytes):
+        raise RuntimeError("a fault of the fetch")
+
+    monkeypatch.setattr(served.app.ctx.storage, "fetch", failing)
+    answered, replies = answered_after(served, ("GET", request("GET", checksum)))
+    assert answered == {} and replies[0].body == data
