@@ -254,6 +254,18 @@ def one_by_one(*requests: tuple[str, bytes]) -> Callable[[Side], list]:
     return exchange
 
 
+def pipelined(*requests: tuple[str, bytes]) -> Callable[[Side], list]:
+    """Send the requests in one write on one connection; their replies, in order."""
+    def exchange(side: Side) -> list:
+        connection = side.connect()
+        try:
+            connection.send(b"".join(raw for _, raw in requests))
+            return connection.replies(*(method for method, _ in requests))
+        finally:
+            connection.close()
+    return exchange
+
+
 def statuses(replies: list) -> list:
     return [reply if reply == CLOSED else reply.status for reply in replies]
 
@@ -455,16 +467,7 @@ def test_pipelined_requests_mixing_hot_and_regular_routes(pair):
         ("HEAD", request("HEAD", ABSENT_CS)),
         ("GET", request("GET", SMALL_CS)),
     ]
-
-    def exchange(side: Side) -> list:
-        connection = side.connect()
-        try:
-            connection.send(b"".join(raw for _, raw in mix))
-            return connection.replies(*(method for method, _ in mix))
-        finally:
-            connection.close()
-
-    found = pair.both(exchange)
+    found = pair.both(pipelined(*mix))
     assert statuses(found) == [200, 200, 200, 404, 200, 206, 200, 200, 204, 200, 200, 200, 404, 200]
     assert found[0].body == found[-1].body == SMALL and found[4].body == LARGE and found[7].body == fresh
 

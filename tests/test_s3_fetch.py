@@ -18,7 +18,7 @@ import time
 import pytest
 from relay import RelayThread
 from seaweedfs import SeaweedFS, s3_bucket, seaweedfs  # noqa: F401  (fixtures)
-from test_hotpath import CLOSED, InProcess, Pair, Side, request, statuses
+from test_hotpath import CLOSED, Connection, InProcess, Pair, Side, pipelined, request, statuses
 from test_s3_server import s3_serve  # noqa: F401  (a fixture)
 
 from conftest import sha3, wait_for
@@ -68,18 +68,6 @@ def pair(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
     return Pair(*sides)
 
 
-def exchange(*requests: tuple[str, bytes]):
-    """Send the requests in one write on one connection; their replies, in order."""
-    def run(side: Side) -> list:
-        connection = side.connect()
-        try:
-            connection.send(b"".join(raw for _, raw in requests))
-            return connection.replies(*(method for method, _ in requests))
-        finally:
-            connection.close()
-    return run
-
-
 def test_misses_are_answered_as_the_regular_route_answers_them(pair, seaweedfs, s3_bucket):  # noqa: F811
     objects = Objects(seaweedfs, s3_bucket)
     small, empty = objects.plain(os.urandom(1000)), objects.plain(b"")
@@ -87,9 +75,9 @@ def test_misses_are_answered_as_the_regular_route_answers_them(pair, seaweedfs, 
     corrupt, packed, absent = objects.corrupt(os.urandom(2000)), objects.gzipped(b"z" * 5000), sha3(b"absent")
     for checksum, status in ((small, 200), (empty, 200), (at_most, 200), (longer, 200), (corrupt, 400),
                              (packed, 200), (absent, 404)):
-        replies = pair.both(exchange(("GET", request("GET", checksum))))
+        replies = pair.both(pipelined(("GET", request("GET", checksum))))
         assert statuses(replies) == [status], checksum
-    message = json.loads(pair.both(exchange(("GET", request("GET", corrupt))))[0].body)["message"]
+    message = json.loads(pair.both(pipelined(("GET", request("GET", corrupt))))[0].body)["message"]
     assert message == (f"File corruption: file at path s3://{s3_bucket}/{key(corrupt)} "
                        "does not have the correct SHA3-256 checksum.")
 
@@ -101,7 +89,7 @@ def test_pipelined_misses_hits_and_regular_requests_stay_in_order(pair, seaweedf
     requests = [("GET", request("GET", a)), ("GET", request("GET", a)), ("HEAD", request("HEAD", b)),
                 ("GET", request("GET", sha3(b"absent"))), ("GET", request("GET", c.upper())),
                 ("GET", request("GET", d, "X-Other: 1")), ("GET", request("GET", b))]
-    replies = pair.both(exchange(*requests))
+    replies = pair.both(pipelined(*requests))
     assert statuses(replies) == [200, 200, 200, 404, 200, 200, 200]
     assert [reply.body for reply in replies] == [data[0], data[0], b"", replies[3].body, data[2], data[3], data[1]]
 
@@ -184,14 +172,21 @@ def slow_gets(relay: RelayThread) -> None:
     relay.relay.cut = slow
 
 
+def fetch_under_way(served: InProcess, relay: RelayThread, objects: Objects, data: bytes) -> Connection:
+    """A connection whose GET of ``data`` (a new object) is being fetched from a slow store."""
+    checksum = objects.plain(data)
+    slow_gets(relay)
+    connection = served.connect()
+    connection.send(request("GET", checksum))
+    time.sleep(SLOW / 5)
+    return connection
+
+
 def test_requests_sent_while_a_get_is_fetched_wait_for_its_answer(served, relay, seaweedfs, s3_bucket):  # noqa: F811
     objects = Objects(seaweedfs, s3_bucket)
     first, second = os.urandom(300), os.urandom(301)
-    first_cs, second_cs = objects.plain(first), objects.plain(second)
-    slow_gets(relay)
-    connection = served.connect()
-    connection.send(request("GET", first_cs))
-    time.sleep(SLOW / 5)  # the first is being fetched
+    first_cs, second_cs = sha3(first), objects.plain(second)
+    connection = fetch_under_way(served, relay, objects, first)
     # the regular route would answer the first of these at once (no call to the store)
     connection.send(request("GET", "/abc"), request("GET", second_cs), request("GET", first_cs, "X-A: 1"))
     replies = connection.replies("GET", "GET", "GET", "GET")
@@ -203,13 +198,9 @@ def test_requests_sent_while_a_get_is_fetched_wait_for_its_answer(served, relay,
 def test_a_client_gone_while_its_get_is_fetched_leaves_the_worker_serving(
         served, relay, seaweedfs, s3_bucket):  # noqa: F811
     objects = Objects(seaweedfs, s3_bucket)
-    gone, after = objects.plain(os.urandom(400)), os.urandom(401)
+    after = os.urandom(401)
     after_cs = objects.plain(after)
-    slow_gets(relay)
-    connection = served.connect()
-    connection.send(request("GET", gone))
-    time.sleep(SLOW / 5)
-    connection.close()
+    fetch_under_way(served, relay, objects, os.urandom(400)).close()
     relay.relay.cut = lambda request_line: False
     answered, replies = answered_after(served, ("GET", request("GET", after_cs)))
     assert answered == {("get", 200): 1} and replies[0].body == after
@@ -217,11 +208,7 @@ def test_a_client_gone_while_its_get_is_fetched_leaves_the_worker_serving(
 
 def test_a_stop_while_a_get_is_fetched_answers_it_then_closes(served, relay, seaweedfs, s3_bucket):  # noqa: F811
     data = os.urandom(600)
-    checksum = Objects(seaweedfs, s3_bucket).plain(data)
-    slow_gets(relay)
-    connection = served.connect()
-    connection.send(request("GET", checksum))
-    time.sleep(SLOW / 5)
+    connection = fetch_under_way(served, relay, Objects(seaweedfs, s3_bucket), data)
     protocol = next(iter(served.server.connections))
     assert served.call(protocol.close_if_idle) is False  # as a stopping server asks each connection
     replies = connection.replies("GET", "GET")
@@ -233,11 +220,7 @@ def test_past_a_bound_reading_pauses_until_the_fetched_get_is_answered(served, r
     """Requests that arrive while a GET is fetched are held, up to a bound; then reading
     pauses until the GET is answered, and every request is answered after it."""
     data = os.urandom(200)
-    checksum = Objects(seaweedfs, s3_bucket).plain(data)
-    slow_gets(relay)
-    connection = served.connect()
-    connection.send(request("GET", checksum))
-    time.sleep(SLOW / 5)
+    connection = fetch_under_way(served, relay, Objects(seaweedfs, s3_bucket), data)
     count = 4000  # about 100 KB of requests the regular route answers at once: more than is held
     sender = threading.Thread(target=connection.sock.sendall, args=(request("GET", "/abc") * count,))
     sender.start()
