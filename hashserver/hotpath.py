@@ -279,7 +279,7 @@ class HotPathProtocol(HttpProtocol):
     """Sanic's HTTP/1.1 protocol, answering simple requests for small
     buffers and absent ones in ``data_received`` (see the module's docstring)."""
 
-    __slots__ = ("_hot", "_pending", "_fetch", "_held", "_fetched_length", "_close_after_fetch")
+    __slots__ = ("_hot", "_pending", "_fetch", "_held", "_fetched_length", "_close_after_fetch", "_handed_over")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -289,6 +289,7 @@ class HotPathProtocol(HttpProtocol):
         self._held = b""  # while it is: the bytes from that request on (everything after waits for its answer)
         self._fetched_length = 0  # that request's length
         self._close_after_fetch = False  # the server stops: close once the fetched GET is answered
+        self._handed_over = False  # ... or once Sanic has answered it, when the fetch handed it over
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -385,8 +386,11 @@ class HotPathProtocol(HttpProtocol):
                 return
             self.transport.resume_reading()  # if holding paused it
             if answer is None:  # the regular route answers it, and Sanic what follows
+                self._handed_over = self._close_after_fetch
                 super().data_received(held)
                 return
+            if self._close_after_fetch:
+                answer = answer.replace(b"\r\nconnection: keep-alive\r\n", b"\r\nconnection: close\r\n", 1)
             self.transport.write(answer)
             self.state["requests_count"] += 1
             self._time = time.monotonic()
@@ -398,6 +402,22 @@ class HotPathProtocol(HttpProtocol):
         except Exception:
             error_logger.exception("hashserver: hot path failed; closing the connection")
             self.close()
+
+    @property
+    def answering(self) -> bool:
+        """Whether a GET taken here is not answered yet: being fetched, or handed
+        over to Sanic at a stop and not yet taken up by its handler."""
+        if self._fetch is not None:
+            return True
+        http = getattr(self, "_http", None)
+        return self._handed_over and http is not None and (http.stage is Stage.REQUEST or bool(self.recv_buffer))
+
+    def close_after_answer(self) -> None:
+        """The server stops: close once the request under way is answered."""
+        if self._fetch is not None:
+            self._close_after_fetch = True
+        elif getattr(self, "_http", None) is not None:
+            self._http.keep_alive = False
 
     def close_if_idle(self) -> bool:
         """At a stop: a connection whose GET is being fetched closes once it is answered."""

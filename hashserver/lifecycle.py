@@ -435,7 +435,10 @@ class WorkerLifecycle:
 
 
 def _handling(connection) -> bool:
-    """Whether a request is being handled or answered on this connection."""
+    """Whether a request is being handled or answered on this connection (the
+    hot path's included: :attr:`HotPathProtocol.answering <hashserver.hotpath.HotPathProtocol.answering>`)."""
+    if getattr(connection, "answering", False):
+        return True
     http = getattr(connection, "_http", None)
     return http is not None and http.stage in (Stage.HANDLER, Stage.RESPONSE, Stage.FAILED)
 
@@ -446,7 +449,11 @@ def _close_after_response(connections: set) -> bool:
     busy = False
     for connection in connections:
         if _handling(connection):
-            connection._http.keep_alive = False
+            close_after_answer = getattr(connection, "close_after_answer", None)
+            if close_after_answer is not None:
+                close_after_answer()
+            else:
+                connection._http.keep_alive = False
             busy = True
     return busy
 

@@ -30,7 +30,7 @@ import posixpath
 import re
 import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import partial
@@ -80,6 +80,7 @@ PIECES_UNJOINED = 8  # a batch of more pieces than this goes to obstore joined
 WHOLE_GET = 64 << 20  # objects up to this size are fetched whole and verified before open() returns
 SMALL_GET = 1 << 20  # a read asks for this many bytes first: a shorter object comes whole, in one call
 FETCH_MAX = SMALL_GET  # the longest object fetch() hands to the hot path (as the directory's small buffers)
+UNFETCHABLE_KEPT = 4096  # buffers remembered as not fetch()'s to answer (absent, longer, compressed), at most
 STREAM_CHUNK = 1 << 20
 HASH_INLINE = 256 << 10  # hash pieces up to this on the event loop, larger ones in a thread
 HASHES_AHEAD = 2  # a body's pieces handed to its hashing thread and not yet hashed, at most
@@ -206,6 +207,9 @@ class ObjectStore:
         self._resolver: asyncio.Task | None = None
         self._promise_ages = FileAges()  # a promise dated ahead (another host's clock) lasts PROMISE_TTL from now
         self._ranges = True  # the store answers a GET of a range with the range
+        # Buffers whose fetch() found no small plain object: their GETs go to the regular route
+        # at once (which looks further), not through a fetch that would fail again.
+        self._unfetchable: OrderedDict[bytes, None] = OrderedDict()
         self._heads_until = float("-inf")  # batches use HEADs alone until then (listings did not pay)
 
     @classmethod
@@ -490,12 +494,13 @@ class ObjectStore:
     def peek(self, checksum: bytes) -> bytes | Fast:
         """Only a call to the object store could tell: :meth:`fetch` where the lean
         client makes it (one GET, cut off at the headers of a longer object)."""
-        return Fast.FETCH if self.lean is not None and self._ranges else Fast.REGULAR
+        fetches = self.lean is not None and self._ranges and checksum not in self._unfetchable
+        return Fast.FETCH if fetches else Fast.REGULAR
 
     async def fetch(self, checksum: bytes) -> bytes | Fast:
         """The buffer's plain object up to FETCH_MAX, once it hashed to ``checksum``;
         REGULAR where there is none (the regular route looks for compressed objects and
-        promises) or it is longer."""
+        promises) or it is longer: then the next peeks send it to the regular route."""
         if self.lean is None:
             return Fast.REGULAR
         key = self.keys.buffer(checksum.hex())
@@ -503,8 +508,11 @@ class ObjectStore:
         try:
             data = await self._call("get", key, self._lean_whole(key, FETCH_MAX, receiver))
         except NOT_FOUND:
-            return Fast.REGULAR
+            data = None
         if data is None:
+            self._unfetchable[checksum] = None
+            if len(self._unfetchable) > UNFETCHABLE_KEPT:
+                self._unfetchable.popitem(last=False)
             return Fast.REGULAR
         data, digest = await self._fetched(key, receiver if isinstance(data, bytearray) else data, len(data), None)
         self._check(checksum, digest, key)
@@ -839,6 +847,7 @@ class ObjectStore:
         return outcome
 
     async def _put(self, checksum: bytes, body: AsyncIterator[bytes], encoding: Encoding | None) -> PutOutcome:
+        self._unfetchable.pop(checksum, None)  # it may be a small plain object now
         checksum_hex = checksum.hex()
         key = self.keys.buffer(checksum_hex, encoding)
         digest = DecodingHash(self.hasher, encoding)

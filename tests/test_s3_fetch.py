@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import threading
 import time
 
@@ -26,6 +27,7 @@ from conftest import sha3, wait_for
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
 from hashserver.config import Config  # noqa: E402
 from hashserver.objectstore import FETCH_MAX  # noqa: E402  (needs obstore)
+from hashserver.storage import Fast  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -107,7 +109,8 @@ def served(seaweedfs, s3_bucket, relay, tmp_path, monkeypatch):  # noqa: F811
     """The app with its hot path on a bucket behind a relay, in this process."""
     for name, value in seaweedfs.s3_env().items():
         monkeypatch.setenv(name, value)
-    config = Config(f"s3://{s3_bucket}", s3_endpoint=relay.url, cache_dir=str(tmp_path / "tier")).validate()
+    config = Config(f"s3://{s3_bucket}", s3_endpoint=relay.url, cache_dir=str(tmp_path / "tier"),
+                    writable=True).validate()
     server = InProcess(config)
     yield server
     server.stop()
@@ -244,3 +247,94 @@ def test_a_fetch_that_fails_unexpectedly_leaves_the_get_to_the_regular_route(
     monkeypatch.setattr(served.app.ctx.storage, "fetch", failing)
     answered, replies = answered_after(served, ("GET", request("GET", checksum)))
     assert answered == {} and replies[0].body == data
+
+
+def test_a_failed_fetch_is_not_tried_again_until_a_put_of_the_buffer(served, seaweedfs, s3_bucket):  # noqa: F811
+    data = os.urandom(900)
+    checksum, storage = sha3(data), served.app.ctx.storage
+    raw = bytes.fromhex(checksum)
+    assert served.call(lambda: storage.peek(raw)) is Fast.FETCH
+    answered, replies = answered_after(served, ("GET", request("GET", checksum)))
+    assert answered == {} and statuses(replies) == [404]  # no object: the regular route answered
+    assert served.call(lambda: storage.peek(raw)) is Fast.REGULAR  # now without a fetch first
+    answered, replies = answered_after(served, ("PUT", request("PUT", checksum, f"Content-Length: {len(data)}",
+                                                                body=data)))
+    assert statuses(replies) == [200]
+    assert served.call(lambda: storage.back.peek(raw)) is Fast.FETCH
+
+
+# ------------------------------------------------------------------ real servers behind the relay
+def start_on_relay(serve, seaweedfs, bucket: str, relay: RelayThread, hot: bool, *options: str):  # noqa: F811
+    return serve(f"s3://{bucket}", "--s3-endpoint", relay.url, *options,
+                 env={**seaweedfs.s3_env(), "HASHSERVER_HOT_PATH": "1" if hot else "0"})
+
+
+def test_a_stop_signal_while_a_get_is_fetched_answers_it_then_closes(serve, seaweedfs, s3_bucket, relay,  # noqa: F811
+                                                                     tmp_path):
+    """A worker's drain (SIGTERM) waits for a GET being fetched, as for one Sanic handles."""
+    data = os.urandom(600)
+    checksum = Objects(seaweedfs, s3_bucket).plain(data)
+    server = start_on_relay(serve, seaweedfs, s3_bucket, relay, True, "--cache-dir", str(tmp_path / "tier"))
+    slow_gets(relay)
+    connection = Connection(server.port)
+    connection.send(request("GET", checksum), request("GET", checksum))
+    time.sleep(SLOW / 3)
+    server.proc.send_signal(signal.SIGTERM)
+    replies = connection.replies("GET", "GET")
+    connection.close()
+    assert replies[0] != CLOSED and replies[0].body == data
+    assert b"\r\nconnection: close\r\n" in replies[0].head and replies[1] == CLOSED
+
+
+def test_held_requests_follow_a_fetch_answered_or_handed_over(serve, seaweedfs, s3_bucket, relay,  # noqa: F811
+                                                               tmp_path):
+    """On a real server (its protocol with the header deadline and the body window): a
+    fetch that hands its GET to the regular route (a compressed object) hands over the
+    requests held behind it too, in order; one answered leaves the start of a request
+    held behind it to be completed."""
+    objects = Objects(seaweedfs, s3_bucket)
+    small, other = os.urandom(300), os.urandom(333)
+    small_cs, other_cs, packed = objects.plain(small), objects.plain(other), objects.gzipped(b"q" * 4000)
+    server = start_on_relay(serve, seaweedfs, s3_bucket, relay, True, "--cache-dir", str(tmp_path / "tier"))
+    slow_gets(relay)
+    connection = Connection(server.port)
+    connection.send(request("GET", packed))
+    time.sleep(SLOW / 3)
+    connection.send(request("GET", small_cs) + request("GET", "/abc"))
+    replies = connection.replies("GET", "GET", "GET")
+    assert statuses(replies) == [200, 200, 400]
+    assert replies[0].body == b"q" * 4000 and replies[1].body == small
+    whole = request("GET", small_cs)
+    connection.send(request("GET", other_cs))
+    time.sleep(SLOW / 3)
+    connection.send(whole[:20])
+    time.sleep(SLOW)
+    connection.send(whole[20:])
+    replies = connection.replies("GET", "GET")
+    connection.close()
+    assert statuses(replies) == [200, 200] and [replies[0].body, replies[1].body] == [other, small]
+
+
+def test_a_buffer_the_fetch_cannot_answer_costs_one_get_more_once(serve, seaweedfs, s3_bucket, relay):  # noqa: F811
+    """On a bare bucket every GET is a miss: a buffer that is not a small plain object
+    (longer, compressed, absent) costs the hot path's server one GET more than the
+    regular route's, the first time only (GETs of its keys: the bucket's health check
+    comes once a second, whichever server)."""
+    objects = Objects(seaweedfs, s3_bucket)
+    cases = {"longer": objects.plain(os.urandom(FETCH_MAX + 1)), "compressed": objects.gzipped(b"p" * 5000),
+             "absent": sha3(b"absent here")}
+    servers = {hot: start_on_relay(serve, seaweedfs, s3_bucket, relay, hot, "--cache-size", "0")
+               for hot in (True, False)}
+    lines: list[bytes] = []
+    relay.relay.cut = lambda request_line: lines.append(request_line) or False
+    for name, checksum in cases.items():
+        gets = {}
+        for hot, server in servers.items():
+            del lines[:]
+            for _ in range(3):
+                connection = Connection(server.port)
+                connection.send(request("GET", checksum))
+                assert statuses(connection.replies("GET")) == [404 if name == "absent" else 200]
+                connection.close()
+            gets[hot] = sum(line.startswith(b"GET ") and checksum.encode() in line for line in lines)
+        assert gets[True] == gets[False] + 1, (name, gets)
