@@ -338,3 +338,13 @@ def test_a_buffer_the_fetch_cannot_answer_costs_one_get_more_once(serve, seaweed
                 connection.close()
             gets[hot] = sum(line.startswith(b"GET ") and checksum.encode() in line for line in lines)
         assert gets[True] == gets[False] + 1, (name, gets)
+
+
+def test_a_store_gone_is_the_same_503_from_either_path(serve, seaweedfs, s3_bucket, relay, tmp_path):  # noqa: F811
+    checksum = Objects(seaweedfs, s3_bucket).plain(os.urandom(500))
+    pair = Pair(*(Side(start_on_relay(serve, seaweedfs, s3_bucket, relay, hot, "--cache-dir", str(tmp_path / name)),
+                       tmp_path / name) for name, hot in (("hot", True), ("regular", False))))
+    relay.cut()
+    replies = pair.both(pipelined(("GET", request("GET", checksum))))
+    assert statuses(replies) == [503]
+    assert json.loads(replies[0].body)["message"].startswith(f"Storage unavailable: object store get of s3://{s3_bucket}/")
