@@ -422,7 +422,7 @@ class HotPathProtocol(HttpProtocol):
     def close_if_idle(self) -> bool:
         """At a stop: a connection whose GET is being fetched closes once it is answered."""
         if self._fetch is not None:
-            self._close_after_fetch = True
+            self.close_after_answer()
             return False
         return super().close_if_idle()
 

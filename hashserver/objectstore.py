@@ -844,10 +844,10 @@ class ObjectStore:
             raise
         self.metrics.put(outcome.value)
         self._resolve(checksum.hex())
+        self._unfetchable.pop(checksum, None)  # it may be a small plain object now
         return outcome
 
     async def _put(self, checksum: bytes, body: AsyncIterator[bytes], encoding: Encoding | None) -> PutOutcome:
-        self._unfetchable.pop(checksum, None)  # it may be a small plain object now
         checksum_hex = checksum.hex()
         key = self.keys.buffer(checksum_hex, encoding)
         digest = DecodingHash(self.hasher, encoding)
