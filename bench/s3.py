@@ -16,7 +16,9 @@ would), and fresh objects nobody has read yet.  Then, side by side:
   likewise get their best of two connection counts (``--connections`` and 128): the
   object store's own cost per call falls as more arrive at once, for both.  Small
   misses and PUTs also report the raw rate of hashserver's own lean client
-  (``hashserver.s3lean``), which the server's calls of those cases use;
+  (``hashserver.s3lean``), which the server's calls of those cases use, and the
+  server's own rate with no local tier (``--cache-size 0``): each puts a file into
+  the tier, where the raw client writes nothing, and this shows the two apart;
 - a large miss and a large PUT once more on a second server with ``--hash-algorithm
   sha-256`` (today's Seamless), on objects named by SHA-256 under ``sha256/``: SHA3-256's
   hash is what bounds a large miss on this machine (and takes a core from SeaweedFS at
@@ -115,6 +117,7 @@ INDEX_WAIT = 60.0
 # server varied by 10-20% on this shared machine, and the first after the warm-up was low).
 HIT_ROUNDS = 2
 FRESH_MARGIN = 2.0  # fresh objects prepared per expected request (counted afterwards)
+NO_TIER = " no tier"  # names the fresh objects of the small cases through a server with --cache-size 0
 
 CASES_S3: dict[str, Case] = {c.key: c for c in (
     Case("hit_get_small", "GET 1 KiB, local tier", "req/s", "read", "directory", 0.9),
@@ -169,6 +172,9 @@ class S3Document:
     # hashserver's own lean S3 client alone, for the cases the server makes its calls with it: the
     # lowest-cost raw client on this machine, reported beside obstore's ceiling (label: rate, how)
     lean_raw: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # the small misses and PUTs through a server with no local tier (--cache-size 0), on fresh
+    # objects of their own, against the same ceilings (label: rate, connections)
+    no_tier: dict[str, tuple[float, str]] = field(default_factory=dict)
     # for the large cases, the least a server does that verifies (LEAST_WORK): for a miss the raw
     # client's GET then the hash, for a PUT its upload beside the hash and the tier's copy; and the
     # hash alone (label: MB/s, how, the hash's MB/s)
@@ -444,9 +450,10 @@ class S3HashServer(HashServer):
 
     name = "hashserver-s3"
 
-    def __init__(self, workdir: str, url: str, endpoint: str, cache_dir: str, env: dict, workers: int):
+    def __init__(self, workdir: str, url: str, endpoint: str, cache_dir: str, env: dict, workers: int,
+                 cache_size: str = "10G"):
         super().__init__(workdir, url, "prefix", workers, writable=True)
-        self.extra = ["--s3-endpoint", endpoint, "--cache-dir", cache_dir, "--cache-size", "10G"]
+        self.extra = ["--s3-endpoint", endpoint, "--cache-dir", cache_dir, "--cache-size", cache_size]
         self.env = env
 
     def make_process(self):
@@ -537,6 +544,7 @@ class S3Bench:
         self.dataset: Dataset | None = None
         self.raw: dict[str, tuple[float, str]] = {}
         self.lean_raw: dict[str, tuple[float, str]] = {}
+        self.no_tier: dict[str, tuple[float, str]] = {}
         self.verified_raw: dict[str, tuple[float, str, float]] = {}
         self.fresh: dict[str, dict[str, bytes]] = {}
         self.has_batches: list[list[str]] = []
@@ -559,6 +567,7 @@ class S3Bench:
         upload_directory(self.store, self.dataset.directory)
         asyncio.run(upload(self.store, {PREFIX_MARKER: b""}))
         small = max(1000, int(o.duration * 1500 * FRESH_MARGIN))
+        small_no_tier = max(1000, int(o.duration * 3000 * FRESH_MARGIN))  # no file to write: faster
         self.fresh = {
             "miss_large": fresh_bodies(o.large_count, o.large_size, o.seed, 0x5302),
             "has_present": fresh_bodies(12 * HAS_SIZE // 2, 1024, o.seed, 0x5303),
@@ -574,8 +583,9 @@ class S3Bench:
             "warm put_large_sha256": fresh_bodies(warm, o.large_size, o.seed, 0x5707, sha256_hex),
         })
         for n, connections in enumerate(self.connections):  # a fresh set for each round
-            self.fresh[f"miss_small {connections}"] = fresh_bodies(small, 1024, o.seed, 0x5301 + 0x10 * n)
-            self.fresh[f"put_small {connections}"] = fresh_bodies(small, 1024, o.seed, 0x5304 + 0x10 * n)
+            for tier, count, stream in (("", small, 0x5301), (NO_TIER, small_no_tier, 0x5381)):
+                self.fresh[f"miss_small{tier} {connections}"] = fresh_bodies(count, 1024, o.seed, stream + 0x10 * n)
+                self.fresh[f"put_small{tier} {connections}"] = fresh_bodies(count, 1024, o.seed, stream + 3 + 0x10 * n)
         for name in ("miss_large", "warm miss_large", "has_present"):  # the small misses' sets: each before its round
             asyncio.run(upload(self.store, {key(c): b for c, b in self.fresh[name].items()}))
         for name in ("miss_large_sha256", "warm miss_large_sha256"):
@@ -624,12 +634,14 @@ class S3Bench:
         say(f"bench.s3: [raw, lean client] {CASES_S3[name].label}: {rate:,.1f} {CASES_S3[name].unit}")
 
     # ------------------------------------------------------------ servers
-    def s3_server(self, sha256: bool = False) -> S3HashServer:
-        """The server on the bucket; ``sha256``: on its SHA-256 prefix, with --hash-algorithm sha-256."""
+    def s3_server(self, sha256: bool = False, tier: bool = True) -> S3HashServer:
+        """The server on the bucket; ``sha256``: on its SHA-256 prefix, with --hash-algorithm sha-256;
+        not ``tier``: with --cache-size 0."""
         env = self.seaweedfs.s3_env()
         if not sha256:
             return S3HashServer(self.workdir, f"s3://{BUCKET}", self.seaweedfs.s3_endpoint,
-                                os.path.join(self.workdir, "local-tier"), env, self.o.workers)
+                                os.path.join(self.workdir, "local-tier"), env, self.o.workers,
+                                cache_size="10G" if tier else "0")
         server = S3HashServer(self.workdir, f"s3://{BUCKET}/{SHA256_PREFIX.rstrip('/')}", self.seaweedfs.s3_endpoint,
                               os.path.join(self.workdir, "local-tier-sha256"), env, self.o.workers)
         server.extra += ["--hash-algorithm", "sha-256"]
@@ -676,9 +688,9 @@ class S3Bench:
             "remote_has_1000": lambda: self.counted(
                 "remote_has_1000", server.port, "POST", [("/has", json.dumps(b).encode()) for b in self.has_batches],
                 4),
-            "miss_get_small": lambda: self.best_of_connections("miss_get_small", "GET", "miss_small", server.port),
+            "miss_get_small": lambda: self.with_connections("miss_get_small", "GET", "miss_small", server.port),
             "miss_get_large": lambda: self.large_pairs("miss_get_large", server.port),
-            "put_small": lambda: self.best_of_connections("put_small", "PUT", "put_small", server.port),
+            "put_small": lambda: self.with_connections("put_small", "PUT", "put_small", server.port),
             "put_large": lambda: self.large_pairs("put_large", server.port),
         }
         values = {}
@@ -689,29 +701,44 @@ class S3Bench:
             f"({self.large_write_buffered_ms:,.1f} through the page cache)")
         for name, measure in cases.items():
             if name == "miss_get_small":
-                for connections in self.connections:
-                    objects = self.fresh[f"miss_small {connections}"]
-                    asyncio.run(upload(self.store, {key(c): b for c, b in objects.items()}))
+                self.upload_small_misses("")
             if name not in PAIRED:
                 self.ceiling(name)
             values[name] = measure()
         return values
 
+    def upload_small_misses(self, tier: str) -> None:
+        for connections in self.connections:
+            objects = self.fresh[f"miss_small{tier} {connections}"]
+            asyncio.run(upload(self.store, {key(c): b for c, b in objects.items()}))
+
+    def without_tier(self, server: HashServer) -> None:
+        """The small misses and PUTs once more, through ``server`` with no local tier."""
+        self.upload_small_misses(NO_TIER)
+        for name, method, fresh in (("miss_get_small", "GET", "miss_small"), ("put_small", "PUT", "put_small")):
+            value, connections = self.best_of_connections(name, method, fresh + NO_TIER, server.port, "s3, no tier")
+            self.no_tier[name] = (value, f"{connections} connections")
+
     def sha256_cases(self, server: HashServer) -> dict[str, float]:
         return {name: self.large_pairs(name, server.port) for name in ("miss_get_large_sha256", "put_large_sha256")}
 
-    def best_of_connections(self, name: str, method: str, fresh: str, port: int) -> float:
-        """The server's best over :attr:`connections`, each round on its own fresh objects."""
+    def with_connections(self, name: str, method: str, fresh: str, port: int) -> float:
+        """:meth:`best_of_connections`, the count that gave it noted for the table."""
+        value, connections = self.best_of_connections(name, method, fresh, port, "s3")
+        self.server_detail[name] = f"{connections} connections"
+        return value
+
+    def best_of_connections(self, name: str, method: str, fresh: str, port: int, tag: str) -> tuple[float, int]:
+        """The server's best over :attr:`connections`, each round on its own fresh objects:
+        (value, connections)."""
         rounds = []
         for connections in self.connections:
             bodies = self.fresh[f"{fresh} {connections}"]
-            scenario = write_scenario(self.workdir, f"{name}-{connections}", method, list(bodies),
+            scenario = write_scenario(self.workdir, f"{fresh.replace(' ', '-')}-{connections}", method, list(bodies),
                                       bodies=list(bodies.values()) if method == "PUT" else None,
                                       random_order=False, connections=connections)
-            rounds.append((self.load(name, scenario, port, "s3", fresh=len(bodies)), connections))
-        value, connections = max(rounds)
-        self.server_detail[name] = f"{connections} connections"
-        return value
+            rounds.append((self.load(name, scenario, port, tag, fresh=len(bodies)), connections))
+        return max(rounds)
 
     # ------------------------------------------------------------ measuring
     def load(self, name: str, scenario: Scenario, port: int, tag: str, fresh: int | None = None) -> float:
@@ -892,6 +919,8 @@ def run(options: S3Options) -> S3Document:
                 with HashServer(workdir, bench.dataset.directory, "prefix", options.workers) as directory:
                     values, ceilings = bench.hits(server, directory)
                 values.update(bench.misses_and_puts(server))  # the directory server stopped
+            with bench.s3_server(tier=False) as server:
+                bench.without_tier(server)
             with bench.s3_server(sha256=True) as server:
                 values.update(bench.sha256_cases(server))
         finally:
@@ -903,6 +932,7 @@ def run(options: S3Options) -> S3Document:
     doc.large_write_ms = bench.large_write_ms
     doc.large_write_buffered_ms = bench.large_write_buffered_ms
     doc.lean_raw = bench.lean_raw
+    doc.no_tier = bench.no_tier
     doc.verified_raw = bench.verified_raw
     doc.figures = {k: figure(CASES_S3[k], values[k], ceilings[k]) for k in CASES_S3}
     doc.problems += bench.found
@@ -938,6 +968,11 @@ def table(doc: S3Document) -> str:
         against = f", hashserver {_ratio(fig.value / rate)} of it" if fig is not None and fig.value and rate else ""
         lines.append(f"  {CASES_S3[k].label}: hashserver's own lean S3 client alone (which the server's calls of this "
                      f"case use): {rate:,.0f} {CASES_S3[k].unit} at {how}{against}")
+    for k, (rate, how) in doc.no_tier.items():
+        fig = doc.figures.get(k)
+        against = f", {_ratio(rate / fig.ceiling_value)} of its ceiling" if fig and fig.ceiling_value else ""
+        lines.append(f"  {CASES_S3[k].label}: hashserver with no local tier (--cache-size 0), each miss or PUT then "
+                     f"writing no file: {rate:,.0f} {CASES_S3[k].unit} at {how}{against}")
     for k, (rate, how, hashing) in doc.verified_raw.items():
         fig = doc.figures.get(k)
         against = f", hashserver {_ratio(fig.value / rate)} of it" if fig is not None and fig.value and rate else ""

@@ -28,6 +28,7 @@ from seaweedfs import (
     seaweedfs,  # noqa: F401
 )
 
+from bench.report import _ratio
 from bench.s3 import CASES_S3, CEILINGS, LARGE_WARM_UP, PAIRED
 from hashserver import s3uploads
 
@@ -80,6 +81,13 @@ def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
     for key, (rate, how) in doc["lean_raw"].items():
         assert rate > 0 and how.startswith("concurrency "), (key, rate, how)
         assert f"{CASES_S3[key].label}: hashserver's own lean S3 client alone" in table
+    # the small cases once more through a server with no local tier, against the same ceilings
+    assert set(doc["no_tier"]) == {"miss_get_small", "put_small"}
+    for key, (rate, how) in doc["no_tier"].items():
+        assert rate > 0 and re.fullmatch(r"(32|128) connections", how), (key, rate, how)
+        ratio = rate / doc["figures"][key]["ceiling_value"]
+        assert (f"{CASES_S3[key].label}: hashserver with no local tier (--cache-size 0), each miss or PUT then "
+                f"writing no file: {rate:,.0f} {CASES_S3[key].unit} at {how}, {_ratio(ratio)} of its ceiling") in table
     # each large case beside the least a verifying server does: a miss's raw GET followed by the
     # hash, a PUT's raw multipart upload beside the hash and the tier's copy
     assert set(doc["verified_raw"]) == {"miss_get_large", "miss_get_large_sha256", "put_large", "put_large_sha256"}
