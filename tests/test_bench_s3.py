@@ -81,7 +81,12 @@ def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
     for key, (rate, how) in doc["lean_raw"].items():
         assert rate > 0 and how.startswith("concurrency "), (key, rate, how)
         assert f"{CASES_S3[key].label}: hashserver's own lean S3 client alone" in table
-    # the small cases once more through a server with no local tier, against the same ceilings
+    for key in ("miss_get_small", "put_small"):  # the server's best connection count, from the tier's rounds
+        assert re.fullmatch(r"(32|128) connections", doc["server_detail"][key]), doc["server_detail"]
+        assert f"{CASES_S3[key].label}: ceiling by" in table and f"; hashserver's best at {doc['server_detail'][key]}" \
+            in table
+    # the small cases once more through a server with no local tier, against the same ceilings (the
+    # bench checks that server's metrics: a tier read there would be a problem, failing the run above)
     assert set(doc["no_tier"]) == {"miss_get_small", "put_small"}
     for key, (rate, how) in doc["no_tier"].items():
         assert rate > 0 and re.fullmatch(r"(32|128) connections", how), (key, rate, how)
