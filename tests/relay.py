@@ -1,7 +1,9 @@
 """A TCP relay on 127.0.0.1 between a client and the object store (SeaweedFS): a real
 network fault, without touching either side.  :meth:`Relay.stop` takes the store away
 (open connections aborted, new ones refused) and :meth:`Relay.start` brings it back;
-``cut`` names requests (by their first line) whose connection is aborted before the
+while ``silent`` it is a black hole: it takes connections and requests and passes
+nothing on, so nothing is answered (a store that hangs, not one that refuses); ``cut``
+names requests (by their first line) whose connection is aborted before the
 request reaches the store.  Given an ``ssl`` context it is the store's HTTPS end (TLS
 on the client's side, plain HTTP to the store), and it keeps every request's
 ``x-amz-content-sha256`` (signed body or not).  :class:`RelayThread` runs one in a
@@ -27,6 +29,7 @@ class Relay:
     def __init__(self, target: str, cut: Callable[[bytes], bool] = lambda request_line: False,
                  ssl: _ssl.SSLContext | None = None):
         self.cut = cut
+        self.silent = False
         self.ssl = ssl
         parts = urllib.parse.urlsplit(target)
         self.target, self.port = (parts.hostname, parts.port), free_port()
@@ -65,6 +68,8 @@ class Relay:
             seen = b""
             try:
                 while data := await source.read(65536):
+                    if requests and self.silent:
+                        continue
                     if requests and self.cut(data.split(b"\r\n", 1)[0]):
                         break
                     if requests:
@@ -112,6 +117,10 @@ class RelayThread:
 
     def cut(self) -> None:
         self._run(self.relay.stop())
+
+    def silence(self, silent: bool = True) -> None:
+        """A black hole from now on (see :class:`Relay`), or no longer."""
+        self.loop.call_soon_threadsafe(setattr, self.relay, "silent", silent)
 
     def close(self) -> None:
         if self.thread.is_alive():

@@ -10,11 +10,13 @@ hot path itself answered, and make the store slow or take it away (a TCP relay).
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from relay import RelayThread
@@ -26,12 +28,13 @@ from conftest import sha3, wait_for
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
 from hashserver.config import Config  # noqa: E402
-from hashserver.objectstore import FETCH_MAX  # noqa: E402  (needs obstore)
+from hashserver.objectstore import FETCH_MAX, HEALTH_EVERY  # noqa: E402  (needs obstore)
 from hashserver.storage import Fast  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
 SLOW = 1.0  # seconds the slow store holds each GET (and every call with it: the relay waits)
+NEVER = 150.0  # seconds: past Sanic's response timeout, a bound against hangs only
 
 
 def key(checksum: str, suffix: str = "") -> str:
@@ -348,3 +351,42 @@ def test_a_store_gone_is_the_same_503_from_either_path(serve, seaweedfs, s3_buck
     replies = pair.both(pipelined(("GET", request("GET", checksum))))
     assert statuses(replies) == [503]
     assert json.loads(replies[0].body)["message"].startswith(f"Storage unavailable: object store get of s3://{s3_bucket}/")
+
+
+def test_a_store_that_never_answers_is_a_503_of_its_own_before_sanics_response_timeout(
+        serve, seaweedfs, s3_bucket, relay):  # noqa: F811
+    """A store that takes connections and requests and never answers (a black hole, not a
+    refusal): each kind of call the server makes (the lean client's GET of a small miss and
+    conditional PUT; obstore's HEADs and listing for /has; the health check's look) ends in
+    the server's own 503 with its "Storage unavailable" message, well before Sanic's response
+    timeout would answer (RESPONSE_TIMEOUT, at least 60 s) and never a hang; and the server
+    answers again once the store does."""
+    objects = Objects(seaweedfs, s3_bucket)
+    data, new = os.urandom(700), os.urandom(800)
+    small = objects.plain(data)
+    server = start_on_relay(serve, seaweedfs, s3_bucket, relay, True, "--cache-size", "0", "--writable")
+    relay.silence()
+    time.sleep(HEALTH_EVERY + 0.5)  # the health check made for the server's start is no longer taken
+    asks = [("GET", "/" + small, None), ("HEAD", "/" + small, None), ("PUT", "/" + sha3(new), new),
+            ("POST", "/has", json.dumps([sha3(b"absent"), small]).encode()), ("GET", "/healthcheck", None)]
+
+    def answer(ask: tuple[str, str, bytes | None]) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=NEVER)
+        try:
+            connection.request(*ask)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        answers = list(pool.map(answer, asks))
+    for (method, path, _), (status, body) in zip(asks, answers, strict=True):
+        assert status == 503, (method, path, status, body)
+        if method != "HEAD":
+            assert json.loads(body)["message"].startswith("Storage unavailable"), (method, path, body)
+    relay.silence(False)
+    assert answer(("GET", "/" + small, None)) == (200, data)
+    assert answer(("PUT", "/" + sha3(new), new)) == (200, b"OK")
+    # a check the silent store held up is given up by its own bounds, then the next one succeeds
+    wait_for(lambda: answer(("GET", "/healthcheck", None))[0] == 200, "/healthcheck 200 again")
