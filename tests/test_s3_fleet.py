@@ -142,6 +142,47 @@ def test_a_put_on_one_host_is_seen_by_the_other_at_once(fleet):
     assert all(any(cache.rglob("*")) for cache in fleet.caches)
 
 
+def test_an_absent_buffer_is_present_on_the_other_host_once_put(fleet):
+    """No host remembers that the bucket lacked a buffer: asked for one it lacks, a host
+    answers absent; the moment another host's PUT of it returned 200, it answers present
+    and serves it (each worker of it, on fresh connections)."""
+    a, b = (h.port for h in fleet.hosts)
+    data = os.urandom(3000)
+    checksum = sha3(data)
+    for _ in range(REPEATS):
+        assert request(b, "GET", "/" + checksum).status == 404
+        assert request(b, "HEAD", "/" + checksum).status == 404
+        for path, absent in (("/has", False), ("/has-now", False), ("/buffer-length", 0)):
+            reply = json_request(b, "POST", path, [checksum])
+            assert (reply.status, reply.json()) == (200, [absent]), (path, reply)
+    assert put(a, data).body == b"OK"
+    expect_everywhere(b, {checksum: data}, "a buffer absent a moment ago, then PUT on the other host")
+
+
+@pytest.mark.parametrize("size", [SMALL_PUT - 1000, SMALL_PUT + (3 << 20)], ids=["one-put", "multipart"])
+def test_both_hosts_putting_one_buffer_at_once_get_200_and_the_bucket_one_object(fleet, size):
+    """The same buffer PUT through both hosts at the same moment, several times over (the
+    requests released together): every PUT answers 200, the bucket holds it once, whole and
+    right, and no upload is left behind (a small one is a conditional PUT; a large one, a
+    multipart upload each, completed after its hash)."""
+    ports = [h.port for h in fleet.hosts]
+    data = os.urandom(size)
+    checksum = sha3(data)
+    start = threading.Barrier(2 * len(ports))
+
+    def put_together(port: int) -> Reply:
+        start.wait(BOUND)
+        return put(port, data)
+
+    with ThreadPoolExecutor(2 * len(ports)) as pool:
+        replies = list(pool.map(put_together, ports * 2))
+    assert [(r.status, r.body) for r in replies] == [(200, b"OK")] * len(replies), replies
+    check_bucket(fleet, {checksum})
+    assert fleet.keys()[fleet.key(checksum)] == data
+    for port in ports:
+        expect_everywhere(port, {checksum: data}, "a buffer PUT through both hosts at once")
+
+
 def test_a_promise_on_one_host_holds_on_the_other(fleet):
     a, b = (h.port for h in fleet.hosts)
     data = os.urandom(5000)
