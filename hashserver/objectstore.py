@@ -53,7 +53,7 @@ from .checksum import Hasher
 from .compression import ENCODINGS, Decoder, Encoding, InvalidPayload, for_content_encoding
 from .config import S3_PART_SIZE, Config, ConfigError
 from .layout import FLAT_OVER_PREFIX, is_buffer_name
-from .locks import POLL_MAX, FileAges
+from .locks import FUTURE_SLACK, POLL_MAX, FileAges
 from .metrics import Metrics
 from .promises import PROMISE_TTL
 from .s3keys import BucketKeys
@@ -1004,6 +1004,41 @@ class ObjectStore:
                     await self._delete_promises(sorted(keys))
         finally:
             self._resolver = None
+
+    async def remove_lapsed_promises(self) -> int:
+        """Delete this prefix's promises whose expiry (by the promising host's clock, their
+        content) passed more than FUTURE_SLACK ago, as a directory server removes its lapsed
+        promise files: no reader counts them any more, and the bucket would keep them for
+        ever.  Returns how many expired: those whose buffer did not arrive (a promise whose
+        buffer came is its writer's to delete, which a stop may have kept it from)."""
+        directory = self.keys.promise("") + "/"
+        stream = obstore.list(self.store, prefix=directory, chunk_size=LIST_PAGE)
+        lapsed: list[str] = []
+        while True:
+            try:
+                page = await self._call("list", directory, stream.__anext__())
+            except StopAsyncIteration:
+                break
+            for entry in page:
+                content = await self._small_object(entry["path"])
+                if content is None:  # resolved since the listing
+                    continue
+                try:
+                    expiry = float(content)
+                except ValueError:
+                    expiry = 0.0  # not a promise: out with it
+                if expiry + FUTURE_SLACK < time.time():
+                    lapsed.append(entry["path"])
+        expired = 0
+        for start in range(0, len(lapsed), BULK_DELETE):
+            keys = lapsed[start:start + BULK_DELETE]
+            await self._call("delete", keys[0], obstore.delete_async(self.store, keys))
+            for key in keys:
+                if await self._find(posixpath.basename(key)) is None:
+                    expired += 1
+        if expired:
+            self.metrics.promises_expired(expired)
+        return expired
 
     async def _delete_promises(self, keys: list[str]) -> None:
         try:

@@ -69,7 +69,7 @@ class MainProcess:
     metrics_dir: str  # prometheus_client's multiprocess directory, shared with the workers
     tier: "LocalTier | None" = None
     metrics: Metrics | None = None  # the main process's own counts (expired promises, evictions)
-    sweeper: "UploadSweeper | None" = None  # a writable s3:// store's
+    sweeper: "BucketSweeper | None" = None  # a writable s3:// store's
 
     @classmethod
     def start(cls, config: Config) -> "MainProcess":
@@ -93,7 +93,7 @@ class MainProcess:
             tier.added = multiprocessing.Value("q", 0)  # (a semaphore: made once no startup error can follow)
             if config.writable:
                 abort_idle_uploads(config, main.metrics)
-                main.sweeper = UploadSweeper(config, main.metrics)
+                main.sweeper = BucketSweeper(config, main.metrics)
                 main.sweeper.start()
             tier.start_evictor(main.metrics)
         elif config.writable:
@@ -200,24 +200,29 @@ def check_object_store(config: Config) -> None:
 
 def abort_idle_uploads(config: Config, metrics: Metrics, idle: float | None = None) -> None:
     """At the start of a writable server on a bucket, once its metrics are kept (and then
-    every ``--lock-timeout``: :class:`UploadSweeper`): abort the multipart uploads of
+    every ``--lock-timeout``: :class:`BucketSweeper`): abort the multipart uploads of
     buffers that writers left idle for more than ``idle`` s (``--lock-timeout``)."""
     idle = config.lock_timeout if idle is None else idle
     _with_object_store(config, metrics, lambda store: abort_stale_uploads(store, idle))
     metrics.fold()  # in /metrics from the first answer (with --cache-size 0 no evictor folds them)
 
 
-class UploadSweeper(threading.Thread):
-    """The same abort every ``--lock-timeout`` while the server runs: a writer whose
-    abort could not reach the store (it was down, or cut off), or whose upload the
-    store began only after the writer had given up on it (so it never learned its id),
-    leaves an incomplete upload that no writer will abort.  These take uploads idle
-    for twice ``--lock-timeout``: a part sent at the lowest rate accepted
-    (``--min-body-rate``) may take longer than ``--lock-timeout`` (8 MiB at 64 KiB/s:
-    128 s), and a sweep runs at any moment, not once at a start."""
+class BucketSweeper(threading.Thread):
+    """Every ``--lock-timeout`` while the server runs:
+
+    - the same abort: a writer whose abort could not reach the store (it was down, or
+      cut off), or whose upload the store began only after the writer had given up on
+      it (so it never learned its id), leaves an incomplete upload that no writer will
+      abort.  These take uploads idle for twice ``--lock-timeout``: a part sent at the
+      lowest rate accepted (``--min-body-rate``) may take longer than ``--lock-timeout``
+      (8 MiB at 64 KiB/s: 128 s), and a sweep runs at any moment, not once at a start;
+    - the removal of lapsed promises (:meth:`ObjectStore.remove_lapsed_promises`),
+      counted as expired unless their buffer arrived, as a directory server's index
+      thread removes its lapsed promise files.  Every writable host sweeps: a promise
+      two hosts remove at once may be counted by both."""
 
     def __init__(self, config: Config, metrics: Metrics):
-        super().__init__(name="hashserver-upload-sweeper", daemon=True)
+        super().__init__(name="hashserver-bucket-sweeper", daemon=True)
         self.config = config
         self.metrics = metrics
         self._stopping = threading.Event()
@@ -228,6 +233,11 @@ class UploadSweeper(threading.Thread):
                 abort_idle_uploads(self.config, self.metrics, 2 * self.config.lock_timeout)
             except Exception as exc:  # a store that cannot even be made now: the next round
                 log.warning("stale uploads not aborted: %s", exc)
+            try:
+                _with_object_store(self.config, self.metrics, remove_lapsed_promises)
+                self.metrics.fold()
+            except Exception as exc:
+                log.warning("lapsed promises not removed: %s", exc)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -248,6 +258,17 @@ def _with_object_store(config: Config, metrics: Metrics | None, work: Callable[[
 
     with ThreadPoolExecutor(1, thread_name_prefix="hashserver-s3-check") as pool:
         pool.submit(asyncio.run, run()).result()
+
+
+async def remove_lapsed_promises(store) -> None:
+    """Lapsed promises cost storage, not correctness: readers do not count them."""
+    try:
+        expired = await store.remove_lapsed_promises()
+    except StorageUnavailable as exc:
+        log.warning("lapsed promises not removed: %s", exc)
+        return
+    if expired:
+        log.info("removed lapsed promises, %d of them expired (their buffer never came)", expired)
 
 
 async def abort_stale_uploads(store, older_than: float) -> None:

@@ -39,6 +39,8 @@ EVICTIONS = "hashserver_local_tier_evictions_total"
 CORRUPTIONS = "hashserver_corruptions_total"
 VERIFICATIONS = "hashserver_verifications_total"
 STORAGE_ERRORS = "hashserver_storage_errors_total"
+EXPIRED = "hashserver_promises_expired_total"
+PROMISES = ".promises/"
 
 
 # ------------------------------------------------------------------ helpers
@@ -182,6 +184,30 @@ def test_the_startup_abort_of_idle_uploads_is_counted(s3_serve, seaweedfs, s3_bu
     assert [upload.key for upload in s3uploads.list_uploads(signer, s3_bucket, "")] == ["elsewhere/x"]
     wait_for(lambda: calls(server, "abort stale uploads", "ok") == 1, "the startup's call counted")
     histogram_matches_calls(scrape(server))
+
+
+def test_lapsed_promises_are_removed_and_counted_as_expired(s3_serve, seaweedfs, s3_bucket):  # noqa: F811
+    """A writable host sweeps the bucket's promises every ``--lock-timeout``, as a directory
+    server removes its lapsed promise files: a promise whose expiry passed goes, and counts
+    as expired unless its buffer arrived; one still in force stays (readers already counted
+    a lapsed one as no promise at all)."""
+    store = seaweedfs.s3_store(s3_bucket)
+    arrived_data = b"its buffer came, its promise was left behind"
+    lapsed, arrived, in_force = sha3(b"never came"), sha3(arrived_data), sha3(b"still promised")
+    obstore.put(store, key(arrived), arrived_data)
+    now = time.time()
+    for checksum, expiry in ((lapsed, now - 60), (arrived, now - 60), (in_force, now + 500)):
+        obstore.put(store, f"{PROMISES}{checksum}", f"{expiry:.3f}".encode())
+    server = s3_serve(s3_bucket, "--writable", "--cache-size", "0", "--lock-timeout", "1")
+    assert json.loads(request(server, "POST", "/has", json.dumps([lapsed, in_force]).encode())[1]) == [False, True]
+
+    def promises() -> set[str]:
+        return {entry["path"] for batch in obstore.list(store, prefix=PROMISES) for entry in batch}
+
+    wait_for(lambda: promises() == {PROMISES + in_force}, lambda: f"promises left: {promises()}")
+    wait_for(lambda: scrape(server).get_sum(EXPIRED) == 1, lambda: f"expired: {scrape(server).get_sum(EXPIRED)}")
+    assert request(server, "GET", "/" + arrived) == (200, arrived_data)
+    assert json.loads(request(server, "POST", "/has", json.dumps([lapsed, in_force]).encode())[1]) == [False, True]
 
 
 def test_a_failing_object_store_is_counted_as_error(serve, seaweedfs, s3_bucket, relay):  # noqa: F811
