@@ -11,6 +11,7 @@ Figures are the families of hashserver/metrics.py, exactly as named there."""
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from test_s3_server import BOUND, request, s3_serve, wait_for  # noqa: F401  (s3
 from conftest import sha3
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+from hashserver.objectstore import WHOLE_GET  # noqa: E402  (needs obstore)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -360,6 +362,23 @@ def test_a_corrupt_object_is_counted(s3_serve, seaweedfs, s3_bucket, tmp_path): 
     assert samples.get_sum(CORRUPTIONS) == 1
     assert samples.get_sum(VERIFICATIONS) == before.get_sum(VERIFICATIONS) + 1
     assert not (cache / key(cs)).exists()
+
+
+@pytest.mark.slow
+def test_a_corrupt_object_streamed_is_counted(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    """Above the size verified before the headers go out, a corrupt object is streamed and
+    its connection aborted before the last byte: that corruption is counted too, once,
+    and nothing enters the tier."""
+    cache = tmp_path / "cache"
+    cs = sha3(b"what the key says, of a large object")
+    put_object(seaweedfs, s3_bucket, os.urandom(WHOLE_GET + MiB), checksum=cs)
+    server = s3_serve(s3_bucket, "--cache-dir", str(cache), "--cache-size", TIER_SIZE)
+    assert scrape(server).get_sum(CORRUPTIONS) == 0
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):  # never a complete 200
+        request(server, "GET", "/" + cs)
+    wait_for(lambda: scrape(server).get_sum(CORRUPTIONS) >= 1, "the streamed corruption counted")
+    assert scrape(server).get_sum(CORRUPTIONS) == 1
+    assert not [p for p in cache.rglob(cs + "*")], "a corrupt object entered the tier"
 
 
 def test_a_failing_tier_is_counted_and_the_bucket_answers(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
