@@ -324,3 +324,42 @@ def test_a_large_put_keeps_the_workers_memory_bounded(s3_serve, seaweedfs, s3_bu
     assert hashlib.sha3_256(stored).hexdigest() == checksum
     # 78-84 MiB measured: parts of 8 MiB, 4 in flight, the queue, the read-ahead, the tier's copy
     assert grown < 128 << 20, f"the worker's peak memory grew by {grown / (1 << 20):.0f} MiB for a 256 MiB body"
+
+
+def test_the_http_surfaces_guards_hold_on_a_bucket(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    """What a directory server refuses before its storage, a server on a bucket refuses the
+    same way, and writes nothing: a PUT or a promise without a write token (401), a batch
+    over --max-batch (413 naming the bound), a body over --max-body-size (413); and a GET
+    of a buffer promised and not delivered within --wait-timeout is a 503 with Retry-After."""
+    tokens = tmp_path / "write-tokens"
+    tokens.write_text("team-token\n")
+    server = s3_serve(s3_bucket, "--writable", "--write-token-file", str(tokens), "--max-batch", "10",
+                      "--max-body-size", "1000", "--wait-timeout", "1", "--cache-dir", str(tmp_path / "cache"))
+    store = seaweedfs.s3_store(s3_bucket)
+
+    def objects() -> set[str]:
+        return {entry["path"] for batch in obstore.list(store) for entry in batch} - {".HASHSERVER_PREFIX"}
+
+    data = b"guarded on a bucket"
+    cs = sha3(data)
+    status, body = request(server, "PUT", "/" + cs, data)
+    assert status == 401 and "token" in json.loads(body)["message"]
+    assert request(server, "PUT", "/promise/" + cs, b"", {"Authorization": "Bearer wrong"})[0] == 401
+    assert objects() == set()
+    status, body = request(server, "POST", "/has", json.dumps([cs] * 11).encode())
+    assert status == 413 and "10 checksums" in json.loads(body)["message"]
+    large = os.urandom(1001)
+    status, body = request(server, "PUT", "/" + sha3(large), large, {"Authorization": "Bearer team-token"})
+    assert status == 413 and "1000" in json.loads(body)["message"]
+    assert objects() == set()
+    assert request(server, "PUT", "/" + cs, data, {"Authorization": "Bearer team-token"}) == (200, b"OK")
+    promised = sha3(b"promised, never delivered")
+    assert request(server, "PUT", "/promise/" + promised, b"", {"Authorization": "Bearer team-token"})[0] == 202
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=BOUND)
+    try:
+        connection.request("GET", "/" + promised)
+        response = connection.getresponse()
+        assert response.status == 503 and int(response.getheader("Retry-After")) >= 1, response.read()
+    finally:
+        connection.close()
+    assert objects() == {f"{cs[:2]}/{cs}", f".promises/{promised}"}
