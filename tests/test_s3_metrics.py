@@ -259,6 +259,26 @@ def test_a_miss_then_a_hit_of_the_local_tier(s3_serve, seaweedfs, s3_bucket, tmp
     assert calls(after_hit, "get") == calls(after_miss, "get"), "the hit went to the bucket"
 
 
+def test_has_asks_the_bucket_only_for_what_the_tier_lacks(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    """/has, /has-now and /buffer-length answer from the local tier first: buffers it holds
+    cost no call to the bucket; one it lacks is asked of the bucket."""
+    cache = tmp_path / "cache"
+    held = {put_object(seaweedfs, s3_bucket, data): data for data in (os.urandom(n) for n in (10, 2000, 50_000))}
+    server = s3_serve(s3_bucket, "--cache-dir", str(cache), "--cache-size", TIER_SIZE)
+    for cs, data in held.items():
+        assert request(server, "GET", "/" + cs) == (200, data)
+    wait_for(lambda: all((cache / key(cs)).exists() for cs in held), "the buffers in the tier")
+    before = scrape(server)
+    for path, answer in (("/has", [True] * 3), ("/has-now", [True] * 3), ("/buffer-length", [10, 2000, 50_000])):
+        status, body = request(server, "POST", path, json.dumps(list(held)).encode())
+        assert (status, json.loads(body)) == (200, answer), path
+    assert scrape(server).get_sum(CALLS) == before.get_sum(CALLS), "the tier's buffers were asked of the bucket"
+    absent = sha3(b"in neither")
+    status, body = request(server, "POST", "/has", json.dumps([*held, absent]).encode())
+    assert (status, json.loads(body)) == (200, [True, True, True, False])
+    assert scrape(server).get_sum(CALLS) > before.get_sum(CALLS)
+
+
 def test_tier_bytes_count_the_buffer_files_held(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
     """``hashserver_local_tier_bytes`` is the evictor's estimate (hashserver/eviction.py):
     the bytes of the buffer files its scan found at the start (a buffer left by an earlier
