@@ -3,8 +3,11 @@ AWS_ENDPOINT_URL), --cache-dir and --cache-size; and what they mean for a plain 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import subprocess
+import threading
 
 import pytest
 
@@ -169,3 +172,68 @@ def test_a_plain_directory_ignores_the_environments_aws_endpoint(tmp_path):
     assert Config.from_env({"HASHSERVER_DIRECTORY": str(tmp_path), "AWS_ENDPOINT_URL": "http://x:1"}).directory == str(
         tmp_path)
     assert config_from_args([str(tmp_path), "--cache-size", "10G"], {}).cache_size == DEFAULT_CACHE_SIZE
+
+
+
+class RecordingStore:
+    """A listener on 127.0.0.1 that answers every request 404 and keeps each request's head."""
+
+    def __init__(self):
+        self.heads: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            with connection:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := connection.recv(65536)):
+                    head += chunk
+                self.heads.append(head.decode("latin-1").lower())
+                connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_session_token_and_the_default_region_reach_both_clients(monkeypatch):
+    """Temporary credentials (``AWS_SESSION_TOKEN``) and a region given only as
+    ``AWS_DEFAULT_REGION`` (as the AWS CLI writes it): obstore's calls and the lean client's
+    both sign with that region and send the token in the ``x-amz-security-token`` header,
+    signed, as AWS requires of temporary credentials (seen by a listener standing in for
+    the store)."""
+    obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+    from hashserver.objectstore import build_store
+    from hashserver.s3lean import for_endpoint
+
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in {"AWS_ACCESS_KEY_ID": "ASIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret",
+                        "AWS_SESSION_TOKEN": "the-session-token", "AWS_DEFAULT_REGION": "eu-north-1"}.items():
+        monkeypatch.setenv(name, value)
+    store = RecordingStore()
+    try:
+        with pytest.raises(FileNotFoundError):
+            obstore.head(build_store("bucket", store.url), "some/key")
+        lean = for_endpoint("bucket", store.url)
+        assert lean is not None  # these variables are all the lean client's own
+        try:
+            status, _ = asyncio.run(lean.get_range("some/key", 0, 10))
+        except FileNotFoundError:
+            status = 404
+        assert status == 404
+        lean.close()
+    finally:
+        store.close()
+    assert len(store.heads) == 2, store.heads
+    for head in store.heads:
+        assert "\r\nx-amz-security-token: the-session-token\r\n" in head, head
+        authorization = next(line for line in head.split("\r\n") if line.startswith("authorization:"))
+        assert "/eu-north-1/s3/aws4_request" in authorization
+        assert "x-amz-security-token" in authorization.split("signedheaders=")[1].split(",")[0].split(";")
