@@ -1,7 +1,8 @@
-"""The S3 benchmark (``python -m bench.s3``, also ``python -m bench --store s3``) still
+"""The S3 benchmark (``python -m bench --store s3``, also ``python -m bench.s3``) still
 runs end to end, so it cannot rot unnoticed.
 
-``--quick`` is run as users run it (a subprocess, from the repository root): it starts
+``--quick`` is run as the README tells users to run it (``python -m bench --store s3``, a
+subprocess, from the repository root; its output directory gets an ``-s3`` suffix): it starts
 its own SeaweedFS with the tests' harness (tests/seaweedfs.py, the same ``weed server``
 the fixtures start), a hashserver on a bucket there and a directory server beside it.
 Only the structure of its outputs is checked: every figure measured, positive, with its
@@ -39,10 +40,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(TIMEOUT + 60)]
 
 
 def test_quick_s3_bench_reports_every_figure_with_its_ceiling(tmp_path):
-    out = tmp_path / "out"
-    argv = [sys.executable, "-m", "bench.s3", "--quick", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    argv = [sys.executable, "-m", "bench", "--store", "s3", "--quick", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out")]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, f"bench.s3 exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, f"bench --store s3 exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    out = tmp_path / "out-s3"
     doc = json.loads((out / "bench-s3.json").read_text())
     assert doc["problems"] == []
     assert list(doc["figures"]) == list(CASES_S3)
