@@ -102,6 +102,24 @@ def test_bad_cache_size_on_the_command_line_is_one_line():
     assert out.stderr.count("\n") == 1 and "--cache-size" in out.stderr and "'lots'" in out.stderr
 
 
+def test_without_the_s3_extra_an_s3_store_is_one_line_naming_it(tmp_path):
+    """A server installed without the ``s3`` extra (here: its client library hidden by a
+    module that cannot be imported) refuses an ``s3://`` store with one line that says
+    which extra to install, exit status 2; a directory still serves."""
+    hidden = tmp_path / "hidden"
+    (hidden / "obstore").mkdir(parents=True)
+    (hidden / "obstore" / "__init__.py").write_text('raise ImportError("No module named \'obstore\'")\n')
+    env = clean_environ({"PYTHONPATH": str(hidden), "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+    out = subprocess.run([str(BIN / "hashserver"), "s3://bucket", "--s3-endpoint", "http://127.0.0.1:9"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert "DIRECTORY='s3://bucket'" in out.stderr and "pip install 'hashserver-sanic[s3]'" in out.stderr
+    out = subprocess.run([str(BIN / "hashserver"), str(tmp_path), "--timeout", "0.5"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+
+
 def test_an_aws_variable_obstore_cannot_take_is_one_line():
     """Credentials and the like come from the AWS_* environment, which obstore parses: a
     value it refuses stops the start with one line, not a traceback."""
