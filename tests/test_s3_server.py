@@ -363,3 +363,38 @@ def test_the_http_surfaces_guards_hold_on_a_bucket(s3_serve, seaweedfs, s3_bucke
     finally:
         connection.close()
     assert objects() == {f"{cs[:2]}/{cs}", f".promises/{promised}"}
+
+
+def test_extra_directories_stay_local_read_only_and_are_searched_first(s3_serve, seaweedfs, s3_bucket,  # noqa: F811
+                                                                       tmp_path):
+    """``--extra-dirs`` beside a bucket: a buffer there is served and reported present from
+    it (before the bucket is asked, so a wrong copy in the bucket is never read), a buffer
+    only in the bucket is served from the bucket, and nothing is written into the extra
+    directory, nor its buffers into the tier.  A PUT of a buffer the extra directory holds
+    still puts it into the bucket: what a PUT acknowledged, every host must find."""
+    from conftest import add_buffer
+
+    extra = tmp_path / "extra"
+    local = b"only in the extra directory"
+    cs_local = add_buffer(extra, local, layout="flat")
+    shadowed = b"in both: the extra directory's copy is read"
+    cs_shadowed = add_buffer(extra, shadowed, layout="flat")
+    obstore.put(seaweedfs.s3_store(s3_bucket), f"{cs_shadowed[:2]}/{cs_shadowed}", b"a wrong copy in the bucket")
+    remote = b"only in the bucket"
+    cs_remote = put_object(seaweedfs, s3_bucket, remote)
+    files_before = sorted(p.name for p in extra.rglob("*"))
+    cache = tmp_path / "cache"
+    server = s3_serve(s3_bucket, "--writable", "--extra-dirs", str(extra), "--cache-dir", str(cache))
+    for _ in range(2):
+        assert request(server, "GET", "/" + cs_local) == (200, local)
+        assert request(server, "GET", "/" + cs_shadowed) == (200, shadowed)
+        assert request(server, "GET", "/" + cs_remote) == (200, remote)
+        assert ask(server, "/has", [cs_local, cs_shadowed, cs_remote]) == [True, True, True]
+        assert ask(server, "/buffer-length", [cs_local, cs_remote]) == [len(local), len(remote)]
+    assert not list(cache.rglob(cs_local + "*")) and not list(cache.rglob(cs_shadowed + "*"))
+    store = seaweedfs.s3_store(s3_bucket)
+    with pytest.raises(FileNotFoundError):
+        obstore.head(store, f"{cs_local[:2]}/{cs_local}")
+    assert request(server, "PUT", "/" + cs_local, local) == (200, b"OK")
+    assert bytes(obstore.get(store, f"{cs_local[:2]}/{cs_local}").bytes()) == local
+    assert sorted(p.name for p in extra.rglob("*")) == files_before
