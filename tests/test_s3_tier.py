@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,11 +94,25 @@ def file_times(cache: Path, checksums: list[str]) -> str:
 
 
 # ------------------------------------------------------------------ restarts
-def test_tier_is_kept_across_a_restart(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+@pytest.fixture(params=["disk", "tmpfs"])
+def tier_place(request, tmp_path):
+    """Where a tier goes: beside the test's files, or on a tmpfs (``/dev/shm``), which the
+    README allows and which refuses the ``O_DIRECT`` that large fills try first."""
+    if request.param == "disk":
+        yield tmp_path
+        return
+    with open("/proc/mounts") as mounts:
+        assert any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts), "no tmpfs at /dev/shm"
+    place = Path(tempfile.mkdtemp(prefix="hashserver-tier-", dir="/dev/shm"))
+    yield place
+    shutil.rmtree(place, ignore_errors=True)
+
+
+def test_tier_is_kept_across_a_restart(s3_serve, seaweedfs, s3_bucket, tier_place):  # noqa: F811
     """Buffers read through a server are answered from the tier by the next server on the
     same --cache-dir, with no object-store GET: small ones (read whole) and a large one
-    (sent from its file)."""
-    cache = tmp_path / "cache"
+    (sent from its file); on a disk and on a tmpfs."""
+    cache = tier_place / "cache"
     buffers = [os.urandom(100 * KIB), os.urandom(300 * KIB), os.urandom(3 * MIB + 5)]
     checksums = [put_object(seaweedfs, s3_bucket, data) for data in buffers]
     first = s3_serve(s3_bucket, "--cache-dir", str(cache), "--cache-size", "1G")
