@@ -389,10 +389,13 @@ def outage(weed: SeaweedFS, a: int, b: int, only_on_a: str) -> None:
 
 
 # ------------------------------------------------------------- 4. corrupt objects
-def test_a_small_corrupt_object_is_400_naming_its_key(fleet):
-    data = os.urandom(3000)
-    checksum = sha3(data)
-    obstore.put(fleet.store, fleet.key(checksum), b"not the buffer " + data[:100])
+@pytest.mark.parametrize("size", [3000, WHOLE_GET], ids=["small", "largest-fetched-whole"])
+def test_a_corrupt_object_up_to_the_whole_get_size_is_400_naming_its_key(fleet, size):
+    """Up to WHOLE_GET (64 MiB) an object is fetched and verified before the headers go
+    out: a corrupt one is a 400 File corruption naming s3://bucket/key, on every host; one
+    byte more and it is streamed (test_a_large_corrupt_object_is_never_a_complete_200)."""
+    checksum = sha3(os.urandom(32))
+    obstore.put(fleet.store, fleet.key(checksum), os.urandom(size))
     for host in fleet.hosts:
         reply = request(host.port, "GET", "/" + checksum)
         assert reply.status == 400, reply
