@@ -194,9 +194,11 @@ def test_a_plain_directory_ignores_the_environments_aws_endpoint(tmp_path):
 
 
 class RecordingStore:
-    """A listener on 127.0.0.1 that answers every request 404 and keeps each request's head."""
+    """A listener on 127.0.0.1 that answers every request 404 (the first ``failures`` with
+    503 instead) and keeps each request's head."""
 
-    def __init__(self):
+    def __init__(self, failures: int = 0):
+        self.failures = failures
         self.heads: list[str] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -214,7 +216,8 @@ class RecordingStore:
                 while b"\r\n\r\n" not in head and (chunk := connection.recv(65536)):
                     head += chunk
                 self.heads.append(head.decode("latin-1").lower())
-                connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                status = b"503 Slow Down" if len(self.heads) <= self.failures else b"404 Not Found"
+                connection.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
     def close(self) -> None:
         self.sock.close()
@@ -255,3 +258,23 @@ def test_a_session_token_and_the_default_region_reach_both_clients(monkeypatch):
         authorization = next(line for line in head.split("\r\n") if line.startswith("authorization:"))
         assert "/eu-north-1/s3/aws4_request" in authorization
         assert "x-amz-security-token" in authorization.split("signedheaders=")[1].split(",")[0].split(";")
+
+
+def test_obstores_calls_are_retried_after_a_5xx(monkeypatch):
+    """The store's client as the server builds it retries an idempotent call that got a
+    503 (S3's "slow down"), with backoff, and takes the answer that follows: two 503s, then
+    the real answer (here 404: absent)."""
+    obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
+    from hashserver.objectstore import build_store
+
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    store = RecordingStore(failures=2)
+    try:
+        with pytest.raises(FileNotFoundError):
+            obstore.head(build_store("bucket", store.url), "some/key")
+    finally:
+        store.close()
+    assert len(store.heads) == 3, store.heads
