@@ -235,6 +235,23 @@ def test_a_flat_layout_over_a_prefix_bucket_warns(s3_serve, seaweedfs, s3_bucket
     assert "holds .HASHSERVER_PREFIX" not in s3_serve(f"{s3_bucket}/prefix", "--cache-size", "0").output()
 
 
+def test_a_flat_bucket_keeps_buffers_at_its_top_over_http(s3_serve, seaweedfs, s3_bucket, tmp_path):  # noqa: F811
+    """``--layout flat`` on a bucket prefix: a PUT lands at ``PREFIX/<checksum>`` (no two-hex
+    directory), and a host reads such objects, and reports them, over HTTP."""
+    store = seaweedfs.s3_store(s3_bucket)
+    put_data, other = b"put through a flat host", b"copied in flat by another program"
+    put_cs, other_cs = sha3(put_data), sha3(other)
+    obstore.put(store, f"flat/{other_cs}", other)
+    server = s3_serve(f"{s3_bucket}/flat", "--layout", "flat", "--writable", "--cache-dir", str(tmp_path / "cache"))
+    assert request(server, "PUT", "/" + put_cs, put_data) == (200, b"OK")
+    assert bytes(obstore.get(store, f"flat/{put_cs}").bytes()) == put_data
+    keys = {entry["path"] for batch in obstore.list(store) for entry in batch}
+    assert not [k for k in keys if k.startswith(("flat/" + put_cs[:2] + "/", "flat/" + other_cs[:2] + "/"))], keys
+    for cs, data in ((put_cs, put_data), (other_cs, other)):
+        assert request(server, "GET", "/" + cs) == (200, data)
+    assert ask(server, "/has", [put_cs, other_cs, sha3(b"absent")]) == [True, True, False]
+
+
 @contextlib.contextmanager
 def unwritable(directory: Path) -> Iterator[None]:
     """A directory no one may write into: immutable for root (whom modes do not stop)."""
