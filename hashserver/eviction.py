@@ -20,14 +20,19 @@ second server on the same tier, a user's ``rm``).  A scan holds in memory
 only the oldest files worth what is to be evicted.  Temporary files and
 locks of fills under way are not counted.
 
-Eviction unlinks the files.  A file being sent stays readable through its
-open descriptor until closed (Linux keeps an unlinked open file), so no
-response is cut; the next lookup in that directory finds the file gone (its
-modification time changed), and the index publisher rescans the directory.
+Eviction unlinks the files, but never a file being sent: a worker sending a
+tier file holds a shared ``flock`` on it for the send (:func:`hold_for_sending`),
+and the evictor unlinks a buffer's file only under an exclusive one, taken
+without waiting (:func:`evict`); a file it cannot lock is passed over for the
+next oldest.  A worker that got its lock after an eviction finds the file
+unlinked and reads the buffer from the back store.  The next lookup in a
+directory that lost a file finds it gone (its modification time changed), and
+the index publisher rescans the directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import heapq
 import logging
 import multiprocessing
@@ -137,25 +142,73 @@ def scan_tier(layout: Layout, target: int, recency: Recency | None = None) -> Sc
     return Scan(total, oldest)
 
 
-def evict(entries: list[Entry], excess: int, recency: Recency | None = None) -> list[Entry]:
-    """Unlink the oldest entries until ``excess`` bytes are gone; returns those
-    evicted.  One used since the scan is spared."""
+class Evicted(NamedTuple):
+    entries: list[Entry]  # unlinked
+    spared: int  # bytes of the entries passed over: used since the scan, or being sent
+
+
+def evict(entries: list[Entry], excess: int, recency: Recency | None = None) -> Evicted:
+    """Unlink the oldest entries until ``excess`` bytes are gone.  One used since the
+    scan is spared, and so is one being sent."""
     evicted: list[Entry] = []
-    freed = 0
+    freed = spared = 0
     for entry in entries:
         if freed >= excess:
             break
         if _used_since(entry, recency):
             log.info("local tier: %s spared, used since the scan", _name(entry))
+        elif not _unlinked_unless_sent(entry):
+            log.info("local tier: %s spared, being sent", _name(entry))
+        else:
+            evicted.append(entry)
+            freed += entry.size
             continue
+        spared += entry.size
+    return Evicted(evicted, spared)
+
+
+def _unlinked_unless_sent(entry: Entry) -> bool:
+    """Unlink the entry's files, holding an exclusive lock on each buffer file meanwhile;
+    False (nothing unlinked) if a worker holds one to send it."""
+    held: list[int] = []
+    try:
+        for path in entry.paths:
+            if path.endswith(SIDECAR_SUFFIX):
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            held.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            except OSError:  # a file system without flock: as before it, the open file stays readable
+                pass
         for path in entry.paths:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        evicted.append(entry)
-        freed += entry.size
-    return evicted
+        return True
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def hold_for_sending(fd: int) -> bool:
+    """A shared lock on a tier file about to be sent, kept until the file is closed, which
+    keeps the evictor from it; False if the file was evicted before the lock was had
+    (then the buffer is read from the back store).  Where the file system has no flock,
+    True: the open file stays readable whatever happens to its name."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:  # the evictor holds it, to unlink it
+        return False
+    except OSError:
+        return True
+    return os.fstat(fd).st_nlink > 0
 
 
 def _name(entry: Entry) -> str:
@@ -220,9 +273,14 @@ class TierEvictor:
         scan = scan_tier(self.layout, max(0, self.estimate - low_water), self.recency)
         evicted: list[Entry] = []
         if scan.total > self.limit:
-            if sum(entry.size for entry in scan.oldest) < scan.total - low_water:
-                scan = scan_tier(self.layout, scan.total - low_water, self.recency)  # the estimate was low
-            evicted = evict(scan.oldest, scan.total - low_water, self.recency)
+            excess = scan.total - low_water
+            if sum(entry.size for entry in scan.oldest) < excess:
+                scan = scan_tier(self.layout, excess, self.recency)  # the estimate was low
+            evicted, spared = evict(scan.oldest, excess, self.recency)
+            short = excess - sum(entry.size for entry in evicted)
+            if short > 0 and spared:  # the scan held too few candidates past those spared: once more
+                evicted += evict(scan_tier(self.layout, short + spared, self.recency).oldest, short,
+                                 self.recency).entries
         freed = sum(entry.size for entry in evicted)
         self.base, self.added_at_base, self.scanned_at = scan.total - freed, added, time.monotonic()
         if evicted:

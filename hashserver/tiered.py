@@ -28,7 +28,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable
 from .compression import BY_TOKEN, for_content_encoding
 from .directory import DirectoryStore
 from .directwrite import BufferPool, DirectFile
-from .eviction import Recency
+from .eviction import Recency, hold_for_sending
 from .files import BUFFER_MODE, make_group_dir, unlink_quietly
 from .layout import sidecar_path, temp_path
 from .metrics import Metrics
@@ -320,6 +320,9 @@ class TieredStore:
         try:
             buffer = self.local.lookups.find(checksum)
             readable = None if buffer is None else await self.local.open(checksum, accepted)
+            if readable is not None and readable.file is not None and not hold_for_sending(readable.file.fileno()):
+                readable.close()  # evicted meanwhile
+                readable = None
         except CorruptBuffer as exc:
             log.error("local tier: %s; removed, reading from the back store", exc)
             if buffer is not None and buffer.path.startswith(self.local.search_path.main.root + os.sep):

@@ -23,7 +23,7 @@ from test_objectstore import s3_env  # noqa: F401  (a fixture)
 from hashserver import Config, tiered
 from hashserver.checksum import Hasher
 from hashserver.directory import DirectoryStore
-from hashserver.eviction import SLOTS, Recency, TierEvictor, scan_tier
+from hashserver.eviction import SLOTS, Entry, Recency, TierEvictor, evict, hold_for_sending, scan_tier
 from hashserver.layout import PrefixLayout
 from hashserver.runtime import MainProcess, Shared, open_storage, tier_config
 from hashserver.storage import (
@@ -799,3 +799,26 @@ def test_a_cancelled_fill_lets_its_thread_finish_before_closing_the_file(stores,
     asyncio.run(scenario())
     assert events == ["written", "released"]
     assert not s.in_tier(cs) and stray(s.tier) == []
+
+
+def test_a_file_held_for_sending_is_passed_over_by_eviction(tmp_path):
+    """A tier file a worker holds to send it is not unlinked (its bytes count as spared)
+    and the next oldest goes instead; once closed, it goes too.  One evicted before the
+    worker held it tells the worker so (it then reads the back store)."""
+    sent, other = tmp_path / ("a" * 64), tmp_path / ("b" * 64)
+    for path in (sent, other):
+        path.write_bytes(b"x" * 1000)
+    entries = [Entry(path.stat().st_atime_ns, 1000, (str(path),)) for path in (sent, other)]  # as a scan made them
+    with open(sent, "rb") as sending:
+        assert hold_for_sending(sending.fileno())
+        evicted = evict(entries, 1000)
+        assert (evicted.entries, evicted.spared) == ([entries[1]], 1000)
+        assert sent.exists() and not other.exists()
+        assert sending.read() == b"x" * 1000
+    rescanned = Entry(sent.stat().st_atime_ns, 1000, (str(sent),))  # (the send read it: used since the scan)
+    assert evict([rescanned], 1000).entries == [rescanned] and not sent.exists()
+    late = tmp_path / ("c" * 64)
+    late.write_bytes(b"y")
+    with open(late, "rb") as opened:
+        late.unlink()  # evicted between the worker's open and its lock
+        assert not hold_for_sending(opened.fileno())
