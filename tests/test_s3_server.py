@@ -319,24 +319,12 @@ def test_a_large_put_keeps_the_workers_memory_bounded(s3_serve, seaweedfs, s3_bu
     """A 256 MiB body, sent as fast as the client can, goes up as a multipart upload in
     parts of a few MiB (and into the tier): the worker's peak memory grows by the parts
     in flight, not by the body; the object is the body."""
-    from test_bodyreader import connect, peak_rss, put_head, read_response
+    from test_bodyreader import large_put_growth
 
     server = s3_serve(s3_bucket, "--writable", "--cache-dir", str(tmp_path / "cache"))
     [pid] = server.worker_pids()
     assert request(server, "PUT", "/" + sha3(b"warm"), b"warm") == (200, b"OK")
-    before = peak_rss(pid)
-    block = os.urandom(1 << 20)
-    chunks = [block[i:] + block[:i] for i in range(256)]
-    digest = hashlib.sha3_256()
-    for chunk in chunks:
-        digest.update(chunk)
-    checksum = digest.hexdigest()
-    with connect(server) as sock:
-        sock.sendall(put_head(checksum, 256 << 20))
-        for chunk in chunks:
-            sock.sendall(chunk)
-        assert read_response(sock, bytearray()) == (200, b"OK")
-    grown = peak_rss(pid) - before
+    checksum, grown = large_put_growth(server, pid)
     stored = obstore.get(seaweedfs.s3_store(s3_bucket), f"{checksum[:2]}/{checksum}").bytes()
     assert hashlib.sha3_256(stored).hexdigest() == checksum
     # 78-84 MiB measured: parts of 8 MiB, 4 in flight, the queue, the read-ahead, the tier's copy
