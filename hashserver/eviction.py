@@ -176,8 +176,10 @@ def _unlinked_unless_sent(entry: Entry) -> bool:
             if path.endswith(SIDECAR_SUFFIX):
                 continue
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
             except FileNotFoundError:
+                continue
+            except OSError:  # not a file one can open (a link, no permission): unlinked as before
                 continue
             held.append(fd)
             try:

@@ -97,6 +97,8 @@ ABORT_WAIT = 10.0  # the longest a failed upload waits for its abort
 CONFLICT_BUDGET = 10.0
 CONFLICT_BACKOFF = (0.05, 1.0)  # first wait, longest wait (doubling)
 BULK_DELETE = 1000  # keys in one DeleteObjects request (S3's maximum)
+SWEEP_CONCURRENCY = 16  # promise objects read at once by a sweep (remove_lapsed_promises)
+PROMISE_GRACE = PROMISE_TTL + FUTURE_SLACK  # past a promise's expiry, before a sweep takes it (see there)
 # A resolved promise is deleted this long after its buffer's PUT was answered, not at once:
 # a host that found the object absent, then reads the promise, must still find one of the
 # two.  A lookup that took longer than this between the two looks again (_look_again).
@@ -1006,39 +1008,55 @@ class ObjectStore:
             self._resolver = None
 
     async def remove_lapsed_promises(self) -> int:
-        """Delete this prefix's promises whose expiry (by the promising host's clock, their
-        content) passed more than FUTURE_SLACK ago, as a directory server removes its lapsed
-        promise files: no reader counts them any more, and the bucket would keep them for
-        ever.  Returns how many expired: those whose buffer did not arrive (a promise whose
-        buffer came is its writer's to delete, which a stop may have kept it from)."""
+        """Delete this prefix's promises that lapsed for every host, as a directory server
+        removes its lapsed promise files: no reader counts them any more, and the bucket
+        would keep them for ever.  Returns how many expired: those whose buffer did not
+        arrive (a promise whose buffer came is its writer's to delete, which a stop may have
+        kept it from).
+
+        Lapsed for every host: its expiry (by the promising host's clock, its content)
+        passed PROMISE_GRACE ago by this host's clock, so a host whose clock is behind, or
+        that first saw a promise dated ahead (which lasts PROMISE_TTL from then), counts it
+        no longer either.  Page by page, its promises read a few at a time; each one found
+        lapsed is looked at once more right before the deletion, and left if it changed
+        since the listing (renewed: ``PUT /promise`` rewrites it)."""
         directory = self.keys.promise("") + "/"
         stream = obstore.list(self.store, prefix=directory, chunk_size=LIST_PAGE)
-        lapsed: list[str] = []
+        reads = asyncio.Semaphore(SWEEP_CONCURRENCY)
+        expired = 0
         while True:
             try:
                 page = await self._call("list", directory, stream.__anext__())
             except StopAsyncIteration:
                 break
-            for entry in page:
-                content = await self._small_object(entry["path"])
-                if content is None:  # resolved since the listing
-                    continue
-                try:
-                    expiry = float(content)
-                except ValueError:
-                    expiry = 0.0  # not a promise: out with it
-                if expiry + FUTURE_SLACK < time.time():
-                    lapsed.append(entry["path"])
-        expired = 0
-        for start in range(0, len(lapsed), BULK_DELETE):
-            keys = lapsed[start:start + BULK_DELETE]
+            candidates = [entry for entry in page if is_buffer_name(posixpath.basename(entry["path"]))]
+            verdicts = await asyncio.gather(*(self._lapsed_as_listed(entry, reads) for entry in candidates))
+            keys = [entry["path"] for entry, gone in zip(candidates, verdicts, strict=True) if gone]
+            if not keys:
+                continue
             await self._call("delete", keys[0], obstore.delete_async(self.store, keys))
-            for key in keys:
-                if await self._find(posixpath.basename(key)) is None:
-                    expired += 1
-        if expired:
-            self.metrics.promises_expired(expired)
+            found = await asyncio.gather(*(self._find(posixpath.basename(key)) for key in keys))
+            counted = sum(location is None for location in found)
+            if counted:
+                self.metrics.promises_expired(counted)
+                expired += counted
         return expired
+
+    async def _lapsed_as_listed(self, entry: dict, reads: asyncio.Semaphore) -> bool:
+        """Whether a listed promise lapsed for every host and is still as listed."""
+        async with reads:
+            content = await self._small_object(entry["path"])
+            try:
+                expiry = float(content) if content is not None else None
+            except ValueError:
+                expiry = 0.0  # not a promise: out with it
+            if expiry is None or expiry + PROMISE_GRACE >= time.time():
+                return False
+            try:
+                meta = await self._call("head", entry["path"], obstore.head_async(self.store, entry["path"]))
+            except NOT_FOUND:
+                return False
+            return meta.get("e_tag") == entry.get("e_tag")
 
     async def _delete_promises(self, keys: list[str]) -> None:
         try:

@@ -27,7 +27,7 @@ from test_s3_server import BOUND, request, s3_serve, wait_for  # noqa: F401  (s3
 from conftest import sha3
 
 obstore = pytest.importorskip("obstore", reason="obstore is not installed: pip install 'hashserver-sanic[s3]'")
-from hashserver.objectstore import WHOLE_GET  # noqa: E402  (needs obstore)
+from hashserver.objectstore import PROMISE_GRACE, WHOLE_GET  # noqa: E402  (needs obstore)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -190,15 +190,18 @@ def test_the_startup_abort_of_idle_uploads_is_counted(s3_serve, seaweedfs, s3_bu
 
 def test_lapsed_promises_are_removed_and_counted_as_expired(s3_serve, seaweedfs, s3_bucket):  # noqa: F811
     """A writable host sweeps the bucket's promises every ``--lock-timeout``, as a directory
-    server removes its lapsed promise files: a promise whose expiry passed goes, and counts
-    as expired unless its buffer arrived; one still in force stays (readers already counted
-    a lapsed one as no promise at all)."""
+    server removes its lapsed promise files: a promise that lapsed for every host (its
+    expiry a further PROMISE_GRACE ago: hosts whose clocks are behind, or that first saw it
+    late, may count it that long) goes, and counts as expired unless its buffer arrived;
+    one still in force stays, and so does one only just lapsed."""
     store = seaweedfs.s3_store(s3_bucket)
     arrived_data = b"its buffer came, its promise was left behind"
-    lapsed, arrived, in_force = sha3(b"never came"), sha3(arrived_data), sha3(b"still promised")
+    lapsed, arrived = sha3(b"never came"), sha3(arrived_data)
+    in_force, just_lapsed = sha3(b"still promised"), sha3(b"lapsed a minute ago")
     obstore.put(store, key(arrived), arrived_data)
-    now = time.time()
-    for checksum, expiry in ((lapsed, now - 60), (arrived, now - 60), (in_force, now + 500)):
+    now, long_ago = time.time(), PROMISE_GRACE + 60
+    for checksum, expiry in ((lapsed, now - long_ago), (arrived, now - long_ago), (in_force, now + 500),
+                             (just_lapsed, now - 60)):
         obstore.put(store, f"{PROMISES}{checksum}", f"{expiry:.3f}".encode())
     server = s3_serve(s3_bucket, "--writable", "--cache-size", "0", "--lock-timeout", "1")
     assert json.loads(request(server, "POST", "/has", json.dumps([lapsed, in_force]).encode())[1]) == [False, True]
@@ -206,7 +209,8 @@ def test_lapsed_promises_are_removed_and_counted_as_expired(s3_serve, seaweedfs,
     def promises() -> set[str]:
         return {entry["path"] for batch in obstore.list(store, prefix=PROMISES) for entry in batch}
 
-    wait_for(lambda: promises() == {PROMISES + in_force}, lambda: f"promises left: {promises()}")
+    kept = {PROMISES + in_force, PROMISES + just_lapsed}
+    wait_for(lambda: promises() == kept, lambda: f"promises left: {promises()}")
     wait_for(lambda: scrape(server).get_sum(EXPIRED) == 1, lambda: f"expired: {scrape(server).get_sum(EXPIRED)}")
     assert request(server, "GET", "/" + arrived) == (200, arrived_data)
     assert json.loads(request(server, "POST", "/has", json.dumps([lapsed, in_force]).encode())[1]) == [False, True]

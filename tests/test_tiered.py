@@ -817,6 +817,9 @@ def test_a_file_held_for_sending_is_passed_over_by_eviction(tmp_path):
         assert sending.read() == b"x" * 1000
     rescanned = Entry(sent.stat().st_atime_ns, 1000, (str(sent),))  # (the send read it: used since the scan)
     assert evict([rescanned], 1000).entries == [rescanned] and not sent.exists()
+    link = tmp_path / ("d" * 64)  # not a file the evictor can lock: unlinked all the same, the round goes on
+    link.symlink_to(tmp_path / "elsewhere")
+    assert len(evict([Entry(0, 1, (str(link),))], 1).entries) == 1 and not os.path.lexists(link)
     late = tmp_path / ("c" * 64)
     late.write_bytes(b"y")
     with open(late, "rb") as opened:
