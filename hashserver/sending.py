@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import select
+import threading
 from typing import AsyncIterator
 
 from sanic import Request
@@ -164,10 +165,53 @@ async def _zero_copy(request: Request, response, file_fd: int, offset: int, coun
     http = request.stream
     if transport.get_write_buffer_size() or not hasattr(http, SANIC_BYTES_LEFT):
         return 0
-    loop = asyncio.get_running_loop()
-    sent = await loop.run_in_executor(None, _sendfile_blocking, sock.fileno(), file_fd, offset, count)
+    owned = _OwnedDescriptors(sock.fileno(), file_fd)
+    try:
+        sent = await asyncio.get_running_loop().run_in_executor(None, owned.sendfile, offset, count)
+    except asyncio.CancelledError:
+        owned.abandon()
+        raise
     setattr(http, SANIC_BYTES_LEFT, getattr(http, SANIC_BYTES_LEFT) - sent)
     return sent
+
+
+class _OwnedDescriptors:
+    """Copies of the socket's and the file's descriptors, the sending thread's own.
+
+    A request cancelled mid-send (its client gone) closes its file and its
+    connection while the thread may still be in ``sendfile``: with the raw
+    numbers, a number reused meanwhile (the next file opened, the next
+    connection accepted) would have the thread send one buffer's bytes on
+    another client's connection.  The copies keep the thread on what it
+    started with (and a tier file's lock, which keeps the evictor off it, for
+    as long), and are closed by whichever comes last: the thread's end, or
+    the cancellation of a send that never started."""
+
+    def __init__(self, sock_fd: int, file_fd: int):
+        self.fds = (os.dup(sock_fd), os.dup(file_fd))
+        self._claim = threading.Lock()
+        self._started = self._abandoned = False
+
+    def sendfile(self, offset: int, count: int) -> int:
+        with self._claim:
+            if self._abandoned:
+                return 0
+            self._started = True
+        try:
+            return _sendfile_blocking(*self.fds, offset, count)
+        finally:
+            self._close()
+
+    def abandon(self) -> None:
+        with self._claim:
+            if self._started:
+                return  # the thread closes them when it is done
+            self._abandoned = True
+        self._close()
+
+    def _close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
 
 
 def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, count: int) -> int:

@@ -106,3 +106,49 @@ def test_sendfile_waits_for_a_socket_numbered_past_1023(tmp_path):
         receiver.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert bytes(received) == data
+
+
+def test_the_sending_thread_keeps_its_own_descriptors(tmp_path):
+    """A request cancelled mid-send closes its file and its connection while the thread
+    sends: the thread goes on with its own copies, so numbers reused meanwhile (a new file,
+    a new connection) get nothing of it; the first client gets its buffer's bytes. A send
+    cancelled before its thread started closes the copies itself."""
+    data, other = os.urandom(8 << 20), b"another client's file"
+    (tmp_path / "a").write_bytes(data)
+    (tmp_path / "b").write_bytes(other)
+    sender, receiver = socket.socketpair()
+    sender.setblocking(False)
+    file = open(tmp_path / "a", "rb")
+    owned = sending._OwnedDescriptors(sender.fileno(), file.fileno())
+    received = bytearray()
+    thread = threading.Thread(target=lambda: received.extend(b"%d" % owned.sendfile(0, len(data))))
+    thread.start()
+    sender.close()
+    file.close()  # as the cancelled request does
+    reused_sender, reused_receiver = socket.socketpair()  # likely the freed numbers
+    reused_file = open(tmp_path / "b", "rb")
+    got = bytearray()
+    receiver.settimeout(30)
+    while len(got) < len(data):
+        piece = receiver.recv(1 << 16)
+        if not piece:
+            break
+        got.extend(piece)
+    thread.join(60)
+    reused_receiver.setblocking(False)
+    with pytest.raises(BlockingIOError):  # nothing came on the connection that took a freed number
+        reused_receiver.recv(1)
+    assert bytes(got) == data and bytes(received) == b"%d" % len(data)
+    assert reused_file.read() == other
+    for fd in owned.fds:  # the thread closed its copies when done
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    for end in (reused_sender, reused_receiver, reused_file, receiver):
+        end.close()
+
+    never = sending._OwnedDescriptors(0, 0)
+    never.abandon()
+    for fd in never.fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert never.sendfile(0, 1) == 0
