@@ -55,6 +55,10 @@ __all__ = [
 ]
 
 ACCESS_KEY = "hashserver-test"
+# Volumes the volume server may make: it makes 7 for each bucket that gets an object (a
+# collection each), and the suite's session SeaweedFS serves a few hundred buckets (1000,
+# once the default here, ran out: "No writable volumes and no free volumes left").
+VOLUME_MAX = 5000
 SECRET_KEY = "hashserver-test-secret"
 REGION = "us-east-1"
 # The mount options the README recommends for a buffer directory (scripts/publication-study):
@@ -237,7 +241,7 @@ class SeaweedFS:
 
     running: set[SeaweedFS] = set()
 
-    def __init__(self, root: str | Path, ports: Ports | None = None, volume_max: int = 1000):
+    def __init__(self, root: str | Path, ports: Ports | None = None, volume_max: int = VOLUME_MAX):
         self.root = Path(root)
         self.data = self.root / "data"
         self.ports = ports or Ports.pick()
