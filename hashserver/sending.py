@@ -168,7 +168,7 @@ async def _zero_copy(request: Request, response, file_fd: int, offset: int, coun
     owned = _OwnedDescriptors(sock.fileno(), file_fd)
     try:
         sent = await asyncio.get_running_loop().run_in_executor(None, owned.sendfile, offset, count)
-    except asyncio.CancelledError:
+    except BaseException:  # cancelled, or the job refused: the copies are closed unless the thread has them
         owned.abandon()
         raise
     setattr(http, SANIC_BYTES_LEFT, getattr(http, SANIC_BYTES_LEFT) - sent)
@@ -188,7 +188,12 @@ class _OwnedDescriptors:
     the cancellation of a send that never started."""
 
     def __init__(self, sock_fd: int, file_fd: int):
-        self.fds = (os.dup(sock_fd), os.dup(file_fd))
+        sock_copy = os.dup(sock_fd)
+        try:
+            self.fds = (sock_copy, os.dup(file_fd))
+        except OSError:
+            os.close(sock_copy)
+            raise
         self._claim = threading.Lock()
         self._started = self._abandoned = False
 
